@@ -1,0 +1,35 @@
+# Every target sets up .venv by itself on first use: torch==2.13.0 (the version tested;
+# on a CPU-only machine pip takes the CPU build, so nothing downloads several GB), then
+# this package in editable mode with its test and bench extras.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+# The interpreter runs the real Triton kernels on CPU tensors when no GPU is present.
+# Triton reads TRITON_INTERPRET at import, so it is set here, before Python starts.
+INTERPRET = $(shell $(PYTHON) -c "import torch; print(0 if torch.cuda.is_available() else 1)")
+
+.PHONY: demo test lint bench clean
+
+$(INSTALLED): setup.py
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet -e ".[test,bench]"
+	touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	TRITON_INTERPRET=$(INTERPRET) $(PYTHON) -m fused_ops demo
+
+test: $(INSTALLED)
+	$(PYTHON) -m pytest -n 2 --dist loadgroup
+
+lint: $(INSTALLED)
+	$(PYTHON) -m pip install --quiet ruff
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+bench: $(INSTALLED)
+	TRITON_INTERPRET=$(INTERPRET) $(PYTHON) -m pytest benchmarks --benchmark-only -p no:xdist
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks

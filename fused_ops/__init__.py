@@ -1,0 +1,16 @@
+"""fused_ops: Triton kernels for PyTorch, as drop-in autograd ops and optimizers.
+
+    >>> import fused_ops
+    >>> y = fused_ops.sigmoid(x)          # instead of torch.sigmoid(x)
+
+Ops run as compiled Triton on a GPU, in Triton's interpreter on CPU tensors when
+``TRITON_INTERPRET=1`` is set before import, and otherwise on an eager PyTorch reference
+(see :mod:`fused_ops._dispatch`).
+"""
+
+__version__ = "0.1.0"
+
+from . import nn
+from .activations import sigmoid
+
+__all__ = ["__version__", "nn", "sigmoid"]

@@ -1,0 +1,95 @@
+"""The one place that decides how an op runs: compiled Triton, Triton's interpreter, or eager.
+
+- Tensors on a GPU, with Triton installed: compiled Triton kernels.
+- CPU tensors with ``TRITON_INTERPRET=1`` set before Triton was imported: the same
+  kernels, run by Triton's interpreter (tests and the demo run this way).
+- Anything else (CPU without the interpreter, no Triton at all): the eager PyTorch
+  reference in :mod:`fused_ops.reference`. This is logged once per op and reason.
+
+Every autograd Function's forward and backward, and every optimizer step, asks
+:func:`use_triton`. Nothing else in the library inspects devices to choose a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+
+import torch
+
+logger = logging.getLogger("fused_ops")
+
+
+class Backend(enum.Enum):
+    """Where an op's computation runs."""
+
+    TRITON = "triton"
+    INTERPRETER = "interpreter"
+    REFERENCE = "reference"
+
+
+def _triton_mode() -> tuple[bool, bool]:
+    """(Triton importable, kernels run in the interpreter), read once at import."""
+    if importlib.util.find_spec("triton") is None:
+        return False, False
+    try:
+        import triton  # noqa: F401  (only checks that it imports on this platform)
+    except ImportError:
+        return False, False
+    # Triton decides interpreted-or-compiled when a kernel is decorated, from this
+    # variable, so its value when fused_ops.kernels is imported is the one that counts.
+    return True, os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+TRITON_AVAILABLE, TRITON_INTERPRETED = _triton_mode()
+if TRITON_INTERPRETED:
+    from ._interpreter import round_bf16_like_the_gpu
+
+    round_bf16_like_the_gpu()
+
+_forced_backend: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("fused_ops_backend", default=None)
+_already_logged: set[tuple[str, str]] = set()
+
+
+def _log_fallback_once(op: str, reason: str) -> None:
+    if (op, reason) not in _already_logged:
+        _already_logged.add((op, reason))
+        logger.warning("fused_ops.%s runs on the eager PyTorch reference: %s", op, reason)
+
+
+def choose_backend(op: str, *tensors: torch.Tensor | None) -> Backend:
+    """Return the backend that ``op`` uses for these tensors (``None`` entries are ignored)."""
+    forced = _forced_backend.get()
+    if forced is Backend.REFERENCE:
+        return Backend.REFERENCE
+    device_types = {t.device.type for t in tensors if t is not None}
+    if not TRITON_AVAILABLE:
+        reason = "Triton is not installed on this platform"
+    elif TRITON_INTERPRETED:
+        return Backend.INTERPRETER
+    elif device_types == {"cuda"}:
+        return Backend.TRITON
+    else:
+        reason = f"tensors on {sorted(device_types)} need a GPU, or TRITON_INTERPRET=1 for the interpreter"
+    _log_fallback_once(op, reason)
+    return Backend.REFERENCE
+
+
+def use_triton(op: str, *tensors: torch.Tensor | None) -> bool:
+    """True when ``op`` should launch its Triton kernels (compiled or interpreted)."""
+    return choose_backend(op, *tensors) is not Backend.REFERENCE
+
+
+@contextlib.contextmanager
+def reference_backend() -> Iterator[None]:
+    """Run every fused op on the eager reference inside this block (tests and benchmarks)."""
+    token = _forced_backend.set(Backend.REFERENCE)
+    try:
+        yield
+    finally:
+        _forced_backend.reset(token)

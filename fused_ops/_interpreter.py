@@ -1,0 +1,53 @@
+"""Make Triton's interpreter round like the GPU, so interpreted results are the GPU's results.
+
+Compiled Triton downcasts fp32 to bf16 with round-to-nearest-even (``cvt.rn.bf16.f32``).
+Triton 3.9's interpreter truncates instead (``_convert_float`` with no rounding mode, and
+its RTNE branch drops the carry into the exponent), which is up to one bf16 ulp away from
+what a GPU stores. Here fp32 -> bf16 casts go through torch, which rounds to nearest even
+and keeps NaN a NaN, exactly like the hardware. Nothing changes for compiled kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_patched = False
+
+
+def _fp32_to_bf16_bits(data: np.ndarray) -> np.ndarray:
+    as_bf16 = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(torch.bfloat16)
+    return as_bf16.view(torch.int16).numpy().view(np.uint16).reshape(np.shape(data))
+
+
+def round_bf16_like_the_gpu() -> None:
+    """Patch the interpreter's fp32 -> bf16 conversions to round to nearest even (idempotent)."""
+    global _patched
+    if _patched:
+        return
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder_cls = interpreter.InterpreterBuilder
+    original_cast = builder_cls.cast_impl
+    original_fp_to_fp = builder_cls.create_fp_to_fp
+
+    def is_fp32_to_bf16(src, dst_type) -> bool:
+        return src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16
+
+    def cast_impl(self, src, dst_type):
+        if is_fp32_to_bf16(src, dst_type):
+            return interpreter.TensorHandle(_fp32_to_bf16_bits(src.data), dst_type.scalar)
+        return original_cast(self, src, dst_type)
+
+    def create_fp_to_fp(self, src, dst_type, rounding_mode):
+        # An explicit rtz request keeps the interpreter's truncation, which is exactly rtz.
+        if is_fp32_to_bf16(src, dst_type) and rounding_mode != interpreter._ir.ROUNDING_MODE.RTZ:
+            return interpreter.TensorHandle(_fp32_to_bf16_bits(src.data), dst_type.scalar)
+        return original_fp_to_fp(self, src, dst_type, rounding_mode)
+
+    builder_cls.cast_impl = cast_impl
+    builder_cls.create_fp_to_fp = create_fp_to_fp
+    # Casts inside the builder's own lambdas (create_fp_trunc, ...) look cast_impl up on
+    # the instance at call time, so patching the class covers them too.
+    _patched = True

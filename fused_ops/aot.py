@@ -1,0 +1,104 @@
+"""Ahead-of-time compilation of recorded kernel launches for real GPU targets, without a GPU.
+
+Triton's interpreter accepts code that its compiler rejects (``break`` in a loop, a
+mistyped launch option, too much shared memory), so a kernel that passes under the
+interpreter is only proven once it also compiles for the hardware. This module takes
+launches recorded by :class:`fused_ops.profiling.KernelTrace` and compiles each one for a
+``GPUTarget`` with the same specialization that a GPU launch would use: the same
+signature, constexprs, integer/alignment attributes and launch options.
+
+Compile in a process where ``TRITON_INTERPRET`` is unset: once an interpreted kernel has
+run, the interpreter leaves ``triton.language`` patched for the rest of the process.
+
+    python -m fused_ops.aot launches.json 90      # prints one JSON line per compiled kernel
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+import torch
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+def launch_key(launch: dict[str, Any]) -> str:
+    """A string that is equal for two launches exactly when they compile to the same kernel."""
+    return json.dumps([launch["module"], launch["kernel"], launch["args"], launch["kwargs"]], sort_keys=True)
+
+
+def _rebuild_argument(description: Any) -> Any:
+    if description is None:
+        return None
+    if "tensor" in description:
+        # A placeholder with the recorded dtype and 16-byte alignment: specialization
+        # reads only those two properties of a tensor argument.
+        storage = torch.zeros(64, dtype=DTYPES[description["tensor"]])
+        return storage if description["aligned16"] else storage[1:]
+    for kind in ("bool", "int", "float"):
+        if kind in description:
+            return description[kind]
+    raise ValueError(f"cannot rebuild launch argument {description!r}")
+
+
+def compile_launch(launch: dict[str, Any], arch: int, warp_size: int = 32):
+    """Compile one recorded launch for ``GPUTarget("cuda", arch, warp_size)``.
+
+    Returns Triton's ``CompiledKernel``, whose ``asm`` holds ``ptx`` and ``cubin`` and whose
+    ``metadata`` holds ``shared`` (bytes of shared memory) and ``num_warps``.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    kernel = getattr(importlib.import_module(launch["module"]), launch["kernel"])
+    if not hasattr(kernel, "params"):
+        raise RuntimeError(f"{launch['kernel']} is interpreted here: unset TRITON_INTERPRET to compile it")
+    target = GPUTarget("cuda", arch, warp_size)
+    backend = make_backend(target)
+    args = [_rebuild_argument(a) for a in launch["args"]]
+    kwargs = {k: _rebuild_argument(v) for k, v in launch["kwargs"].items()}
+    # The same two steps as JITFunction.run, with a backend for the target instead of
+    # the (absent) active device.
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=target, options=options.__dict__)
+
+
+def main(argv: list[str]) -> int:
+    """Compile every distinct launch in a JSON file for one arch; one JSON result per line."""
+    path, arch = argv[0], int(argv[1])
+    with open(path) as f:
+        launches = json.load(f)
+    failures = 0
+    for launch in launches:
+        result = {"kernel": launch["kernel"], "arch": arch, "key": launch_key(launch)}
+        try:
+            compiled = compile_launch(launch, arch)
+            result.update(ok=True, shared=compiled.metadata.shared, num_warps=compiled.metadata.num_warps)
+        except Exception as error:  # report every failing kernel, not just the first
+            failures += 1
+            result.update(ok=False, error=f"{type(error).__name__}: {error}"[-4000:])
+        print(json.dumps(result), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Fused optimizers (drop-in replacements for torch.optim)."""

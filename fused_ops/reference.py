@@ -1,0 +1,26 @@
+"""Pure-PyTorch references: the test oracle, and the fallback where Triton cannot run.
+
+Each ``<op>_ref`` computes exactly what the matching Triton kernel computes, with eager
+PyTorch ops, in the same compute dtype (fp32 for half types, fp64 for fp64).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels compute in: fp64 stays fp64, every other float computes in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sigmoid_ref(input: torch.Tensor) -> torch.Tensor:
+    """sigmoid(input), computed in the compute dtype and returned in ``input.dtype``."""
+    return torch.sigmoid(input.to(compute_dtype(input.dtype))).to(input.dtype)
+
+
+def sigmoid_backward_ref(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """grad_output * output * (1 - output), the gradient of sigmoid from its output."""
+    acc = compute_dtype(output.dtype)
+    y = output.to(acc)
+    return (grad_output.to(acc) * y * (1 - y)).to(output.dtype)
