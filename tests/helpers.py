@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -47,3 +48,58 @@ def strided_variants(shape: tuple[int, ...], dtype: torch.dtype = torch.float32)
         variants["sliced"] = torch.randn(*shape[:-1], shape[-1] * 2, dtype=dtype)[..., ::2]
     variants["expanded"] = torch.randn(*shape[:-1], 1, dtype=dtype).expand(shape) if base.dim() >= 1 else base
     return variants
+
+
+class HostSyncError(AssertionError):
+    """A fused op read a tensor's value on the host (``.item()``, ``bool(t)``, ...)."""
+
+
+_HOST_SYNC_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def no_host_sync():
+    """Fail if code inside reads a tensor value on the host.
+
+    On a GPU each of these calls stalls the stream until the kernel finishes and breaks
+    CUDA graph capture. They all go through these Tensor methods, so the CPU tests catch
+    them just as a GPU run would.
+    """
+    originals = {name: getattr(torch.Tensor, name) for name in _HOST_SYNC_METHODS}
+
+    def refuse(name):
+        def method(self, *args, **kwargs):
+            raise HostSyncError(f"host sync: Tensor.{name} called on a tensor of shape {tuple(self.shape)}")
+
+        return method
+
+    try:
+        for name in _HOST_SYNC_METHODS:
+            setattr(torch.Tensor, name, refuse(name))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+def assert_compiled_matches_eager(fn, *inputs: torch.Tensor, backend: str = "inductor") -> None:
+    """``torch.compile(fn, fullgraph=True)`` traces with no graph break and matches eager.
+
+    Compares the output and the gradient of every input that requires grad, for a fixed
+    random ``grad_output``.
+    """
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+
+    def run(f):
+        leaves = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
+        out = f(*leaves)
+        grad_output = torch.ones_like(out) if out.dim() == 0 else torch.linspace(-1, 1, out.numel()).view_as(out)
+        out.backward(grad_output.to(out.dtype))
+        return out, [leaf.grad for leaf in leaves if leaf.requires_grad]
+
+    out_eager, grads_eager = run(fn)
+    out_compiled, grads_compiled = run(compiled)
+    assert_close(out_compiled, out_eager)
+    for grad_compiled, grad_eager in zip(grads_compiled, grads_eager, strict=True):
+        assert_close(grad_compiled, grad_eager)

@@ -2,7 +2,15 @@
 
 import pytest
 import torch
-from helpers import DTYPES, assert_close, reference_in_fp64, strided_variants
+from helpers import (
+    DTYPES,
+    HostSyncError,
+    assert_close,
+    assert_compiled_matches_eager,
+    no_host_sync,
+    reference_in_fp64,
+    strided_variants,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,3 +143,22 @@ def aot_workload():
     for dtype in DTYPES:
         x = torch.randn(1823, dtype=dtype, requires_grad=True)
         fused_ops.sigmoid(x).sum().backward()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_sigmoid_under_torch_compile_fullgraph(backend, kernel_launches):
+    x = torch.randn(6, 5, requires_grad=True)
+    assert_compiled_matches_eager(lambda t: fused_ops.sigmoid(t * 2).sum(dim=0), x, backend=backend)
+    assert kernel_launches.launch_count("sigmoid_forward_kernel") == 2  # eager run + compiled run
+
+
+def test_sigmoid_has_no_host_sync(kernel_launches):
+    x = torch.randn(300, requires_grad=True)
+    with no_host_sync():
+        fused_ops.sigmoid(x).backward(torch.ones(300))
+    assert kernel_launches.launch_count("sigmoid_backward_kernel") == 1
+
+
+def test_no_host_sync_detector_catches_item():
+    with pytest.raises(HostSyncError), no_host_sync():
+        torch.ones(2).sum().item()
