@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,42 @@ FAMILIES = sorted(
 ARCHS = (90, 80)
 
 
-def _compiler_env() -> dict[str, str]:
+def _record_launches(workload_module: Path, out_path: Path) -> list[dict]:
+    """Run ``workload_module.aot_workload()`` under the interpreter; return its distinct launches."""
+    subprocess.run(
+        [sys.executable, str(TESTS_DIR / "record_launches.py"), str(workload_module), str(out_path)],
+        check=True,
+        env=dict(os.environ, TRITON_INTERPRET="1"),
+    )
+    return json.loads(out_path.read_text())
+
+
+def _compile_for_all_archs(launches_path: Path, extra_pythonpath: str = "") -> dict[int, list[dict]]:
+    """Compile the recorded launches for every arch in parallel processes; results per arch."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    return env
+    if extra_pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_pythonpath, env.get("PYTHONPATH", "")]))
+    compilers = {
+        arch: subprocess.Popen(
+            [sys.executable, "-m", "fused_ops.aot", str(launches_path), str(arch)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for arch in ARCHS
+    }
+    results = {}
+    for arch, process in compilers.items():
+        stdout, stderr = process.communicate(timeout=1200)
+        results[arch] = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+        results[arch].append({"stderr": stderr[-4000:]})
+    return results
+
+
+def _failures(results: list[dict]) -> list[str]:
+    return [f"{r['kernel']}: {r['error']}" for r in results if "ok" in r and not r["ok"]]
 
 
 def _kernel_names(family: str) -> set[str]:
@@ -39,36 +72,55 @@ def _kernel_names(family: str) -> set[str]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kernels_compile_ahead_of_time(family, tmp_path):
-    launches_path = tmp_path / "launches.json"
-    subprocess.run(
-        [sys.executable, str(TESTS_DIR / "record_launches.py"), str(TESTS_DIR / f"test_{family}.py"), launches_path],
-        check=True,
-        env=dict(os.environ, TRITON_INTERPRET="1"),
-    )
-    launches = json.loads(launches_path.read_text())
+    launches = _record_launches(TESTS_DIR / f"test_{family}.py", tmp_path / "launches.json")
     missing = _kernel_names(family) - {launch["kernel"] for launch in launches}
     assert not missing, f"aot_workload() in test_{family}.py never launches {sorted(missing)}"
 
-    compilers = {
-        arch: subprocess.Popen(
-            [sys.executable, "-m", "fused_ops.aot", str(launches_path), str(arch)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_compiler_env(),
-        )
-        for arch in ARCHS
-    }
-    for arch, process in compilers.items():
-        stdout, stderr = process.communicate()
-        results = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-        failed = [f"{r['kernel']}: {r['error']}" for r in results if not r["ok"]]
-        assert not failed, f"sm_{arch}:\n" + "\n".join(failed)
-        assert len(results) == len(launches), f"sm_{arch} compiler stopped early:\n{stderr[-4000:]}"
+    for arch, results in _compile_for_all_archs(tmp_path / "launches.json").items():
+        assert not _failures(results), f"sm_{arch}:\n" + "\n".join(_failures(results))
+        compiled = [r for r in results if r.get("ok")]
+        assert len(compiled) == len(launches), f"sm_{arch} compiler stopped early:\n{results[-1]['stderr']}"
 
 
 def test_every_kernel_family_has_an_aot_workload():
-    kernel_modules = {
-        path.stem for path in (Path(importlib.import_module("fused_ops.kernels").__file__).parent).glob("[!_]*.py")
-    }
+    kernels_dir = Path(importlib.import_module("fused_ops.kernels").__file__).parent
+    kernel_modules = {path.stem for path in kernels_dir.glob("[!_]*.py")}
     assert kernel_modules <= set(FAMILIES), f"no aot_workload() for {sorted(kernel_modules - set(FAMILIES))}"
+
+
+def test_aot_rejects_what_only_the_interpreter_accepts(tmp_path):
+    # Both kernels run under the interpreter; neither compiles for a GPU. If this test
+    # fails, the AOT tests above would be passing kernels that cannot run on hardware.
+    (tmp_path / "interpreter_only.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            import triton
+            import triton.language as tl
+
+            @triton.jit
+            def loop_with_break_kernel(x_ptr, n, BLOCK: tl.constexpr):
+                for i in range(0, 4):
+                    if i == 2:
+                        break
+                    offsets = i * BLOCK + tl.arange(0, BLOCK)
+                    tl.store(x_ptr + offsets, 1.0, mask=offsets < n)
+
+            @triton.jit
+            def mistyped_option_kernel(x_ptr, n, BLOCK: tl.constexpr):
+                offsets = tl.arange(0, BLOCK)
+                tl.store(x_ptr + offsets, 1.0, mask=offsets < n)
+
+            def aot_workload():
+                x = torch.zeros(100)
+                loop_with_break_kernel[(1,)](x, 100, BLOCK=32)
+                mistyped_option_kernel[(1,)](x, 100, BLOCK=32, num_warp=4)  # num_warps
+                assert x[:64].eq(1).all()
+            """
+        )
+    )
+    _record_launches(tmp_path / "interpreter_only.py", tmp_path / "launches.json")
+    results = _compile_for_all_archs(tmp_path / "launches.json", extra_pythonpath=str(tmp_path))[90]
+    errors = dict(line.split(": ", 1) for line in _failures(results))
+    assert "unsupported AST node type: Break" in errors["loop_with_break_kernel"]
+    assert "num_warp was specified but unrecognised" in errors["mistyped_option_kernel"]
