@@ -1,0 +1,307 @@
+"""Command line: ``fused-ops demo | bench | check``, also run as ``python -m fused_ops ...``.
+
+- ``demo``: trains the same MLP twice, on eager torch and on fused_ops, and compares them
+  (see :mod:`fused_ops.demo`).
+- ``bench``: the benchmark and traffic report, from :mod:`fused_ops.report` when installed.
+- ``check``: prints the environment and runs every fused op once against torch.
+
+Triton decides whether kernels are interpreted when they are decorated, that is when
+``fused_ops`` is imported, which happens before :func:`main` runs. On a machine without a
+GPU, :func:`main` therefore re-runs the same command in a fresh process with
+``TRITON_INTERPRET=1``, so that the real Triton kernels run in Triton's interpreter
+instead of the library falling back to its eager reference.
+
+To add a command, write ``_run_<name>(args) -> int`` (and ``_add_<name>_arguments(parser)``
+if it takes options) and add a :class:`Command` row to :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+import fused_ops
+import fused_ops.optim
+from fused_ops import _dispatch
+from fused_ops.profiling import KernelTrace
+
+REEXEC_MESSAGE = (
+    "fused-ops: no GPU found, so re-running with TRITON_INTERPRET=1: "
+    "the Triton kernels run on the CPU in Triton's interpreter"
+)
+
+BACKEND_DESCRIPTIONS = {
+    _dispatch.Backend.TRITON: "compiled Triton kernels",
+    _dispatch.Backend.INTERPRETER: "Triton kernels in Triton's interpreter",
+    _dispatch.Backend.REFERENCE: "eager PyTorch reference (no Triton kernel runs)",
+}
+
+
+def needs_interpreter_reexec(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+    """True when this process would run the eager reference although the interpreter could run the kernels."""
+    return _dispatch.TRITON_AVAILABLE and not torch.cuda.is_available() and environ.get("TRITON_INTERPRET") != "1"
+
+
+def reexec_under_interpreter(argv: Sequence[str]) -> None:
+    """Replace this process with ``python -m fused_ops <argv>`` under ``TRITON_INTERPRET=1``; never returns."""
+    print(REEXEC_MESSAGE, file=sys.stderr)
+    # exec discards whatever is still buffered in this process.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    os.execve(sys.executable, [sys.executable, "-m", "fused_ops", *argv], env)
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from fused_ops import demo
+
+    defaults = demo.DemoConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="images per batch (default: %(default)s)"
+    )
+    parser.add_argument("--hidden", type=int, default=defaults.hidden, help="hidden layer width (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for weights and batches")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=demo.TOLERANCE,
+        help="largest allowed |eager loss - fused loss| of an epoch (default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from fused_ops import demo
+
+    config = demo.DemoConfig(epochs=args.epochs, batch_size=args.batch_size, hidden=args.hidden, seed=args.seed)
+    return demo.main(config, tolerance=args.tolerance, progress=not args.no_progress)
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("report_args", nargs=argparse.REMAINDER, help="arguments passed on to the report")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    try:
+        report = importlib.import_module("fused_ops.report")
+    except ModuleNotFoundError as error:
+        # Only the report itself being absent means "not available"; a dependency that the
+        # report fails to import is a real error and propagates.
+        if error.name != "fused_ops.report":
+            raise
+        print(
+            "fused-ops bench: the benchmark report (fused_ops.report) is not available in this version yet; "
+            "the pytest-benchmark suites run with `make bench`.",
+            file=sys.stderr,
+        )
+        return 2
+    status = report.main(args.report_args)
+    return 0 if status is None else int(status)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One fused op run once against torch: ``run(fused, device)`` returns (fused results, torch results)."""
+
+    name: str
+    run: Callable[[Callable, torch.device], tuple[list[torch.Tensor], list[torch.Tensor]]]
+
+
+def _functional_probe(torch_fn: Callable, make_inputs: Callable[[torch.device], list[torch.Tensor]], **kwargs):
+    """A probe comparing output and gradients of every float input, for a fixed grad_output."""
+
+    def results(fn: Callable, device: torch.device) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        inputs = [t.to(device) for t in make_inputs(generator)]
+        leaves = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
+        output = fn(*leaves, **kwargs)
+        output.backward(torch.linspace(-1, 1, output.numel(), device=device).view_as(output))
+        return [output.detach(), *(leaf.grad for leaf in leaves if leaf.requires_grad)]
+
+    return lambda fused, device: (results(fused, device), results(torch_fn, device))
+
+
+def _optimizer_probe(torch_cls: type[torch.optim.Optimizer]):
+    """A probe comparing parameters after three steps of the fused and the torch optimizer."""
+
+    def results(cls: type[torch.optim.Optimizer], device: torch.device) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(5, 33, generator=generator).to(device))
+        optimizer = cls([param], lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            param.grad = torch.randn(5, 33, generator=generator).to(device)
+            optimizer.step()
+        return [param.detach()]
+
+    return lambda fused, device: (results(fused, device), results(torch_cls, device))
+
+
+def _randn(*shape: int) -> Callable[[torch.Generator], torch.Tensor]:
+    return lambda generator: torch.randn(*shape, generator=generator)
+
+
+def _labels(rows: int, classes: int) -> Callable[[torch.Generator], torch.Tensor]:
+    return lambda generator: torch.randint(0, classes, (rows,), generator=generator)
+
+
+# One row per public op; an op that fused_ops does not provide yet is listed as missing.
+# 33 columns: not a multiple of any block size, so masking is exercised.
+PROBES = (
+    Probe("sigmoid", _functional_probe(torch.sigmoid, lambda g: [_randn(4, 33)(g)])),
+    Probe("tanh", _functional_probe(torch.tanh, lambda g: [_randn(4, 33)(g)])),
+    Probe("relu", _functional_probe(torch.relu, lambda g: [_randn(4, 33)(g)])),
+    Probe("softmax", _functional_probe(torch.softmax, lambda g: [_randn(4, 33)(g)], dim=-1)),
+    Probe("log_softmax", _functional_probe(torch.log_softmax, lambda g: [_randn(4, 33)(g)], dim=-1)),
+    Probe(
+        "mse_loss",
+        _functional_probe(torch.nn.functional.mse_loss, lambda g: [_randn(4, 33)(g), _randn(4, 33)(g)]),
+    ),
+    Probe(
+        "cross_entropy",
+        _functional_probe(torch.nn.functional.cross_entropy, lambda g: [_randn(4, 33)(g), _labels(4, 33)(g)]),
+    ),
+    Probe("optim.Adam", _optimizer_probe(torch.optim.Adam)),
+    Probe("optim.AdamW", _optimizer_probe(torch.optim.AdamW)),
+)
+
+
+def _matches(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """torch.testing.assert_close's verdict with its default tolerances for the dtype."""
+    try:
+        torch.testing.assert_close(actual, expected)
+    except AssertionError:
+        return False
+    return True
+
+
+def find_fused(path: str) -> object | None:
+    """``fused_ops.<path>`` (dotted, e.g. ``"optim.AdamW"``), or None when it does not exist yet."""
+    found: object = fused_ops
+    for part in path.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return None
+    return found
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    triton_version = "not installed (every op runs on the eager reference)"
+    if _dispatch.TRITON_AVAILABLE:
+        import triton
+
+        triton_version = triton.__version__
+    print(f"fused_ops {fused_ops.__version__}, Python {platform.python_version()}")
+    print(f"torch     {torch.__version__}, CUDA {'available' if torch.cuda.is_available() else 'not available'}")
+    print(f"triton    {triton_version}")
+    print(f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '(unset)')}")
+    backends = {"cpu": _dispatch.choose_backend("check", torch.empty(0))}
+    if device.type == "cuda":
+        backends["cuda"] = _dispatch.choose_backend("check", torch.empty(0, device=device))
+    for device_type, backend in backends.items():
+        print(f"backend for {device_type} tensors: {backend.value} ({BACKEND_DESCRIPTIONS[backend]})")
+    backend = backends[device.type]
+    # Only interpreted launches can be traced; compiled kernels leave the trace empty.
+    traced = backend is _dispatch.Backend.INTERPRETER
+
+    print(f"\nEach op once on {device.type} against torch (forward and backward; optimizers: 3 steps):")
+    failures, missing = [], []
+    for probe in PROBES:
+        fused = find_fused(probe.name)
+        if fused is None:
+            missing.append(probe.name)
+            continue
+        problems, difference = [], 0.0
+        with KernelTrace() as trace:
+            try:
+                fused_results, torch_results = probe.run(fused, device)
+            except Exception as error:  # a diagnostic reports every op, even after one crashes
+                fused_results, torch_results = [], []
+                problems.append(f"raised {type(error).__name__}: {error}")
+        for fused_result, torch_result in zip(fused_results, torch_results, strict=True):
+            difference = max(difference, (fused_result.double() - torch_result.double()).abs().max().item())
+        if not all(_matches(f, t) for f, t in zip(fused_results, torch_results, strict=True)):
+            problems.append("differs from torch")
+        if traced and trace.launch_count() == 0:
+            problems.append("no kernel launched")
+        if traced:
+            kernels = ", ".join(sorted(trace.kernel_names()))
+            launches = f"{trace.launch_count()} launches: {kernels}"
+        else:
+            launches = "launches not traced" if backend is _dispatch.Backend.TRITON else "no kernels (reference)"
+        status = "FAIL " + " and ".join(problems) if problems else "ok"
+        print(f"  {probe.name:<14} {status:<4}  max |diff| {difference:.1e}  {launches}")
+        if problems:
+            failures.append(probe.name)
+    if missing:
+        print(f"not in this version yet: {', '.join(missing)}")
+    if failures:
+        print(f"FAILED: {', '.join(failures)}")
+        return 1
+    print("all available ops match torch")
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, one-line help, argument declarations and runner (returns the exit status)."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+COMMANDS = (
+    Command(
+        "demo",
+        "train an MLP on scikit-learn's digits with eager torch and with fused_ops, and compare",
+        _run_demo,
+        _add_demo_arguments,
+    ),
+    Command("bench", "benchmark and memory-traffic report", _run_bench, _add_bench_arguments),
+    Command("check", "print the environment and run every fused op once against torch", _run_check),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fused-ops`` argument parser, one subparser per row of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="fused-ops", description="Fused Triton kernels for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"fused_ops {fused_ops.__version__}")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join(c.name for c in COMMANDS) + "}"
+    )
+    for command in COMMANDS:
+        subparser = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        if command.add_arguments is not None:
+            command.add_arguments(subparser)
+        subparser.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fused-ops`` and ``python -m fused_ops``; returns the exit status.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        0 on success, 1 when a check or the demo's comparison fails, 2 for usage errors
+        and for a command that is not available.
+
+    Example:
+        >>> main(["check"])  # doctest: +SKIP
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if needs_interpreter_reexec():
+        reexec_under_interpreter(argv)
+    return args.run(args)
