@@ -11,6 +11,6 @@ Ops run as compiled Triton on a GPU, in Triton's interpreter on CPU tensors when
 __version__ = "0.1.0"
 
 from . import nn
-from .activations import sigmoid
+from .activations import relu, sigmoid, tanh
 
-__all__ = ["__version__", "nn", "sigmoid"]
+__all__ = ["__version__", "nn", "relu", "sigmoid", "tanh"]

@@ -1,4 +1,4 @@
-"""Fused elementwise activations: sigmoid.
+"""Fused elementwise activations: sigmoid, tanh and relu (and in-place relu_).
 
 Each op has three layers, read top to bottom:
 
@@ -17,7 +17,7 @@ import torch
 
 from . import reference
 from ._dispatch import TRITON_AVAILABLE, use_triton
-from ._validation import check_floating, dense_layout, promote_to_floating
+from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_to_floating
 
 if TRITON_AVAILABLE:
     from .kernels import activations as kernels
@@ -100,3 +100,242 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
     input = promote_to_floating(input)
     check_floating("sigmoid", input)
     return SigmoidFunction.apply(input)
+
+
+def _save_backward_inputs(ctx, inputs, output) -> None:
+    # Both backward ops take (grad_output, output); their derivatives need both.
+    ctx.save_for_backward(*inputs)
+
+
+@torch.library.custom_op("fused_ops::tanh_forward", mutates_args=())
+def _tanh_forward(input: torch.Tensor) -> torch.Tensor:
+    if use_triton("tanh", input):
+        (input,) = dense_layout(input)
+        return kernels.tanh_forward(input)
+    return reference.tanh_ref(input)
+
+
+@_tanh_forward.register_fake
+def _(input: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+@torch.library.custom_op("fused_ops::tanh_backward", mutates_args=())
+def _tanh_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if use_triton("tanh", grad_output, output):
+        grad_output, output = dense_layout(grad_output, output)
+        return kernels.tanh_backward(grad_output, output)
+    return reference.tanh_backward_ref(grad_output, output)
+
+
+@_tanh_backward.register_fake
+def _(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(output)
+
+
+def _tanh_double_backward(ctx, grad_grad_input: torch.Tensor):
+    # grad_input = g * (1 - y^2), so d/dg = 1 - y^2 and d/dy = -2 g y.
+    grad_output, output = ctx.saved_tensors
+    grad_grad_output = grad_grad_input * (1 - output * output)
+    grad_output_saved = grad_grad_input * grad_output * (-2 * output)
+    return grad_grad_output, grad_output_saved
+
+
+_tanh_backward.register_autograd(_tanh_double_backward, setup_context=_save_backward_inputs)
+
+
+class TanhFunction(torch.autograd.Function):
+    """Tanh whose forward and backward are Triton kernels; backward uses the saved output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = torch.ops.fused_ops.tanh_forward(input)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return torch.ops.fused_ops.tanh_backward(grad_output, output)
+
+
+def tanh(input: torch.Tensor) -> torch.Tensor:
+    """Drop-in for :func:`torch.tanh`: the hyperbolic tangent, elementwise.
+
+    Args:
+        input: a tensor of any shape and layout. Integer and bool tensors are promoted to
+            the default float dtype, as torch does.
+
+    Returns:
+        A tensor of the same shape and float dtype, within 2 ulp of the exact result in
+        fp32 and 1 ulp in fp64. Near 0 the relative precision holds (``tanh(1e-8)`` is
+        ``1e-8``, ``tanh(-0.0)`` is ``-0.0``); the tails are exactly ±1, and NaN propagates.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Example:
+        >>> fused_ops.tanh(torch.tensor([1e-8, 0.5, -30.0]))
+        tensor([ 1.0000e-08,  4.6212e-01, -1.0000e+00])
+    """
+    input = promote_to_floating(input)
+    check_floating("tanh", input)
+    return TanhFunction.apply(input)
+
+
+# torch.relu takes floats and these integer dtypes (and returns them unchanged in dtype).
+_RELU_DTYPES = (*FLOATING_DTYPES, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _check_relu_dtype(input: torch.Tensor) -> None:
+    if input.dtype == torch.bool:
+        raise RuntimeError("Boolean inputs not supported for relu")
+    if input.dtype not in _RELU_DTYPES:
+        raise NotImplementedError(
+            f'"relu" not implemented for {input.dtype}: fused_ops.relu takes float32, float64, float16, '
+            "bfloat16, uint8, int8, int16, int32 or int64"
+        )
+
+
+@torch.library.custom_op("fused_ops::relu_forward", mutates_args=())
+def _relu_forward(input: torch.Tensor) -> torch.Tensor:
+    if use_triton("relu", input):
+        (input,) = dense_layout(input)
+        return kernels.relu_forward(input)
+    return reference.relu_ref(input)
+
+
+@_relu_forward.register_fake
+def _(input: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+@torch.library.custom_op("fused_ops::relu_forward_", mutates_args=("input",))
+def _relu_forward_inplace(input: torch.Tensor) -> None:
+    if use_triton("relu", input):
+        (dense,) = dense_layout(input)
+        if dense is input:
+            kernels.relu_forward(input, out=input)
+            return
+        # Not walkable flat (a slice with gaps): compute on a dense copy and write back.
+        # copy_ raises torch's own error for overlapping memory (an expanded tensor).
+        input.copy_(kernels.relu_forward(dense))
+        return
+    input.copy_(reference.relu_ref(input))
+
+
+@_relu_forward_inplace.register_fake
+def _(input: torch.Tensor) -> None:
+    return None
+
+
+@torch.library.custom_op("fused_ops::relu_backward", mutates_args=())
+def _relu_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if use_triton("relu", grad_output, output):
+        grad_output, output = dense_layout(grad_output, output)
+        return kernels.relu_backward(grad_output, output)
+    return reference.relu_backward_ref(grad_output, output)
+
+
+@_relu_backward.register_fake
+def _(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(output)
+
+
+def _relu_double_backward(ctx, grad_grad_input: torch.Tensor):
+    # grad_input = output <= 0 ? 0 : g is linear in g with the same mask, and piecewise
+    # constant in output, so d/dg is the mask and d/d(output) is 0.
+    _, output = ctx.saved_tensors
+    grad_grad_output = torch.where(output <= 0, torch.zeros_like(grad_grad_input), grad_grad_input)
+    return grad_grad_output, torch.zeros_like(output)
+
+
+_relu_backward.register_autograd(_relu_double_backward, setup_context=_save_backward_inputs)
+
+
+class ReLUFunction(torch.autograd.Function):
+    """Relu whose forward and backward are Triton kernels; backward uses the saved output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = torch.ops.fused_ops.relu_forward(input)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return torch.ops.fused_ops.relu_backward(grad_output, output)
+
+
+class ReLUInplaceFunction(torch.autograd.Function):
+    """Relu written into its input. ``mark_dirty`` tells autograd, which bumps the input's
+    version (so earlier saves of it are caught) and rejects leaves that require grad."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        torch.ops.fused_ops.relu_forward_(input)
+        ctx.mark_dirty(input)
+        # The input now holds the output, which is all backward needs.
+        ctx.save_for_backward(input)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return torch.ops.fused_ops.relu_backward(grad_output, output)
+
+
+def relu(input: torch.Tensor) -> torch.Tensor:
+    """Drop-in for :func:`torch.relu`: ``0`` where ``input < 0``, else ``input``, elementwise.
+
+    Args:
+        input: a float tensor, or an integer tensor (uint8, int8, int16, int32, int64),
+            of any shape and layout. Bool raises ``RuntimeError``, as in torch.
+
+    Returns:
+        A tensor of the same shape and dtype. NaN propagates (``relu(nan)`` is nan) and
+        ``-0.0`` stays ``-0.0``, as in torch. The gradient is ``grad_output`` where the
+        output is positive (or NaN) and 0 elsewhere, so it is 0 at ``input == 0``.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Example:
+        >>> fused_ops.relu(torch.tensor([-1.0, 0.0, 2.0, float("nan")]))
+        tensor([0., 0., 2., nan])
+    """
+    _check_relu_dtype(input)
+    if not input.is_floating_point():
+        # Integers carry no gradient: the op alone, with no autograd node.
+        return torch.ops.fused_ops.relu_forward(input)
+    return ReLUFunction.apply(input)
+
+
+def relu_(input: torch.Tensor) -> torch.Tensor:
+    """Drop-in for :func:`torch.relu_`: relu written into ``input``, which is returned.
+
+    Autograd sees the write like torch's: the input's version counter is bumped, and a
+    leaf that requires grad raises ``RuntimeError``. A dense input is overwritten by the
+    kernel directly; a view with gaps is computed densely and copied back; an expanded
+    (overlapping) input raises torch's ``RuntimeError``.
+
+    Args:
+        input: a float or integer tensor, as for :func:`relu`.
+
+    Returns:
+        ``input`` itself, now holding ``relu(input)``.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Example:
+        >>> x = torch.tensor([-1.0, 2.0])
+        >>> fused_ops.activations.relu_(x) is x, x
+        (True, tensor([0., 2.]))
+    """
+    _check_relu_dtype(input)
+    if not input.is_floating_point():
+        torch.ops.fused_ops.relu_forward_(input)
+        return input
+    return ReLUInplaceFunction.apply(input)

@@ -12,3 +12,25 @@ class Sigmoid(torch.nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return activations.sigmoid(input)
+
+
+class Tanh(torch.nn.Tanh):
+    """Drop-in for :class:`torch.nn.Tanh`, computed by :func:`fused_ops.tanh`.
+
+    A subclass, so ``isinstance(module, torch.nn.Tanh)`` still holds in code that checks.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return activations.tanh(input)
+
+
+class ReLU(torch.nn.ReLU):
+    """Drop-in for :class:`torch.nn.ReLU` (same ``inplace`` argument), computed by :func:`fused_ops.relu`.
+
+    With ``inplace=True`` the kernel writes into the input, which is returned, exactly as
+    torch's ``ReLU(inplace=True)`` does: autograd sees the write, so a leaf that requires
+    grad raises ``RuntimeError`` and a stale saved copy of the input is caught in backward.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return activations.relu_(input) if self.inplace else activations.relu(input)

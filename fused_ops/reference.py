@@ -24,3 +24,25 @@ def sigmoid_backward_ref(grad_output: torch.Tensor, output: torch.Tensor) -> tor
     acc = compute_dtype(output.dtype)
     y = output.to(acc)
     return (grad_output.to(acc) * y * (1 - y)).to(output.dtype)
+
+
+def tanh_ref(input: torch.Tensor) -> torch.Tensor:
+    """tanh(input), computed in the compute dtype and returned in ``input.dtype``."""
+    return torch.tanh(input.to(compute_dtype(input.dtype))).to(input.dtype)
+
+
+def tanh_backward_ref(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """grad_output * (1 - output^2), the gradient of tanh from its output."""
+    acc = compute_dtype(output.dtype)
+    y = output.to(acc)
+    return (grad_output.to(acc) * (1 - y * y)).to(output.dtype)
+
+
+def relu_ref(input: torch.Tensor) -> torch.Tensor:
+    """input < 0 ? 0 : input, exact in every dtype, so computed in ``input.dtype`` (integers too)."""
+    return torch.where(input < 0, torch.zeros((), dtype=input.dtype), input)
+
+
+def relu_backward_ref(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """output <= 0 ? 0 : grad_output (torch's threshold_backward at 0; a NaN output passes the gradient)."""
+    return torch.where(output <= 0, torch.zeros((), dtype=grad_output.dtype), grad_output)
