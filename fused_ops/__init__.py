@@ -12,5 +12,6 @@ __version__ = "0.1.0"
 
 from . import nn
 from .activations import relu, sigmoid, tanh
+from .losses import mse_loss
 
-__all__ = ["__version__", "nn", "relu", "sigmoid", "tanh"]
+__all__ = ["__version__", "mse_loss", "nn", "relu", "sigmoid", "tanh"]

@@ -46,3 +46,40 @@ def relu_ref(input: torch.Tensor) -> torch.Tensor:
 def relu_backward_ref(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """output <= 0 ? 0 : grad_output (torch's threshold_backward at 0; a NaN output passes the gradient)."""
     return torch.where(output <= 0, torch.zeros((), dtype=grad_output.dtype), grad_output)
+
+
+def mse_loss_ref(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """(input - target)^2, reduced by 'none' | 'mean' | 'sum', accumulated in the compute dtype.
+
+    ``input`` and ``target`` have one shape (already broadcast); the result has their
+    promoted dtype, as torch's mse_loss.
+    """
+    out_dtype = torch.promote_types(input.dtype, target.dtype)
+    acc = compute_dtype(out_dtype)
+    loss = (input.to(acc) - target.to(acc)).square()
+    if reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    return loss.to(out_dtype)
+
+
+def mse_loss_backward_ref(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    input_grad: bool,
+    target_grad: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_input, grad_target) = (scale * (input - target) * grad_output, -grad_input).
+
+    ``scale`` is 2 / numel for 'mean' and 2 otherwise; ``grad_output`` is 0-d unless
+    ``reduction`` is 'none'. A gradient whose flag is False is None.
+    """
+    acc = compute_dtype(torch.promote_types(input.dtype, target.dtype))
+    scale = 2.0 / input.numel() if reduction == "mean" and input.numel() > 0 else 2.0
+    grad = scale * (input.to(acc) - target.to(acc)) * grad_output.to(acc)
+    grad_input = grad.to(input.dtype) if input_grad else None
+    grad_target = (-grad).to(target.dtype) if target_grad else None
+    return grad_input, grad_target

@@ -1,0 +1,237 @@
+"""Fused losses: mean squared error.
+
+The op has three layers, read top to bottom:
+
+- the functional (``mse_loss``) reproduces :func:`torch.nn.functional.mse_loss` up to the
+  kernel call: the size-mismatch warning, the legacy ``size_average``/``reduce``
+  arguments, broadcasting (as differentiable ``expand`` views, so autograd sums each
+  gradient back to its operand's shape), reduction and dtype checks;
+- the ``torch.autograd.Function`` (``MSELossFunction``) saves input and target with
+  ``ctx.save_for_backward`` and asks for the gradients that autograd needs, no more;
+- ``torch.library`` custom ops (``fused_ops::mse_loss_forward`` and ``_backward``) run the
+  kernels, with fake implementations so ``torch.compile(fullgraph=True)`` traces them.
+  The backward op writes grad_input and grad_target in one launch and has its own
+  autograd formula in eager ops, which is what makes double backward work.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import reference
+from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout
+
+if TRITON_AVAILABLE:
+    from .kernels import losses as kernels
+
+_REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
+
+
+@torch.library.custom_op("fused_ops::mse_loss_forward", mutates_args=())
+def _mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    # One dense layout for both paths, so the 'none' output's strides do not depend on
+    # the backend (the fake below reproduces them).
+    input, target = dense_layout(input, target)
+    if use_triton("mse_loss", input, target):
+        return kernels.mse_loss_forward(input, target, reduction)
+    return reference.mse_loss_ref(input, target, reduction)
+
+
+@_mse_loss_forward.register_fake
+def _(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    out_dtype = torch.promote_types(input.dtype, target.dtype)
+    if reduction == "none":
+        input, _ = dense_layout(input, target)
+        return torch.empty_like(input, dtype=out_dtype)
+    return input.new_empty((), dtype=out_dtype)
+
+
+def _placeholder(like: torch.Tensor) -> torch.Tensor:
+    # Custom ops cannot return None, so a gradient nobody asked for comes back as an
+    # empty tensor that the autograd Function drops.
+    return like.new_empty((0,))
+
+
+@torch.library.custom_op("fused_ops::mse_loss_backward", mutates_args=())
+def _mse_loss_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    input_grad: bool,
+    target_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if reduction == "none":
+        grad_output, input, target = dense_layout(grad_output, input, target)
+    else:
+        input, target = dense_layout(input, target)
+    if use_triton("mse_loss", grad_output, input, target):
+        grad_input, grad_target = kernels.mse_loss_backward(
+            grad_output, input, target, reduction, input_grad, target_grad
+        )
+    else:
+        grad_input, grad_target = reference.mse_loss_backward_ref(
+            grad_output, input, target, reduction, input_grad, target_grad
+        )
+    return (
+        _placeholder(input) if grad_input is None else grad_input,
+        _placeholder(target) if grad_target is None else grad_target,
+    )
+
+
+@_mse_loss_backward.register_fake
+def _(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    input_grad: bool,
+    target_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if reduction == "none":
+        _, layout, _ = dense_layout(grad_output, input, target)
+    else:
+        layout, _ = dense_layout(input, target)
+    grad_input = torch.empty_like(layout, dtype=input.dtype) if input_grad else _placeholder(input)
+    grad_target = torch.empty_like(layout, dtype=target.dtype) if target_grad else _placeholder(target)
+    return grad_input, grad_target
+
+
+def _mse_loss_backward_setup_context(ctx, inputs, output) -> None:
+    grad_output, input, target, reduction, input_grad, target_grad = inputs
+    ctx.save_for_backward(grad_output, input, target)
+    ctx.reduction = reduction
+    ctx.input_grad = input_grad
+    ctx.target_grad = target_grad
+
+
+def _mse_loss_double_backward(ctx, grad_grad_input: torch.Tensor | None, grad_grad_target: torch.Tensor | None):
+    # With d = scale * (input - target), the backward computes grad_input = d * grad_output
+    # and grad_target = -grad_input. So for upstream gradients (gi, gt) of those outputs,
+    # with delta = gi - gt: d/d(grad_output) = sum(scale * (input - target) * delta) to
+    # grad_output's shape, d/d(input) = scale * grad_output * delta, d/d(target) = -that.
+    grad_output, input, target = ctx.saved_tensors
+    acc = reference.compute_dtype(torch.promote_types(input.dtype, target.dtype))
+    delta = None
+    if ctx.input_grad and grad_grad_input is not None:
+        delta = grad_grad_input.to(acc)
+    if ctx.target_grad and grad_grad_target is not None:
+        delta = -grad_grad_target.to(acc) if delta is None else delta - grad_grad_target.to(acc)
+    if delta is None:
+        return None, None, None, None, None, None
+    scale = 2.0 / max(input.numel(), 1) if ctx.reduction == "mean" else 2.0
+    needs_grad_output, needs_input, needs_target = ctx.needs_input_grad[:3]
+    grad_grad_output = grad_input = grad_target = None
+    if needs_grad_output:
+        grad_grad_output = scale * (input.to(acc) - target.to(acc)) * delta
+        if ctx.reduction != "none":
+            grad_grad_output = grad_grad_output.sum()
+        grad_grad_output = grad_grad_output.to(grad_output.dtype)
+    if needs_input or needs_target:
+        step = scale * grad_output.to(acc) * delta
+        grad_input = step.to(input.dtype) if needs_input else None
+        grad_target = (-step).to(target.dtype) if needs_target else None
+    return grad_grad_output, grad_input, grad_target, None, None, None
+
+
+_mse_loss_backward.register_autograd(_mse_loss_double_backward, setup_context=_mse_loss_backward_setup_context)
+
+
+def _legacy_reduction(size_average: bool | None, reduce: bool | None) -> str:
+    """torch's mapping of the deprecated arguments to a reduction, with its deprecation warning."""
+    if not torch.compiler.is_compiling():
+        return torch.nn._reduction.legacy_get_string(size_average, reduce)
+    # Dynamo would put legacy_get_string in the graph, where a str result cannot go, and it
+    # cannot trace warnings.warn: the same rule, without the warning, under torch.compile.
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+@torch.compiler.allow_in_graph
+def _broadcast_with_warning(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's size-mismatch warning, then both operands as broadcast (differentiable) views.
+
+    In the graph as one call, because Dynamo cannot trace ``warnings.warn``: under
+    torch.compile the warning is raised while tracing, as torch's own mse_loss does.
+    Non-broadcastable shapes raise torch's RuntimeError.
+    """
+    warnings.warn(
+        f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+        "This will likely lead to incorrect results due to broadcasting. "
+        "Please ensure they have the same size.",
+        stacklevel=3,
+    )
+    return tuple(torch.broadcast_tensors(input, target))
+
+
+class MSELossFunction(torch.autograd.Function):
+    """MSE loss of two same-shaped tensors; forward and fused backward are Triton kernels."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+        output = torch.ops.fused_ops.mse_loss_forward(input, target, reduction)
+        ctx.save_for_backward(input, target)
+        ctx.reduction = reduction
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        input, target = ctx.saved_tensors
+        input_grad, target_grad = ctx.needs_input_grad[:2]
+        grad_input, grad_target = torch.ops.fused_ops.mse_loss_backward(
+            grad_output, input, target, ctx.reduction, input_grad, target_grad
+        )
+        return (grad_input if input_grad else None, grad_target if target_grad else None, None)
+
+
+def mse_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Drop-in for :func:`torch.nn.functional.mse_loss`: the (mean or summed) squared error.
+
+    Args:
+        input: predictions, any shape and layout, float (or integer when ``target`` is float).
+        target: ground truth, broadcastable to ``input``'s shape. A different size warns,
+            as torch does, and broadcasts; gradients flow to it too when it requires grad.
+        size_average: deprecated (see ``reduction``); if given, with ``reduce``, overrides it.
+        reduce: deprecated (see ``reduction``).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``. The mean of an empty tensor is nan.
+
+    Returns:
+        With ``'none'``, the elementwise loss in the broadcast shape; otherwise a 0-d
+        tensor. Its dtype is the promotion of ``input.dtype`` and ``target.dtype``.
+        Sums are accumulated in fp32 (fp64 for fp64) with a fixed order, so they are
+        bitwise reproducible.
+
+    Shape:
+        Input ``(*)``, target broadcastable to ``(*)``; output ``(*)`` for ``'none'``, else ``()``.
+
+    Example:
+        >>> input = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
+        >>> fused_ops.mse_loss(input, torch.tensor([1.0, 1.0, 1.0]))
+        tensor(3.3333, grad_fn=<MSELossFunctionBackward>)
+    """
+    if target.size() != input.size():
+        input, target = _broadcast_with_warning(input, target)
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
+    reduction = _REDUCTIONS[torch.nn._reduction.get_enum(reduction)]
+    check_same_device("mse_loss", input, target)
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    if dtype not in FLOATING_DTYPES:
+        check_floating("mse_loss", torch.empty((), dtype=dtype, device="meta"), name="input and target")
+    # An integer or bool operand of a float loss takes the promoted dtype here (it cannot
+    # require grad); two float dtypes go to the kernels as they are, which upcast each.
+    if not input.is_floating_point():
+        input = input.to(dtype)
+    if not target.is_floating_point():
+        target = target.to(dtype)
+    return MSELossFunction.apply(input, target, reduction)

@@ -1,0 +1,187 @@
+"""Mean squared error kernels: forward (elementwise, or a deterministic two-stage sum) and one fused backward.
+
+Every kernel sees ``input`` and ``target`` (and a per-element ``grad_output``) as flat arrays
+of ``n_elements`` that share one dense layout; the PyTorch side broadcasts them and
+copies other layouts first. The two operands may have different float dtypes (torch
+promotes them): each is loaded in its own storage dtype and upcast, so the arithmetic runs
+in fp64 when either is fp64 and in fp32 otherwise, exactly the promoted compute dtype.
+
+The reductions never use atomics. Stage 1 (:func:`mse_loss_partial_sums_kernel`) runs at
+most ``MSE_MAX_PARTIALS`` programs; each accumulates its strided share of the blocks in a
+register vector and writes one partial sum. Stage 2 (:func:`mse_loss_sum_partials_kernel`)
+is one program that adds the partials in a fixed tree order and divides by ``n_elements``
+for ``'mean'``. Grid and order depend only on ``n_elements``, so two runs are bitwise equal.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import upcast
+from ._config import MSE_BLOCK_SIZE, MSE_MAX_PARTIALS, MSE_NUM_WARPS, MSE_PARTIALS_NUM_WARPS
+
+
+@triton.jit
+def mse_loss_kernel(input_ptr, target_ptr, output_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    """output = (input - target)^2 elementwise, for ``reduction='none'``."""
+    # int64 before the multiply: pid * BLOCK_SIZE overflows int32 past 2^31 elements.
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
+    offsets = block_start + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    diff = upcast(tl.load(input_ptr + offsets, mask=mask)) - upcast(tl.load(target_ptr + offsets, mask=mask))
+    tl.store(output_ptr + offsets, (diff * diff).to(output_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def mse_loss_partial_sums_kernel(input_ptr, target_ptr, partials_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    """partials[pid] = sum of (input - target)^2 over blocks pid, pid + num_programs, ...
+
+    Shape: ``partials`` has one element per program, in the compute dtype.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    stride = tl.num_programs(0).to(tl.int64) * BLOCK_SIZE
+    # Each lane keeps its own running sum across blocks; one tree sum at the end adds
+    # the lanes, which rounds far less than summing one long sequence.
+    acc = tl.zeros([BLOCK_SIZE], dtype=partials_ptr.dtype.element_ty)
+    for block_start in range(pid * BLOCK_SIZE, n_elements, stride):
+        offsets = block_start + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < n_elements
+        # Masked-out lanes load 0 from both operands, so they add exactly 0.
+        x = upcast(tl.load(input_ptr + offsets, mask=mask, other=0.0))
+        t = upcast(tl.load(target_ptr + offsets, mask=mask, other=0.0))
+        diff = x - t
+        acc += diff * diff
+    tl.store(partials_ptr + pid, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def mse_loss_sum_partials_kernel(
+    partials_ptr, output_ptr, n_partials, n_elements, MEAN: tl.constexpr, BLOCK_SIZE: tl.constexpr
+):
+    """output = sum(partials) (divided by ``n_elements`` when ``MEAN``); one program, one block.
+
+    With no elements there are no partials: the sum is 0 and the mean 0 / 0 = nan, as torch.
+    """
+    offsets = tl.arange(0, BLOCK_SIZE)
+    partials = tl.load(partials_ptr + offsets, mask=offsets < n_partials, other=0.0)
+    total = tl.sum(partials, axis=0)
+    if MEAN:
+        total = total / n_elements
+    tl.store(output_ptr, total.to(output_ptr.dtype.element_ty))
+
+
+@triton.jit
+def mse_loss_backward_kernel(
+    grad_output_ptr,
+    input_ptr,
+    target_ptr,
+    grad_input_ptr,
+    grad_target_ptr,
+    n_elements,
+    REDUCED: tl.constexpr,
+    MEAN: tl.constexpr,
+    INPUT_GRAD: tl.constexpr,
+    TARGET_GRAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """grad_input = scale * (input - target) * grad_output, grad_target = -grad_input.
+
+    ``scale`` is 2 / n_elements for ``'mean'`` and 2 otherwise. With ``REDUCED`` the loss was
+    a 0-d sum or mean and ``grad_output`` is 0-d: it is read here, on the device, so the
+    host never waits for it. Otherwise ``grad_output`` has one value per element. Only the
+    gradients whose flag is set are written (an unused pointer may be None).
+    """
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
+    offsets = block_start + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    diff = upcast(tl.load(input_ptr + offsets, mask=mask)) - upcast(tl.load(target_ptr + offsets, mask=mask))
+    if REDUCED:
+        grad_output = upcast(tl.load(grad_output_ptr))
+    else:
+        grad_output = upcast(tl.load(grad_output_ptr + offsets, mask=mask))
+    # 2 / n is rounded once, in the compute dtype, as torch's norm = 2. / numel.
+    scale = tl.full((), 2.0, diff.dtype)
+    if MEAN:
+        scale = scale / n_elements
+    grad = scale * diff * grad_output
+    if INPUT_GRAD:
+        tl.store(grad_input_ptr + offsets, grad.to(grad_input_ptr.dtype.element_ty), mask=mask)
+    if TARGET_GRAD:
+        tl.store(grad_target_ptr + offsets, (-grad).to(grad_target_ptr.dtype.element_ty), mask=mask)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of a loss whose output has ``dtype``: fp64 stays fp64, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Squared error of two tensors sharing one dense layout, reduced by ``reduction``.
+
+    Returns a tensor of dtype ``promote_types(input.dtype, target.dtype)``: with ``'none'``
+    it has the input's shape and layout, otherwise it is 0-d.
+    """
+    out_dtype = torch.promote_types(input.dtype, target.dtype)
+    n_elements = input.numel()
+    if reduction == "none":
+        output = torch.empty_like(input, dtype=out_dtype)
+        if n_elements > 0:
+            grid = (triton.cdiv(n_elements, MSE_BLOCK_SIZE),)
+            mse_loss_kernel[grid](input, target, output, n_elements, BLOCK_SIZE=MSE_BLOCK_SIZE, num_warps=MSE_NUM_WARPS)
+        return output
+    n_partials = min(triton.cdiv(n_elements, MSE_BLOCK_SIZE), MSE_MAX_PARTIALS)
+    partials = torch.empty(n_partials, dtype=_accumulation_dtype(out_dtype), device=input.device)
+    if n_partials > 0:
+        mse_loss_partial_sums_kernel[(n_partials,)](
+            input, target, partials, n_elements, BLOCK_SIZE=MSE_BLOCK_SIZE, num_warps=MSE_NUM_WARPS
+        )
+    output = torch.empty((), dtype=out_dtype, device=input.device)
+    # Launched even for an empty input, so the 0-d result (0, or nan for a mean) is
+    # written by the same code, on the device.
+    mse_loss_sum_partials_kernel[(1,)](
+        partials,
+        output,
+        n_partials,
+        n_elements,
+        MEAN=reduction == "mean",
+        BLOCK_SIZE=MSE_MAX_PARTIALS,
+        num_warps=MSE_PARTIALS_NUM_WARPS,
+    )
+    return output
+
+
+def mse_loss_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    input_grad: bool,
+    target_grad: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of the MSE loss with respect to input and target, in one launch.
+
+    ``input`` and ``target`` (and ``grad_output`` for ``'none'``) share one dense layout;
+    for ``'mean'``/``'sum'`` ``grad_output`` is 0-d. Returns ``(grad_input, grad_target)``
+    in the layouts of ``input``, with ``input.dtype`` and ``target.dtype``; a gradient
+    whose flag is False is None and is never computed.
+    """
+    grad_input = torch.empty_like(input) if input_grad else None
+    grad_target = torch.empty_like(input, dtype=target.dtype) if target_grad else None
+    n_elements = input.numel()
+    if n_elements > 0 and (input_grad or target_grad):
+        grid = (triton.cdiv(n_elements, MSE_BLOCK_SIZE),)
+        mse_loss_backward_kernel[grid](
+            grad_output,
+            input,
+            target,
+            grad_input,
+            grad_target,
+            n_elements,
+            REDUCED=reduction != "none",
+            MEAN=reduction == "mean",
+            INPUT_GRAD=input_grad,
+            TARGET_GRAD=target_grad,
+            BLOCK_SIZE=MSE_BLOCK_SIZE,
+            num_warps=MSE_NUM_WARPS,
+        )
+    return grad_input, grad_target
