@@ -29,19 +29,13 @@ import torch
 
 import fused_ops
 import fused_ops.optim
-from fused_ops import _dispatch
+from fused_ops import _dispatch, demo
 from fused_ops.profiling import KernelTrace
 
 REEXEC_MESSAGE = (
     "fused-ops: no GPU found, so re-running with TRITON_INTERPRET=1: "
     "the Triton kernels run on the CPU in Triton's interpreter"
 )
-
-BACKEND_DESCRIPTIONS = {
-    _dispatch.Backend.TRITON: "compiled Triton kernels",
-    _dispatch.Backend.INTERPRETER: "Triton kernels in Triton's interpreter",
-    _dispatch.Backend.REFERENCE: "eager PyTorch reference (no Triton kernel runs)",
-}
 
 
 def needs_interpreter_reexec(environ: dict[str, str] | os._Environ = os.environ) -> bool:
@@ -60,8 +54,6 @@ def reexec_under_interpreter(argv: Sequence[str]) -> None:
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from fused_ops import demo
-
     defaults = demo.DemoConfig()
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default: %(default)s)")
     parser.add_argument(
@@ -79,14 +71,8 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from fused_ops import demo
-
     config = demo.DemoConfig(epochs=args.epochs, batch_size=args.batch_size, hidden=args.hidden, seed=args.seed)
     return demo.main(config, tolerance=args.tolerance, progress=not args.no_progress)
-
-
-def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("report_args", nargs=argparse.REMAINDER, help="arguments passed on to the report")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -103,7 +89,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    status = report.main(args.report_args)
+    status = report.main(args.extra_arguments)
     return 0 if status is None else int(status)
 
 
@@ -207,7 +193,7 @@ def _run_check(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         backends["cuda"] = _dispatch.choose_backend("check", torch.empty(0, device=device))
     for device_type, backend in backends.items():
-        print(f"backend for {device_type} tensors: {backend.value} ({BACKEND_DESCRIPTIONS[backend]})")
+        print(f"backend for {device_type} tensors: {backend.value} ({demo.BACKEND_DESCRIPTIONS[backend]})")
     backend = backends[device.type]
     # Only interpreted launches can be traced; compiled kernels leave the trace empty.
     traced = backend is _dispatch.Backend.INTERPRETER
@@ -258,6 +244,8 @@ class Command:
     help: str
     run: Callable[[argparse.Namespace], int]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    # True: arguments the command does not declare reach it as ``args.extra_arguments``.
+    passes_on_arguments: bool = False
 
 
 COMMANDS = (
@@ -267,7 +255,12 @@ COMMANDS = (
         _run_demo,
         _add_demo_arguments,
     ),
-    Command("bench", "benchmark and memory-traffic report", _run_bench, _add_bench_arguments),
+    Command(
+        "bench",
+        "benchmark and memory-traffic report (further arguments go to the report)",
+        _run_bench,
+        passes_on_arguments=True,
+    ),
     Command("check", "print the environment and run every fused op once against torch", _run_check),
 )
 
@@ -277,13 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fused-ops", description="Fused Triton kernels for PyTorch.")
     parser.add_argument("--version", action="version", version=f"fused_ops {fused_ops.__version__}")
     subparsers = parser.add_subparsers(
-        dest="command", required=True, metavar="{" + ",".join(c.name for c in COMMANDS) + "}"
+        dest="command_name", required=True, metavar="{" + ",".join(c.name for c in COMMANDS) + "}"
     )
     for command in COMMANDS:
         subparser = subparsers.add_parser(command.name, help=command.help, description=command.help)
         if command.add_arguments is not None:
             command.add_arguments(subparser)
-        subparser.set_defaults(run=command.run)
+        subparser.set_defaults(command=command)
     return parser
 
 
@@ -301,7 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["check"])  # doctest: +SKIP
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra_arguments = parser.parse_known_args(argv)
+    if extra_arguments and not args.command.passes_on_arguments:
+        parser.error(f"unrecognized arguments: {' '.join(extra_arguments)}")
+    args.extra_arguments = extra_arguments
     if needs_interpreter_reexec():
         reexec_under_interpreter(argv)
-    return args.run(args)
+    return args.command.run(args)
