@@ -13,5 +13,6 @@ __version__ = "0.1.0"
 from . import nn
 from .activations import relu, sigmoid, tanh
 from .losses import mse_loss
+from .softmax import log_softmax, softmax
 
-__all__ = ["__version__", "mse_loss", "nn", "relu", "sigmoid", "tanh"]
+__all__ = ["__version__", "log_softmax", "mse_loss", "nn", "relu", "sigmoid", "softmax", "tanh"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import activations, losses
+from . import softmax as _softmax
 
 
 class Sigmoid(torch.nn.Module):
@@ -44,3 +45,25 @@ class MSELoss(torch.nn.MSELoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return losses.mse_loss(input, target, reduction=self.reduction)
+
+
+class Softmax(torch.nn.Softmax):
+    """Drop-in for :class:`torch.nn.Softmax` (same constructor), computed by :func:`fused_ops.softmax`.
+
+    ``dim=None`` keeps torch's deprecated implicit choice and its warning.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        dim = _softmax.implicit_softmax_dim("softmax", input.dim(), 5) if self.dim is None else self.dim
+        return _softmax.softmax(input, dim)
+
+
+class LogSoftmax(torch.nn.LogSoftmax):
+    """Drop-in for :class:`torch.nn.LogSoftmax` (same constructor), computed by :func:`fused_ops.log_softmax`.
+
+    ``dim=None`` keeps torch's deprecated implicit choice and its warning.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        dim = _softmax.implicit_softmax_dim("log_softmax", input.dim(), 5) if self.dim is None else self.dim
+        return _softmax.log_softmax(input, dim)

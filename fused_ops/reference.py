@@ -83,3 +83,31 @@ def mse_loss_backward_ref(
     grad_input = grad.to(input.dtype) if input_grad else None
     grad_target = (-grad).to(target.dtype) if target_grad else None
     return grad_input, grad_target
+
+
+def softmax_ref(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+    """softmax over ``dim``, computed in ``output_dtype``'s compute dtype, returned in ``output_dtype``."""
+    return torch.softmax(input.to(compute_dtype(output_dtype)), dim).to(output_dtype)
+
+
+def log_softmax_ref(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+    """log_softmax over ``dim``, computed in ``output_dtype``'s compute dtype, returned in ``output_dtype``."""
+    return torch.log_softmax(input.to(compute_dtype(output_dtype)), dim).to(output_dtype)
+
+
+def softmax_backward_ref(
+    grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype
+) -> torch.Tensor:
+    """output * (grad_output - sum(grad_output * output)), softmax's input gradient in ``input_dtype``."""
+    acc = compute_dtype(output.dtype)
+    g, y = grad_output.to(acc), output.to(acc)
+    return (y * (g - (g * y).sum(dim, keepdim=True))).to(input_dtype)
+
+
+def log_softmax_backward_ref(
+    grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype
+) -> torch.Tensor:
+    """grad_output - exp(output) * sum(grad_output), log_softmax's input gradient in ``input_dtype``."""
+    acc = compute_dtype(output.dtype)
+    g, y = grad_output.to(acc), output.to(acc)
+    return (g - y.exp() * g.sum(dim, keepdim=True)).to(input_dtype)

@@ -15,3 +15,20 @@ MSE_BLOCK_SIZE = 1024
 MSE_NUM_WARPS = 4
 MSE_MAX_PARTIALS = 1024
 MSE_PARTIALS_NUM_WARPS = 4
+
+# Softmax and log_softmax (kernels/softmax.py). A tile is BLOCK_R rows x BLOCK_N columns.
+# Rows whose padded length fits in SOFTMAX_MAX_FUSED_SIZE are reduced in one tile held in
+# registers (read once, write once): 8192 fp32 over 16 warps is 16 values per thread, and
+# the backward's two such tiles still fit without spilling. Short rows are packed so that a
+# program handles at least SOFTMAX_MIN_TILE elements. Longer rows loop over tiles of
+# SOFTMAX_LOOP_TILE elements (online max and sum, then a normalizing pass).
+SOFTMAX_MAX_FUSED_SIZE = 8192
+SOFTMAX_MIN_TILE = 2048
+SOFTMAX_LOOP_TILE = 4096
+# Reducing a non-last dim makes neighbouring ROWS adjacent in memory; a tile then spans at
+# least this many rows so each warp's loads cover whole 32-byte sectors (32 x fp32 = 128 B).
+SOFTMAX_STRIDED_MIN_ROWS = 32
+# One warp per SOFTMAX_ELEMENTS_PER_WARP tile elements (8 per thread), within these bounds.
+SOFTMAX_ELEMENTS_PER_WARP = 256
+SOFTMAX_MIN_WARPS = 4
+SOFTMAX_MAX_WARPS = 16

@@ -1,0 +1,266 @@
+"""Fused softmax and log_softmax over any dim, forward and backward.
+
+Each op has the same three layers as :mod:`fused_ops.activations`:
+
+- the functional (``softmax``, ``log_softmax``) checks arguments like torch and applies
+  ``dtype=``;
+- the ``torch.autograd.Function`` saves the OUTPUT with ``ctx.save_for_backward``: both
+  gradients are functions of the output alone, so the input is never kept alive;
+- ``torch.library`` custom ops (``fused_ops::softmax_forward``, ``_backward`` and the
+  ``log_softmax`` pair) run the kernels, with fake implementations for
+  ``torch.compile(fullgraph=True)``. Each backward op has an autograd formula in eager
+  ops, which is what makes double backward work.
+
+The kernels reduce over dim 1 of an ``(outer, N, inner)`` view, which ``reshape`` gives
+without a copy whenever the tensor's strides allow one (contiguous, transposed, sliced or
+expanded views usually do); only a layout that no such view can describe is copied.
+Outputs and input gradients are contiguous, as torch's are.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+
+import torch
+
+from . import reference
+from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._validation import check_floating, normalize_dim
+
+if TRITON_AVAILABLE:
+    from .kernels import softmax as kernels
+
+# Half-precision inputs with dtype=torch.float32 are cast inside the kernels: the kernels
+# compute in fp32 anyway, and widening is exact, so this is torch's result with no extra
+# pass over memory. Every other dtype= cast is done up front, exactly as torch does it.
+_CAST_IN_KERNEL = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
+
+
+def _three_d(shape: torch.Size, dim: int) -> tuple[int, int, int]:
+    """(outer, N, inner): the sizes before, at and after ``dim`` (a 0-d tensor is (1, 1, 1))."""
+    if len(shape) == 0:
+        return 1, 1, 1
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
+
+
+def _forward(op: str, input: torch.Tensor, dim: int, output_dtype: torch.dtype, log: bool) -> torch.Tensor:
+    if use_triton(op, input):
+        # reshape is a view (real strides, no copy) whenever one exists, else a contiguous copy.
+        output = kernels.softmax_forward(input.reshape(_three_d(input.shape, dim)), output_dtype, log)
+        return output.view(input.shape)
+    ref = reference.log_softmax_ref if log else reference.softmax_ref
+    return ref(input, dim, output_dtype).contiguous()
+
+
+def _backward(
+    op: str, grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype, log: bool
+) -> torch.Tensor:
+    if use_triton(op, grad_output, output):
+        shape = _three_d(output.shape, dim)
+        # grad_output is often an expanded view (the gradient of a sum), which reshapes to
+        # stride-0 views that the kernel reads in place.
+        grad_input = kernels.softmax_backward(grad_output.reshape(shape), output.reshape(shape), input_dtype, log)
+        return grad_input.view(output.shape)
+    ref = reference.log_softmax_backward_ref if log else reference.softmax_backward_ref
+    return ref(grad_output, output, dim, input_dtype).contiguous()
+
+
+def _empty_output(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(input.shape, dtype=dtype, device=input.device)
+
+
+@torch.library.custom_op("fused_ops::softmax_forward", mutates_args=())
+def _softmax_forward(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+    return _forward("softmax", input, dim, output_dtype, log=False)
+
+
+@_softmax_forward.register_fake
+def _(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+    return _empty_output(input, output_dtype)
+
+
+@torch.library.custom_op("fused_ops::log_softmax_forward", mutates_args=())
+def _log_softmax_forward(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+    return _forward("log_softmax", input, dim, output_dtype, log=True)
+
+
+@_log_softmax_forward.register_fake
+def _(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+    return _empty_output(input, output_dtype)
+
+
+@torch.library.custom_op("fused_ops::softmax_backward", mutates_args=())
+def _softmax_backward(
+    grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype
+) -> torch.Tensor:
+    return _backward("softmax", grad_output, output, dim, input_dtype, log=False)
+
+
+@_softmax_backward.register_fake
+def _(grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype) -> torch.Tensor:
+    return _empty_output(output, input_dtype)
+
+
+@torch.library.custom_op("fused_ops::log_softmax_backward", mutates_args=())
+def _log_softmax_backward(
+    grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype
+) -> torch.Tensor:
+    return _backward("log_softmax", grad_output, output, dim, input_dtype, log=True)
+
+
+@_log_softmax_backward.register_fake
+def _(grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype) -> torch.Tensor:
+    return _empty_output(output, input_dtype)
+
+
+def _backward_setup_context(ctx, inputs, output) -> None:
+    grad_output, saved_output, dim, _ = inputs
+    ctx.save_for_backward(grad_output, saved_output)
+    ctx.dim = dim
+
+
+def _softmax_double_backward(ctx, grad_grad_input: torch.Tensor):
+    # grad_input = y * (g - S) with S = sum(g * y), so for an upstream gradient u:
+    # d/dg = y * (u - sum(u * y)) and d/dy = u * (g - S) - g * sum(u * y).
+    grad_output, output = ctx.saved_tensors
+    u = grad_grad_input.to(output.dtype)
+    u_dot_y = (u * output).sum(ctx.dim, keepdim=True)
+    g_dot_y = (grad_output * output).sum(ctx.dim, keepdim=True)
+    grad_grad_output = output * (u - u_dot_y)
+    grad_saved_output = u * (grad_output - g_dot_y) - grad_output * u_dot_y
+    return grad_grad_output, grad_saved_output, None, None
+
+
+def _log_softmax_double_backward(ctx, grad_grad_input: torch.Tensor):
+    # grad_input = g - exp(y) * sum(g), so for an upstream gradient u:
+    # d/dg = u - sum(u * exp(y)) and d/dy = -u * exp(y) * sum(g).
+    grad_output, output = ctx.saved_tensors
+    u = grad_grad_input.to(output.dtype)
+    softmax = output.exp()
+    grad_grad_output = u - (u * softmax).sum(ctx.dim, keepdim=True)
+    grad_saved_output = -u * softmax * grad_output.sum(ctx.dim, keepdim=True)
+    return grad_grad_output, grad_saved_output, None, None
+
+
+_softmax_backward.register_autograd(_softmax_double_backward, setup_context=_backward_setup_context)
+_log_softmax_backward.register_autograd(_log_softmax_double_backward, setup_context=_backward_setup_context)
+
+
+class SoftmaxFunction(torch.autograd.Function):
+    """Softmax over ``dim`` by Triton kernels; the backward uses only the saved output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+        output = torch.ops.fused_ops.softmax_forward(input, dim, output_dtype)
+        ctx.save_for_backward(output)
+        ctx.dim, ctx.input_dtype = dim, input.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (output,) = ctx.saved_tensors
+        return torch.ops.fused_ops.softmax_backward(grad_output, output, ctx.dim, ctx.input_dtype), None, None
+
+
+class LogSoftmaxFunction(torch.autograd.Function):
+    """Log-softmax over ``dim`` by Triton kernels; the backward uses only the saved output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+        output = torch.ops.fused_ops.log_softmax_forward(input, dim, output_dtype)
+        ctx.save_for_backward(output)
+        ctx.dim, ctx.input_dtype = dim, input.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (output,) = ctx.saved_tensors
+        return torch.ops.fused_ops.log_softmax_backward(grad_output, output, ctx.dim, ctx.input_dtype), None, None
+
+
+def _apply(function, op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
+    """Check arguments in torch's order (dim, then dtype) and apply ``function``."""
+    try:
+        dim = operator.index(dim)
+    except TypeError:
+        raise TypeError(f"{op}(): argument 'dim' (position 2) must be int, not {type(dim).__name__}") from None
+    dim = normalize_dim(dim, input.dim())
+    if dtype is not None and dtype != input.dtype and (input.dtype, dtype) not in _CAST_IN_KERNEL:
+        input = input.to(dtype)
+    check_floating(op, input)
+    return function.apply(input, dim, dtype or input.dtype)
+
+
+def softmax(input: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Drop-in for :func:`torch.softmax`: ``exp(x_i) / sum_j exp(x_j)`` along ``dim``.
+
+    Args:
+        input: a floating-point tensor of any shape and layout.
+        dim: the dimension to normalize over; negative values count from the end. A 0-d
+            tensor accepts 0 and -1.
+        dtype: if given, ``input`` is cast to it first, as in torch (so integer tensors
+            work with ``dtype=torch.float32``); the gradient still comes back in the
+            input's dtype. A float16/bfloat16 input with ``dtype=torch.float32`` is cast
+            inside the kernel, at no extra memory traffic.
+
+    Returns:
+        A contiguous tensor of ``input``'s shape and ``dtype`` (default: ``input.dtype``)
+        whose slices along ``dim`` sum to 1. As in torch, a slice of only ``-inf`` is NaN,
+        and a slice containing ``+inf`` or NaN is all NaN.
+
+    Raises:
+        IndexError: ``dim`` is out of range.
+        NotImplementedError: the (cast) input is not float32, float64, float16 or bfloat16.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Example:
+        >>> fused_ops.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=-1)
+        tensor([[0.0900, 0.2447, 0.6652]])
+    """
+    return _apply(SoftmaxFunction, "softmax", input, dim, dtype)
+
+
+def log_softmax(input: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Drop-in for :func:`torch.log_softmax`: ``x_i - log(sum_j exp(x_j))`` along ``dim``.
+
+    Args:
+        input: a floating-point tensor of any shape and layout.
+        dim: the dimension to normalize over; negative values count from the end. A 0-d
+            tensor accepts 0 and -1.
+        dtype: if given, ``input`` is cast to it first, as in torch; the gradient still
+            comes back in the input's dtype. A float16/bfloat16 input with
+            ``dtype=torch.float32`` is cast inside the kernel, at no extra memory traffic.
+
+    Returns:
+        A contiguous tensor of ``input``'s shape and ``dtype`` (default: ``input.dtype``).
+        As in torch, ``-inf`` beside finite values stays ``-inf``, a slice of only ``-inf``
+        is NaN, and a slice containing ``+inf`` or NaN is all NaN.
+
+    Raises:
+        IndexError: ``dim`` is out of range.
+        NotImplementedError: the (cast) input is not float32, float64, float16 or bfloat16.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Example:
+        >>> fused_ops.log_softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=-1)
+        tensor([[-2.4076, -1.4076, -0.4076]])
+    """
+    return _apply(LogSoftmaxFunction, "log_softmax", input, dim, dtype)
+
+
+def implicit_softmax_dim(name: str, ndim: int, stacklevel: int) -> int:
+    """torch's deprecated choice of dim when none is given: 0 for 0-, 1- and 3-d, else 1.
+
+    Warns exactly as ``torch.nn.functional`` does, for modules built with ``dim=None``.
+    """
+    warnings.warn(
+        f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X as an argument.",
+        stacklevel=stacklevel,
+    )
+    return 0 if ndim in (0, 1, 3) else 1

@@ -1,0 +1,321 @@
+"""Softmax and log_softmax kernels (forward and backward) over any dim, without a transpose.
+
+The launchers take 3-D views ``(outer, N, inner)`` and reduce over ``N``. A kernel sees
+independent rows of ``N`` elements, in groups: element ``n`` of row ``r`` in group ``k`` is at
+``ptr + k * group_stride + r * row_stride + n * col_stride``.
+
+- Reducing the last dim (``inner == 1``): one group, and the rows are the outer index.
+- Reducing any other dim (``inner > 1``): one group per outer index, and the rows are the
+  inner index. Neighbouring rows are then adjacent in memory, so tiles are made wide
+  along the rows instead of along ``N``.
+
+A program owns a tile of ``BLOCK_R`` rows x ``BLOCK_N`` columns of one group. Every stride
+is the tensor's real stride, so transposed, sliced and expanded views need no copy
+whenever they fit this form. Triton specializes strides equal to 1, so a contiguous axis
+gets vectorized, coalesced accesses.
+
+Two paths, chosen by the launcher from the row length:
+
+- single tile (``*_kernel``): the whole row sits in registers; the forward reads the input
+  once and writes the output once, the backward reads ``grad_output`` and ``output`` once
+  and writes ``grad_input`` once.
+- looped (``*_looped_kernel``), for rows longer than ``SOFTMAX_MAX_FUSED_SIZE``: a first
+  pass computes the row max and sum online (the forward) or the row's dot product (the
+  backward), and a second pass reads the row again and writes the result.
+
+Non-finite values follow torch: a row of only ``-inf`` gives NaN, a ``+inf`` or NaN anywhere
+in a row makes the whole row NaN, and ``-inf`` next to finite values gives 0 (softmax) or
+``-inf`` (log_softmax).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import upcast
+from ._config import (
+    SOFTMAX_ELEMENTS_PER_WARP,
+    SOFTMAX_LOOP_TILE,
+    SOFTMAX_MAX_FUSED_SIZE,
+    SOFTMAX_MAX_WARPS,
+    SOFTMAX_MIN_TILE,
+    SOFTMAX_MIN_WARPS,
+    SOFTMAX_STRIDED_MIN_ROWS,
+)
+
+# exp(x) = exp2(x * LOG2E) and log(x) = log2(x) * LN2. Against an fp64 tensor these Python
+# floats become exact fp64 constants, so fp64 keeps full precision.
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _tile_rows(n_rows, BLOCK_R: tl.constexpr):
+    """(group, rows) owned by this program: BLOCK_R consecutive rows of one group."""
+    # int64 before any multiply by a stride: offsets pass 2^31 on large tensors.
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_group = tl.cdiv(n_rows, BLOCK_R)
+    group = pid // blocks_per_group
+    rows = (pid % blocks_per_group) * BLOCK_R + tl.arange(0, BLOCK_R)
+    return group, rows
+
+
+@triton.jit
+def _row_pointers(ptr, group, rows, group_stride, row_stride):
+    """Pointers to element 0 of each row, shaped (BLOCK_R, 1) to broadcast over columns."""
+    return ptr + group * group_stride + rows[:, None] * row_stride
+
+
+@triton.jit
+def _column_offsets(cols, col_stride):
+    # int64: for a non-last dim col_stride is the inner size, and n * inner can pass 2^31.
+    return cols[None, :].to(tl.int64) * col_stride
+
+
+@triton.jit
+def softmax_forward_kernel(
+    input_ptr,
+    output_ptr,
+    n_rows,
+    n_cols,
+    in_group_stride,
+    in_row_stride,
+    in_col_stride,
+    out_group_stride,
+    out_row_stride,
+    out_col_stride,
+    LOG: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """softmax (or log_softmax when LOG) of rows that fit in one tile (n_cols <= BLOCK_N)."""
+    group, rows = _tile_rows(n_rows, BLOCK_R)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    in_ptrs = _row_pointers(input_ptr, group, rows, in_group_stride, in_row_stride)
+    # Padding lanes load -inf, which adds exp2(-inf) = 0 to the sum.
+    x = upcast(tl.load(in_ptrs + _column_offsets(cols, in_col_stride), mask=mask, other=-float("inf")))
+    row_max = tl.max(x, axis=1)
+    # A row of only -inf has row_max = -inf and shifted = NaN everywhere, which is torch's answer.
+    shifted = x - row_max[:, None]
+    numerator = tl.exp2(shifted * LOG2E)
+    row_sum = tl.sum(numerator, axis=1)
+    if LOG:
+        y = shifted - (tl.log2(row_sum) * LN2)[:, None]
+    else:
+        y = numerator * (1 / row_sum)[:, None]
+    out_ptrs = _row_pointers(output_ptr, group, rows, out_group_stride, out_row_stride)
+    tl.store(out_ptrs + _column_offsets(cols, out_col_stride), y.to(output_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def softmax_forward_looped_kernel(
+    input_ptr,
+    output_ptr,
+    n_rows,
+    n_cols,
+    in_group_stride,
+    in_row_stride,
+    in_col_stride,
+    out_group_stride,
+    out_row_stride,
+    out_col_stride,
+    LOG: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """softmax (or log_softmax when LOG) of rows of any length, BLOCK_N columns at a time.
+
+    Pass 1 keeps a running max ``m`` and a running sum ``s`` of ``exp(x - m)``, rescaling
+    ``s`` by ``exp(m_old - m_new)`` whenever the max grows (online softmax). Pass 2 reads
+    the row again and writes ``exp(x - m) / s`` (or ``x - m - log(s)``).
+    """
+    group, rows = _tile_rows(n_rows, BLOCK_R)
+    row_mask = rows < n_rows
+    in_ptrs = _row_pointers(input_ptr, group, rows, in_group_stride, in_row_stride)
+    out_ptrs = _row_pointers(output_ptr, group, rows, out_group_stride, out_row_stride)
+    row_max = upcast(tl.full([BLOCK_R], -float("inf"), input_ptr.dtype.element_ty))
+    row_sum = tl.zeros_like(row_max)
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        x = upcast(tl.load(in_ptrs + _column_offsets(cols, in_col_stride), mask=mask, other=-float("inf")))
+        new_max = tl.maximum(row_max, tl.max(x, axis=1))
+        # While a row has seen only -inf, shift by 0: exp2(-inf - 0) = 0 keeps its sum at 0,
+        # where shifting by -inf would give exp2(-inf + inf) = NaN and poison the finite
+        # values that come later. A row that stays all -inf still ends as NaN in pass 2.
+        shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+        row_sum = row_sum * tl.exp2((row_max - shift) * LOG2E) + tl.sum(tl.exp2((x - shift[:, None]) * LOG2E), axis=1)
+        row_max = new_max
+    log_sum = tl.log2(row_sum) * LN2
+    inverse_sum = 1 / row_sum
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        x = upcast(tl.load(in_ptrs + _column_offsets(cols, in_col_stride), mask=mask, other=-float("inf")))
+        shifted = x - row_max[:, None]
+        if LOG:
+            y = shifted - log_sum[:, None]
+        else:
+            y = tl.exp2(shifted * LOG2E) * inverse_sum[:, None]
+        tl.store(out_ptrs + _column_offsets(cols, out_col_stride), y.to(output_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def softmax_backward_kernel(
+    grad_output_ptr,
+    output_ptr,
+    grad_input_ptr,
+    n_rows,
+    n_cols,
+    go_group_stride,
+    go_row_stride,
+    go_col_stride,
+    out_group_stride,
+    out_row_stride,
+    out_col_stride,
+    gi_group_stride,
+    gi_row_stride,
+    gi_col_stride,
+    LOG: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Input gradient from the saved output y, for rows that fit in one tile.
+
+    softmax: ``g_in = y * (g - sum(g * y))``; log_softmax (LOG): ``g_in = g - exp(y) * sum(g)``.
+    """
+    group, rows = _tile_rows(n_rows, BLOCK_R)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    go_ptrs = _row_pointers(grad_output_ptr, group, rows, go_group_stride, go_row_stride)
+    out_ptrs = _row_pointers(output_ptr, group, rows, out_group_stride, out_row_stride)
+    g = upcast(tl.load(go_ptrs + _column_offsets(cols, go_col_stride), mask=mask, other=0.0))
+    y = upcast(tl.load(out_ptrs + _column_offsets(cols, out_col_stride), mask=mask, other=0.0))
+    if LOG:
+        grad_input = g - tl.exp2(y * LOG2E) * tl.sum(g, axis=1)[:, None]
+    else:
+        grad_input = y * (g - tl.sum(g * y, axis=1)[:, None])
+    gi_ptrs = _row_pointers(grad_input_ptr, group, rows, gi_group_stride, gi_row_stride)
+    tl.store(gi_ptrs + _column_offsets(cols, gi_col_stride), grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def softmax_backward_looped_kernel(
+    grad_output_ptr,
+    output_ptr,
+    grad_input_ptr,
+    n_rows,
+    n_cols,
+    go_group_stride,
+    go_row_stride,
+    go_col_stride,
+    out_group_stride,
+    out_row_stride,
+    out_col_stride,
+    gi_group_stride,
+    gi_row_stride,
+    gi_col_stride,
+    LOG: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The same gradient as softmax_backward_kernel for rows of any length, in two passes.
+
+    Pass 1 sums ``g * y`` (softmax) or ``g`` alone (log_softmax, which then never reads y
+    twice) into a tile-shaped accumulator, reduced once at the end: fixed order, so the
+    result is deterministic. Pass 2 reads both again and writes the gradient.
+    """
+    group, rows = _tile_rows(n_rows, BLOCK_R)
+    row_mask = rows < n_rows
+    go_ptrs = _row_pointers(grad_output_ptr, group, rows, go_group_stride, go_row_stride)
+    out_ptrs = _row_pointers(output_ptr, group, rows, out_group_stride, out_row_stride)
+    gi_ptrs = _row_pointers(grad_input_ptr, group, rows, gi_group_stride, gi_row_stride)
+    acc = upcast(tl.zeros([BLOCK_R, BLOCK_N], output_ptr.dtype.element_ty))
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        g = upcast(tl.load(go_ptrs + _column_offsets(cols, go_col_stride), mask=mask, other=0.0))
+        if LOG:
+            acc += g
+        else:
+            y = upcast(tl.load(out_ptrs + _column_offsets(cols, out_col_stride), mask=mask, other=0.0))
+            acc += g * y
+    total = tl.sum(acc, axis=1)[:, None]
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = row_mask[:, None] & (cols < n_cols)[None, :]
+        g = upcast(tl.load(go_ptrs + _column_offsets(cols, go_col_stride), mask=mask, other=0.0))
+        y = upcast(tl.load(out_ptrs + _column_offsets(cols, out_col_stride), mask=mask, other=0.0))
+        if LOG:
+            grad_input = g - tl.exp2(y * LOG2E) * total
+        else:
+            grad_input = y * (g - total)
+        tl.store(
+            gi_ptrs + _column_offsets(cols, gi_col_stride), grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask
+        )
+
+
+def _groups_and_strides(tensor: torch.Tensor, rows_along_inner: bool) -> tuple[int, int, int]:
+    """(group_stride, row_stride, col_stride) of a 3-D (outer, N, inner) tensor."""
+    outer_stride, n_stride, inner_stride = tensor.stride()
+    if rows_along_inner:
+        return outer_stride, inner_stride, n_stride
+    # inner == 1: a single group whose rows are the outer index.
+    return 0, outer_stride, n_stride
+
+
+def _launch(forward: bool, log: bool, tensors: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    """Choose the path and tile for (outer, N, inner) tensors, and launch it over ``output``.
+
+    The tile depends only on the shape, so the forward and backward of one tensor always
+    take the same path. The launcher reads this module's SOFTMAX_* globals on every call,
+    so tests can lower them to reach the looped path with small tensors.
+    """
+    outer, n_cols, inner = output.shape
+    if output.numel() == 0:
+        return
+    rows_along_inner = inner > 1
+    n_groups, n_rows = (outer, inner) if rows_along_inner else (1, outer)
+    # Rows adjacent in memory want a tile wide along the rows, so a warp's loads coalesce.
+    min_rows = min(triton.next_power_of_2(n_rows), SOFTMAX_STRIDED_MIN_ROWS) if rows_along_inner else 1
+    block_n = triton.next_power_of_2(n_cols)
+    looped = block_n * min_rows > SOFTMAX_MAX_FUSED_SIZE
+    if looped:
+        block_r = min_rows
+        block_n = max(SOFTMAX_LOOP_TILE // block_r, 1)
+    else:
+        block_r = min(triton.next_power_of_2(n_rows), max(min_rows, SOFTMAX_MIN_TILE // block_n))
+    num_warps = min(max((block_r * block_n) // SOFTMAX_ELEMENTS_PER_WARP, SOFTMAX_MIN_WARPS), SOFTMAX_MAX_WARPS)
+    if forward:
+        kernel = softmax_forward_looped_kernel if looped else softmax_forward_kernel
+    else:
+        kernel = softmax_backward_looped_kernel if looped else softmax_backward_kernel
+    strides = [s for t in (*tensors, output) for s in _groups_and_strides(t, rows_along_inner)]
+    grid = (n_groups * triton.cdiv(n_rows, block_r),)
+    kernel[grid](
+        *tensors, output, n_rows, n_cols, *strides, LOG=log, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=num_warps
+    )
+
+
+def softmax_forward(input: torch.Tensor, output_dtype: torch.dtype, log: bool) -> torch.Tensor:
+    """softmax (or log_softmax) over dim 1 of a 3-D (outer, N, inner) tensor of any strides.
+
+    Returns a new contiguous (outer, N, inner) tensor of ``output_dtype``.
+    """
+    output = torch.empty(input.shape, dtype=output_dtype, device=input.device)
+    _launch(True, log, (input,), output)
+    return output
+
+
+def softmax_backward(
+    grad_output: torch.Tensor, output: torch.Tensor, grad_input_dtype: torch.dtype, log: bool
+) -> torch.Tensor:
+    """Input gradient of softmax (or log_softmax) over dim 1 of 3-D (outer, N, inner) tensors.
+
+    ``output`` is the saved forward output; both tensors may have any strides. Returns a
+    new contiguous (outer, N, inner) tensor of ``grad_input_dtype``.
+    """
+    grad_input = torch.empty(output.shape, dtype=grad_input_dtype, device=output.device)
+    _launch(False, log, (grad_output, output), grad_input)
+    return grad_input
