@@ -409,7 +409,8 @@ class TorchTrace(TorchDispatchMode):
       read by two kernels counts twice. A single kernel's internal re-reads are not
       counted (softmax over rows too long for shared memory re-reads them, mostly from L2).
     - Views, metadata and allocations (``view``, ``detach``, ``empty``, ``set_``, ...)
-      count nothing; zero-filling allocations (``zeros``) are kernels.
+      and ops without tensors (``promote_types``) count nothing; zero-filling
+      allocations (``zeros``) are kernels.
     - Op-specific models, where one op is not one simple kernel:
       ``mse_loss`` with a reduction is two kernels (squared errors into a temporary, then
       a reduction of it); ``nll_loss_forward`` gathers one element per row;
@@ -487,7 +488,8 @@ class TorchTrace(TorchDispatchMode):
         if packet in _HOST_FACTORIES or (touched and all(_storage_key(t) in self._host_storages for t in touched)):
             self._host_storages.update(_storage_key(t) for t in _tensors_in(out))
             return out
-        if func.is_view or packet in _NO_WORK:
+        # No tensor at all (promote_types, ...) is host bookkeeping.
+        if not touched or func.is_view or packet in _NO_WORK:
             return out
         self.ops.append(_model_aten_op(func, args, kwargs, out))
         return out
