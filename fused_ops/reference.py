@@ -111,3 +111,101 @@ def log_softmax_backward_ref(
     acc = compute_dtype(output.dtype)
     g, y = grad_output.to(acc), output.to(acc)
     return (g - y.exp() * g.sum(dim, keepdim=True)).to(input_dtype)
+
+
+def _class_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """A cross-entropy operand shaped like the logits, as (rows, C) in the targets' element order."""
+    class_dim = 0 if tensor.dim() == 1 else 1
+    return tensor.movedim(class_dim, -1).reshape(-1, tensor.shape[class_dim])
+
+
+def _from_class_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_class_rows`: (rows, C) back to ``like``'s shape."""
+    class_dim = 0 if like.dim() == 1 else 1
+    return rows.reshape(like.movedim(class_dim, -1).shape).movedim(-1, class_dim)
+
+
+def cross_entropy_coefficients_ref(
+    input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, label_smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a, coef, row_weight, valid) of the cross-entropy kernels, as (rows, C) and (rows,) tensors.
+
+    With ``eps = max(label_smoothing, 0)`` and ``w`` the weight (ones without one):
+    each row's gradient is ``coef * softmax(x) - a``, its loss ``sum_c a_c (lse - x_c)``.
+    Probability targets: ``a = w * ((1 - eps) t + eps / C)``. Class indices ``y``:
+    ``a = (1 - eps) w_y onehot(y) + eps / C * w``, and 0 for rows whose target is
+    ``ignore_index``. ``row_weight`` is the weighted mean's denominator term (``w_y``, 0
+    for ignored rows; 1 for probability targets).
+    """
+    acc = compute_dtype(input.dtype)
+    C = input.shape[0 if input.dim() == 1 else 1]
+    eps = max(label_smoothing, 0.0)
+    w = torch.ones(C, dtype=acc, device=input.device) if weight is None else weight.to(acc)
+    if target.shape == input.shape:
+        t = _class_rows(target).to(torch.promote_types(acc, target.dtype))
+        a = w * (t * (1 - eps) + eps / C) if eps > 0 else w * t
+        valid = torch.ones(a.shape[0], dtype=torch.bool, device=input.device)
+        return a, a.sum(-1), valid.to(acc), valid
+    y = target.reshape(-1)
+    valid = y != ignore_index
+    y_safe = torch.where(valid, y, 0).long()
+    w_y = torch.where(valid, w[y_safe], 0)
+    onehot = torch.nn.functional.one_hot(y_safe, C).to(acc)
+    a = (1 - eps) * w_y[:, None] * onehot + eps / C * w
+    a = torch.where(valid[:, None], a, 0)
+    coef = torch.where(valid, (1 - eps) * w_y + eps / C * w.sum(), 0)
+    return a, coef, w_y, valid
+
+
+def cross_entropy_forward_ref(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, lse, coef, total_weight) exactly as the forward kernels compute them.
+
+    ``reduction`` is torch's enum (0 none, 1 mean, 2 sum). ``lse`` and ``coef`` are per row
+    (the target's elements in order); ``total_weight`` is the mean's denominator (1 for
+    other reductions). Computed in fp32 (fp64 for fp64 logits).
+    """
+    acc = compute_dtype(input.dtype)
+    x = _class_rows(input).to(acc)
+    lse = torch.logsumexp(x, dim=-1)
+    a, coef, row_weight, _ = cross_entropy_coefficients_ref(input, target, weight, ignore_index, label_smoothing)
+    # 0 * (lse - x) is 0 where a is 0, even for -inf logits (an ignored row, a smoothing-free class).
+    rows_loss = torch.where(a != 0, a * (lse[:, None] - x), 0).sum(-1)
+    loss_shape = () if input.dim() == 1 else input.shape[:1] + input.shape[2:]
+    if reduction == 0:
+        return rows_loss.reshape(loss_shape).to(out_dtype), lse, coef.to(acc), torch.ones((), dtype=acc)
+    total = rows_loss.sum()
+    total_weight = row_weight.sum() if reduction == 1 else torch.ones((), dtype=acc, device=input.device)
+    loss = total / total_weight if reduction == 1 else total
+    return loss.to(out_dtype), lse, coef.to(acc), total_weight.to(acc)
+
+
+def cross_entropy_backward_ref(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    total_weight: torch.Tensor,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """``dloss/dinput = scale * (coef * softmax(input) - a)``, from the forward's ``lse`` and ``coef``."""
+    acc = compute_dtype(input.dtype)
+    x = _class_rows(input).to(acc)
+    a, _, _, _ = cross_entropy_coefficients_ref(input, target, weight, ignore_index, label_smoothing)
+    grad = coef.to(acc)[:, None] * torch.exp(x - lse.to(acc)[:, None]) - a.to(acc)
+    if reduction == 0:
+        scale = grad_output.to(acc).reshape(-1, 1)
+    else:
+        scale = grad_output.to(acc) / total_weight.to(acc) if reduction == 1 else grad_output.to(acc)
+    return _from_class_rows(grad * scale, input).to(input.dtype)

@@ -1,0 +1,586 @@
+"""Fused cross-entropy: log_softmax + nll_loss (and their backward) in one pass each.
+
+The op has three layers, read top to bottom:
+
+- the functional (``cross_entropy``) reproduces :func:`torch.nn.functional.cross_entropy`
+  up to the kernel call: legacy ``size_average``/``reduce``, the reduction name, and every
+  shape, dtype and weight check, with torch's error types and messages, in torch's order;
+- two ``torch.autograd.Function``\\ s: ``CrossEntropyFunction`` saves the logits, the
+  per-row logsumexp and a per-row coefficient, so the backward is one more pass over the
+  logits; ``CrossEntropyGradInForwardFunction`` (opt-in) writes the gradient during the
+  forward into a buffer of its own and the backward only scales it, in place;
+- ``torch.library`` custom ops (``fused_ops::cross_entropy_forward``, ``_backward`` and
+  ``_scale_grad_``) run the kernels, with fake implementations so
+  ``torch.compile(fullgraph=True)`` traces them. The backward op has its own autograd
+  formula in eager ops, which is what makes double backward work.
+
+Logits are seen as ``(outer, C, inner)`` strided views (see :mod:`fused_ops.kernels.cross_entropy`):
+``(C,)`` is ``(1, C, 1)``, ``(N, C)`` is ``(N, C, 1)`` (or ``(1, C, N)`` when column-major,
+so that a tile of rows is contiguous), and ``(N, C, d1, ...)`` is ``(N, C, d1 * ...)`` (a
+copy only when the spatial dims cannot be merged into one stride). Nothing is transposed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._validation import _is_dense, check_floating, check_same_device
+
+if TRITON_AVAILABLE:
+    from .kernels import cross_entropy as kernels
+
+# torch's reduction enum (torch.nn._reduction.get_enum); the kernels use the same numbers.
+_NONE, _MEAN, _SUM = 0, 1, 2
+
+
+def _is_prob_target(input: torch.Tensor, target: torch.Tensor) -> bool:
+    # torch's rule: a target shaped exactly like the input holds class probabilities.
+    return input.shape == target.shape
+
+
+def _layout(input: torch.Tensor) -> str:
+    """How the logits map to ``(outer, C, inner)``: 'vector', 'rows', 'columns' or 'spatial'."""
+    if input.dim() == 1:
+        return "vector"
+    if input.dim() == 2:
+        n, c = input.shape
+        # Column-major (N, C): rows are adjacent in memory, so a tile of rows coalesces.
+        return "columns" if n > 1 and c > 1 and input.stride(0) < input.stride(1) else "rows"
+    return "spatial"
+
+
+def _class_view(tensor: torch.Tensor, layout: str) -> torch.Tensor:
+    """A logits-shaped tensor as ``(outer, C, inner)``: a view, except non-mergeable spatial dims."""
+    if layout == "vector":
+        return tensor.unsqueeze(0).unsqueeze(-1)
+    if layout == "rows":
+        return tensor.unsqueeze(-1)
+    if layout == "columns":
+        return tensor.t().unsqueeze(0)
+    return tensor.reshape(_shape3(tensor))
+
+
+def _shape3(tensor: torch.Tensor) -> tuple[int, int, int]:
+    inner = 1
+    for size in tensor.shape[2:]:
+        inner *= size
+    return tensor.shape[0], tensor.shape[1], inner
+
+
+def _row_view(tensor: torch.Tensor, layout: str, logits_3d: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like the logits without the class dim, as ``(outer, inner)``."""
+    outer, _, inner = logits_3d.shape
+    if layout == "rows":
+        return tensor.unsqueeze(-1)
+    if layout == "columns":
+        return tensor.unsqueeze(0)
+    return tensor.reshape(outer, inner)
+
+
+def _spatial_dims_merge(tensor: torch.Tensor) -> bool:
+    """True when dims 2.. of ``tensor`` can be viewed as one dim with a single stride."""
+    expected = None
+    for size, stride in reversed(list(zip(tensor.shape[2:], tensor.stride()[2:], strict=True))):
+        if size == 1:
+            continue
+        if expected is not None and stride != expected:
+            return False
+        expected = stride * size
+    return True
+
+
+def _empty_grad(input: torch.Tensor) -> torch.Tensor:
+    """The gradient buffer: the logits' own layout when dense (and mergeable), else contiguous."""
+    if _is_dense(input) and (input.dim() < 3 or _spatial_dims_merge(input)):
+        return torch.empty_like(input)
+    return torch.empty(input.shape, dtype=input.dtype, device=input.device)
+
+
+def _loss_shape(input: torch.Tensor) -> tuple[int, ...]:
+    return () if input.dim() == 1 else (input.shape[0], *input.shape[2:])
+
+
+def _loss_dtype(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.dtype:
+    # Probability targets: torch multiplies log_softmax(input) by target (and weight), so
+    # the loss takes their promoted dtype. Class indices: the input's dtype.
+    if not _is_prob_target(input, target):
+        return input.dtype
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    return dtype if weight is None else torch.promote_types(dtype, weight.dtype)
+
+
+def _check_target_bounds(target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
+    """torch's ``IndexError: Target 5 is out of bounds.`` without a host sync on the good path.
+
+    ``torch._assert_async`` does not synchronize on a GPU: a bad target there trips a
+    device-side assertion (reported at a later sync, as torch's own CUDA kernels do). On
+    the CPU it raises at once, and only then is the offending value read for the message.
+    """
+    if target.numel() == 0:
+        return
+    in_bounds = ((target >= 0) & (target < n_classes)) | (target == ignore_index)
+    try:
+        torch._assert_async(in_bounds.all(), "cross_entropy: a target is out of bounds")
+    except RuntimeError:
+        bad = target[~in_bounds].reshape(-1)[0]
+        raise IndexError(f"Target {int(bad)} is out of bounds.") from None
+
+
+@torch.library.custom_op("fused_ops::cross_entropy_forward", mutates_args=())
+def _cross_entropy_forward(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    grad_in_forward: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    prob_target = _is_prob_target(input, target)
+    n_classes = input.shape[0 if input.dim() == 1 else 1]
+    if not prob_target:
+        _check_target_bounds(target, n_classes, ignore_index)
+    out_dtype = _loss_dtype(input, target, weight)
+    acc = reference.compute_dtype(input.dtype)
+    grad = _empty_grad(input) if grad_in_forward else input.new_empty((0,))
+    if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
+        loss, lse, coef, total_weight = reference.cross_entropy_forward_ref(
+            input, target, weight, reduction, ignore_index, label_smoothing, out_dtype
+        )
+        if grad_in_forward:
+            ones = torch.ones((), dtype=out_dtype, device=input.device)
+            grad.copy_(
+                reference.cross_entropy_backward_ref(
+                    ones, input, target, weight, lse, coef, ones, _SUM, ignore_index, label_smoothing
+                )
+            )
+        return loss, lse, coef, total_weight, grad
+
+    layout = _layout(input)
+    logits = _class_view(input, layout)
+    target_view = _class_view(target, layout) if prob_target else _row_view(target, layout, logits)
+    outer, _, inner = logits.shape
+    n_rows = outer * inner
+    lse = torch.empty(n_rows, dtype=acc, device=input.device)
+    coef = torch.empty(n_rows, dtype=acc, device=input.device)
+    row_weight = None if prob_target else torch.empty(n_rows, dtype=acc, device=input.device)
+    if reduction == _NONE:
+        loss = torch.empty(_loss_shape(input), dtype=out_dtype, device=input.device)
+        row_loss = loss.view(-1)
+    else:
+        row_loss = torch.empty(n_rows, dtype=acc, device=input.device)
+    kernels.cross_entropy_forward(
+        logits,
+        target_view,
+        None if weight is None else weight.contiguous(),
+        row_loss,
+        lse,
+        coef,
+        coef if row_weight is None else row_weight,
+        _class_view(grad, layout) if grad_in_forward else None,
+        ignore_index,
+        label_smoothing,
+        prob_target,
+    )
+    if reduction == _NONE:
+        return loss, lse, coef, torch.ones((), dtype=acc, device=input.device), grad
+    loss = torch.empty((), dtype=out_dtype, device=input.device)
+    total_weight = torch.empty((), dtype=acc, device=input.device)
+    kernels.cross_entropy_reduce(row_loss, row_weight, loss, total_weight, reduction)
+    return loss, lse, coef, total_weight, grad
+
+
+@_cross_entropy_forward.register_fake
+def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_in_forward):
+    out_dtype = _loss_dtype(input, target, weight)
+    acc = reference.compute_dtype(input.dtype)
+    n_rows = 1
+    for size in _loss_shape(input):
+        n_rows *= size
+    loss_shape = _loss_shape(input) if reduction == _NONE else ()
+    return (
+        input.new_empty(loss_shape, dtype=out_dtype),
+        input.new_empty((n_rows,), dtype=acc),
+        input.new_empty((n_rows,), dtype=acc),
+        input.new_empty((), dtype=acc),
+        _empty_grad(input) if grad_in_forward else input.new_empty((0,)),
+    )
+
+
+@torch.library.custom_op("fused_ops::cross_entropy_backward", mutates_args=())
+def _cross_entropy_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    total_weight: torch.Tensor,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    args = (ignore_index, label_smoothing)
+    if not use_triton("cross_entropy", grad_output, input, target, weight):
+        return reference.cross_entropy_backward_ref(
+            grad_output, input, target, weight, lse, coef, total_weight, reduction, *args
+        )
+    prob_target = _is_prob_target(input, target)
+    layout = _layout(input)
+    logits = _class_view(input, layout)
+    grad = _empty_grad(input)
+    kernels.cross_entropy_backward(
+        _row_view(grad_output, layout, logits) if reduction == _NONE else grad_output,
+        logits,
+        _class_view(target, layout) if prob_target else _row_view(target, layout, logits),
+        None if weight is None else weight.contiguous(),
+        lse,
+        coef,
+        total_weight,
+        _class_view(grad, layout),
+        *args,
+        prob_target,
+        reduction,
+    )
+    return grad
+
+
+@_cross_entropy_backward.register_fake
+def _(grad_output, input, target, weight, lse, coef, total_weight, reduction, ignore_index, label_smoothing):
+    return _empty_grad(input)
+
+
+def _cross_entropy_backward_setup_context(ctx, inputs, output) -> None:
+    grad_output, input, target, weight, lse, coef, total_weight, reduction, ignore_index, label_smoothing = inputs
+    ctx.save_for_backward(grad_output, input, target, weight, lse, coef, total_weight)
+    ctx.reduction = reduction
+    ctx.ignore_index = ignore_index
+    ctx.label_smoothing = label_smoothing
+
+
+def _cross_entropy_double_backward(ctx, grad_grad: torch.Tensor):
+    # The backward computes grad = s * D with D = coef * p - a, p = softmax(x) and s the
+    # row scale (grad_output per row, or g / total_weight). lse and coef were computed from
+    # x and target by the forward, so their dependence is folded in here and they get None:
+    #   d/ds:      sum_c gg_c D_c (summed over rows for a 0-d grad_output)
+    #   d/dx_j:    s coef p_j (gg_j - sum_c gg_c p_c)              (softmax backward)
+    #   d/dt_k:    s (1 - eps) w_k (sum_c gg_c p_c - gg_k)        (probability targets)
+    grad_output, input, target, weight, lse, coef, total_weight = ctx.saved_tensors
+    acc = reference.compute_dtype(input.dtype)
+    x = reference._class_rows(input).to(acc)
+    gg = reference._class_rows(grad_grad).to(acc)
+    p = torch.exp(x - lse.to(acc)[:, None])
+    a, _, _, _ = reference.cross_entropy_coefficients_ref(input, target, weight, ctx.ignore_index, ctx.label_smoothing)
+    coef = coef.to(acc)[:, None]
+    if ctx.reduction == _NONE:
+        scale = grad_output.to(acc).reshape(-1, 1)
+    elif ctx.reduction == _MEAN:
+        scale = grad_output.to(acc) / total_weight.to(acc)
+    else:
+        scale = grad_output.to(acc)
+    needs_grad_output, needs_input, needs_target = ctx.needs_input_grad[:3]
+    grad_grad_output = grad_input = grad_target = None
+    gg_dot_p = (gg * p).sum(-1, keepdim=True)
+    if needs_grad_output:
+        per_row = (gg * (coef * p - a)).sum(-1)
+        if ctx.reduction == _NONE:
+            grad_grad_output = per_row.reshape(grad_output.shape)
+        else:
+            grad_grad_output = per_row.sum() / total_weight.to(acc) if ctx.reduction == _MEAN else per_row.sum()
+        grad_grad_output = grad_grad_output.to(grad_output.dtype)
+    if needs_input:
+        grad_input = reference._from_class_rows(scale * coef * p * (gg - gg_dot_p), input).to(input.dtype)
+    if needs_target and _is_prob_target(input, target):
+        n_classes = x.shape[-1]
+        w = torch.ones(n_classes, dtype=acc, device=x.device) if weight is None else weight.to(acc)
+        eps = max(ctx.label_smoothing, 0.0)
+        grad_target = reference._from_class_rows(scale * (1 - eps) * w * (gg_dot_p - gg), target).to(target.dtype)
+    return grad_grad_output, grad_input, grad_target, None, None, None, None, None, None, None
+
+
+_cross_entropy_backward.register_autograd(
+    _cross_entropy_double_backward, setup_context=_cross_entropy_backward_setup_context
+)
+
+
+@torch.library.custom_op("fused_ops::cross_entropy_scale_grad_", mutates_args=("grad",))
+def _cross_entropy_scale_grad_(
+    grad: torch.Tensor, grad_output: torch.Tensor, total_weight: torch.Tensor, reduction: int
+) -> None:
+    if not use_triton("cross_entropy", grad, grad_output):
+        scale = grad_output / total_weight if reduction == _MEAN else grad_output
+        if reduction == _NONE:
+            scale = scale.unsqueeze(0 if grad.dim() == 1 else 1)
+        grad.mul_(scale.to(grad.dtype))
+        return
+    layout = _layout(grad)
+    grad_3d = _class_view(grad, layout)
+    kernels.cross_entropy_scale_grad(
+        _row_view(grad_output, layout, grad_3d) if reduction == _NONE else grad_output,
+        total_weight,
+        grad_3d,
+        reduction,
+    )
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    """Cross-entropy whose forward and backward each read the logits once (Triton kernels).
+
+    Saves the logits, the targets, the weight, and per row the logsumexp and the
+    gradient coefficient; the backward writes ``grad_output``-scaled ``softmax - target``.
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing):
+        loss, lse, coef, total_weight, _ = torch.ops.fused_ops.cross_entropy_forward(
+            input, target, weight, reduction, ignore_index, label_smoothing, False
+        )
+        ctx.save_for_backward(input, target, weight, lse, coef, total_weight)
+        ctx.reduction = reduction
+        ctx.ignore_index = ignore_index
+        ctx.label_smoothing = label_smoothing
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target, weight, lse, coef, total_weight = ctx.saved_tensors
+        needs_input, needs_target, needs_weight = ctx.needs_input_grad[:3]
+        grad_input = grad_target = grad_weight = None
+        if needs_input:
+            grad_input = torch.ops.fused_ops.cross_entropy_backward(
+                grad_output,
+                input,
+                target,
+                weight,
+                lse,
+                coef,
+                total_weight,
+                ctx.reduction,
+                ctx.ignore_index,
+                ctx.label_smoothing,
+            )
+        if needs_target or needs_weight:
+            # Probability targets and their weight: rarely trained, so eager ops (which
+            # autograd can differentiate again) rather than another kernel.
+            grad_target, grad_weight = _prob_target_and_weight_grads(
+                grad_output, input, target, weight, total_weight, ctx.reduction, ctx.label_smoothing
+            )
+            grad_target = grad_target if needs_target else None
+            grad_weight = grad_weight if needs_weight else None
+        return grad_input, grad_target, grad_weight, None, None, None
+
+
+def _prob_target_and_weight_grads(grad_output, input, target, weight, total_weight, reduction, label_smoothing):
+    """d loss / d target and d loss / d weight for probability targets, in eager ops."""
+    acc = reference.compute_dtype(input.dtype)
+    log_probs = torch.log_softmax(reference._class_rows(input).to(acc), dim=-1)
+    t = reference._class_rows(target).to(acc)
+    n_classes = log_probs.shape[-1]
+    eps = max(label_smoothing, 0.0)
+    w = torch.ones(n_classes, dtype=acc, device=input.device) if weight is None else weight.to(acc)
+    if reduction == _NONE:
+        scale = grad_output.to(acc).reshape(-1, 1)
+    else:
+        scale = grad_output.to(acc) / total_weight.to(acc) if reduction == _MEAN else grad_output.to(acc)
+    grad_target = reference._from_class_rows(-(1 - eps) * scale * w * log_probs, target).to(target.dtype)
+    smoothed = t * (1 - eps) + eps / n_classes if eps > 0 else t
+    grad_weight = None if weight is None else (-(scale * smoothed * log_probs).sum(0)).to(weight.dtype)
+    return grad_target, grad_weight
+
+
+class CrossEntropyGradInForwardFunction(torch.autograd.Function):
+    """Opt-in variant: the forward also writes the (unscaled) gradient; backward scales it in place.
+
+    Saves only that buffer and the mean's denominator, not the logits. Once differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing):
+        loss, _, _, total_weight, grad = torch.ops.fused_ops.cross_entropy_forward(
+            input, target, weight, reduction, ignore_index, label_smoothing, True
+        )
+        ctx.save_for_backward(grad, total_weight)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        grad, total_weight = ctx.saved_tensors
+        # The buffer is ours alone, so it is scaled where it lies: no second logits-sized
+        # allocation. A second backward (retain_graph=True) then fails autograd's
+        # saved-tensor version check instead of reading an already scaled buffer.
+        torch.ops.fused_ops.cross_entropy_scale_grad_(grad, grad_output, total_weight, ctx.reduction)
+        return grad, None, None, None, None, None
+
+
+def _legacy_reduction(size_average: bool | None, reduce: bool | None) -> str:
+    """torch's mapping of the deprecated arguments to a reduction (with its warning in eager)."""
+    if not torch.compiler.is_compiling():
+        return torch.nn._reduction.legacy_get_string(size_average, reduce)
+    # Dynamo cannot trace warnings.warn: the same rule, without the warning, when compiling.
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: float) -> None:
+    """torch's checks, error types and messages, in the order torch makes them."""
+    check_same_device("cross_entropy", input, target, weight)
+    if input.dim() == 0:
+        raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
+    n_classes = input.shape[0 if input.dim() == 1 else 1]
+    if _is_prob_target(input, target):
+        if not target.is_floating_point():
+            raise RuntimeError(
+                f"Expected floating point type for target with class probabilities, got {_type_name(target.dtype)}"
+            )
+        if ignore_index >= 0:
+            raise RuntimeError("ignore_index is not supported for floating point target")
+        if weight is not None and (weight.dim() != 1 or weight.numel() != n_classes):
+            raise RuntimeError(
+                f"cross_entropy: weight tensor should be defined either for all {n_classes} classes or no classes "
+                f"but got weight tensor of shape: {list(weight.shape)}"
+            )
+        check_floating("cross_entropy", input)
+        if label_smoothing > 1.0:
+            raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+        return
+    if label_smoothing > 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    check_floating("cross_entropy", input)
+    if input.dim() != 1 and input.shape[0] != target.shape[0]:
+        target_batch = target.shape[0] if target.dim() > 0 else 0
+        raise ValueError(f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target_batch}).")
+    if input.dim() <= 2:
+        if target.dim() > 1:
+            raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+        if input.dim() == 1 and target.dim() == 1 and target.shape[0] != 1:
+            raise ValueError(f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
+    elif input.dim() == 4 and target.dim() != 3:
+        raise RuntimeError(
+            f"only batches of spatial targets supported (3D tensors) but got targets of dimension: {target.dim()}"
+        )
+    elif input.dim() == 4 and target.shape[1:] != input.shape[2:]:
+        raise RuntimeError(f"size mismatch (got input: {list(input.shape)} , target: {list(target.shape)}")
+    elif input.dim() != 4 and target.shape[1:] != input.shape[2:]:
+        raise RuntimeError(f"Expected target size {[input.shape[0], *input.shape[2:]]}, got {list(target.shape)}")
+    if target.dtype not in (torch.int64, torch.uint8):
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {_type_name(target.dtype)}")
+    if weight is not None:
+        if weight.dim() != 1 or weight.numel() != n_classes:
+            if input.dim() <= 2:
+                raise RuntimeError(
+                    f"weight tensor should be defined either for all {n_classes} classes or no classes "
+                    f"but got weight tensor of shape: {list(weight.shape)}"
+                )
+            raise RuntimeError("weight tensor should be defined either for all or no classes")
+        if weight.dtype != input.dtype:
+            raise RuntimeError(f"expected scalar type {_type_name(input.dtype)} but found {_type_name(weight.dtype)}")
+        if weight.requires_grad:
+            raise RuntimeError(
+                "The function 'nll_loss_forward' is not differentiable with respect to argument 'weight'. "
+                "This input cannot have requires_grad True."
+            )
+
+
+def _type_name(dtype: torch.dtype) -> str:
+    # torch's ScalarType names, as its messages print them.
+    return {
+        torch.float32: "Float",
+        torch.float64: "Double",
+        torch.float16: "Half",
+        torch.bfloat16: "BFloat16",
+        torch.int64: "Long",
+        torch.int32: "Int",
+        torch.int16: "Short",
+        torch.int8: "Char",
+        torch.uint8: "Byte",
+        torch.bool: "Bool",
+    }.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    grad_in_forward: bool = False,
+) -> torch.Tensor:
+    """Drop-in for :func:`torch.nn.functional.cross_entropy`, without materialising the softmax.
+
+    One pass over the logits computes the loss (an online logsumexp), and one more pass in
+    the backward writes the gradient; vocabularies of 128k+ classes work at any row count.
+
+    Args:
+        input: unnormalized logits, float32/float64/float16/bfloat16 (computed in fp32,
+            fp64 for fp64), any layout. The class dim is 1 (0 for a 1-D input).
+        target: class indices (int64 or uint8) shaped like ``input`` without the class
+            dim, each in ``[0, C)`` or equal to ``ignore_index``; or class probabilities
+            (float) shaped exactly like ``input``.
+        weight: a 1-D tensor of ``C`` class weights. For class indices it must have the
+            input's dtype and cannot require grad (as torch); for probabilities it can.
+        size_average: deprecated (see ``reduction``).
+        ignore_index: a class-index target to skip; it adds nothing to the loss, the
+            gradient, or the mean's denominator. Not allowed (>= 0) with probabilities.
+        reduce: deprecated (see ``reduction``).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'``. The mean over class indices is
+            weighted: the sum divided by the sum of the weights of non-ignored targets
+            (nan when every target is ignored, as torch); over probabilities it divides
+            by the number of rows.
+        label_smoothing: in ``[0, 1]``; mixes the target with the uniform distribution,
+            with torch's exact formula (for class indices, the smoothing term is weighted
+            by ``weight`` and is 0 for ignored targets).
+        grad_in_forward: keyword-only, fused_ops extension. When True, the forward also
+            writes the gradient into a buffer of its own (the input is never written) and
+            the backward only scales that buffer in place by ``grad_output``. The logits
+            are then not saved: if nothing else holds them they are freed after the
+            forward, and the backward allocates nothing logits-sized, so the peak memory of
+            the backward drops by one logits-sized tensor. The cost: the buffer is held
+            from forward to backward, and the forward reads the logits twice (it needs the
+            final logsumexp before any gradient), so total traffic grows from 3 to 5
+            logits-sized passes. Only ``input`` gets a gradient (targets and weight must
+            not require grad), double backward raises (once differentiable), and a second
+            backward with ``retain_graph=True`` raises. A per-row ``grad_output``
+            (``'none'``) works like a scalar one: each row is scaled by its own value.
+
+    Returns:
+        The loss: ``'none'`` gives one value per target (shape of ``input`` without the
+        class dim), otherwise a 0-d tensor. Its dtype is the input's (for probabilities,
+        the promotion of input, target and weight dtypes, as torch). Reductions add per-row
+        losses in a fixed order, so results are bitwise reproducible.
+
+    Raises:
+        IndexError: a target outside ``[0, C)`` that is not ``ignore_index`` ("Target 5 is
+            out of bounds."), checked before anything is computed. On a GPU this check
+            does not synchronize: a bad target triggers a device-side assertion instead.
+        RuntimeError / ValueError / NotImplementedError: as torch, for mismatched shapes,
+            target or weight dtypes, weight sizes, integer logits and reduction names.
+
+    Shape:
+        Input ``(C)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; target ``()``, ``(N)`` or
+        ``(N, d1, ..., dK)`` for indices, or the input's shape for probabilities. Output
+        ``()``, or for ``'none'`` the target shape (without the class dim).
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], requires_grad=True)
+        >>> fused_ops.cross_entropy(logits, torch.tensor([0, 2]))
+        tensor(1.2016, grad_fn=<CrossEntropyFunctionBackward>)
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
+    reduction_enum = torch.nn._reduction.get_enum(reduction)
+    _check_arguments(input, target, weight, ignore_index, label_smoothing)
+    args = (input, target, weight, reduction_enum, ignore_index, float(label_smoothing))
+    if grad_in_forward:
+        if target.requires_grad or (weight is not None and weight.requires_grad):
+            raise RuntimeError("cross_entropy(grad_in_forward=True) computes only the input's gradient")
+        return CrossEntropyGradInForwardFunction.apply(*args)
+    return CrossEntropyFunction.apply(*args)

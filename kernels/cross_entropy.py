@@ -1,0 +1,626 @@
+"""Cross-entropy kernels: one pass over the logits with an online logsumexp, no softmax in memory.
+
+Every kernel sees the logits as a strided 3-D view ``(outer, C, inner)`` and reduces over
+the class dim ``C``; a row is one ``(o, i)`` pair, and per-row buffers (``lse``, ``coef``,
+row losses and weights) are contiguous ``(outer, inner)``, i.e. in the natural order of
+the target's elements. Each program owns ``BLOCK_I`` consecutive rows of one ``o`` and walks
+the classes in tiles of ``(BLOCK_C, BLOCK_I)``: for ``(N, C)`` logits ``inner == 1`` and a
+tile is a run of one row; for ``(N, C, d1, ...)`` the tile runs along the contiguous
+spatial dim, so loads coalesce without transposing the logits.
+
+Maths, in natural units, for one row with logits ``x``, ``lse = logsumexp(x)``,
+``p = softmax(x)``, class weights ``w`` (all ones without a weight), smoothing ``eps``:
+
+- class-index target ``y``: ``loss = (1 - eps) w_y (lse - x_y) + eps / C * sum_c w_c (lse - x_c)``
+  and ``dloss/dx = coef * p - (1 - eps) w_y onehot(y) - eps / C * w`` with
+  ``coef = (1 - eps) w_y + eps / C * sum_c w_c``; rows whose target is ``ignore_index``
+  have loss, coef and gradient 0;
+- class probabilities ``t``: with ``a = w * ((1 - eps) t + eps / C)``,
+  ``loss = sum_c a_c (lse - x_c)`` and ``dloss/dx = coef * p - a``, ``coef = sum_c a_c``.
+
+The forward saves ``lse`` and ``coef`` per row, so the backward is a single pass too.
+Sums ``sum_c a_c x_c`` are accumulated relative to the running max, as the logsumexp is,
+so a loss that is a small difference of large logits keeps its precision.
+"""
+
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import upcast
+from ._config import (
+    CROSS_ENTROPY_MAX_BLOCK_C,
+    CROSS_ENTROPY_MAX_BLOCK_I,
+    CROSS_ENTROPY_NUM_WARPS,
+    CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
+    CROSS_ENTROPY_TILE_SIZE,
+)
+
+LOG2E: tl.constexpr = 1.4426950408889634
+LN2: tl.constexpr = 0.6931471805599453
+
+REDUCTION_NONE: tl.constexpr = 0
+REDUCTION_MEAN: tl.constexpr = 1
+REDUCTION_SUM: tl.constexpr = 2
+
+
+@triton.jit
+def _as(value, like):
+    """``value`` as a scalar of ``like``'s dtype, built exactly (fp64 constants stay fp64)."""
+    return tl.full([], value, like.dtype)
+
+
+@triton.jit
+def _smoothing(eps_hi, eps_lo, like):
+    """eps in ``like``'s dtype: a float launch argument is fp32, so fp64 gets it as hi + lo."""
+    return (tl.zeros([], like.dtype) + eps_hi) + eps_lo
+
+
+@triton.jit
+def _class_coefficients(
+    target_ptr,
+    weight_ptr,
+    offs_t,
+    c,
+    mask,
+    eps,
+    C,
+    HAS_WEIGHT: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    like,
+):
+    """The per-class coefficients ``a`` of one tile, 0 where masked.
+
+    Probability targets: ``w * ((1 - eps) t + eps / C)``. Class-index targets with
+    smoothing: ``w`` (the smoothing term's weights; the caller scales by ``eps / C``).
+    """
+    if PROB_TARGET:
+        a = upcast(tl.load(target_ptr + offs_t, mask=mask, other=0)).to(like.dtype)
+        if SMOOTHING:
+            a = a * (1 - eps) + eps / C
+    else:
+        a = tl.zeros(mask.shape, like.dtype) + 1
+    if HAS_WEIGHT:
+        w = upcast(tl.load(weight_ptr + c, mask=c < C, other=0)).to(like.dtype)
+        a = a * w[:, None]
+    return tl.where(mask, a, 0)
+
+
+@triton.jit
+def _grad_tile(
+    x,
+    c,
+    mask,
+    lse2,
+    coef,
+    y,
+    w_y,
+    valid,
+    target_ptr,
+    weight_ptr,
+    offs_t,
+    eps,
+    C,
+    HAS_WEIGHT: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+):
+    """Unscaled ``dloss/dx`` of one ``(BLOCK_C, BLOCK_I)`` tile: ``coef * p - a`` (see module doc)."""
+    p = tl.exp2(x * _as(LOG2E, x) - lse2[None, :])
+    grad = p * coef[None, :]
+    if PROB_TARGET:
+        a = _class_coefficients(target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x)
+        grad = grad - a
+    else:
+        if SMOOTHING:
+            grad = grad - (1 - eps) * tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
+            a = _class_coefficients(
+                target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x
+            )
+            grad = grad - eps / C * a
+        else:
+            grad = grad - tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
+        grad = tl.where(valid[None, :], grad, 0)
+    return grad
+
+
+@triton.jit
+def _rows_of_program(inner, BLOCK_I: tl.constexpr):
+    """(o, i, row mask) of the ``BLOCK_I`` rows this program owns; int64 before any stride."""
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_outer = tl.cdiv(inner, BLOCK_I)
+    o = pid // blocks_per_outer
+    i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
+    return o, i, i < inner
+
+
+@triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
+def cross_entropy_forward_kernel(
+    logits_ptr,
+    target_ptr,
+    weight_ptr,
+    loss_ptr,
+    lse_ptr,
+    coef_ptr,
+    row_weight_ptr,
+    grad_ptr,
+    C,
+    inner,
+    stride_xo,
+    stride_xc,
+    stride_xi,
+    stride_to,
+    stride_tc,
+    stride_ti,
+    stride_go,
+    stride_gc,
+    stride_gi,
+    ignore_index,
+    eps_hi,
+    eps_lo,
+    HAS_WEIGHT: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    GRAD_IN_FORWARD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    """Per-row loss, ``lse`` and ``coef`` (and, opt-in, the unscaled gradient) in one pass.
+
+    Shapes: logits and probability targets ``(outer, C, inner)`` strided; index targets
+    ``(outer, inner)`` strided (``stride_tc`` unused); ``loss``, ``lse``, ``coef`` and
+    ``row_weight`` contiguous ``(outer * inner,)``; ``grad`` ``(outer, C, inner)`` strided.
+    ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean.
+    """
+    o, i, row_mask = _rows_of_program(inner, BLOCK_I)
+    rows = o * inner + i
+    offs_x_row = o * stride_xo + i * stride_xi
+    offs_t_row = o * stride_to + i * stride_ti
+    # A zero in the compute dtype: fp64 logits compute in fp64, every other dtype in fp32.
+    zero = upcast(tl.zeros([BLOCK_I], logits_ptr.dtype.element_ty))
+    eps = _smoothing(eps_hi, eps_lo, zero)
+    log2e = _as(LOG2E, zero)
+
+    if PROB_TARGET:
+        y = tl.zeros([BLOCK_I], tl.int64)
+        valid = row_mask
+    else:
+        y = tl.load(target_ptr + offs_t_row, mask=row_mask, other=0).to(tl.int64)
+        valid = row_mask & (y != ignore_index)
+
+    m = zero - float("inf")  # running max of x * log2(e)
+    m_shift = zero  # m, or 0 while m is -inf, so that -inf - -inf never makes a NaN
+    s = zero  # running sum of 2^(x log2e - m_shift)
+    a_sum = zero  # sum of the class coefficients a seen so far
+    a_dot = zero  # sum of a * (x log2e - m_shift) so far
+    x_y = zero  # the target's logit, picked up as its tile goes by
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c < C)[:, None] & row_mask[None, :]
+        x = upcast(tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf")))
+        x2 = x * log2e
+        m_new = tl.maximum(m, tl.max(x2, axis=0))
+        m_shift_new = tl.where(m_new == float("-inf"), 0, m_new)
+        s = s * tl.exp2(m - m_shift_new) + tl.sum(tl.exp2(x2 - m_shift_new[None, :]), axis=0)
+        if PROB_TARGET or SMOOTHING:
+            offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+            a = _class_coefficients(
+                target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, zero
+            )
+            # Re-reference the running sum to the new max, then add this tile.
+            a_dot = a_dot + a_sum * (m_shift - m_shift_new)
+            a_dot = a_dot + tl.sum(tl.where(mask, a * (x2 - m_shift_new[None, :]), 0), axis=0)
+            a_sum = a_sum + tl.sum(a, axis=0)
+        if not PROB_TARGET:
+            x_y = x_y + tl.sum(tl.where((c[:, None] == y[None, :]) & mask, x, 0), axis=0)
+        m = m_new
+        m_shift = m_shift_new
+
+    lse2 = m + tl.log2(s)
+    lse = lse2 * _as(LN2, zero)
+    # sum_c a_c (lse - x_c), from the running sums, in natural units.
+    smooth = (a_sum * (lse2 - m_shift) - a_dot) * _as(LN2, zero)
+    if PROB_TARGET:
+        loss = smooth
+        coef = a_sum
+    else:
+        if HAS_WEIGHT:
+            w_y = upcast(tl.load(weight_ptr + y, mask=valid, other=0)).to(zero.dtype)
+        else:
+            w_y = tl.where(valid, zero + 1, 0)
+        if SMOOTHING:
+            loss = (1 - eps) * w_y * (lse - x_y) + eps / C * smooth
+            coef = (1 - eps) * w_y + eps / C * a_sum
+        else:
+            loss = w_y * (lse - x_y)
+            coef = w_y
+        loss = tl.where(valid, loss, 0)
+        coef = tl.where(valid, coef, 0)
+        tl.store(row_weight_ptr + rows, w_y, mask=row_mask)
+    tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
+    tl.store(lse_ptr + rows, lse.to(lse_ptr.dtype.element_ty), mask=row_mask)
+    tl.store(coef_ptr + rows, coef.to(coef_ptr.dtype.element_ty), mask=row_mask)
+
+    if GRAD_IN_FORWARD:
+        # A second pass: the gradient needs the final lse. Stored unscaled by grad_output,
+        # which the backward applies.
+        if PROB_TARGET:
+            w_y = zero
+        offs_g_row = o * stride_go + i * stride_gi
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            mask = (c < C)[:, None] & row_mask[None, :]
+            x = upcast(tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask))
+            offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+            grad = _grad_tile(
+                x,
+                c,
+                mask,
+                lse2,
+                coef,
+                y,
+                w_y,
+                valid,
+                target_ptr,
+                weight_ptr,
+                offs_t,
+                eps,
+                C,
+                HAS_WEIGHT,
+                PROB_TARGET,
+                SMOOTHING,
+            )
+            offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+            tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _row_scale(
+    grad_output_ptr,
+    total_weight_ptr,
+    o,
+    i,
+    row_mask,
+    stride_dyo,
+    stride_dyi,
+    like,
+    REDUCTION: tl.constexpr,
+):
+    """The factor each row's gradient is scaled by: grad_output per row, or g / total_weight.
+
+    ``grad_output`` is read here, on the device, so a 0-d grad_output never syncs.
+    """
+    if REDUCTION == REDUCTION_NONE:
+        g = tl.load(grad_output_ptr + o * stride_dyo + i * stride_dyi, mask=row_mask, other=0)
+        scale = upcast(g).to(like.dtype)
+    else:
+        g = upcast(tl.load(grad_output_ptr)).to(like.dtype)
+        if REDUCTION == REDUCTION_MEAN:
+            g = g / upcast(tl.load(total_weight_ptr)).to(like.dtype)
+        scale = tl.zeros(row_mask.shape, like.dtype) + g
+    return scale
+
+
+@triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
+def cross_entropy_backward_kernel(
+    grad_output_ptr,
+    logits_ptr,
+    target_ptr,
+    weight_ptr,
+    lse_ptr,
+    coef_ptr,
+    total_weight_ptr,
+    grad_ptr,
+    C,
+    inner,
+    stride_dyo,
+    stride_dyi,
+    stride_xo,
+    stride_xc,
+    stride_xi,
+    stride_to,
+    stride_tc,
+    stride_ti,
+    stride_go,
+    stride_gc,
+    stride_gi,
+    ignore_index,
+    eps_hi,
+    eps_lo,
+    HAS_WEIGHT: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    """``grad = scale * (coef * softmax(x) - a)``: one read of the logits, one write of grad.
+
+    ``grad_output`` is ``(outer, inner)`` strided for ``REDUCTION_NONE``, else 0-d.
+    """
+    o, i, row_mask = _rows_of_program(inner, BLOCK_I)
+    rows = o * inner + i
+    offs_x_row = o * stride_xo + i * stride_xi
+    offs_t_row = o * stride_to + i * stride_ti
+    offs_g_row = o * stride_go + i * stride_gi
+    zero = upcast(tl.zeros([BLOCK_I], logits_ptr.dtype.element_ty))
+    eps = _smoothing(eps_hi, eps_lo, zero)
+    scale = _row_scale(grad_output_ptr, total_weight_ptr, o, i, row_mask, stride_dyo, stride_dyi, zero, REDUCTION)
+    lse2 = upcast(tl.load(lse_ptr + rows, mask=row_mask, other=0)).to(zero.dtype) * _as(LOG2E, zero)
+    coef = upcast(tl.load(coef_ptr + rows, mask=row_mask, other=0)).to(zero.dtype)
+    if PROB_TARGET:
+        y = tl.zeros([BLOCK_I], tl.int64)
+        valid = row_mask
+        w_y = zero
+    else:
+        y = tl.load(target_ptr + offs_t_row, mask=row_mask, other=0).to(tl.int64)
+        valid = row_mask & (y != ignore_index)
+        if HAS_WEIGHT:
+            w_y = upcast(tl.load(weight_ptr + y, mask=valid, other=0)).to(zero.dtype)
+        else:
+            w_y = tl.where(valid, zero + 1, 0)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c < C)[:, None] & row_mask[None, :]
+        x = upcast(tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask))
+        offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+        grad = _grad_tile(
+            x,
+            c,
+            mask,
+            lse2,
+            coef,
+            y,
+            w_y,
+            valid,
+            target_ptr,
+            weight_ptr,
+            offs_t,
+            eps,
+            C,
+            HAS_WEIGHT,
+            PROB_TARGET,
+            SMOOTHING,
+        )
+        grad = grad * scale[None, :]
+        offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+        tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def cross_entropy_scale_grad_kernel(
+    grad_output_ptr,
+    total_weight_ptr,
+    grad_ptr,
+    C,
+    inner,
+    stride_dyo,
+    stride_dyi,
+    stride_go,
+    stride_gc,
+    stride_gi,
+    REDUCTION: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    """In place, ``grad *= scale`` per row: the backward of the grad-in-forward mode."""
+    o, i, row_mask = _rows_of_program(inner, BLOCK_I)
+    offs_g_row = o * stride_go + i * stride_gi
+    zero = upcast(tl.zeros([BLOCK_I], grad_ptr.dtype.element_ty))
+    scale = _row_scale(grad_output_ptr, total_weight_ptr, o, i, row_mask, stride_dyo, stride_dyi, zero, REDUCTION)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = (c < C)[:, None] & row_mask[None, :]
+        offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+        grad = upcast(tl.load(grad_ptr + offs_g, mask=mask)) * scale[None, :]
+        tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def cross_entropy_reduce_kernel(
+    row_loss_ptr,
+    row_weight_ptr,
+    loss_ptr,
+    total_weight_ptr,
+    n_rows,
+    REDUCTION: tl.constexpr,
+    HAS_ROW_WEIGHT: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """Second stage of the deterministic sum: one program adds the per-row partials in order.
+
+    Writes the reduced loss, and ``total_weight`` (the mean's denominator: the sum of
+    ``row_weight`` for class-index targets, the row count otherwise; 1 for a sum).
+    """
+    offsets = tl.arange(0, BLOCK_SIZE)
+    zero = upcast(tl.zeros([BLOCK_SIZE], row_loss_ptr.dtype.element_ty))
+    loss_acc = zero
+    weight_acc = zero
+    for start in range(0, n_rows, BLOCK_SIZE):
+        mask = start + offsets < n_rows
+        loss_acc += upcast(tl.load(row_loss_ptr + start + offsets, mask=mask, other=0))
+        if HAS_ROW_WEIGHT:
+            weight_acc += upcast(tl.load(row_weight_ptr + start + offsets, mask=mask, other=0))
+    loss = tl.sum(loss_acc, axis=0)
+    if REDUCTION == REDUCTION_MEAN:
+        if HAS_ROW_WEIGHT:
+            total_weight = tl.sum(weight_acc, axis=0)
+        else:
+            total_weight = tl.sum(zero, axis=0) + n_rows
+        # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
+        loss = loss / total_weight
+    else:
+        total_weight = tl.sum(zero, axis=0) + 1
+    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
+
+
+def _blocks(C: int, inner: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_I): the tile runs along ``inner`` when it is > 1, else along C."""
+    block_i = min(triton.next_power_of_2(max(inner, 1)), CROSS_ENTROPY_MAX_BLOCK_I)
+    block_c = min(triton.next_power_of_2(max(C, 1)), CROSS_ENTROPY_MAX_BLOCK_C, CROSS_ENTROPY_TILE_SIZE // block_i)
+    return block_c, block_i
+
+
+def _grid(outer: int, inner: int, block_i: int) -> tuple[int]:
+    return (outer * triton.cdiv(inner, block_i),)
+
+
+def _to_fp32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _split_fp64(value: float) -> tuple[float, float]:
+    """``value`` as two fp32-exact floats whose sum is ``value`` to ~1e-16 (fp64 kernels add them)."""
+    hi = _to_fp32(value)
+    return hi, _to_fp32(value - hi)
+
+
+def cross_entropy_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    row_loss: torch.Tensor,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    row_weight: torch.Tensor,
+    grad: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    prob_target: bool,
+) -> None:
+    """Launch the forward over 3-D ``logits`` ``(outer, C, inner)``; fills the given buffers.
+
+    ``target`` is ``(outer, inner)`` (indices) or ``(outer, C, inner)`` (probabilities);
+    ``row_loss``, ``lse``, ``coef``, ``row_weight`` are contiguous ``(outer * inner,)``;
+    ``grad``, when given, is ``(outer, C, inner)`` and receives the unscaled gradient.
+    """
+    outer, C, inner = logits.shape
+    if outer * inner == 0:
+        return
+    block_c, block_i = _blocks(C, inner)
+    t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
+    g_strides = grad.stride() if grad is not None else (0, 0, 0)
+    eps_hi, eps_lo = _split_fp64(label_smoothing)
+    cross_entropy_forward_kernel[_grid(outer, inner, block_i)](
+        logits,
+        target,
+        weight if weight is not None else logits,
+        row_loss,
+        lse,
+        coef,
+        row_weight,
+        grad if grad is not None else logits,
+        C,
+        inner,
+        *logits.stride(),
+        *t_strides,
+        *g_strides,
+        ignore_index,
+        eps_hi,
+        eps_lo,
+        HAS_WEIGHT=weight is not None,
+        PROB_TARGET=prob_target,
+        SMOOTHING=label_smoothing > 0,
+        GRAD_IN_FORWARD=grad is not None,
+        BLOCK_C=block_c,
+        BLOCK_I=block_i,
+        num_warps=CROSS_ENTROPY_NUM_WARPS,
+    )
+
+
+def cross_entropy_reduce(
+    row_loss: torch.Tensor,
+    row_weight: torch.Tensor | None,
+    loss: torch.Tensor,
+    total_weight: torch.Tensor,
+    reduction: int,
+) -> None:
+    """Sum (or weighted-mean) the per-row losses into 0-d ``loss``; fill 0-d ``total_weight``."""
+    cross_entropy_reduce_kernel[(1,)](
+        row_loss,
+        row_weight if row_weight is not None else row_loss,
+        loss,
+        total_weight,
+        row_loss.numel(),
+        REDUCTION=reduction,
+        HAS_ROW_WEIGHT=row_weight is not None,
+        BLOCK_SIZE=CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
+    )
+
+
+def cross_entropy_backward(
+    grad_output: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    total_weight: torch.Tensor,
+    grad: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    prob_target: bool,
+    reduction: int,
+) -> None:
+    """Write ``dloss/dlogits`` into 3-D ``grad``; ``grad_output`` is ``(outer, inner)`` or 0-d."""
+    outer, C, inner = logits.shape
+    if outer * inner * C == 0:
+        return
+    block_c, block_i = _blocks(C, inner)
+    t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
+    dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
+    eps_hi, eps_lo = _split_fp64(label_smoothing)
+    cross_entropy_backward_kernel[_grid(outer, inner, block_i)](
+        grad_output,
+        logits,
+        target,
+        weight if weight is not None else logits,
+        lse,
+        coef,
+        total_weight,
+        grad,
+        C,
+        inner,
+        *dy_strides,
+        *logits.stride(),
+        *t_strides,
+        *grad.stride(),
+        ignore_index,
+        eps_hi,
+        eps_lo,
+        HAS_WEIGHT=weight is not None,
+        PROB_TARGET=prob_target,
+        SMOOTHING=label_smoothing > 0,
+        REDUCTION=reduction,
+        BLOCK_C=block_c,
+        BLOCK_I=block_i,
+        num_warps=CROSS_ENTROPY_NUM_WARPS,
+    )
+
+
+def cross_entropy_scale_grad(
+    grad_output: torch.Tensor, total_weight: torch.Tensor, grad: torch.Tensor, reduction: int
+) -> None:
+    """Scale the 3-D gradient ``grad`` made by the forward, in place, by each row's factor."""
+    outer, C, inner = grad.shape
+    if outer * inner * C == 0:
+        return
+    block_c, block_i = _blocks(C, inner)
+    dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
+    cross_entropy_scale_grad_kernel[_grid(outer, inner, block_i)](
+        grad_output,
+        total_weight,
+        grad,
+        C,
+        inner,
+        *dy_strides,
+        *grad.stride(),
+        REDUCTION=reduction,
+        BLOCK_C=block_c,
+        BLOCK_I=block_i,
+        num_warps=CROSS_ENTROPY_NUM_WARPS,
+    )
