@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import activations, losses
+from . import cross_entropy as _cross_entropy
 from . import softmax as _softmax
 
 
@@ -67,3 +68,37 @@ class LogSoftmax(torch.nn.LogSoftmax):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         dim = _softmax.implicit_softmax_dim("log_softmax", input.dim(), 5) if self.dim is None else self.dim
         return _softmax.log_softmax(input, dim)
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """Drop-in for :class:`torch.nn.CrossEntropyLoss` (same constructor), computed by :func:`fused_ops.cross_entropy`.
+
+    A subclass, so ``isinstance(module, torch.nn.CrossEntropyLoss)`` still holds. The one
+    extra, keyword-only argument ``grad_in_forward`` selects the opt-in mode described in
+    :func:`fused_ops.cross_entropy`.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        grad_in_forward: bool = False,
+    ) -> None:
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        self.grad_in_forward = grad_in_forward
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _cross_entropy.cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            grad_in_forward=self.grad_in_forward,
+        )
