@@ -338,4 +338,16 @@ def relu_(input: torch.Tensor) -> torch.Tensor:
     if not input.is_floating_point():
         torch.ops.fused_ops.relu_forward_(input)
         return input
+    _check_inplace_allowed(input)
     return ReLUInplaceFunction.apply(input)
+
+
+def _check_inplace_allowed(input: torch.Tensor) -> None:
+    # mark_dirty would raise these too, but only after the kernel has overwritten the
+    # input; torch raises before touching it, and so do we.
+    if torch.is_grad_enabled() and input.requires_grad:
+        if input.is_leaf:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+        # Dynamo cannot trace _is_view(); under torch.compile, autograd's own check applies.
+        if not torch.compiler.is_compiling() and input._is_view() and input._base.is_leaf:
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")

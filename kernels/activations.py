@@ -47,7 +47,9 @@ def _tanh_of_magnitude(ax):
     # (tanh(a) / a - 1) / a^2 (Chebyshev fit, mpmath, 50 digits). Adding the small
     # correction to `a` keeps tanh(1e-8) == 1e-8 exactly, where (1 - e) / (1 + e) with
     # e = exp(-2a) would cancel to 0. The fp64 fit has 12 terms (error 4e-18), fp32 6 (2e-9).
-    z = ax * ax
+    # Evaluated only where it is used: elsewhere z = 0, so large |x| never overflows ax * ax.
+    near = tl.where(ax < 0.625, ax, 0.0)
+    z = near * near
     if ax.dtype == tl.float64:
         r = 6.485163482793113e-06
         r = r * z - 3.12011014257974e-05
@@ -68,7 +70,7 @@ def _tanh_of_magnitude(ax):
         r = r * z - 0.053959259577204544
         r = r * z + 0.1333330355691574
         r = r * z - 0.3333333317214036
-    near_zero = ax + ax * z * r
+    near_zero = near + near * z * r
     # From 0.625 up, e <= 0.29, so 1 - e cancels nothing; exp(-2a) never overflows, and
     # for large a it underflows to 0, giving exactly 1 (and 1 for +inf).
     e = tl.exp(-2 * ax)
