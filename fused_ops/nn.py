@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from . import activations, losses
@@ -102,3 +105,77 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             label_smoothing=self.label_smoothing,
             grad_in_forward=self.grad_in_forward,
         )
+
+
+# torch.nn class -> (its fused counterpart, the constructor arguments to carry over).
+# One line per class; `convert` consults nothing else.
+_FUSED_COUNTERPARTS: dict[type[torch.nn.Module], tuple[type[torch.nn.Module], Callable[[Any], dict[str, Any]]]] = {
+    torch.nn.Sigmoid: (Sigmoid, lambda m: {}),
+    torch.nn.Tanh: (Tanh, lambda m: {}),
+    torch.nn.ReLU: (ReLU, lambda m: {"inplace": m.inplace}),
+    torch.nn.Softmax: (Softmax, lambda m: {"dim": m.dim}),
+    torch.nn.LogSoftmax: (LogSoftmax, lambda m: {"dim": m.dim}),
+    torch.nn.MSELoss: (MSELoss, lambda m: {"reduction": m.reduction}),
+    torch.nn.CrossEntropyLoss: (
+        CrossEntropyLoss,
+        lambda m: {
+            "weight": m.weight,
+            "ignore_index": m.ignore_index,
+            "reduction": m.reduction,
+            "label_smoothing": m.label_smoothing,
+        },
+    ),
+}
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace, in place, every torch.nn module that has a fused counterpart, and return the model.
+
+    Converted classes: Sigmoid, Tanh, ReLU, Softmax, LogSoftmax, MSELoss, CrossEntropyLoss.
+    Each replacement gets the original's constructor arguments (``dim``, ``inplace``,
+    ``reduction``, ``ignore_index``, ``label_smoothing``, and the ``weight`` buffer itself,
+    shared rather than copied) and its train/eval mode, so outputs are unchanged. Modules
+    nested at any depth are converted, inside ``nn.Sequential``, ``nn.ModuleList`` and
+    ``nn.ModuleDict`` too; a module used in several places gets one replacement used in
+    all of them. Only exact classes are replaced: a subclass of, say, ``torch.nn.ReLU``
+    may override ``forward``, so it is left alone (and so are fused modules already).
+    Hooks registered on a replaced module are not carried over.
+
+    Args:
+        model: any module. It is modified in place.
+
+    Returns:
+        ``model``; or, when ``model`` is itself one of the converted classes, its replacement.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Softmax(dim=-1))
+        >>> fused_ops.nn.convert(model)
+        Sequential(
+          (0): Linear(in_features=4, out_features=8, bias=True)
+          (1): ReLU()
+          (2): Softmax(dim=-1)
+        )
+        >>> type(model[1])
+        <class 'fused_ops.nn.ReLU'>
+    """
+    return _convert(model, {})
+
+
+def _convert(module: torch.nn.Module, replaced: dict[int, torch.nn.Module]) -> torch.nn.Module:
+    # `replaced` maps id(original) to its result, so shared modules stay shared and each
+    # module is visited once.
+    if id(module) in replaced:
+        return replaced[id(module)]
+    counterpart = _FUSED_COUNTERPARTS.get(type(module))
+    if counterpart is not None:
+        fused_class, arguments = counterpart
+        result = fused_class(**arguments(module)).train(module.training)
+    else:
+        result = module
+        # _modules rather than named_children(), which lists a child held twice only once.
+        for name, child in list(module._modules.items()):
+            new_child = child if child is None else _convert(child, replaced)
+            if new_child is not child:
+                setattr(module, name, new_child)
+    replaced[id(module)] = result
+    return result
