@@ -482,7 +482,8 @@ def optimizer_rows(case: OptimizerCase) -> list[OptimizerRow]:
     return rows_out
 
 
-def _ratio(numerator: float, denominator: float) -> str:
+def ratio_text(numerator: float, denominator: float) -> str:
+    """``numerator ÷ denominator`` as the report prints it, e.g. ``"1.40×"``."""
     return f"{numerator / denominator:.2f}×" if denominator else "–"
 
 
@@ -528,8 +529,8 @@ def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], 
             fused, eager, minimum = row.large["fused_ops"], row.large["eager"], row.large["minimum"]
             lines.append(
                 f"| {row.op} | {row.mode} | {_bytes(fused, row.large_elements)} | {_bytes(eager, row.large_elements)} "
-                f"| {_bytes(minimum, row.large_elements)} | {_ratio(fused.bytes, minimum.bytes)} "
-                f"| {_ratio(eager.bytes, fused.bytes)} | {fused.launches:g} / {eager.launches:g} | "
+                f"| {_bytes(minimum, row.large_elements)} | {ratio_text(fused.bytes, minimum.bytes)} "
+                f"| {ratio_text(eager.bytes, fused.bytes)} | {fused.launches:g} / {eager.launches:g} | "
                 + " | ".join(f"{_us(fused, g)} / {_us(eager, g)}" for g in GPUS)
                 + " |"
             )
@@ -569,7 +570,7 @@ def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], 
         for row in optimizer_rows_:
             lines.append(
                 f"| {row.optimizer} | {row.provider} | {_bytes(row.large, row.large_params)} "
-                f"| {row.large_minimum / row.large_params:.2f} | {_ratio(row.large.bytes, row.large_minimum)} "
+                f"| {row.large_minimum / row.large_params:.2f} | {ratio_text(row.large.bytes, row.large_minimum)} "
                 f"| {row.large.launches:g} | "
                 + " | ".join(_us(row.large, g) for g in GPUS)
                 + f" | {row.small.launches:g} |"
@@ -619,32 +620,39 @@ def render_chart(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], pat
 
     dtypes = list(dict.fromkeys(r.dtype for r in op_rows_))
     panels = len(dtypes) + (1 if optimizer_rows_ else 0)
-    figure, axes = plt.subplots(1, max(panels, 1), figsize=(5.2 * max(panels, 1), 4.6), squeeze=False)
-    colors = {"minimum": "#9e9e9e", "fused_ops": "#1f77b4", "eager": "#d62728"}
+    figure, axes = plt.subplots(1, max(panels, 1), figsize=(5.4 * max(panels, 1), 5.0), squeeze=False)
+    colors = {
+        "minimum": "#9e9e9e",
+        "fused_ops": "#1f77b4",
+        "eager": "#d62728",
+        "torch for-loop": "#d62728",
+        "torch foreach": "#ff7f0e",
+        "torch fused": "#9467bd",
+    }
     for axis, dtype in zip(axes[0], dtypes, strict=False):
         rows = [r for r in op_rows_ if r.dtype == dtype and r.mode == "full"]
         positions = range(len(rows))
         for offset, provider in zip((-0.27, 0, 0.27), ("minimum", "fused_ops", "eager"), strict=True):
             values = [r.per_element(provider) for r in rows]
-            axis.barh([p + offset for p in positions], values, height=0.26, color=colors[provider], label=provider)
+            label = "eager torch" if provider == "eager" else provider
+            axis.barh([p + offset for p in positions], values, height=0.26, color=colors[provider], label=label)
         axis.set_yticks(list(positions), [r.op for r in rows])
         axis.invert_yaxis()
         axis.set_xlabel("bytes per element, forward + backward")
-        axis.set_title(f"{dtype}, {LARGE_ROWS} × {COLS}")
-        axis.legend(loc="lower right", fontsize=8)
+        axis.set_title(f"ops, {dtype}, {LARGE_ROWS} × {COLS}")
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     if optimizer_rows_:
         axis = axes[0][-1]
-        labels = [f"{r.optimizer}\n{r.provider}" for r in optimizer_rows_]
+        labels = [f"{r.optimizer}, {r.provider}" for r in optimizer_rows_]
         values = [r.large.bytes / r.large_params for r in optimizer_rows_]
-        bar_colors = [colors["fused_ops"] if r.provider == "fused_ops" else colors["eager"] for r in optimizer_rows_]
-        axis.barh(range(len(labels)), values, color=bar_colors)
+        axis.barh(range(len(labels)), values, color=[colors[r.provider] for r in optimizer_rows_])
         minimums = [r.large_minimum / r.large_params for r in optimizer_rows_]
-        axis.scatter(minimums, range(len(labels)), marker="|", s=200, color="black", label="minimum", zorder=3)
+        axis.scatter(minimums, range(len(labels)), marker="|", s=150, color="black", label="minimum", zorder=3)
         axis.set_yticks(range(len(labels)), labels, fontsize=7)
         axis.invert_yaxis()
         axis.set_xlabel("bytes per parameter per step (float32)")
-        axis.set_title("optimizer step")
-        axis.legend(loc="lower right", fontsize=8)
+        axis.set_title(f"optimizer step, {optimizer_rows_[0].large_params / 1e6:.1f}M parameters")
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
     figure.suptitle("Memory traffic counted per element (fewer is faster on a memory-bound GPU)", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
