@@ -22,6 +22,20 @@ from ._config import MSE_BLOCK_SIZE, MSE_MAX_PARTIALS, MSE_NUM_WARPS, MSE_PARTIA
 
 
 @triton.jit
+def _store_as(ptr, value, mask):
+    """Store ``value`` in ``ptr``'s dtype; fp64 reaches fp16/bf16 through fp32.
+
+    Only gradients of mixed fp64 / half operands need the fp64 -> half step. Through fp32
+    it rounds exactly as torch's own cast does (c10's Half and BFloat16 are built from a
+    float), and Triton's interpreter has no correct direct fp64 -> bf16 conversion.
+    """
+    dtype = ptr.dtype.element_ty
+    if dtype != tl.float64:
+        value = value.to(tl.float32)
+    tl.store(ptr, value.to(dtype), mask=mask)
+
+
+@triton.jit
 def mse_loss_kernel(input_ptr, target_ptr, output_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
     """output = (input - target)^2 elementwise, for ``reduction='none'``."""
     # int64 before the multiply: pid * BLOCK_SIZE overflows int32 past 2^31 elements.
@@ -105,9 +119,9 @@ def mse_loss_backward_kernel(
         scale = scale / n_elements
     grad = scale * diff * grad_output
     if INPUT_GRAD:
-        tl.store(grad_input_ptr + offsets, grad.to(grad_input_ptr.dtype.element_ty), mask=mask)
+        _store_as(grad_input_ptr + offsets, grad, mask)
     if TARGET_GRAD:
-        tl.store(grad_target_ptr + offsets, (-grad).to(grad_target_ptr.dtype.element_ty), mask=mask)
+        _store_as(grad_target_ptr + offsets, -grad, mask)
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
