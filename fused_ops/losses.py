@@ -194,6 +194,7 @@ def mse_loss(
     size_average: bool | None = None,
     reduce: bool | None = None,
     reduction: str = "mean",
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Drop-in for :func:`torch.nn.functional.mse_loss`: the (mean or summed) squared error.
 
@@ -204,12 +205,16 @@ def mse_loss(
         size_average: deprecated (see ``reduction``); if given, with ``reduce``, overrides it.
         reduce: deprecated (see ``reduction``).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``. The mean of an empty tensor is nan.
+        weight: optional per-element weights of ``input``'s size, as in torch 2.13: the
+            loss is ``weight * (input - target)^2``, and ``'mean'`` divides its sum by
+            ``weight.sum()``. The squared error is the fused kernel; the weighting and
+            its reduction are eager torch ops.
 
     Returns:
         With ``'none'``, the elementwise loss in the broadcast shape; otherwise a 0-d
         tensor. Its dtype is the promotion of ``input.dtype`` and ``target.dtype``.
-        Sums are accumulated in fp32 (fp64 for fp64) with a fixed order, so they are
-        bitwise reproducible.
+        Without weights, sums are accumulated in fp32 (fp64 for fp64) in a fixed order,
+        so they are bitwise reproducible.
 
     Shape:
         Input ``(*)``, target broadcastable to ``(*)``; output ``(*)`` for ``'none'``, else ``()``.
@@ -219,11 +224,18 @@ def mse_loss(
         >>> fused_ops.mse_loss(input, torch.tensor([1.0, 1.0, 1.0]))
         tensor(3.3333, grad_fn=<MSELossFunctionBackward>)
     """
-    if target.size() != input.size():
+    input_size = input.size()
+    if target.size() != input_size:
         input, target = _broadcast_with_warning(input, target)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce)
-    reduction = _REDUCTIONS[torch.nn._reduction.get_enum(reduction)]
+    if weight is not None:
+        return _weighted_mse_loss(input, target, weight, input_size, reduction)
+    return _mse_loss(input, target, _REDUCTIONS[torch.nn._reduction.get_enum(reduction)])
+
+
+def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Checks, then the fused loss of two operands of one shape."""
     check_same_device("mse_loss", input, target)
     dtype = torch.promote_types(input.dtype, target.dtype)
     if dtype not in FLOATING_DTYPES:
@@ -235,3 +247,19 @@ def mse_loss(
     if not target.is_floating_point():
         target = target.to(dtype)
     return MSELossFunction.apply(input, target, reduction)
+
+
+def _weighted_mse_loss(
+    input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, input_size: torch.Size, reduction: str
+) -> torch.Tensor:
+    """torch's weighted branch, with its own checks and messages, on the fused squared error."""
+    if weight.size() != input_size:
+        raise ValueError("Weights and input must have the same size.")
+    weighted = _mse_loss(input, target, "none") * weight
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    if reduction == "mean":
+        return weighted.sum() / weight.sum()
+    raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")

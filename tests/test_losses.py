@@ -223,6 +223,36 @@ def test_mse_loss_legacy_size_average_and_reduce_like_torch(size_average, reduce
         assert_close(fused_ops.mse_loss(input, target, **kwargs), F.mse_loss(input, target, **kwargs), 12)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_loss_weight_like_torch(reduction, kernel_launches):
+    # torch 2.13's weight: loss = weight * (input - target)^2, 'mean' divides by weight.sum().
+    input, target, weight = torch.randn(5, 7), torch.randn(7), torch.rand(5, 7)
+    leaves = [t.clone().requires_grad_() for t in (input, target, weight)]
+    torch_leaves = [t.clone().requires_grad_() for t in (input, target, weight)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = fused_ops.mse_loss(leaves[0], leaves[1], reduction=reduction, weight=leaves[2])
+        loss_torch = F.mse_loss(torch_leaves[0], torch_leaves[1], reduction=reduction, weight=torch_leaves[2])
+    grad_output = torch.randn_like(loss)
+    grads = torch.autograd.grad(loss, leaves, grad_output)
+    grads_torch = torch.autograd.grad(loss_torch, torch_leaves, grad_output)
+    assert_close(loss, loss_torch, 35)
+    for grad, grad_torch in zip(grads, grads_torch, strict=True):
+        assert_close(grad, grad_torch, 35)
+    assert kernel_launches.launch_count("mse_loss_kernel") == 1
+    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+
+
+def test_mse_loss_weight_errors_like_torch():
+    input, target = torch.randn(3, 4), torch.randn(3, 4)
+    for kwargs in [{"weight": torch.rand(4)}, {"reduction": "bad", "weight": torch.rand(3, 4)}]:
+        with pytest.raises(ValueError) as torch_error:
+            F.mse_loss(input, target, **kwargs)
+        with pytest.raises(ValueError) as ours:
+            fused_ops.mse_loss(input, target, **kwargs)
+        assert str(ours.value) == str(torch_error.value)
+
+
 @pytest.mark.parametrize(
     ("input_shape", "target_shape"),
     [
