@@ -209,3 +209,75 @@ def cross_entropy_backward_ref(
     else:
         scale = grad_output.to(acc) / total_weight.to(acc) if reduction == 1 else grad_output.to(acc)
     return _from_class_rows(grad * scale, input).to(input.dtype)
+
+
+def adam_step_ref(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor | None],
+    steps: list[torch.Tensor],
+    *,
+    lr: float | torch.Tensor,
+    beta1: float | torch.Tensor,
+    beta2: float | torch.Tensor,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+) -> None:
+    """One Adam(W) step in place, with the Adam kernel's math and order, without host syncs.
+
+    Real (or view_as_real) tensors of any layout. Moments and parameters compute in the
+    compute dtype and are stored once in their own dtype; bias corrections, step size
+    and the decoupled decay factor are computed in fp64 from the incremented ``step``.
+    Gradients are divided by ``grad_scale``; a non-zero ``found_inf`` changes nothing.
+    """
+    for p, g, m, v, v_max, step in zip(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, strict=True):
+        acc = compute_dtype(p.dtype)
+
+        def scalar(x, dtype=torch.float64, device=p.device):
+            return torch.as_tensor(x, dtype=dtype, device=device).reshape(())
+
+        new_step = step + 1
+        step64 = new_step.to(device=p.device, dtype=torch.float64)
+        # The kernel receives lr and weight_decay as fp32 and computes with them in fp64.
+        lr64 = scalar(lr, torch.float32).double()
+        weight_decay64 = scalar(weight_decay, torch.float32).double()
+        beta1_, beta2_ = scalar(beta1, torch.float32), scalar(beta2, torch.float32)
+        if isinstance(beta1, torch.Tensor):
+            one_minus_beta1, one_minus_beta2 = 1 - beta1_, 1 - beta2_
+        else:  # 1 - beta in double, as torch computes it for float betas
+            one_minus_beta1, one_minus_beta2 = scalar(1 - beta1, torch.float32), scalar(1 - beta2, torch.float32)
+        # Float betas enter the bias corrections in double, tensor betas as their fp32 value.
+        bias_correction1 = 1 - scalar(beta1 if isinstance(beta1, float) else beta1_) ** step64
+        bias_correction2_sqrt = (1 - scalar(beta2 if isinstance(beta2, float) else beta2_) ** step64).sqrt()
+        step_size = (lr64 / bias_correction1).to(acc)
+
+        grad = g.to(acc)
+        if grad_scale is not None:
+            grad = grad / grad_scale.to(device=p.device, dtype=acc)
+        if maximize:
+            grad = -grad
+        param = p.to(acc)
+        if decoupled_weight_decay:
+            param = param * (1 - lr64 * weight_decay64).to(acc)
+        elif weight_decay != 0:
+            grad = grad + weight_decay64.to(acc) * param
+        exp_avg = torch.lerp(m.to(acc), grad, one_minus_beta1.to(acc))
+        exp_avg_sq = v.to(acc) * beta2_.to(acc) + one_minus_beta2.to(acc) * grad * grad
+        updates = [(m, exp_avg), (v, exp_avg_sq)]
+        if amsgrad:
+            exp_avg_sq = torch.maximum(v_max.to(acc), exp_avg_sq)
+            updates.append((v_max, exp_avg_sq))
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt.to(acc) + eps
+        updates.append((p, param - step_size * exp_avg / denom))
+        updates.append((step, new_step))
+        skip = None if found_inf is None else found_inf.to(p.device) != 0
+        for target, value in updates:
+            value = value.to(target.dtype)
+            target.copy_(value if skip is None else torch.where(skip, target, value))

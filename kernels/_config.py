@@ -33,6 +33,16 @@ SOFTMAX_ELEMENTS_PER_WARP = 256
 SOFTMAX_MIN_WARPS = 4
 SOFTMAX_MAX_WARPS = 16
 
+# Adam/AdamW (kernels/adam.py). A program owns a chunk of ADAM_CHUNK_SIZE elements of one
+# parameter and walks it in blocks of ADAM_BLOCK_SIZE: 64 blocks amortize the program's
+# table lookups and scalar math (a few dozen bytes) over 64K elements (1.8 MB of fp32
+# traffic), while a 100M-element parameter still spreads over ~1500 programs, many waves
+# on a 132-SM H100. Small parameters get one program each, with an early end to the loop.
+# 1024 elements x 4-5 live fp32 tensors over 4 warps is 32-40 registers of data per thread.
+ADAM_BLOCK_SIZE = 1024
+ADAM_CHUNK_SIZE = 64 * ADAM_BLOCK_SIZE
+ADAM_NUM_WARPS = 4
+
 # Cross-entropy: a program walks its rows' classes in (BLOCK_C, BLOCK_I) tiles of at most
 # CROSS_ENTROPY_TILE_SIZE logits: 4096 fp32 over 8 warps is 16 values per thread, enough
 # in flight to stream a 128k-class row at full bandwidth without spilling the running

@@ -1,0 +1,289 @@
+"""Adam and AdamW: one kernel launch updates every parameter of a (device, dtype) group.
+
+The kernel never receives the parameters as arguments. It reads their addresses from a
+table of int64s that the host builds once and caches between steps:
+
+    tensor table, int64 [n_tensors, TABLE_COLUMNS], one row per parameter:
+        PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ (0 without amsgrad), STEP,
+        NUMEL, FIRST_PROGRAM
+    program table, int32 [n_programs]: the row that each program updates.
+
+Each parameter is cut into chunks of ``chunk_size`` elements, one program per chunk (an
+empty parameter still gets one program, because its ``step`` counts). A program walks its
+chunk in blocks of ``BLOCK_SIZE``, so a step reads p, g, m, v and writes p, m, v exactly
+once: 28 bytes per fp32 element, 36 with amsgrad, half that for fp16/bf16.
+
+Every tensor that a row points to is dense and shares the parameter's layout, so flat
+offsets address matching elements; complex parameters arrive as their real view.
+
+``step`` is each parameter's own 0-d float32 tensor, as in torch. Every program of a
+parameter needs the old value, so the program that finishes reading it last writes
+step + 1: programs count themselves in an int32 ``arrivals`` slot with an acq_rel atomic
+(integer, so deterministic), and the one that sees all the others arrive stores the new
+step and resets the slot to 0 for the next launch.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import ADAM_BLOCK_SIZE, ADAM_CHUNK_SIZE, ADAM_NUM_WARPS
+
+# Columns of the tensor table (Python side) ...
+PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, STEP, NUMEL, FIRST_PROGRAM = range(8)
+TABLE_COLUMNS = 8
+# ... and the same numbers for the kernel.
+_COLUMNS: tl.constexpr = tl.constexpr(TABLE_COLUMNS)
+_PARAM: tl.constexpr = tl.constexpr(PARAM)
+_GRAD: tl.constexpr = tl.constexpr(GRAD)
+_EXP_AVG: tl.constexpr = tl.constexpr(EXP_AVG)
+_EXP_AVG_SQ: tl.constexpr = tl.constexpr(EXP_AVG_SQ)
+_MAX_EXP_AVG_SQ: tl.constexpr = tl.constexpr(MAX_EXP_AVG_SQ)
+_STEP: tl.constexpr = tl.constexpr(STEP)
+_NUMEL: tl.constexpr = tl.constexpr(NUMEL)
+_FIRST_PROGRAM: tl.constexpr = tl.constexpr(FIRST_PROGRAM)
+
+
+@triton.jit
+def adam_kernel(
+    tensor_table_ptr,
+    program_table_ptr,
+    arrivals_ptr,
+    element_type_ptr,
+    hyper_ptr,
+    grad_scale_ptr,
+    found_inf_ptr,
+    lr,
+    beta1,
+    beta2,
+    one_minus_beta1,
+    one_minus_beta2,
+    log_beta1,
+    log_beta2,
+    eps,
+    weight_decay,
+    chunk_size,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    DECOUPLED_WEIGHT_DECAY: tl.constexpr,
+    HYPER_IN_MEMORY: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """One Adam(W) step for the chunk of one parameter that this program owns.
+
+    ``element_type_ptr`` is any tensor of the parameters' dtype: its pointer type is the
+    type the table's addresses are cast to. With ``HYPER_IN_MEMORY`` (a tensor lr or
+    tensor betas), the scalar arguments lr ... log_beta2 are read from ``hyper_ptr``
+    (fp32 [7], in argument order) instead, so changing them never needs a host sync. ``grad_scale_ptr`` and
+    ``found_inf_ptr`` are GradScaler's fp32 0-d tensors: gradients are divided by the
+    scale, and a non-zero found_inf leaves p, m, v, max_exp_avg_sq and step untouched.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    tensor_index = tl.load(program_table_ptr + pid)
+    row = tensor_table_ptr + tensor_index.to(tl.int64) * _COLUMNS
+    numel = tl.load(row + _NUMEL)
+    chunk_start = (pid - tl.load(row + _FIRST_PROGRAM)) * chunk_size
+    chunk_end = tl.minimum(chunk_start + chunk_size, numel)
+    # cdiv spelled out: tl.cdiv is a nested @jit call, slow under the interpreter.
+    n_chunks = tl.maximum((numel + chunk_size - 1) // chunk_size, 1)
+    step_ptr = tl.load(row + _STEP).to(tl.pointer_type(tl.float32), bitcast=True)
+    step = tl.load(step_ptr) + 1.0
+
+    proceed = True
+    if HAS_FOUND_INF:
+        proceed = tl.load(found_inf_ptr) == 0
+    # A skipped step walks no blocks at all: nothing moves but these few scalars.
+    n_blocks = tl.where(proceed, (chunk_end - chunk_start + BLOCK_SIZE - 1) // BLOCK_SIZE, 0)
+
+    if HYPER_IN_MEMORY:
+        lr = tl.load(hyper_ptr)
+        beta2 = tl.load(hyper_ptr + 2)
+        one_minus_beta1 = tl.load(hyper_ptr + 3)
+        one_minus_beta2 = tl.load(hyper_ptr + 4)
+        log_beta1 = tl.load(hyper_ptr + 5)
+        log_beta2 = tl.load(hyper_ptr + 6)
+    # Per-program scalars in double precision, as torch's for-loop computes them: near
+    # step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only ~4 digits.
+    lr = tl.cast(lr, tl.float64)
+    weight_decay = tl.cast(weight_decay, tl.float32)
+    step64 = tl.cast(step, tl.float64)
+    bias_correction1 = 1.0 - tl.exp(step64 * tl.cast(log_beta1, tl.float64))
+    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * tl.cast(log_beta2, tl.float64)))
+    step_size = lr / bias_correction1
+    decay = 1.0 - lr * tl.cast(weight_decay, tl.float64)
+    if HAS_GRAD_SCALE:
+        grad_scale = tl.load(grad_scale_ptr)
+
+    param_ptr = tl.load(row + _PARAM).to(element_type_ptr.dtype, bitcast=True)
+    grad_ptr = tl.load(row + _GRAD).to(element_type_ptr.dtype, bitcast=True)
+    exp_avg_ptr = tl.load(row + _EXP_AVG).to(element_type_ptr.dtype, bitcast=True)
+    exp_avg_sq_ptr = tl.load(row + _EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
+    if AMSGRAD:
+        max_exp_avg_sq_ptr = tl.load(row + _MAX_EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
+    out_type: tl.constexpr = element_type_ptr.dtype.element_ty
+    IS_FP64: tl.constexpr = out_type == tl.float64
+    # _common.upcast's rule (fp64 stays fp64, the rest computes in fp32), resolved once:
+    # under the interpreter every nested @jit call costs milliseconds, here 5 per block.
+    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    for block in range(0, n_blocks):
+        offsets = chunk_start + block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < chunk_end
+        param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
+        grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
+        exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(compute_type)
+        exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
+        if HAS_GRAD_SCALE:
+            if IS_FP64:
+                grad = grad / tl.cast(grad_scale, compute_type)
+            else:
+                grad = tl.div_rn(grad, tl.cast(grad_scale, compute_type))
+        if MAXIMIZE:
+            grad = -grad
+        if DECOUPLED_WEIGHT_DECAY:
+            param = param * tl.cast(decay, compute_type)
+        else:
+            # A select, not grad + 0 * param, so an inf parameter with weight_decay=0
+            # leaves the gradient alone, as torch's `if weight_decay != 0` does.
+            grad = tl.where(weight_decay != 0, grad + tl.cast(weight_decay, compute_type) * param, grad)
+        # torch's exp_avg.lerp_(grad, 1 - beta1), with its second formula for weights >= 0.5.
+        lerp_weight = tl.cast(one_minus_beta1, compute_type)
+        exp_avg = tl.where(
+            lerp_weight < 0.5,
+            exp_avg + lerp_weight * (grad - exp_avg),
+            grad - (grad - exp_avg) * (1.0 - lerp_weight),
+        )
+        exp_avg_sq = exp_avg_sq * tl.cast(beta2, compute_type) + tl.cast(one_minus_beta2, compute_type) * grad * grad
+        tl.store(exp_avg_ptr + offsets, exp_avg.to(out_type), mask=mask)
+        tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+        if AMSGRAD:
+            max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
+            # NaN propagates, as in torch.maximum.
+            exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
+            tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+        # fp16/bf16 use the fp32 moments directly, as torch's fused kernels do.
+        # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
+        if IS_FP64:
+            denom = tl.sqrt(exp_avg_sq) / tl.cast(bias_correction2_sqrt, compute_type) + tl.cast(eps, compute_type)
+            param = param - tl.cast(step_size, compute_type) * exp_avg / denom
+        else:
+            denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), tl.cast(bias_correction2_sqrt, compute_type))
+            denom = denom + tl.cast(eps, compute_type)
+            param = param - tl.div_rn(tl.cast(step_size, compute_type) * exp_avg, denom)
+        tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
+
+    # The last program of this parameter to get here writes the new step: every other
+    # program of the parameter has already read the old one (acq_rel orders that read
+    # before its increment). A parameter with a single chunk needs no atomic.
+    arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=(n_chunks > 1) & proceed, sem="acq_rel")
+    if ((n_chunks == 1) | (arrived == n_chunks - 1)) & proceed:
+        tl.store(step_ptr, step)
+        if n_chunks > 1:
+            tl.store(arrivals_ptr + tensor_index, 0)
+
+
+def table_row(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_program: int) -> list[int]:
+    """One row of the tensor table (see the module docstring), for dense tensors of one layout."""
+    return [
+        param.data_ptr(),
+        grad.data_ptr(),
+        exp_avg.data_ptr(),
+        exp_avg_sq.data_ptr(),
+        0 if max_exp_avg_sq is None else max_exp_avg_sq.data_ptr(),
+        step.data_ptr(),
+        param.numel(),
+        first_program,
+    ]
+
+
+def programs_for(numel: int, chunk_size: int = ADAM_CHUNK_SIZE) -> int:
+    """Programs that update one parameter of ``numel`` elements (at least one, for its step)."""
+    return max(1, triton.cdiv(numel, chunk_size))
+
+
+def adam_step(
+    tensor_table: torch.Tensor,
+    program_table: torch.Tensor,
+    arrivals: torch.Tensor,
+    element_type: torch.Tensor,
+    *,
+    lr: float | torch.Tensor,
+    beta1: float | torch.Tensor,
+    beta2: float | torch.Tensor,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    chunk_size: int = ADAM_CHUNK_SIZE,
+) -> None:
+    """Launch one Adam(W) step over every parameter listed in the tables.
+
+    Args:
+        tensor_table: int64 [n_tensors, TABLE_COLUMNS] built from :func:`table_row`.
+        program_table: int32 [n_programs], the row each program updates.
+        arrivals: int32 [n_tensors] of zeros (the kernel leaves them zero).
+        element_type: any tensor of the parameters' (real) dtype, on their device.
+        lr, beta1, beta2: floats, or 1-element tensors (read on the device: no sync).
+        grad_scale, found_inf: GradScaler's fp32 0-d tensors on the parameters' device.
+        chunk_size: elements per program, the one used to build the tables.
+    """
+    if chunk_size % ADAM_BLOCK_SIZE != 0:
+        raise ValueError(f"chunk_size must be a multiple of {ADAM_BLOCK_SIZE}, got {chunk_size}")
+    device = element_type.device
+    hyper = None
+    if any(isinstance(x, torch.Tensor) for x in (lr, beta1, beta2)):
+        hyper = _hyperparameters_on_device(lr, beta1, beta2, device)
+        scalars = [0.0] * 7
+    else:
+        # 1 - beta and log(beta) in double on the host: 1 - 0.999 in fp32 is 1.3e-5 off.
+        scalars = [lr, beta1, beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)]
+    grid = (program_table.numel(),)
+    adam_kernel[grid](
+        tensor_table,
+        program_table,
+        arrivals,
+        element_type,
+        hyper,
+        grad_scale,
+        found_inf,
+        *(float(x) for x in scalars),
+        float(eps),
+        float(weight_decay),
+        chunk_size,
+        AMSGRAD=amsgrad,
+        MAXIMIZE=maximize,
+        DECOUPLED_WEIGHT_DECAY=decoupled_weight_decay,
+        HYPER_IN_MEMORY=hyper is not None,
+        HAS_GRAD_SCALE=grad_scale is not None,
+        HAS_FOUND_INF=found_inf is not None,
+        BLOCK_SIZE=ADAM_BLOCK_SIZE,
+        num_warps=ADAM_NUM_WARPS,
+    )
+
+
+def _hyperparameters_on_device(lr, beta1, beta2, device: torch.device) -> torch.Tensor:
+    """fp32 [7]: lr, beta1, beta2, 1 - beta1, 1 - beta2, log(beta1), log(beta2), without a host sync.
+
+    Float betas get 1 - beta and log(beta) in double on the host, as torch computes them;
+    tensor betas get torch's tensor arithmetic (1 - beta in fp32), done on the device.
+    """
+
+    def on_device(x) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.float32).reshape(1).to(device, non_blocking=True)
+
+    if isinstance(beta1, torch.Tensor):
+        betas = torch.cat([on_device(beta1), on_device(beta2)])
+        return torch.cat([on_device(lr), betas, 1 - betas, betas.double().log().float()])
+    derived = torch.tensor([beta1, beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)], dtype=torch.float32)
+    return torch.cat([on_device(lr), derived.to(device, non_blocking=True)])
+
+
+def _log(beta: float) -> float:
+    # beta = 0 is valid (no averaging): 0**step = 0, which exp(-inf) gives exactly.
+    return math.log(beta) if beta > 0 else -math.inf
