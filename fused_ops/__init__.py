@@ -10,10 +10,21 @@ Ops run as compiled Triton on a GPU, in Triton's interpreter on CPU tensors when
 
 __version__ = "0.1.0"
 
-from . import nn
+from . import nn, optim
 from .activations import relu, sigmoid, tanh
 from .cross_entropy import cross_entropy
 from .losses import mse_loss
 from .softmax import log_softmax, softmax
 
-__all__ = ["__version__", "cross_entropy", "log_softmax", "mse_loss", "nn", "relu", "sigmoid", "softmax", "tanh"]
+__all__ = [
+    "__version__",
+    "cross_entropy",
+    "log_softmax",
+    "mse_loss",
+    "nn",
+    "optim",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "tanh",
+]
