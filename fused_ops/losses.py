@@ -49,6 +49,13 @@ def _(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor
     return input.new_empty((), dtype=out_dtype)
 
 
+def _one_value(grad_output: torch.Tensor) -> bool:
+    """True when ``grad_output`` holds one value for every element (all its strides are 0)."""
+    # A 0-d gradient of a mean or sum, or for 'none' the expanded 0-d one that
+    # loss.sum().backward() sends: the kernel reads the value itself, so no dense copy.
+    return all(stride == 0 for stride in grad_output.stride())
+
+
 def _placeholder(like: torch.Tensor) -> torch.Tensor:
     # Custom ops cannot return None, so a gradient nobody asked for comes back as an
     # empty tensor that the autograd Function drops.
@@ -64,13 +71,14 @@ def _mse_loss_backward(
     input_grad: bool,
     target_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if reduction == "none":
-        grad_output, input, target = dense_layout(grad_output, input, target)
-    else:
+    scalar_grad_output = _one_value(grad_output)
+    if scalar_grad_output:
         input, target = dense_layout(input, target)
+    else:
+        grad_output, input, target = dense_layout(grad_output, input, target)
     if use_triton("mse_loss", grad_output, input, target):
         grad_input, grad_target = kernels.mse_loss_backward(
-            grad_output, input, target, reduction, input_grad, target_grad
+            grad_output, input, target, reduction == "mean", scalar_grad_output, input_grad, target_grad
         )
     else:
         grad_input, grad_target = reference.mse_loss_backward_ref(
@@ -91,10 +99,10 @@ def _(
     input_grad: bool,
     target_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if reduction == "none":
-        _, layout, _ = dense_layout(grad_output, input, target)
-    else:
+    if _one_value(grad_output):
         layout, _ = dense_layout(input, target)
+    else:
+        _, layout, _ = dense_layout(grad_output, input, target)
     grad_input = torch.empty_like(layout, dtype=input.dtype) if input_grad else _placeholder(input)
     grad_target = torch.empty_like(layout, dtype=target.dtype) if target_grad else _placeholder(target)
     return grad_input, grad_target

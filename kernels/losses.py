@@ -92,7 +92,7 @@ def mse_loss_backward_kernel(
     grad_input_ptr,
     grad_target_ptr,
     n_elements,
-    REDUCED: tl.constexpr,
+    SCALAR_GRAD_OUTPUT: tl.constexpr,
     MEAN: tl.constexpr,
     INPUT_GRAD: tl.constexpr,
     TARGET_GRAD: tl.constexpr,
@@ -100,16 +100,17 @@ def mse_loss_backward_kernel(
 ):
     """grad_input = scale * (input - target) * grad_output, grad_target = -grad_input.
 
-    ``scale`` is 2 / n_elements for ``'mean'`` and 2 otherwise. With ``REDUCED`` the loss was
-    a 0-d sum or mean and ``grad_output`` is 0-d: it is read here, on the device, so the
-    host never waits for it. Otherwise ``grad_output`` has one value per element. Only the
-    gradients whose flag is set are written (an unused pointer may be None).
+    ``scale`` is 2 / n_elements for ``'mean'`` and 2 otherwise. With ``SCALAR_GRAD_OUTPUT``,
+    ``grad_output`` is one value for every element (the 0-d gradient of a sum or mean, or
+    one broadcast with zero strides, as ``loss.sum()`` sends): it is read here, on the
+    device, so the host never waits for it. Otherwise ``grad_output`` has one value per
+    element. Only the gradients whose flag is set are written (an unused pointer may be None).
     """
     block_start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
     offsets = block_start + tl.arange(0, BLOCK_SIZE)
     mask = offsets < n_elements
     diff = upcast(tl.load(input_ptr + offsets, mask=mask)) - upcast(tl.load(target_ptr + offsets, mask=mask))
-    if REDUCED:
+    if SCALAR_GRAD_OUTPUT:
         grad_output = upcast(tl.load(grad_output_ptr))
     else:
         grad_output = upcast(tl.load(grad_output_ptr + offsets, mask=mask))
@@ -168,16 +169,18 @@ def mse_loss_backward(
     grad_output: torch.Tensor,
     input: torch.Tensor,
     target: torch.Tensor,
-    reduction: str,
+    mean: bool,
+    scalar_grad_output: bool,
     input_grad: bool,
     target_grad: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of the MSE loss with respect to input and target, in one launch.
 
-    ``input`` and ``target`` (and ``grad_output`` for ``'none'``) share one dense layout;
-    for ``'mean'``/``'sum'`` ``grad_output`` is 0-d. Returns ``(grad_input, grad_target)``
-    in the layouts of ``input``, with ``input.dtype`` and ``target.dtype``; a gradient
-    whose flag is False is None and is never computed.
+    ``input`` and ``target`` share one dense layout. ``grad_output`` shares it too, unless
+    ``scalar_grad_output``: then only its first element is read, for every element.
+    ``mean`` scales by 1 / numel. Returns ``(grad_input, grad_target)`` in the layout of
+    ``input``, with ``input.dtype`` and ``target.dtype``; a gradient whose flag is False is
+    None and is never computed.
     """
     grad_input = torch.empty_like(input) if input_grad else None
     grad_target = torch.empty_like(input, dtype=target.dtype) if target_grad else None
@@ -191,8 +194,8 @@ def mse_loss_backward(
             grad_input,
             grad_target,
             n_elements,
-            REDUCED=reduction != "none",
-            MEAN=reduction == "mean",
+            SCALAR_GRAD_OUTPUT=scalar_grad_output,
+            MEAN=mean,
             INPUT_GRAD=input_grad,
             TARGET_GRAD=target_grad,
             BLOCK_SIZE=MSE_BLOCK_SIZE,

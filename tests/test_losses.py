@@ -367,6 +367,18 @@ def test_mse_loss_none_honours_a_per_element_grad_output(layout, kernel_launches
     assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
 
 
+def test_mse_loss_none_then_sum_reads_the_expanded_grad_output_once(kernel_launches):
+    # loss.sum().backward() sends a 0-d gradient expanded with zero strides: the kernel
+    # reads that one value per program, with no dense copy of n values.
+    n = 1823
+    input, target = torch.randn(n, requires_grad=True), torch.randn(n)
+    fused_ops.mse_loss(input, target, reduction="none").sum().backward()
+    assert_close(input.grad, 2 * (input.detach() - target))
+    (launch,) = [launch for launch in kernel_launches.launches if launch.kernel == "mse_loss_backward_kernel"]
+    assert launch.kwargs["SCALAR_GRAD_OUTPUT"] == {"bool": True}
+    assert launch.bytes_loaded == 8 * n + 4 * launch.grid[0]
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_mse_loss_reads_the_0d_grad_output_on_the_device(reduction, kernel_launches):
     input, target = torch.randn(1823), torch.randn(1823)
