@@ -11,6 +11,7 @@ most ``MSE_MAX_PARTIALS`` programs; each accumulates its strided share of the bl
 register vector and writes one partial sum. Stage 2 (:func:`mse_loss_sum_partials_kernel`)
 is one program that adds the partials in a fixed tree order and divides by ``n_elements``
 for ``'mean'``. Grid and order depend only on ``n_elements``, so two runs are bitwise equal.
+An input of at most one block needs one program, which writes the loss itself (one launch).
 """
 
 import torch
@@ -47,16 +48,25 @@ def mse_loss_kernel(input_ptr, target_ptr, output_ptr, n_elements, BLOCK_SIZE: t
 
 
 @triton.jit
-def mse_loss_partial_sums_kernel(input_ptr, target_ptr, partials_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
-    """partials[pid] = sum of (input - target)^2 over blocks pid, pid + num_programs, ...
+def mse_loss_partial_sums_kernel(
+    input_ptr, target_ptr, output_ptr, n_elements, FINAL: tl.constexpr, MEAN: tl.constexpr, BLOCK_SIZE: tl.constexpr
+):
+    """Stage 1: output[pid] = sum of (input - target)^2 over blocks pid, pid + num_programs, ...
 
-    Shape: ``partials`` has one element per program, in the compute dtype.
+    Without ``FINAL``, ``output`` holds one partial sum per program, in the compute dtype,
+    for :func:`mse_loss_sum_partials_kernel`. With ``FINAL`` the grid is one program, which
+    covers every element and so writes the loss itself into the 0-d output (divided by
+    ``n_elements`` when ``MEAN``; for no elements, 0 or 0 / 0 = nan as torch): inputs of
+    up to one block take a single launch.
     """
     pid = tl.program_id(0).to(tl.int64)
     stride = tl.num_programs(0).to(tl.int64) * BLOCK_SIZE
+    # Zeros in the two operands' promoted compute dtype (fp64 if either is fp64, else fp32).
+    acc = upcast(tl.zeros([BLOCK_SIZE], input_ptr.dtype.element_ty)) - upcast(
+        tl.zeros([BLOCK_SIZE], target_ptr.dtype.element_ty)
+    )
     # Each lane keeps its own running sum across blocks; one tree sum at the end adds
     # the lanes, which rounds far less than summing one long sequence.
-    acc = tl.zeros([BLOCK_SIZE], dtype=partials_ptr.dtype.element_ty)
     for block_start in range(pid * BLOCK_SIZE, n_elements, stride):
         offsets = block_start + tl.arange(0, BLOCK_SIZE)
         mask = offsets < n_elements
@@ -65,17 +75,17 @@ def mse_loss_partial_sums_kernel(input_ptr, target_ptr, partials_ptr, n_elements
         t = upcast(tl.load(target_ptr + offsets, mask=mask, other=0.0))
         diff = x - t
         acc += diff * diff
-    tl.store(partials_ptr + pid, tl.sum(acc, axis=0))
+    total = tl.sum(acc, axis=0)
+    if FINAL and MEAN:
+        total = total / n_elements
+    tl.store(output_ptr + pid, total.to(output_ptr.dtype.element_ty))
 
 
 @triton.jit
 def mse_loss_sum_partials_kernel(
     partials_ptr, output_ptr, n_partials, n_elements, MEAN: tl.constexpr, BLOCK_SIZE: tl.constexpr
 ):
-    """output = sum(partials) (divided by ``n_elements`` when ``MEAN``); one program, one block.
-
-    With no elements there are no partials: the sum is 0 and the mean 0 / 0 = nan, as torch.
-    """
+    """Stage 2: output = sum(partials), divided by ``n_elements`` when ``MEAN``; one program, one block."""
     offsets = tl.arange(0, BLOCK_SIZE)
     partials = tl.load(partials_ptr + offsets, mask=offsets < n_partials, other=0.0)
     total = tl.sum(partials, axis=0)
@@ -144,24 +154,25 @@ def mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) 
             grid = (triton.cdiv(n_elements, MSE_BLOCK_SIZE),)
             mse_loss_kernel[grid](input, target, output, n_elements, BLOCK_SIZE=MSE_BLOCK_SIZE, num_warps=MSE_NUM_WARPS)
         return output
-    n_partials = min(triton.cdiv(n_elements, MSE_BLOCK_SIZE), MSE_MAX_PARTIALS)
-    partials = torch.empty(n_partials, dtype=_accumulation_dtype(out_dtype), device=input.device)
-    if n_partials > 0:
-        mse_loss_partial_sums_kernel[(n_partials,)](
-            input, target, partials, n_elements, BLOCK_SIZE=MSE_BLOCK_SIZE, num_warps=MSE_NUM_WARPS
-        )
+    mean = reduction == "mean"
     output = torch.empty((), dtype=out_dtype, device=input.device)
-    # Launched even for an empty input, so the 0-d result (0, or nan for a mean) is
-    # written by the same code, on the device.
-    mse_loss_sum_partials_kernel[(1,)](
-        partials,
-        output,
-        n_partials,
-        n_elements,
-        MEAN=reduction == "mean",
-        BLOCK_SIZE=MSE_MAX_PARTIALS,
-        num_warps=MSE_PARTIALS_NUM_WARPS,
+    # At least one program, so an empty input still writes its 0 (or nan) on the device.
+    n_partials = max(1, min(triton.cdiv(n_elements, MSE_BLOCK_SIZE), MSE_MAX_PARTIALS))
+    final = n_partials == 1
+    partials = output if final else torch.empty(n_partials, dtype=_accumulation_dtype(out_dtype), device=input.device)
+    mse_loss_partial_sums_kernel[(n_partials,)](
+        input, target, partials, n_elements, FINAL=final, MEAN=mean, BLOCK_SIZE=MSE_BLOCK_SIZE, num_warps=MSE_NUM_WARPS
     )
+    if not final:
+        mse_loss_sum_partials_kernel[(1,)](
+            partials,
+            output,
+            n_partials,
+            n_elements,
+            MEAN=mean,
+            BLOCK_SIZE=MSE_MAX_PARTIALS,
+            num_warps=MSE_PARTIALS_NUM_WARPS,
+        )
     return output
 
 
