@@ -20,6 +20,9 @@ with the bandwidths in :data:`GPUS`.
 
     python -m fused_ops.report --out-dir docs       # or: fused-ops bench
 
+It also writes the static sm_90 report (:mod:`fused_ops.static_report`) to
+``static.md`` unless ``--no-static`` is given.
+
 The registry tables here are shared with the pytest-benchmark suites in ``benchmarks/``
 and with ``tests/test_traffic.py``; a case lights up as soon as its op exists in
 fused_ops.
@@ -668,6 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ops", nargs="+", help="only these ops (default: every op fused_ops has)")
     parser.add_argument("--no-optimizer", action="store_true", help="skip the optimizer step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-static", action="store_true", help="skip the static sm_90 report (registers, spills, vector accesses)"
+    )
     return parser
 
 
@@ -701,9 +707,27 @@ def run_report(args: argparse.Namespace) -> int:
     render_chart(op_rows_, optimizer_rows_, out_dir / "traffic.png")
     print(markdown)
     print(f"wrote {out_dir / 'traffic.md'} and {out_dir / 'traffic.png'}")
+    if not args.no_static:
+        failures += _static_report(out_dir, args.dtypes)
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _static_report(out_dir: Path, dtypes: list[str]) -> list[str]:
+    """Write ``static.md`` (see :mod:`fused_ops.static_report`); return its failures."""
+    from fused_ops import static_report
+
+    print("compiling every kernel for sm_90 (static report) ...", file=sys.stderr)
+    launches = static_report.record([static_report.DIVISIBLE_SHAPE, static_report.ODD_SHAPE], dtypes)
+    reports = static_report.compile_all(launches)
+    markdown = static_report.render_markdown(reports)
+    (out_dir / "static.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out_dir / 'static.md'}")
+    return [f"{r.kernel} does not compile for sm_90 ({r.used_by[0]})" for r in reports if not r.ok] + [
+        f"{r.kernel} spills ({r.used_by[0]})" for r in reports if r.ok and r.spills
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -222,11 +222,24 @@ def test_fused_losses_beat_eager_by_the_factor_the_report_states(case, dtype):
 
 
 def test_report_writes_markdown_and_chart(tmp_path):
-    args = report.build_parser().parse_args(
-        ["--out-dir", str(tmp_path), "--ops", "sigmoid", "--dtypes", "float32", "--no-optimizer", "--no-progress"]
-    )
+    options = ["--ops", "sigmoid", "--dtypes", "float32", "--no-optimizer", "--no-progress", "--no-static"]
+    args = report.build_parser().parse_args(["--out-dir", str(tmp_path), *options])
     assert report.run_report(args) == 0
     markdown = (tmp_path / "traffic.md").read_text()
     assert "| sigmoid | forward | 8.00 | 8.00 | 8.00 | 1.00× | 1.00× | 1 / 1 |" in markdown
     assert "**Modeled**" in markdown
     assert (tmp_path / "traffic.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_reruns_itself_under_the_interpreter_when_kernels_are_compiled(monkeypatch):
+    calls = []
+    monkeypatch.setattr(report._dispatch, "TRITON_INTERPRETED", False)
+    monkeypatch.setattr(report.subprocess, "run", lambda argv, env, check: calls.append((argv, env)) or Done())
+    assert report.main(["--ops", "sigmoid"]) == 0
+    ((argv, env),) = calls
+    assert argv[1:] == ["-m", "fused_ops.report", "--ops", "sigmoid"]
+    assert env["TRITON_INTERPRET"] == "1"
+
+
+class Done:
+    returncode = 0
