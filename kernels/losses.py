@@ -124,10 +124,10 @@ def mse_loss_backward_kernel(
         grad_output = upcast(tl.load(grad_output_ptr))
     else:
         grad_output = upcast(tl.load(grad_output_ptr + offsets, mask=mask))
-    # 2 / n is rounded once, in the compute dtype, as torch's norm = 2. / numel.
     scale = tl.full((), 2.0, diff.dtype)
     if MEAN:
-        scale = scale / n_elements
+        # torch's norm = 2. / numel: divided in fp64 (exact n past 2^24), rounded once.
+        scale = (tl.full((), 2.0, tl.float64) / n_elements).to(diff.dtype)
     grad = scale * diff * grad_output
     if INPUT_GRAD:
         _store_as(grad_input_ptr + offsets, grad, mask)
