@@ -275,13 +275,27 @@ def _hyperparameters_on_device(lr, beta1, beta2, device: torch.device) -> torch.
     """
 
     def on_device(x) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=torch.float32).reshape(1).to(device, non_blocking=True)
+        if isinstance(x, torch.Tensor):
+            return x.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
+        return host_to_device(torch.tensor([x], dtype=torch.float32), device)
 
     if isinstance(beta1, torch.Tensor):
         betas = torch.cat([on_device(beta1), on_device(beta2)])
         return torch.cat([on_device(lr), betas, 1 - betas, betas.double().log().float()])
     derived = torch.tensor([beta1, beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)], dtype=torch.float32)
-    return torch.cat([on_device(lr), derived.to(device, non_blocking=True)])
+    return torch.cat([on_device(lr), host_to_device(derived, device)])
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor to ``device`` without waiting for the GPU.
+
+    A blocking copy (``.to(device)``) synchronizes with the stream; from pinned memory a
+    non-blocking copy does not, and torch's pinned-memory allocator keeps the source
+    alive until the copy has run.
+    """
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _log(beta: float) -> float:

@@ -235,11 +235,12 @@ def test_odd_sizes(kernel_launches):
 def test_parameters_longer_than_one_chunk(monkeypatch, kernel_launches):
     # Several programs per parameter: the last one to read step writes it (atomic count).
     monkeypatch.setattr(adam_kernels, "ADAM_CHUNK_SIZE", 2 * adam_kernels.ADAM_BLOCK_SIZE)
-    ours, theirs = make_pair("AdamW", {"amsgrad": True}, shapes=[(5000,), (2048,), (7,)])
+    # A 0-d and an empty parameter get one program each: their step counts too.
+    ours, theirs = make_pair("AdamW", {"amsgrad": True}, shapes=[(5000,), (2048,), (7,), (), (0,)])
     train_side_by_side(ours, theirs, steps=3, check_every_step=True)
-    assert kernel_launches.launches[0].grid == (3 + 1 + 1,)
+    assert kernel_launches.launches[0].grid == (3 + 1 + 1 + 1 + 1,)
     arrivals = next(iter(ours._launch_tables.values()))[3]
-    assert arrivals.tolist() == [0, 0, 0], "the kernel leaves its arrival counters at zero"
+    assert arrivals.tolist() == [0] * 5, "the kernel leaves its arrival counters at zero"
 
 
 def test_fp64_params(kernel_launches):
@@ -607,6 +608,11 @@ def test_grad_scale_and_found_inf_without_host_sync():
         assert skipped.dtype == torch.bool and skipped.dim() == 0 and bool(skipped) == (found == 1.0)
         assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True)) == (found == 1.0)
     assert optimizer.state[params[0]]["step"].item() == 1.0
+    # Float hyperparameters without GradScaler: no sync either.
+    plain = AdamW(params, lr=1e-2, amsgrad=True)
+    with no_host_sync():
+        plain.step()
+        plain.step()
     with pytest.raises(HostSyncError):  # the detector works
         with no_host_sync():
             optimizer.state[params[0]]["step"].item()
@@ -679,14 +685,16 @@ def aot_workload():
         ours, theirs = make_pair(name, kwargs, shapes=shapes, dtype=dtype)
         set_same_grads(ours, theirs)
         ours.step()
-    # GradScaler: grad_scale with found_inf, and found_inf alone (after unscale_).
-    for amsgrad in (False, True):
-        for grad_scale in (torch.tensor(2.0), None):
+    # GradScaler: grad_scale with found_inf, found_inf alone (after unscale_), and
+    # grad_scale alone (test_kernel_matches_the_reference_step).
+    for name, kwargs in (("AdamW", {}), ("AdamW", {"amsgrad": True}), ("Adam", {"amsgrad": True, "maximize": True})):
+        for grad_scale, found_inf in ((2.0, 0.0), (None, 0.0), (2.0, None)):
             for lr in (1e-2, torch.tensor(1e-2)):
                 p = torch.nn.Parameter(torch.randn(5))
                 p.grad = torch.randn(5)
-                optimizer = AdamW([p], lr=lr, amsgrad=amsgrad)
+                optimizer = OURS[name]([p], lr=lr, weight_decay=0.1, **kwargs)
                 if grad_scale is not None:
-                    optimizer.grad_scale = grad_scale
-                optimizer.found_inf = torch.tensor(0.0)
+                    optimizer.grad_scale = torch.tensor(grad_scale)
+                if found_inf is not None:
+                    optimizer.found_inf = torch.tensor(found_inf)
                 optimizer.step()

@@ -75,7 +75,12 @@ class _AdamBase(torch.optim.Optimizer):
         last_step_skipped: 0-d bool tensor, True when the last :meth:`step` was skipped
             because GradScaler found an inf/NaN gradient (``found_inf``). It stays on the
             device, so reading it is the caller's choice of when to sync; LR schedulers
-            stepped unconditionally otherwise advance on skipped steps, as with torch.
+            stepped unconditionally otherwise advance on skipped steps, as with torch::
+
+                scaler.step(optimizer)
+                scaler.update()
+                if not optimizer.last_step_skipped:  # reading it waits for the GPU
+                    scheduler.step()
     """
 
     # GradScaler then hands us grad_scale and found_inf instead of unscaling the grads
@@ -242,8 +247,9 @@ class _AdamBase(torch.optim.Optimizer):
         for entry in self._init_group(group):
             p, g, m, v, vmax, step = (_real(_local(t)) if t is not None else None for t in entry)
             if not (_is_dense(p) and all(t.stride() == p.stride() for t in (m, v, vmax) if t is not None)):
-                # Only a parameter whose layout is not dense (a slice with gaps) gets here:
-                # its state follows its layout only when dense. The reference updates it.
+                # A parameter with gaps (a slice), whose zeros_like state is contiguous, or a
+                # loaded state in another layout than its parameter: the reference walks
+                # any strides, the kernel only one shared dense layout.
                 eager.append((p, g, m, v, vmax, step))
                 continue
             if g.stride() != p.stride():
@@ -269,6 +275,8 @@ class _AdamBase(torch.optim.Optimizer):
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
     ) -> None:
+        # Imported here, not at the top: fused_ops imports (and runs on the reference)
+        # where Triton is not installed.
         from ..kernels import adam as kernels
 
         tensor_table, program_table, arrivals = self._tables(index, device, dtype, tensors)
@@ -312,8 +320,8 @@ class _AdamBase(torch.optim.Optimizer):
             torch.tensor([kernels.programs_for(t[0].numel(), kernels.ADAM_CHUNK_SIZE) for t in tensors]),
         )
         tables = (
-            tensor_table.to(device),
-            program_table.to(device),
+            kernels.host_to_device(tensor_table, device),
+            kernels.host_to_device(program_table, device),
             torch.zeros(len(tensors), dtype=torch.int32, device=device),
         )
         self._launch_tables[key] = (rows, *tables)
