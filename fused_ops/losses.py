@@ -245,6 +245,10 @@ def mse_loss(
 def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
     """Checks, then the fused loss of two operands of one shape."""
     check_same_device("mse_loss", input, target)
+    if torch.is_autocast_enabled(input.device.type):
+        # mse_loss is on autocast's float32 list: half types run (and return) in fp32 there,
+        # fp64 stays fp64. The casts are autograd ops, so gradients keep the operands' dtypes.
+        input, target = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (input, target))
     dtype = torch.promote_types(input.dtype, target.dtype)
     if dtype not in FLOATING_DTYPES:
         check_floating("mse_loss", torch.empty((), dtype=dtype, device="meta"), name="input and target")

@@ -149,6 +149,21 @@ def test_mse_loss_mixed_float_dtypes_promote_like_torch(input_dtype, target_dtyp
     assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64], ids=str)
+def test_mse_loss_under_autocast_computes_in_fp32_like_torch(dtype, kernel_launches):
+    # torch's autocast lists mse_loss as a float32 op: half inputs give an fp32 loss.
+    input, target = torch.randn(63, dtype=dtype), torch.randn(63, dtype=dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grad_input, grad_target, grad_output = _loss_and_grads(fused_ops.mse_loss, input, target)
+        loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(F.mse_loss, input, target, grad_output)
+    assert loss.dtype == loss_torch.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert grad_input.dtype == grad_target.dtype == dtype
+    assert_close(loss, loss_torch, 63)
+    assert_close(grad_input, grad_input_torch)
+    assert_close(grad_target, grad_target_torch)
+    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+
+
 @pytest.mark.parametrize(
     ("input", "target"),
     [
