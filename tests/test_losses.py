@@ -458,13 +458,20 @@ def test_mse_loss_partial_sums_loop_over_several_blocks_per_program(kernel_launc
     assert stage1.bytes_loaded == 2 * 8 * input.numel(), "every element read exactly once"
 
 
-def test_mse_loss_nan_and_inf_follow_torch():
+def test_mse_loss_nan_and_inf_follow_torch(kernel_launches):
     input = torch.tensor([float("nan"), float("inf"), 1.0, float("inf")])
     target = torch.tensor([0.0, float("inf"), float("-inf"), 2.0])
     for reduction in REDUCTIONS:
-        assert_close(
-            fused_ops.mse_loss(input, target, reduction=reduction), F.mse_loss(input, target, reduction=reduction)
+        loss, grad_input, grad_target, grad_output = _loss_and_grads(
+            fused_ops.mse_loss, input, target, reduction=reduction
         )
+        loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(
+            F.mse_loss, input, target, grad_output, reduction=reduction
+        )
+        assert_close(loss, loss_torch)
+        assert_close(grad_input, grad_input_torch)
+        assert_close(grad_target, grad_target_torch)
+    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 3
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -569,7 +576,7 @@ def test_mse_loss_property_random_shapes_strides_and_broadcasts(
         input, target = input.transpose(0, 1), target.transpose(0, 1)
     if input.dim() >= 1:
         input, target = input[::step], target[::step] if target.shape[0] > 1 else target
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), KernelTrace() as trace:
         warnings.simplefilter("ignore")
         loss, grad_input, grad_target, grad_output = _loss_and_grads(
             fused_ops.mse_loss, input, target, reduction=reduction
@@ -577,6 +584,8 @@ def test_mse_loss_property_random_shapes_strides_and_broadcasts(
         loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(
             F.mse_loss, input, target, grad_output, reduction=reduction
         )
+    broadcast_numel = torch.broadcast_shapes(input.shape, target.shape).numel()
+    assert trace.launch_count("mse_loss_backward_kernel") == (1 if broadcast_numel else 0)
     n = max(input.numel(), target.numel())
     assert_close(loss, loss_torch, 1 if reduction == "none" else n)
     # A broadcast operand's gradient sums per-element gradients that torch and the kernel
