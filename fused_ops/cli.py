@@ -23,7 +23,7 @@ import importlib
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -38,7 +38,7 @@ REEXEC_MESSAGE = (
 )
 
 
-def needs_interpreter_reexec(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+def needs_interpreter_reexec(environ: Mapping[str, str] = os.environ) -> bool:
     """True when this process would run the eager reference although the interpreter could run the kernels."""
     return _dispatch.TRITON_AVAILABLE and not torch.cuda.is_available() and environ.get("TRITON_INTERPRET") != "1"
 
@@ -101,12 +101,12 @@ class Probe:
     run: Callable[[Callable, torch.device], tuple[list[torch.Tensor], list[torch.Tensor]]]
 
 
-def _functional_probe(torch_fn: Callable, make_inputs: Callable[[torch.device], list[torch.Tensor]], **kwargs):
-    """A probe comparing output and gradients of every float input, for a fixed grad_output."""
+def _functional_probe(torch_fn: Callable, *make_inputs: Callable[[torch.Generator], torch.Tensor], **kwargs):
+    """A probe comparing the output and the gradient of every float input, for a fixed grad_output."""
 
     def results(fn: Callable, device: torch.device) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(0)
-        inputs = [t.to(device) for t in make_inputs(generator)]
+        inputs = [make(generator).to(device) for make in make_inputs]
         leaves = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
         output = fn(*leaves, **kwargs)
         output.backward(torch.linspace(-1, 1, output.numel(), device=device).view_as(output))
@@ -130,30 +130,24 @@ def _optimizer_probe(torch_cls: type[torch.optim.Optimizer]):
     return lambda fused, device: (results(fused, device), results(torch_cls, device))
 
 
-def _randn(*shape: int) -> Callable[[torch.Generator], torch.Tensor]:
-    return lambda generator: torch.randn(*shape, generator=generator)
+def _values(generator: torch.Generator) -> torch.Tensor:
+    # 33 columns: not a multiple of any block size, so the kernels' masks are exercised.
+    return torch.randn(4, 33, generator=generator)
 
 
-def _labels(rows: int, classes: int) -> Callable[[torch.Generator], torch.Tensor]:
-    return lambda generator: torch.randint(0, classes, (rows,), generator=generator)
+def _classes(generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 33, (4,), generator=generator)
 
 
 # One row per public op; an op that fused_ops does not provide yet is listed as missing.
-# 33 columns: not a multiple of any block size, so masking is exercised.
 PROBES = (
-    Probe("sigmoid", _functional_probe(torch.sigmoid, lambda g: [_randn(4, 33)(g)])),
-    Probe("tanh", _functional_probe(torch.tanh, lambda g: [_randn(4, 33)(g)])),
-    Probe("relu", _functional_probe(torch.relu, lambda g: [_randn(4, 33)(g)])),
-    Probe("softmax", _functional_probe(torch.softmax, lambda g: [_randn(4, 33)(g)], dim=-1)),
-    Probe("log_softmax", _functional_probe(torch.log_softmax, lambda g: [_randn(4, 33)(g)], dim=-1)),
-    Probe(
-        "mse_loss",
-        _functional_probe(torch.nn.functional.mse_loss, lambda g: [_randn(4, 33)(g), _randn(4, 33)(g)]),
-    ),
-    Probe(
-        "cross_entropy",
-        _functional_probe(torch.nn.functional.cross_entropy, lambda g: [_randn(4, 33)(g), _labels(4, 33)(g)]),
-    ),
+    Probe("sigmoid", _functional_probe(torch.sigmoid, _values)),
+    Probe("tanh", _functional_probe(torch.tanh, _values)),
+    Probe("relu", _functional_probe(torch.relu, _values)),
+    Probe("softmax", _functional_probe(torch.softmax, _values, dim=-1)),
+    Probe("log_softmax", _functional_probe(torch.log_softmax, _values, dim=-1)),
+    Probe("mse_loss", _functional_probe(torch.nn.functional.mse_loss, _values, _values)),
+    Probe("cross_entropy", _functional_probe(torch.nn.functional.cross_entropy, _values, _classes)),
     Probe("optim.Adam", _optimizer_probe(torch.optim.Adam)),
     Probe("optim.AdamW", _optimizer_probe(torch.optim.AdamW)),
 )
