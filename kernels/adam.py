@@ -56,7 +56,6 @@ def adam_kernel(
     grad_scale_ptr,
     found_inf_ptr,
     lr,
-    beta1,
     beta2,
     one_minus_beta1,
     one_minus_beta2,
@@ -77,10 +76,11 @@ def adam_kernel(
 
     ``element_type_ptr`` is any tensor of the parameters' dtype: its pointer type is the
     type the table's addresses are cast to. With ``HYPER_IN_MEMORY`` (a tensor lr or
-    tensor betas), the scalar arguments lr ... log_beta2 are read from ``hyper_ptr``
-    (fp32 [7], in argument order) instead, so changing them never needs a host sync. ``grad_scale_ptr`` and
-    ``found_inf_ptr`` are GradScaler's fp32 0-d tensors: gradients are divided by the
-    scale, and a non-zero found_inf leaves p, m, v, max_exp_avg_sq and step untouched.
+    tensor betas) the scalars come from ``hyper_ptr``, fp32 [7] = lr, beta1, beta2,
+    1 - beta1, 1 - beta2, log(beta1), log(beta2), instead of the arguments, so changing
+    them never needs a host sync. ``grad_scale_ptr`` and ``found_inf_ptr`` are
+    GradScaler's fp32 0-d tensors: gradients are divided by the scale, and a non-zero
+    found_inf leaves p, m, v, max_exp_avg_sq and step untouched.
     """
     pid = tl.program_id(0).to(tl.int64)
     tensor_index = tl.load(program_table_ptr + pid)
@@ -239,10 +239,10 @@ def adam_step(
     hyper = None
     if any(isinstance(x, torch.Tensor) for x in (lr, beta1, beta2)):
         hyper = _hyperparameters_on_device(lr, beta1, beta2, device)
-        scalars = [0.0] * 7
+        scalars = [0.0] * 6
     else:
         # 1 - beta and log(beta) in double on the host: 1 - 0.999 in fp32 is 1.3e-5 off.
-        scalars = [lr, beta1, beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)]
+        scalars = [lr, beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)]
     grid = (program_table.numel(),)
     adam_kernel[grid](
         tensor_table,

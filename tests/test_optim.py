@@ -14,6 +14,8 @@ import fused_ops.kernels.adam as adam_kernels
 import pytest
 import torch
 from helpers import HostSyncError, no_host_sync
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fused_ops
 from fused_ops import reference
@@ -280,12 +282,38 @@ def test_half_precision_params(name, dtype, kernel_launches):
     assert kernel_launches.launch_count("adam_kernel") == STEPS
 
 
+@settings(max_examples=10, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 9), max_size=3).map(tuple), min_size=1, max_size=3),
+    transposed=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    name=st.sampled_from(["Adam", "AdamW"]),
+    amsgrad=st.booleans(),
+    maximize=st.booleans(),
+    weight_decay=st.sampled_from([0.0, 0.1]),
+    lr=st.sampled_from([1e-3, 3e-2, "tensor"]),
+)
+def test_property_random_params_and_flags(shapes, transposed, dtype, name, amsgrad, maximize, weight_decay, lr):
+    kwargs = {"amsgrad": amsgrad, "maximize": maximize, "weight_decay": weight_decay}
+    kwargs["lr"] = torch.tensor(1e-2) if lr == "tensor" else lr
+    base = [torch.randn(s, dtype=dtype) for s in shapes]
+    if transposed:  # dense but not contiguous: the kernel walks the parameter's own layout
+        base = [p.transpose(0, -1).contiguous().transpose(0, -1) if p.dim() > 1 else p for p in base]
+    ours = OURS[name]([p.clone().requires_grad_() for p in base], **copy.deepcopy(kwargs))
+    theirs = TORCH[name]([p.clone().requires_grad_() for p in base], **copy.deepcopy(kwargs))
+    with KernelTrace() as trace:
+        train_side_by_side(ours, theirs, steps=3)
+    assert trace.launch_count("adam_kernel") == 3
+    for p, b in zip(params_of(ours), base, strict=True):
+        assert p.stride() == b.stride()
+
+
 def test_one_launch_per_device_and_dtype_for_60_params(kernel_launches):
     shapes = [(7,), (3, 5), (16,)] * 20
     base = [torch.randn(s, dtype=torch.float32 if i % 2 else torch.bfloat16) for i, s in enumerate(shapes)]
     ours = AdamW([p.clone().requires_grad_() for p in base])
     theirs = torch.optim.AdamW([p.clone().requires_grad_() for p in base])
-    for _ in range(3):
+    for _ in range(2):
         set_same_grads(ours, theirs)
         kernel_launches.clear()
         ours.step()
@@ -672,17 +700,20 @@ def test_step_with_closure_returns_the_loss():
 
 def aot_workload():
     """One step through every kernel specialization these tests launch."""
-    shapes = [(3, 4, 5)]
-    variants = []
-    for name in ("Adam", "AdamW"):
-        variants += [(name, kwargs, torch.float32) for _, kwargs in torch_configs()]
-        variants += [(name, {"weight_decay": 0.1, "amsgrad": True, "maximize": True}, torch.float32)]
-        variants += [(name, {"amsgrad": True, "maximize": True, "lr": torch.tensor(0.01)}, torch.float32)]
-        for dtype in (torch.float16, torch.bfloat16, torch.complex64, torch.float64):
-            variants += [(name, {"amsgrad": True, "weight_decay": 0.1}, dtype)]
-    variants += [("AdamW", {}, torch.bfloat16), ("AdamW", {"lr": torch.tensor(1e-2)}, torch.float32)]
+    variants = [
+        # fp32 and fp64 (test_property_random_params_and_flags draws any of these).
+        (name, {"amsgrad": amsgrad, "maximize": maximize, "lr": lr, "weight_decay": 0.1}, dtype)
+        for dtype in (torch.float32, torch.float64)
+        for name in ("Adam", "AdamW")
+        for amsgrad in (False, True)
+        for maximize in (False, True)
+        for lr in (1e-2, torch.tensor(1e-2))
+    ]
+    for dtype in (torch.float16, torch.bfloat16, torch.complex64):
+        variants += [(name, {"amsgrad": True, "weight_decay": 0.1}, dtype) for name in ("Adam", "AdamW")]
+    variants += [("AdamW", {}, torch.bfloat16)]
     for name, kwargs, dtype in variants:
-        ours, theirs = make_pair(name, kwargs, shapes=shapes, dtype=dtype)
+        ours, theirs = make_pair(name, kwargs, shapes=[(3, 4, 5)], dtype=dtype)
         set_same_grads(ours, theirs)
         ours.step()
     # GradScaler: grad_scale with found_inf, found_inf alone (after unscale_), and
