@@ -3,9 +3,8 @@
 The cases (inputs, fused call, eager call, minimum bytes) come from the registry in
 :mod:`fused_ops.report`, the same one the traffic report and its tests use.
 
-- On a GPU: each round ends with ``torch.cuda.synchronize()``, and
-  ``triton.testing.do_bench`` (which flushes L2 and synchronizes) gives the time from
-  which ``extra_info["gbps"]`` is computed, as minimum bytes ÷ time (effective bandwidth).
+- On a GPU: every round (and every untimed setup) ends with ``torch.cuda.synchronize()``,
+  and ``extra_info["gbps"]`` is the minimum bytes ÷ the median round (effective bandwidth).
 - On a CPU: the fused provider runs Triton's interpreter (or the eager fallback), so its
   timings say nothing about a GPU; ``extra_info["timing"]`` says so, and no GB/s is recorded.
 - ``FUSED_OPS_BENCH_SMOKE=1`` (used by ``tests/test_benchmarks.py`` with
@@ -43,10 +42,11 @@ else:
 
 MODES = ("forward", "backward", "full")
 ROUNDS = 50 if ON_GPU else 3
+WARMUP_ROUNDS = 5 if ON_GPU else 1
 
 if ON_GPU:
     FUSED_LABEL = "fused_ops"
-    TIMING_NOTE = "GPU: rounds end with torch.cuda.synchronize(); gbps from triton.testing.do_bench"
+    TIMING_NOTE = "GPU: every round ends with torch.cuda.synchronize(); gbps = minimum bytes / median"
 elif _dispatch.TRITON_INTERPRETED:
     FUSED_LABEL = "fused_ops(interpreter)"
     TIMING_NOTE = "CPU: fused_ops runs in Triton's interpreter; these are not GPU timings"
@@ -55,8 +55,9 @@ else:
     TIMING_NOTE = "CPU: fused_ops runs its eager PyTorch fallback; these are not GPU timings"
 PROVIDERS = (FUSED_LABEL, "torch", "torch.compile")
 OPTIMIZER_PROVIDERS = tuple(FUSED_LABEL if p == "fused_ops" else p for p in report.OPTIMIZER_PROVIDERS)
-# torch.compile takes seconds per graph: the smoke run compiles a single one.
-SMOKE_COMPILE = ("sigmoid", "forward")
+# torch.compile takes seconds per graph: the smoke run compiles one op (its forward and
+# backward graphs serve all three modes).
+SMOKE_COMPILE = "sigmoid"
 
 
 def op_params(family: str) -> list:
@@ -66,7 +67,7 @@ def op_params(family: str) -> list:
         marks = [] if case.available else [pytest.mark.skip(reason=f"fused_ops.{case.name} is not in this version")]
         for provider in PROVIDERS:
             for mode in MODES:
-                if SMOKE and provider == "torch.compile" and (case.name, mode) != SMOKE_COMPILE:
+                if SMOKE and provider == "torch.compile" and case.name != SMOKE_COMPILE:
                     continue
                 for rows, cols in SIZES:
                     for dtype in DTYPES:
@@ -101,62 +102,72 @@ def _callable(case: report.OpCase, provider: str):
     return _compiled(case)
 
 
-def time_call(benchmark, run, minimum_bytes: int, elements: int) -> None:
-    """Time ``run`` with pytest-benchmark, synchronizing on a GPU, and record what it means."""
+def time_call(benchmark, run, minimum_bytes: int, elements: int, setup=None, teardown=None) -> None:
+    """Time ``run`` with pytest-benchmark, synchronizing on a GPU, and record what it means.
+
+    ``setup`` (untimed) returns ``(args, kwargs)`` for ``run``; ``teardown`` gets them after.
+    On a GPU both end with ``torch.cuda.synchronize()``, so a round times exactly the
+    kernels ``run`` launched, and ``extra_info["gbps"]`` is minimum bytes ÷ median time.
+    """
     benchmark.extra_info.update(timing=TIMING_NOTE, minimum_bytes=minimum_bytes, elements=elements)
-    if not ON_GPU:
-        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
-        return
+    target = run
+    if ON_GPU:
 
-    def synchronized():
-        run()
-        torch.cuda.synchronize()
+        def target(*args, **kwargs):
+            run(*args, **kwargs)
+            torch.cuda.synchronize()
 
-    benchmark.pedantic(synchronized, rounds=ROUNDS, warmup_rounds=5)
-    if benchmark.enabled:
-        import triton.testing
+        if setup is not None:
+            unsynchronized_setup = setup
 
-        milliseconds = triton.testing.do_bench(run, return_mode="median")
-        benchmark.extra_info.update(do_bench_ms=milliseconds, gbps=minimum_bytes / (milliseconds * 1e-3) / 1e9)
+            def setup():
+                arguments = unsynchronized_setup()
+                torch.cuda.synchronize()
+                return arguments
+
+    benchmark.pedantic(target, setup=setup, teardown=teardown, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
+    if ON_GPU and benchmark.enabled:
+        median = benchmark.stats.stats.median
+        benchmark.extra_info.update(median_s=median, gbps=minimum_bytes / median / 1e9)
 
 
 def bench_op(benchmark, case: report.OpCase, provider: str, mode: str, size: tuple[int, int], dtype) -> None:
     """Benchmark one op case in one mode.
 
     forward: the op on inputs that require grad (a training forward, saving for backward);
-    backward: ``output.backward`` through a retained graph; full: both. Gradients are reset
-    to None after every call, so no accumulation kernel is timed.
+    backward: ``output.backward`` of a forward run (untimed) before each round; full: both.
+    Gradients are reset to None between rounds, so no accumulation kernel is timed.
     """
     rows, cols = size
     benchmark.group = f"{case.name} {mode} {rows}x{cols} {str(dtype).removeprefix('torch.')}"
     fn = _callable(case, provider)
     inputs = case.inputs(rows, cols, dtype, device=DEVICE)
     leaves = [t for t in inputs if t.requires_grad]
-    output = fn(*inputs)  # warm-up: compiles, and gives the graph for backward
+    output = fn(*inputs)  # warm-up: compiles
     grad_output = torch.randn_like(output)
 
-    def clear_grads():
+    def clear_grads(*args):
         for leaf in leaves:
             leaf.grad = None
 
+    minimum = case.minimum(mode, inputs, output.detach())
     if mode == "forward":
-
-        def run():
-            fn(*inputs)
-
+        time_call(benchmark, lambda: fn(*inputs), minimum, inputs[0].numel())
     elif mode == "backward":
-
-        def run():
-            output.backward(grad_output, retain_graph=True)
-            clear_grads()
-
+        # A fresh graph each round: torch.compile's backward frees (donates) its buffers,
+        # so a retained graph cannot be run twice.
+        time_call(
+            benchmark,
+            lambda out: out.backward(grad_output),
+            minimum,
+            inputs[0].numel(),
+            setup=lambda: ((fn(*inputs),), {}),
+            teardown=clear_grads,
+        )
     else:
-
-        def run():
-            fn(*inputs).backward(grad_output)
-            clear_grads()
-
-    time_call(benchmark, run, case.minimum(mode, inputs, output.detach()), inputs[0].numel())
+        time_call(
+            benchmark, lambda: fn(*inputs).backward(grad_output), minimum, inputs[0].numel(), teardown=clear_grads
+        )
 
 
 def bench_optimizer(benchmark, case: report.OptimizerCase, provider: str, size: tuple[int, int, int]) -> None:

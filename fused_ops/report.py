@@ -120,7 +120,7 @@ class OpCase:
 
     Attributes:
         name: the op's attribute in fused_ops (the case runs only when it exists).
-        family: the op family (kernels/<family>.py, benchmarks/bench_<family>.py).
+        family: the benchmark suite it belongs to (benchmarks/bench_<family>.py).
         call: what the case runs, in words.
         make_inputs: ``(rows, cols, dtype, generator) -> inputs`` on the CPU; the inputs
             that are differentiated have ``requires_grad``.
@@ -150,12 +150,22 @@ class OpCase:
         return tuple(t.detach().to(device).requires_grad_(t.requires_grad) for t in made)
 
     def minimum(self, mode: str, inputs: Sequence[torch.Tensor], output: torch.Tensor) -> int:
-        """Minimum bytes of ``mode``: forward reads the inputs and writes the output;
-        backward reads ``grad_output`` and :attr:`backward_reads` and writes each input
-        gradient; full is their sum (the two are separate ops in a training step)."""
+        """Minimum bytes of one mode, each tensor read or written once.
+
+        Args:
+            mode: "forward" (read the inputs, write the output), "backward" (read
+                ``grad_output`` and :attr:`backward_reads`, write each input's gradient) or
+                "full" (their sum: the two are separate ops in a training step).
+            inputs: the case's inputs.
+            output: the forward's output (``grad_output`` has its shape and dtype).
+
+        Returns:
+            Bytes.
+        """
         forward = minimum_bytes(inputs, [output])
         gradients = [t for t in inputs if t.requires_grad]
-        backward = minimum_bytes([output, *self.backward_reads(inputs, output)], gradients)  # output ~ grad_output
+        # `output` stands for grad_output, which has its shape and dtype.
+        backward = minimum_bytes([output, *self.backward_reads(inputs, output)], gradients)
         return {"forward": forward, "backward": backward, "full": forward + backward}[mode]
 
 
@@ -208,10 +218,6 @@ OP_CASES = (
         _all_inputs,
     ),
 )
-
-
-def _fused_optimizer(class_name: str):
-    return lambda params, **kwargs: getattr(fused_ops.optim, class_name)(params, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,6 +509,7 @@ def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], 
     large = f"{LARGE_ROWS} × {COLS}"
     small = f"{SMALL_ROWS} × {COLS}"
     gpus = " and ".join(f"{g.name} ({g.tb_per_s} TB/s)" for g in GPUS)
+    cases = ", ".join(f"`{c.call}`" for c in OP_CASES if any(r.op == c.name for r in op_rows_))
     lines = [
         "# Memory traffic: fused_ops against eager PyTorch",
         "",
@@ -518,6 +525,8 @@ def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], 
         "",
         f"**Modeled** times (µs) are not measurements: bytes ÷ bandwidth on an {gpus}, plus",
         f"{LAUNCH_US:g} µs per launch.",
+        "",
+        f"Cases, with x of shape rows × {COLS}: {cases}.",
         "",
     ]
     for dtype in dict.fromkeys(r.dtype for r in op_rows_):

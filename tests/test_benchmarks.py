@@ -29,4 +29,4 @@ def test_every_benchmark_suite_runs_once_at_tiny_sizes():
     }
     assert " passed" in output and " failed" not in output, output[-3000:]
     # CPU timings must say plainly what they measure.
-    assert "not GPU timings" in output or "GPU: rounds end with torch.cuda.synchronize()" in output
+    assert "not GPU timings" in output or "GPU: every round ends with torch.cuda.synchronize()" in output
