@@ -37,7 +37,7 @@ TOLERANCE = 1e-5
 BACKEND_DESCRIPTIONS = {
     _dispatch.Backend.TRITON: "compiled Triton kernels",
     _dispatch.Backend.INTERPRETER: "Triton kernels in Triton's interpreter",
-    _dispatch.Backend.REFERENCE: "eager PyTorch reference (no Triton kernel runs)",
+    _dispatch.Backend.REFERENCE: "the eager PyTorch reference: no Triton kernel runs",
 }
 
 
@@ -74,7 +74,7 @@ def fused_parts() -> FusedParts:
     elif hasattr(fused_ops, "log_softmax"):
         loss, loss_name = _nll_of_fused_log_softmax, "fused_ops.log_softmax + torch.nn.functional.nll_loss"
         if hasattr(fused_ops, "cross_entropy"):
-            loss_name += " (fused_ops.cross_entropy runs a program per row, too slow in the interpreter)"
+            loss_name += " (fused_ops.cross_entropy's program per row is too slow interpreted)"
     else:
         loss, loss_name = F.cross_entropy, "torch.nn.functional.cross_entropy (no fused loss in this version)"
     if hasattr(fused_ops.optim, "AdamW"):
