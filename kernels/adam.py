@@ -47,6 +47,79 @@ _FIRST_PROGRAM: tl.constexpr = tl.constexpr(FIRST_PROGRAM)
 
 
 @triton.jit
+def _update_block(
+    offsets,
+    mask,
+    param_ptr,
+    grad_ptr,
+    exp_avg_ptr,
+    exp_avg_sq_ptr,
+    max_exp_avg_sq_ptr,
+    grad_scale,
+    weight_decay,
+    decay,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    bias_correction2_sqrt,
+    eps,
+    step_size,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    DECOUPLED_WEIGHT_DECAY: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+):
+    """Adam(W) on one block of elements: read p, g, m, v (and max_exp_avg_sq) once, write each once."""
+    out_type: tl.constexpr = param_ptr.dtype.element_ty
+    IS_FP64: tl.constexpr = out_type == tl.float64
+    # _common.upcast's rule (fp64 stays fp64, the rest computes in fp32), resolved once:
+    # under the interpreter every nested @jit call costs milliseconds, and there are 5.
+    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(compute_type)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
+    if HAS_GRAD_SCALE:
+        if IS_FP64:
+            grad = grad / tl.cast(grad_scale, compute_type)
+        else:
+            grad = tl.div_rn(grad, tl.cast(grad_scale, compute_type))
+    if MAXIMIZE:
+        grad = -grad
+    if DECOUPLED_WEIGHT_DECAY:
+        param = param * tl.cast(decay, compute_type)
+    else:
+        # A select, not grad + 0 * param, so an inf parameter with weight_decay=0
+        # leaves the gradient alone, as torch's `if weight_decay != 0` does.
+        grad = tl.where(weight_decay != 0, grad + tl.cast(weight_decay, compute_type) * param, grad)
+    # torch's exp_avg.lerp_(grad, 1 - beta1), with its second formula for weights >= 0.5.
+    lerp_weight = tl.cast(one_minus_beta1, compute_type)
+    exp_avg = tl.where(
+        lerp_weight < 0.5,
+        exp_avg + lerp_weight * (grad - exp_avg),
+        grad - (grad - exp_avg) * (1.0 - lerp_weight),
+    )
+    exp_avg_sq = exp_avg_sq * tl.cast(beta2, compute_type) + tl.cast(one_minus_beta2, compute_type) * grad * grad
+    tl.store(exp_avg_ptr + offsets, exp_avg.to(out_type), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+    if AMSGRAD:
+        max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
+        # NaN propagates, as in torch.maximum.
+        exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
+        tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+    # fp16/bf16 use the fp32 moments directly, as torch's fused kernels do.
+    # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
+    if IS_FP64:
+        denom = tl.sqrt(exp_avg_sq) / tl.cast(bias_correction2_sqrt, compute_type) + tl.cast(eps, compute_type)
+        param = param - tl.cast(step_size, compute_type) * exp_avg / denom
+    else:
+        denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), tl.cast(bias_correction2_sqrt, compute_type))
+        denom = denom + tl.cast(eps, compute_type)
+        param = param - tl.div_rn(tl.cast(step_size, compute_type) * exp_avg, denom)
+    tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
+
+
+@triton.jit
 def adam_kernel(
     tensor_table_ptr,
     program_table_ptr,
@@ -70,6 +143,7 @@ def adam_kernel(
     HYPER_IN_MEMORY: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     """One Adam(W) step for the chunk of one parameter that this program owns.
@@ -80,7 +154,8 @@ def adam_kernel(
     1 - beta1, 1 - beta2, log(beta1), log(beta2), instead of the arguments, so changing
     them never needs a host sync. ``grad_scale_ptr`` and ``found_inf_ptr`` are
     GradScaler's fp32 0-d tensors: gradients are divided by the scale, and a non-zero
-    found_inf leaves p, m, v, max_exp_avg_sq and step untouched.
+    found_inf leaves p, m, v, max_exp_avg_sq and step untouched. ``ALIGNED``: every
+    p, g, m, v (, max_exp_avg_sq) address in the table is a multiple of 16 bytes.
     """
     pid = tl.program_id(0).to(tl.int64)
     tensor_index = tl.load(program_table_ptr + pid)
@@ -96,8 +171,6 @@ def adam_kernel(
     proceed = True
     if HAS_FOUND_INF:
         proceed = tl.load(found_inf_ptr) == 0
-    # A skipped step walks no blocks at all: nothing moves but these few scalars.
-    n_blocks = tl.where(proceed, (chunk_end - chunk_start + BLOCK_SIZE - 1) // BLOCK_SIZE, 0)
 
     if HYPER_IN_MEMORY:
         lr = tl.load(hyper_ptr)
@@ -115,6 +188,7 @@ def adam_kernel(
     bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * tl.cast(log_beta2, tl.float64)))
     step_size = lr / bias_correction1
     decay = 1.0 - lr * tl.cast(weight_decay, tl.float64)
+    grad_scale = 1.0
     if HAS_GRAD_SCALE:
         grad_scale = tl.load(grad_scale_ptr)
 
@@ -122,58 +196,69 @@ def adam_kernel(
     grad_ptr = tl.load(row + _GRAD).to(element_type_ptr.dtype, bitcast=True)
     exp_avg_ptr = tl.load(row + _EXP_AVG).to(element_type_ptr.dtype, bitcast=True)
     exp_avg_sq_ptr = tl.load(row + _EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
+    max_exp_avg_sq_ptr = param_ptr  # a placeholder, never read without amsgrad
     if AMSGRAD:
         max_exp_avg_sq_ptr = tl.load(row + _MAX_EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
-    out_type: tl.constexpr = element_type_ptr.dtype.element_ty
-    IS_FP64: tl.constexpr = out_type == tl.float64
-    # _common.upcast's rule (fp64 stays fp64, the rest computes in fp32), resolved once:
-    # under the interpreter every nested @jit call costs milliseconds, here 5 per block.
-    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    for block in range(0, n_blocks):
+    if ALIGNED:
+        # Addresses read from memory carry no alignment facts; the host checked them.
+        param_ptr = tl.multiple_of(param_ptr, 16)
+        grad_ptr = tl.multiple_of(grad_ptr, 16)
+        exp_avg_ptr = tl.multiple_of(exp_avg_ptr, 16)
+        exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
+        max_exp_avg_sq_ptr = tl.multiple_of(max_exp_avg_sq_ptr, 16)
+    # Full blocks load and store unmasked, which (with 16-byte aligned addresses) lets
+    # the compiler use 128-bit accesses; only a chunk's last, partial block is masked.
+    # A skipped step walks no blocks at all: nothing moves but the scalars above.
+    n_full_blocks = tl.where(proceed, (chunk_end - chunk_start) // BLOCK_SIZE, 0)
+    for block in range(0, n_full_blocks):
         offsets = chunk_start + block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        mask = offsets < chunk_end
-        param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
-        grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
-        exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(compute_type)
-        exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
-        if HAS_GRAD_SCALE:
-            if IS_FP64:
-                grad = grad / tl.cast(grad_scale, compute_type)
-            else:
-                grad = tl.div_rn(grad, tl.cast(grad_scale, compute_type))
-        if MAXIMIZE:
-            grad = -grad
-        if DECOUPLED_WEIGHT_DECAY:
-            param = param * tl.cast(decay, compute_type)
-        else:
-            # A select, not grad + 0 * param, so an inf parameter with weight_decay=0
-            # leaves the gradient alone, as torch's `if weight_decay != 0` does.
-            grad = tl.where(weight_decay != 0, grad + tl.cast(weight_decay, compute_type) * param, grad)
-        # torch's exp_avg.lerp_(grad, 1 - beta1), with its second formula for weights >= 0.5.
-        lerp_weight = tl.cast(one_minus_beta1, compute_type)
-        exp_avg = tl.where(
-            lerp_weight < 0.5,
-            exp_avg + lerp_weight * (grad - exp_avg),
-            grad - (grad - exp_avg) * (1.0 - lerp_weight),
+        _update_block(
+            offsets,
+            None,
+            param_ptr,
+            grad_ptr,
+            exp_avg_ptr,
+            exp_avg_sq_ptr,
+            max_exp_avg_sq_ptr,
+            grad_scale,
+            weight_decay,
+            decay,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            bias_correction2_sqrt,
+            eps,
+            step_size,
+            AMSGRAD,
+            MAXIMIZE,
+            DECOUPLED_WEIGHT_DECAY,
+            HAS_GRAD_SCALE,
         )
-        exp_avg_sq = exp_avg_sq * tl.cast(beta2, compute_type) + tl.cast(one_minus_beta2, compute_type) * grad * grad
-        tl.store(exp_avg_ptr + offsets, exp_avg.to(out_type), mask=mask)
-        tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
-        if AMSGRAD:
-            max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
-            # NaN propagates, as in torch.maximum.
-            exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
-            tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
-        # fp16/bf16 use the fp32 moments directly, as torch's fused kernels do.
-        # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
-        if IS_FP64:
-            denom = tl.sqrt(exp_avg_sq) / tl.cast(bias_correction2_sqrt, compute_type) + tl.cast(eps, compute_type)
-            param = param - tl.cast(step_size, compute_type) * exp_avg / denom
-        else:
-            denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), tl.cast(bias_correction2_sqrt, compute_type))
-            denom = denom + tl.cast(eps, compute_type)
-            param = param - tl.div_rn(tl.cast(step_size, compute_type) * exp_avg, denom)
-        tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
+    tail_start = chunk_start + n_full_blocks * BLOCK_SIZE
+    if (tail_start < chunk_end) & proceed:
+        offsets = tail_start + tl.arange(0, BLOCK_SIZE)
+        _update_block(
+            offsets,
+            offsets < chunk_end,
+            param_ptr,
+            grad_ptr,
+            exp_avg_ptr,
+            exp_avg_sq_ptr,
+            max_exp_avg_sq_ptr,
+            grad_scale,
+            weight_decay,
+            decay,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            bias_correction2_sqrt,
+            eps,
+            step_size,
+            AMSGRAD,
+            MAXIMIZE,
+            DECOUPLED_WEIGHT_DECAY,
+            HAS_GRAD_SCALE,
+        )
 
     # The last program of this parameter to get here writes the new step: every other
     # program of the parameter has already read the old one (acq_rel orders that read
@@ -199,6 +284,12 @@ def table_row(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_prog
     ]
 
 
+def aligned(rows: list[int]) -> bool:
+    """True when every tensor address in these table rows is a multiple of 16 bytes."""
+    columns = (PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
+    return all(rows[start + column] % 16 == 0 for start in range(0, len(rows), TABLE_COLUMNS) for column in columns)
+
+
 def programs_for(numel: int, chunk_size: int = ADAM_CHUNK_SIZE) -> int:
     """Programs that update one parameter of ``numel`` elements (at least one, for its step)."""
     return max(1, triton.cdiv(numel, chunk_size))
@@ -221,6 +312,7 @@ def adam_step(
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     chunk_size: int = ADAM_CHUNK_SIZE,
+    aligned: bool = False,
 ) -> None:
     """Launch one Adam(W) step over every parameter listed in the tables.
 
@@ -232,6 +324,8 @@ def adam_step(
         lr, beta1, beta2: floats, or 1-element tensors (read on the device: no sync).
         grad_scale, found_inf: GradScaler's fp32 0-d tensors on the parameters' device.
         chunk_size: elements per program, the one used to build the tables.
+        aligned: every tensor address in the table is a multiple of 16 bytes
+            (:func:`aligned`), so full blocks can use 128-bit loads and stores.
     """
     if chunk_size % ADAM_BLOCK_SIZE != 0:
         raise ValueError(f"chunk_size must be a multiple of {ADAM_BLOCK_SIZE}, got {chunk_size}")
@@ -262,6 +356,7 @@ def adam_step(
         HYPER_IN_MEMORY=hyper is not None,
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
+        ALIGNED=aligned,
         BLOCK_SIZE=ADAM_BLOCK_SIZE,
         num_warps=ADAM_NUM_WARPS,
     )

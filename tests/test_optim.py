@@ -565,11 +565,16 @@ def test_awkward_layouts_are_updated_correctly(kernel_launches):
     # A transposed (dense) parameter runs in the kernel as it is; a parameter with gaps
     # (its state is contiguous, its layout is not) goes to the reference; a gradient in
     # another layout than its parameter is copied into the parameter's.
+    # A parameter that starts 4 bytes into its storage is dense but not 16-byte aligned:
+    # the kernel then uses no 128-bit accesses (a second specialization).
     transposed = torch.randn(5, 4).t()
     gappy = torch.randn(6, 8)[:, ::2]
+    storage = torch.randn(1026)
     ours, theirs = make_pair("AdamW", {"amsgrad": True}, shapes=[(4, 5)])
     for optimizer in (ours, theirs):
         optimizer.add_param_group({"params": [transposed.clone().requires_grad_(), gappy.clone().requires_grad_()]})
+        offset = storage.clone()[1:].requires_grad_()  # one full block and a tail
+        optimizer.add_param_group({"params": [offset]})
     for _ in range(3):
         set_same_grads(ours, theirs)
         params_of(ours)[0].grad = params_of(ours)[0].grad.t().contiguous().t()
@@ -577,6 +582,8 @@ def test_awkward_layouts_are_updated_correctly(kernel_launches):
         theirs.step()
     assert_same(ours, theirs)
     assert params_of(ours)[1].stride() == (1, 4), "the transposed parameter keeps its layout"
+    aligned = [launch.kwargs["ALIGNED"]["bool"] for launch in kernel_launches.launches[-2:]]
+    assert aligned == [True, False]
 
 
 def test_grad_scaler_matches_torch_and_skips_inf_steps_entirely(kernel_launches):
@@ -716,6 +723,10 @@ def aot_workload():
         ours, theirs = make_pair(name, kwargs, shapes=[(3, 4, 5)], dtype=dtype)
         set_same_grads(ours, theirs)
         ours.step()
+    # Addresses that are not 16-byte aligned (test_awkward_layouts_are_updated_correctly).
+    offset = torch.randn(1026)[1:].requires_grad_()
+    offset.grad = torch.randn_like(offset)
+    AdamW([offset], amsgrad=True).step()
     # GradScaler: grad_scale with found_inf, found_inf alone (after unscale_), and
     # grad_scale alone (test_kernel_matches_the_reference_step).
     for name, kwargs in (("AdamW", {}), ("AdamW", {"amsgrad": True}), ("Adam", {"amsgrad": True, "maximize": True})):

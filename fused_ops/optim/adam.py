@@ -279,7 +279,7 @@ class _AdamBase(torch.optim.Optimizer):
         # where Triton is not installed.
         from ..kernels import adam as kernels
 
-        tensor_table, program_table, arrivals = self._tables(index, device, dtype, tensors)
+        tensor_table, program_table, arrivals, aligned = self._tables(index, device, dtype, tensors)
         beta1, beta2 = group["betas"]
         kernels.adam_step(
             tensor_table,
@@ -297,12 +297,13 @@ class _AdamBase(torch.optim.Optimizer):
             grad_scale=_on(grad_scale, device),
             found_inf=_on(found_inf, device),
             chunk_size=kernels.ADAM_CHUNK_SIZE,
+            aligned=aligned,
         )
 
     def _tables(
         self, index: int, device: torch.device, dtype: torch.dtype, tensors: list[tuple[torch.Tensor, ...]]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The kernel's address tables for these tensors, reused while no address changes."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """(tensor table, program table, arrivals, aligned) for these tensors, reused while no address changes."""
         from ..kernels import adam as kernels
 
         rows: list[int] = []
@@ -323,6 +324,7 @@ class _AdamBase(torch.optim.Optimizer):
             kernels.host_to_device(tensor_table, device),
             kernels.host_to_device(program_table, device),
             torch.zeros(len(tensors), dtype=torch.int32, device=device),
+            kernels.aligned(rows),
         )
         self._launch_tables[key] = (rows, *tables)
         return tables
