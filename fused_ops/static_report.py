@@ -72,6 +72,18 @@ class KernelReport:
     def spills(self) -> bool:
         return bool(self.local_bytes or self.spill_stores or self.spill_loads)
 
+    @property
+    def vectorized(self) -> str:
+        """Whether the widest global load and store are vector accesses (64 bits or more).
+
+        "yes" when both are, "loads only" or "stores only" when one is, "no" otherwise.
+        """
+        loads = max(self.loads, default=0) >= 64
+        stores = max(self.stores, default=0) >= 64
+        return {(True, True): "yes", (True, False): "loads only", (False, True): "stores only"}.get(
+            (loads, stores), "no"
+        )
+
     @staticmethod
     def describe_accesses(accesses: dict[int, int]) -> str:
         """``{128: 4}`` -> ``"128-bit ×4"``, widest first."""
@@ -237,23 +249,25 @@ def render_markdown(reports: list[KernelReport], arch: int = ARCH) -> str:
         "kernel signature as the report's cases launch it. Registers, stack and local memory come",
         "from `cuobjdump --dump-resource-usage` on the cubin; spills from the same compile's `ptxas -v`; shared memory",
         "is Triton's dynamic allocation. Global accesses are counted in the PTX by width:",
-        "128-bit means `ld.global.v4.b32`-style vector instructions. Shapes with 4096 columns",
+        "128-bit means `ld.global.v4.b32`-style vector instructions; *vectorized* says whether the",
+        "widest load and store are vector accesses (64 bits or more). Shapes with 4096 columns",
         "make every size a multiple of 16, which Triton's specialization needs to vectorize masked",
         "accesses; the 4095-column rows show what other sizes get.",
         "",
-        "| kernel | used by | regs/thread | spills (local, stores/loads) | shared B | warps | global loads "
-        "| global stores |",
-        "|---|---|--:|---|--:|--:|---|---|",
+        "| kernel | used by | regs/thread | spills (local, stores/loads) | shared B | warps | vectorized "
+        "| global loads | global stores |",
+        "|---|---|--:|---|--:|--:|---|---|---|",
     ]
     for r in reports:
         used_by = "<br>".join(r.used_by[:4]) + (f"<br>+{len(r.used_by) - 4} more" if len(r.used_by) > 4 else "")
         if not r.ok:
-            lines.append(f"| `{r.kernel}` | {used_by} | compile failed: {r.error.splitlines()[-1][:200]} ||||||")
+            lines.append(f"| `{r.kernel}` | {used_by} | compile failed: {r.error.splitlines()[-1][:200]} |||||||")
             continue
         spills = "none" if not r.spills else f"{r.local_bytes} B local, {r.spill_stores}/{r.spill_loads} B"
         lines.append(
             f"| `{r.kernel}` | {used_by} | {r.registers} | {spills} | {r.shared_bytes} | {r.num_warps} "
-            f"| {KernelReport.describe_accesses(r.loads)} | {KernelReport.describe_accesses(r.stores)} |"
+            f"| {r.vectorized} | {KernelReport.describe_accesses(r.loads)} "
+            f"| {KernelReport.describe_accesses(r.stores)} |"
         )
     spilling = [r.kernel for r in reports if r.ok and r.spills]
     lines += ["", f"Kernels that spill: {', '.join(sorted(set(spilling))) if spilling else 'none'}.", ""]
