@@ -276,7 +276,11 @@ def render_markdown(reports: list[KernelReport], arch: int = ARCH) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``python -m fused_ops.static_report``."""
-    parser = argparse.ArgumentParser(prog="python -m fused_ops.static_report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fused_ops.static_report",
+        description="Compile every kernel as the report's cases launch it for a GPU target and report registers, "
+        "spills, shared memory and vectorized global accesses.",
+    )
     parser.add_argument("--out-dir", default="docs", help="where static.md goes (default: %(default)s)")
     parser.add_argument("--arch", type=int, default=ARCH, help="compute capability (default: %(default)s)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
