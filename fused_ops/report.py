@@ -15,6 +15,8 @@ mode, and for every optimizer in :data:`OPTIMIZER_CASES`, the report counts:
 Ops are counted at 1, 2 and 4 rows of :data:`COLS` columns and extrapolated to
 :data:`LARGE_ROWS` rows along the line through those points; the report checks that the
 three points lie on one line (traffic affine in rows) and marks any figure that does not.
+A kernel whose grid stops growing past some size (a reduction with a capped number of
+partial sums) moves a little less than the line says, so its figure is an upper bound.
 Times are **modeled**, never measured: ``bytes ÷ bandwidth + launches × LAUNCH_US``
 with the bandwidths in :data:`GPUS`.
 
@@ -520,8 +522,9 @@ def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], 
         "whose docstring states each approximation), and the minimum as each input read once and",
         "each output written once. *full* is forward then backward (two separate ops in training,",
         "so its minimum is the sum). Bytes per element are at",
-        f"{large} (extrapolated along the line through 1, 2 and 4 rows; `≈` marks a figure whose",
-        "points were not on one line).",
+        f"{large}, extrapolated along the line through 1, 2 and 4 rows (`≈` marks a figure whose",
+        "points were not on one line). A grid that stops growing past some size (MSE's reduction caps",
+        "its partial sums at 1024) moves a little less than the line says: those figures are upper bounds.",
         "",
         f"**Modeled** times (µs) are not measurements: bytes ÷ bandwidth on an {gpus}, plus",
         f"{LAUNCH_US:g} µs per launch.",
@@ -588,14 +591,24 @@ def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], 
                 + f" | {row.small.launches:g} |"
             )
         lines.append("")
-    above = [r for r in op_rows_ if r.mode != "full" and r.large["fused_ops"].bytes > 1.05 * r.large["minimum"].bytes]
-    lines += ["## Above the minimum", ""]
-    if above:
-        for row in above:
-            excess = row.large["fused_ops"].bytes / row.large["minimum"].bytes - 1
-            lines.append(f"- {row.op} {row.mode} ({row.dtype}): fused_ops moves {excess:.0%} more than the minimum.")
-    else:
-        lines.append("Every fused forward and backward moves at most 5% more than the minimum.")
+    lines += [
+        "## Above the minimum",
+        "",
+        f"fused_ops forward and backward passes that move more than the minimum at {large} (the traffic",
+        "tests fail any above 5% at smaller sizes); the excess is what the kernels read or write",
+        "beyond each input once and each output once (partial sums, saved statistics, a scalar re-read per",
+        "program).",
+        "",
+    ]
+    above = [r for r in op_rows_ if r.mode != "full" and r.large["fused_ops"].bytes > r.large["minimum"].bytes]
+    for row in sorted(above, key=lambda r: r.large["minimum"].bytes / r.large["fused_ops"].bytes):
+        fused, minimum = row.large["fused_ops"].bytes, row.large["minimum"].bytes
+        lines.append(
+            f"- {row.op} {row.mode} ({row.dtype}): {fused / minimum - 1:.2%} more, "
+            f"{(fused - minimum) / row.large_elements:.3f} B per element."
+        )
+    if not above:
+        lines.append("None: every fused forward and backward moves exactly the minimum.")
     lines.append("")
     reference_dtype = next(iter(dict.fromkeys(r.dtype for r in op_rows_)), None)
     if reference_dtype:
