@@ -243,3 +243,14 @@ def test_report_reruns_itself_under_the_interpreter_when_kernels_are_compiled(mo
 
 class Done:
     returncode = 0
+
+
+def test_every_public_op_and_optimizer_has_a_case():
+    import inspect
+
+    import fused_ops.optim
+
+    ops = {name for name in fused_ops.__all__ if inspect.isfunction(getattr(fused_ops, name))}
+    assert ops <= {case.name for case in report.OP_CASES}, "add the op to fused_ops.report.OP_CASES"
+    optimizers = {name for name in fused_ops.optim.__all__ if inspect.isclass(getattr(fused_ops.optim, name))}
+    assert optimizers <= {case.class_name for case in report.OPTIMIZER_CASES}
