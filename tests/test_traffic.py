@@ -9,6 +9,7 @@
   exactly the factor that docs/traffic.md states.
 """
 
+import inspect
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import fused_ops
+import fused_ops.optim
 from fused_ops import report
 from fused_ops.profiling import KernelTrace, TorchTrace, minimum_bytes, tensor_bytes
 
@@ -246,10 +248,6 @@ class Done:
 
 
 def test_every_public_op_and_optimizer_has_a_case():
-    import inspect
-
-    import fused_ops.optim
-
     ops = {name for name in fused_ops.__all__ if inspect.isfunction(getattr(fused_ops, name))}
     assert ops <= {case.name for case in report.OP_CASES}, "add the op to fused_ops.report.OP_CASES"
     optimizers = {name for name in fused_ops.optim.__all__ if inspect.isclass(getattr(fused_ops.optim, name))}
