@@ -15,9 +15,9 @@ The op has three layers, read top to bottom:
   formula in eager ops, which is what makes double backward work.
 
 Logits are seen as ``(outer, C, inner)`` strided views (see :mod:`fused_ops.kernels.cross_entropy`):
-``(C,)`` is ``(1, C, 1)``, ``(N, C)`` is ``(N, C, 1)`` (or ``(1, C, N)`` when column-major,
-so that a tile of rows is contiguous), and ``(N, C, d1, ...)`` is ``(N, C, d1 * ...)`` (a
-copy only when the spatial dims cannot be merged into one stride). Nothing is transposed.
+``(C,)`` is ``(1, C, 1)``, ``(N, C)`` is ``(1, C, N)`` (any strides), and ``(N, C, d1, ...)``
+is ``(N, C, d1 * ...)`` (a copy only when the spatial dims cannot be merged into one
+stride). Nothing is transposed in memory.
 """
 
 from __future__ import annotations
@@ -41,23 +41,19 @@ def _is_prob_target(input: torch.Tensor, target: torch.Tensor) -> bool:
 
 
 def _layout(input: torch.Tensor) -> str:
-    """How the logits map to ``(outer, C, inner)``: 'vector', 'rows', 'columns' or 'spatial'."""
-    if input.dim() == 1:
-        return "vector"
-    if input.dim() == 2:
-        n, c = input.shape
-        # Column-major (N, C): rows are adjacent in memory, so a tile of rows coalesces.
-        return "columns" if n > 1 and c > 1 and input.stride(0) < input.stride(1) else "rows"
-    return "spatial"
+    """How the logits map to ``(outer, C, inner)``: 'vector', 'matrix' or 'spatial'."""
+    return {1: "vector", 2: "matrix"}.get(input.dim(), "spatial")
 
 
 def _class_view(tensor: torch.Tensor, layout: str) -> torch.Tensor:
-    """A logits-shaped tensor as ``(outer, C, inner)``: a view, except non-mergeable spatial dims."""
+    """A logits-shaped tensor as ``(outer, C, inner)``: a view, except non-mergeable spatial dims.
+
+    ``(N, C)`` becomes ``(1, C, N)``, so that a program can take several rows: the kernels
+    pick the tile's long side from the strides, whichever dim is contiguous.
+    """
     if layout == "vector":
         return tensor.unsqueeze(0).unsqueeze(-1)
-    if layout == "rows":
-        return tensor.unsqueeze(-1)
-    if layout == "columns":
+    if layout == "matrix":
         return tensor.t().unsqueeze(0)
     return tensor.reshape(_shape3(tensor))
 
@@ -72,9 +68,7 @@ def _shape3(tensor: torch.Tensor) -> tuple[int, int, int]:
 def _row_view(tensor: torch.Tensor, layout: str, logits_3d: torch.Tensor) -> torch.Tensor:
     """A tensor shaped like the logits without the class dim, as ``(outer, inner)``."""
     outer, _, inner = logits_3d.shape
-    if layout == "rows":
-        return tensor.unsqueeze(-1)
-    if layout == "columns":
+    if layout == "matrix":
         return tensor.unsqueeze(0)
     return tensor.reshape(outer, inner)
 
@@ -267,6 +261,7 @@ def _cross_entropy_double_backward(ctx, grad_grad: torch.Tensor):
     #   d/ds:      sum_c gg_c D_c (summed over rows for a 0-d grad_output)
     #   d/dx_j:    s coef p_j (gg_j - sum_c gg_c p_c)              (softmax backward)
     #   d/dt_k:    s (1 - eps) w_k (sum_c gg_c p_c - gg_k)        (probability targets)
+    #   d/dw_k:    sum over rows of s t'_k (sum_c gg_c p_c - gg_k)  (probability targets)
     grad_output, input, target, weight, lse, coef, total_weight = ctx.saved_tensors
     acc = reference.compute_dtype(input.dtype)
     x = reference._class_rows(input).to(acc)
@@ -280,8 +275,8 @@ def _cross_entropy_double_backward(ctx, grad_grad: torch.Tensor):
         scale = grad_output.to(acc) / total_weight.to(acc)
     else:
         scale = grad_output.to(acc)
-    needs_grad_output, needs_input, needs_target = ctx.needs_input_grad[:3]
-    grad_grad_output = grad_input = grad_target = None
+    needs_grad_output, needs_input, needs_target, needs_weight = ctx.needs_input_grad[:4]
+    grad_grad_output = grad_input = grad_target = grad_weight = None
     gg_dot_p = (gg * p).sum(-1, keepdim=True)
     if needs_grad_output:
         per_row = (gg * (coef * p - a)).sum(-1)
@@ -292,12 +287,18 @@ def _cross_entropy_double_backward(ctx, grad_grad: torch.Tensor):
         grad_grad_output = grad_grad_output.to(grad_output.dtype)
     if needs_input:
         grad_input = reference._from_class_rows(scale * coef * p * (gg - gg_dot_p), input).to(input.dtype)
-    if needs_target and _is_prob_target(input, target):
+    if (needs_target or needs_weight) and _is_prob_target(input, target):
         n_classes = x.shape[-1]
         w = torch.ones(n_classes, dtype=acc, device=x.device) if weight is None else weight.to(acc)
         eps = max(ctx.label_smoothing, 0.0)
-        grad_target = reference._from_class_rows(scale * (1 - eps) * w * (gg_dot_p - gg), target).to(target.dtype)
-    return grad_grad_output, grad_input, grad_target, None, None, None, None, None, None, None
+        if needs_target:
+            grad_target = reference._from_class_rows(scale * (1 - eps) * w * (gg_dot_p - gg), target)
+            grad_target = grad_target.to(target.dtype)
+        if needs_weight and weight is not None:
+            t = reference._class_rows(target).to(acc)
+            smoothed = t * (1 - eps) + eps / n_classes if eps > 0 else t
+            grad_weight = (scale * smoothed * (gg_dot_p - gg)).sum(0).to(weight.dtype)
+    return grad_grad_output, grad_input, grad_target, grad_weight, None, None, None, None, None, None
 
 
 _cross_entropy_backward.register_autograd(
@@ -307,20 +308,33 @@ _cross_entropy_backward.register_autograd(
 
 @torch.library.custom_op("fused_ops::cross_entropy_scale_grad_", mutates_args=("grad",))
 def _cross_entropy_scale_grad_(
-    grad: torch.Tensor, grad_output: torch.Tensor, total_weight: torch.Tensor, reduction: int
+    grad: torch.Tensor,
+    grad_output: torch.Tensor,
+    total_weight: torch.Tensor,
+    target: torch.Tensor,
+    reduction: int,
+    ignore_index: int,
 ) -> None:
+    prob_target = _is_prob_target(grad, target)
     if not use_triton("cross_entropy", grad, grad_output):
         scale = grad_output / total_weight if reduction == _MEAN else grad_output
         if reduction == _NONE:
             scale = scale.unsqueeze(0 if grad.dim() == 1 else 1)
-        grad.mul_(scale.to(grad.dtype))
+        scaled = grad * scale.to(grad.dtype)
+        if not prob_target:
+            # Ignored rows stay 0 even when the scale is inf (a mean over no targets).
+            scaled = scaled.masked_fill((target == ignore_index).unsqueeze(0 if grad.dim() == 1 else 1), 0)
+        grad.copy_(scaled)
         return
     layout = _layout(grad)
     grad_3d = _class_view(grad, layout)
     kernels.cross_entropy_scale_grad(
         _row_view(grad_output, layout, grad_3d) if reduction == _NONE else grad_output,
         total_weight,
+        target if prob_target else _row_view(target, layout, grad_3d),
         grad_3d,
+        ignore_index,
+        prob_target,
         reduction,
     )
 
@@ -393,7 +407,8 @@ def _prob_target_and_weight_grads(grad_output, input, target, weight, total_weig
 class CrossEntropyGradInForwardFunction(torch.autograd.Function):
     """Opt-in variant: the forward also writes the (unscaled) gradient; backward scales it in place.
 
-    Saves only that buffer and the mean's denominator, not the logits. Once differentiable.
+    Saves only that buffer, the mean's denominator and the targets, not the logits. Once
+    differentiable: a backward with ``create_graph=True`` raises.
     """
 
     @staticmethod
@@ -401,18 +416,27 @@ class CrossEntropyGradInForwardFunction(torch.autograd.Function):
         loss, _, _, total_weight, grad = torch.ops.fused_ops.cross_entropy_forward(
             input, target, weight, reduction, ignore_index, label_smoothing, True
         )
-        ctx.save_for_backward(grad, total_weight)
+        ctx.save_for_backward(grad, total_weight, target)
         ctx.reduction = reduction
+        ctx.ignore_index = ignore_index
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        grad, total_weight = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: the buffer is a constant, so a gradient built from it
+            # would silently have no second derivative. Say so instead.
+            raise RuntimeError(
+                "cross_entropy(grad_in_forward=True) does not support double backward (create_graph=True); "
+                "use grad_in_forward=False"
+            )
+        grad, total_weight, target = ctx.saved_tensors
         # The buffer is ours alone, so it is scaled where it lies: no second logits-sized
         # allocation. A second backward (retain_graph=True) then fails autograd's
         # saved-tensor version check instead of reading an already scaled buffer.
-        torch.ops.fused_ops.cross_entropy_scale_grad_(grad, grad_output, total_weight, ctx.reduction)
+        torch.ops.fused_ops.cross_entropy_scale_grad_(
+            grad, grad_output, total_weight, target, ctx.reduction, ctx.ignore_index
+        )
         return grad, None, None, None, None, None
 
 
@@ -547,7 +571,7 @@ def cross_entropy(
             from forward to backward, and the forward reads the logits twice (it needs the
             final logsumexp before any gradient), so total traffic grows from 3 to 5
             logits-sized passes. Only ``input`` gets a gradient (targets and weight must
-            not require grad), double backward raises (once differentiable), and a second
+            not require grad), double backward raises, and a second
             backward with ``retain_graph=True`` raises. A per-row ``grad_output``
             (``'none'``) works like a scalar one: each row is scaled by its own value.
 

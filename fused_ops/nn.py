@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from . import activations, losses
-from . import cross_entropy as _cross_entropy
 from . import softmax as _softmax
+from .cross_entropy import cross_entropy as _cross_entropy_fn
 
 
 class Sigmoid(torch.nn.Module):
@@ -96,7 +96,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         self.grad_in_forward = grad_in_forward
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _cross_entropy.cross_entropy(
+        return _cross_entropy_fn(
             input,
             target,
             weight=self.weight,

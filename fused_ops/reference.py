@@ -202,13 +202,14 @@ def cross_entropy_backward_ref(
     """``dloss/dinput = scale * (coef * softmax(input) - a)``, from the forward's ``lse`` and ``coef``."""
     acc = compute_dtype(input.dtype)
     x = _class_rows(input).to(acc)
-    a, _, _, _ = cross_entropy_coefficients_ref(input, target, weight, ignore_index, label_smoothing)
+    a, _, _, valid = cross_entropy_coefficients_ref(input, target, weight, ignore_index, label_smoothing)
     grad = coef.to(acc)[:, None] * torch.exp(x - lse.to(acc)[:, None]) - a.to(acc)
     if reduction == 0:
         scale = grad_output.to(acc).reshape(-1, 1)
     else:
         scale = grad_output.to(acc) / total_weight.to(acc) if reduction == 1 else grad_output.to(acc)
-    return _from_class_rows(grad * scale, input).to(input.dtype)
+    # Ignored rows are 0 after scaling: a mean over no targets scales by g / 0 = inf.
+    return _from_class_rows(torch.where(valid[:, None], grad * scale, 0), input).to(input.dtype)
 
 
 def adam_step_ref(

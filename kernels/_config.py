@@ -46,12 +46,12 @@ ADAM_NUM_WARPS = 4
 # Cross-entropy: a program walks its rows' classes in (BLOCK_C, BLOCK_I) tiles of at most
 # CROSS_ENTROPY_TILE_SIZE logits: 4096 fp32 over 8 warps is 16 values per thread, enough
 # in flight to stream a 128k-class row at full bandwidth without spilling the running
-# max/sum registers. BLOCK_I > 1 only for (N, C, d1, ...) logits, where it runs along the
-# contiguous spatial dim so that loads coalesce; 32 rows x 128 classes keeps a tile square
-# enough that both dims stay useful for small C. The loss reduction's second stage is one
-# program adding 1024 partials per step.
+# max/sum registers. With classes contiguous, BLOCK_C goes up to 4096 and small vocabularies
+# pack several rows per program; with rows contiguous ((N, C, d1, ...) logits), BLOCK_I
+# goes up to 128 adjacent rows, a 512-byte coalesced fp32 run per class. The loss
+# reduction's second stage is one program adding 1024 partials per step.
 CROSS_ENTROPY_TILE_SIZE = 4096
 CROSS_ENTROPY_MAX_BLOCK_C = 4096
-CROSS_ENTROPY_MAX_BLOCK_I = 32
+CROSS_ENTROPY_MAX_BLOCK_I = 128
 CROSS_ENTROPY_NUM_WARPS = 8
 CROSS_ENTROPY_REDUCE_BLOCK_SIZE = 1024

@@ -47,18 +47,6 @@ REDUCTION_SUM: tl.constexpr = 2
 
 
 @triton.jit
-def _as(value, like):
-    """``value`` as a scalar of ``like``'s dtype, built exactly (fp64 constants stay fp64)."""
-    return tl.full([], value, like.dtype)
-
-
-@triton.jit
-def _smoothing(eps_hi, eps_lo, like):
-    """eps in ``like``'s dtype: a float launch argument is fp32, so fp64 gets it as hi + lo."""
-    return (tl.zeros([], like.dtype) + eps_hi) + eps_lo
-
-
-@triton.jit
 def _class_coefficients(
     target_ptr,
     weight_ptr,
@@ -70,21 +58,21 @@ def _class_coefficients(
     HAS_WEIGHT: tl.constexpr,
     PROB_TARGET: tl.constexpr,
     SMOOTHING: tl.constexpr,
-    like,
+    acc_like,
 ):
-    """The per-class coefficients ``a`` of one tile, 0 where masked.
+    """The per-class coefficients ``a`` of one tile, in ``acc_like``'s dtype, 0 where masked.
 
-    Probability targets: ``w * ((1 - eps) t + eps / C)``. Class-index targets with
-    smoothing: ``w`` (the smoothing term's weights; the caller scales by ``eps / C``).
+    Probability targets: ``w * ((1 - eps) t + eps / C)``. Class-index targets (only
+    called with smoothing): ``w``, which the caller scales by ``eps / C``.
     """
     if PROB_TARGET:
-        a = upcast(tl.load(target_ptr + offs_t, mask=mask, other=0)).to(like.dtype)
+        a = tl.load(target_ptr + offs_t, mask=mask, other=0).to(acc_like.dtype)
         if SMOOTHING:
             a = a * (1 - eps) + eps / C
     else:
-        a = tl.zeros(mask.shape, like.dtype) + 1
+        a = tl.zeros(mask.shape, acc_like.dtype) + 1
     if HAS_WEIGHT:
-        w = upcast(tl.load(weight_ptr + c, mask=c < C, other=0)).to(like.dtype)
+        w = tl.load(weight_ptr + c, mask=c < C, other=0).to(acc_like.dtype)
         a = a * w[:, None]
     return tl.where(mask, a, 0)
 
@@ -94,11 +82,12 @@ def _grad_tile(
     x,
     c,
     mask,
-    lse2,
+    lse,
     coef,
     y,
     w_y,
     valid,
+    scale,
     target_ptr,
     weight_ptr,
     offs_t,
@@ -108,33 +97,56 @@ def _grad_tile(
     PROB_TARGET: tl.constexpr,
     SMOOTHING: tl.constexpr,
 ):
-    """Unscaled ``dloss/dx`` of one ``(BLOCK_C, BLOCK_I)`` tile: ``coef * p - a`` (see module doc)."""
-    p = tl.exp2(x * _as(LOG2E, x) - lse2[None, :])
+    """``scale * dloss/dx`` of one ``(BLOCK_C, BLOCK_I)`` tile: ``scale * (coef * p - a)`` (module doc).
+
+    Ignored rows get 0 after the scaling, so that a mean over only ignored targets (scale
+    g / 0 = inf) still gives them a 0 gradient, as torch does.
+    """
+    p = tl.exp2((x - lse[None, :]) * tl.full([], LOG2E, x.dtype))
     grad = p * coef[None, :]
     if PROB_TARGET:
+        grad = grad - _class_coefficients(
+            target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x
+        )
+    elif SMOOTHING:
+        grad = grad - (1 - eps) * tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
         a = _class_coefficients(target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x)
-        grad = grad - a
+        grad = grad - eps / C * a
     else:
-        if SMOOTHING:
-            grad = grad - (1 - eps) * tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
-            a = _class_coefficients(
-                target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x
-            )
-            grad = grad - eps / C * a
-        else:
-            grad = grad - tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
-        grad = tl.where(valid[None, :], grad, 0)
-    return grad
+        grad = grad - tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
+    return tl.where(valid[None, :], grad * scale[None, :], 0)
 
 
 @triton.jit
-def _rows_of_program(inner, BLOCK_I: tl.constexpr):
-    """(o, i, row mask) of the ``BLOCK_I`` rows this program owns; int64 before any stride."""
-    pid = tl.program_id(0).to(tl.int64)
-    blocks_per_outer = tl.cdiv(inner, BLOCK_I)
-    o = pid // blocks_per_outer
-    i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
-    return o, i, i < inner
+def _row_scale(
+    grad_output_ptr,
+    total_weight_ptr,
+    o,
+    i,
+    row_mask,
+    stride_dyo,
+    stride_dyi,
+    acc_like,
+    REDUCTION: tl.constexpr,
+):
+    """The factor each row's gradient is scaled by: grad_output per row, or g / total_weight.
+
+    ``grad_output`` is read here, on the device, so a 0-d grad_output never syncs.
+    """
+    if REDUCTION == REDUCTION_NONE:
+        g = tl.load(grad_output_ptr + o * stride_dyo + i * stride_dyi, mask=row_mask, other=0)
+        scale = g.to(acc_like.dtype)
+    else:
+        g = tl.load(grad_output_ptr).to(acc_like.dtype)
+        if REDUCTION == REDUCTION_MEAN:
+            g = g / tl.load(total_weight_ptr).to(acc_like.dtype)
+        scale = tl.zeros(row_mask.shape, acc_like.dtype) + g
+    return scale
+
+
+# Under Triton's interpreter every call of a nested @triton.jit function costs ~5 ms
+# (it re-patches triton.language), so the kernels call `upcast` once, on a zero of the
+# storage dtype, and cast loads to that compute dtype directly: the same conversion.
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -175,14 +187,20 @@ def cross_entropy_forward_kernel(
     ``row_weight`` contiguous ``(outer * inner,)``; ``grad`` ``(outer, C, inner)`` strided.
     ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean.
     """
-    o, i, row_mask = _rows_of_program(inner, BLOCK_I)
+    # int64 before any stride multiply: offsets pass 2^31 on large logits.
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_outer = tl.cdiv(inner, BLOCK_I)
+    o = pid // blocks_per_outer
+    i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_mask = i < inner
     rows = o * inner + i
     offs_x_row = o * stride_xo + i * stride_xi
     offs_t_row = o * stride_to + i * stride_ti
     # A zero in the compute dtype: fp64 logits compute in fp64, every other dtype in fp32.
     zero = upcast(tl.zeros([BLOCK_I], logits_ptr.dtype.element_ty))
-    eps = _smoothing(eps_hi, eps_lo, zero)
-    log2e = _as(LOG2E, zero)
+    # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
+    eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
+    log2e = tl.full([], LOG2E, zero.dtype)
 
     if PROB_TARGET:
         y = tl.zeros([BLOCK_I], tl.int64)
@@ -191,20 +209,22 @@ def cross_entropy_forward_kernel(
         y = tl.load(target_ptr + offs_t_row, mask=row_mask, other=0).to(tl.int64)
         valid = row_mask & (y != ignore_index)
 
-    m = zero - float("inf")  # running max of x * log2(e)
+    # The max stays in natural units so that x - m is exact for close values (as torch's
+    # x - max): a loss that is a tiny difference of huge logits keeps its precision.
+    m = zero - float("inf")  # running max of x
     m_shift = zero  # m, or 0 while m is -inf, so that -inf - -inf never makes a NaN
-    s = zero  # running sum of 2^(x log2e - m_shift)
+    s = zero  # running sum of exp(x - m_shift), computed as 2^((x - m_shift) log2 e)
     a_sum = zero  # sum of the class coefficients a seen so far
-    a_dot = zero  # sum of a * (x log2e - m_shift) so far
+    a_dot = zero  # sum of a * (x - m_shift) so far
     x_y = zero  # the target's logit, picked up as its tile goes by
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         mask = (c < C)[:, None] & row_mask[None, :]
-        x = upcast(tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf")))
-        x2 = x * log2e
-        m_new = tl.maximum(m, tl.max(x2, axis=0))
+        x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf"))
+        x = x.to(zero.dtype)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
         m_shift_new = tl.where(m_new == float("-inf"), 0, m_new)
-        s = s * tl.exp2(m - m_shift_new) + tl.sum(tl.exp2(x2 - m_shift_new[None, :]), axis=0)
+        s = s * tl.exp2((m - m_shift_new) * log2e) + tl.sum(tl.exp2((x - m_shift_new[None, :]) * log2e), axis=0)
         if PROB_TARGET or SMOOTHING:
             offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
             a = _class_coefficients(
@@ -212,30 +232,33 @@ def cross_entropy_forward_kernel(
             )
             # Re-reference the running sum to the new max, then add this tile.
             a_dot = a_dot + a_sum * (m_shift - m_shift_new)
-            a_dot = a_dot + tl.sum(tl.where(mask, a * (x2 - m_shift_new[None, :]), 0), axis=0)
+            a_dot = a_dot + tl.sum(tl.where(mask, a * (x - m_shift_new[None, :]), 0), axis=0)
             a_sum = a_sum + tl.sum(a, axis=0)
         if not PROB_TARGET:
             x_y = x_y + tl.sum(tl.where((c[:, None] == y[None, :]) & mask, x, 0), axis=0)
         m = m_new
         m_shift = m_shift_new
 
-    lse2 = m + tl.log2(s)
-    lse = lse2 * _as(LN2, zero)
-    # sum_c a_c (lse - x_c), from the running sums, in natural units.
-    smooth = (a_sum * (lse2 - m_shift) - a_dot) * _as(LN2, zero)
+    # lse = m_shift + log(s); rows past the end take log(1) rather than warn about log(0).
+    log_s = tl.log2(tl.where(row_mask, s, 1)) * tl.full([], LN2, zero.dtype)
+    lse = m_shift + log_s
+    # sum_c a_c (lse - x_c), from the running sums.
+    smooth = a_sum * log_s - a_dot
     if PROB_TARGET:
+        w_y = zero
         loss = smooth
         coef = a_sum
     else:
         if HAS_WEIGHT:
-            w_y = upcast(tl.load(weight_ptr + y, mask=valid, other=0)).to(zero.dtype)
+            w_y = tl.load(weight_ptr + y, mask=valid, other=0).to(zero.dtype)
         else:
             w_y = tl.where(valid, zero + 1, 0)
+        nll = (m_shift - x_y) + log_s
         if SMOOTHING:
-            loss = (1 - eps) * w_y * (lse - x_y) + eps / C * smooth
+            loss = (1 - eps) * w_y * nll + eps / C * smooth
             coef = (1 - eps) * w_y + eps / C * a_sum
         else:
-            loss = w_y * (lse - x_y)
+            loss = w_y * nll
             coef = w_y
         loss = tl.where(valid, loss, 0)
         coef = tl.where(valid, coef, 0)
@@ -247,23 +270,22 @@ def cross_entropy_forward_kernel(
     if GRAD_IN_FORWARD:
         # A second pass: the gradient needs the final lse. Stored unscaled by grad_output,
         # which the backward applies.
-        if PROB_TARGET:
-            w_y = zero
         offs_g_row = o * stride_go + i * stride_gi
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             mask = (c < C)[:, None] & row_mask[None, :]
-            x = upcast(tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask))
+            x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask).to(zero.dtype)
             offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
             grad = _grad_tile(
                 x,
                 c,
                 mask,
-                lse2,
+                lse,
                 coef,
                 y,
                 w_y,
                 valid,
+                zero + 1,
                 target_ptr,
                 weight_ptr,
                 offs_t,
@@ -275,33 +297,6 @@ def cross_entropy_forward_kernel(
             )
             offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
             tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _row_scale(
-    grad_output_ptr,
-    total_weight_ptr,
-    o,
-    i,
-    row_mask,
-    stride_dyo,
-    stride_dyi,
-    like,
-    REDUCTION: tl.constexpr,
-):
-    """The factor each row's gradient is scaled by: grad_output per row, or g / total_weight.
-
-    ``grad_output`` is read here, on the device, so a 0-d grad_output never syncs.
-    """
-    if REDUCTION == REDUCTION_NONE:
-        g = tl.load(grad_output_ptr + o * stride_dyo + i * stride_dyi, mask=row_mask, other=0)
-        scale = upcast(g).to(like.dtype)
-    else:
-        g = upcast(tl.load(grad_output_ptr)).to(like.dtype)
-        if REDUCTION == REDUCTION_MEAN:
-            g = g / upcast(tl.load(total_weight_ptr)).to(like.dtype)
-        scale = tl.zeros(row_mask.shape, like.dtype) + g
-    return scale
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -341,16 +336,20 @@ def cross_entropy_backward_kernel(
 
     ``grad_output`` is ``(outer, inner)`` strided for ``REDUCTION_NONE``, else 0-d.
     """
-    o, i, row_mask = _rows_of_program(inner, BLOCK_I)
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_outer = tl.cdiv(inner, BLOCK_I)
+    o = pid // blocks_per_outer
+    i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_mask = i < inner
     rows = o * inner + i
     offs_x_row = o * stride_xo + i * stride_xi
     offs_t_row = o * stride_to + i * stride_ti
     offs_g_row = o * stride_go + i * stride_gi
     zero = upcast(tl.zeros([BLOCK_I], logits_ptr.dtype.element_ty))
-    eps = _smoothing(eps_hi, eps_lo, zero)
+    eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
     scale = _row_scale(grad_output_ptr, total_weight_ptr, o, i, row_mask, stride_dyo, stride_dyi, zero, REDUCTION)
-    lse2 = upcast(tl.load(lse_ptr + rows, mask=row_mask, other=0)).to(zero.dtype) * _as(LOG2E, zero)
-    coef = upcast(tl.load(coef_ptr + rows, mask=row_mask, other=0)).to(zero.dtype)
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0).to(zero.dtype)
+    coef = tl.load(coef_ptr + rows, mask=row_mask, other=0).to(zero.dtype)
     if PROB_TARGET:
         y = tl.zeros([BLOCK_I], tl.int64)
         valid = row_mask
@@ -359,23 +358,24 @@ def cross_entropy_backward_kernel(
         y = tl.load(target_ptr + offs_t_row, mask=row_mask, other=0).to(tl.int64)
         valid = row_mask & (y != ignore_index)
         if HAS_WEIGHT:
-            w_y = upcast(tl.load(weight_ptr + y, mask=valid, other=0)).to(zero.dtype)
+            w_y = tl.load(weight_ptr + y, mask=valid, other=0).to(zero.dtype)
         else:
             w_y = tl.where(valid, zero + 1, 0)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         mask = (c < C)[:, None] & row_mask[None, :]
-        x = upcast(tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask))
+        x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask).to(zero.dtype)
         offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
         grad = _grad_tile(
             x,
             c,
             mask,
-            lse2,
+            lse,
             coef,
             y,
             w_y,
             valid,
+            scale,
             target_ptr,
             weight_ptr,
             offs_t,
@@ -385,37 +385,54 @@ def cross_entropy_backward_kernel(
             PROB_TARGET,
             SMOOTHING,
         )
-        grad = grad * scale[None, :]
         offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
         tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ignore_index"])
 def cross_entropy_scale_grad_kernel(
     grad_output_ptr,
     total_weight_ptr,
+    target_ptr,
     grad_ptr,
     C,
     inner,
     stride_dyo,
     stride_dyi,
+    stride_to,
+    stride_ti,
     stride_go,
     stride_gc,
     stride_gi,
+    ignore_index,
+    PROB_TARGET: tl.constexpr,
     REDUCTION: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
 ):
-    """In place, ``grad *= scale`` per row: the backward of the grad-in-forward mode."""
-    o, i, row_mask = _rows_of_program(inner, BLOCK_I)
+    """In place, ``grad *= scale`` per row: the backward of the grad-in-forward mode.
+
+    Index targets are read again (one per row) so that ignored rows stay exactly 0.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_outer = tl.cdiv(inner, BLOCK_I)
+    o = pid // blocks_per_outer
+    i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_mask = i < inner
     offs_g_row = o * stride_go + i * stride_gi
     zero = upcast(tl.zeros([BLOCK_I], grad_ptr.dtype.element_ty))
     scale = _row_scale(grad_output_ptr, total_weight_ptr, o, i, row_mask, stride_dyo, stride_dyi, zero, REDUCTION)
+    if PROB_TARGET:
+        valid = row_mask
+    else:
+        y = tl.load(target_ptr + o * stride_to + i * stride_ti, mask=row_mask, other=0).to(tl.int64)
+        valid = row_mask & (y != ignore_index)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         mask = (c < C)[:, None] & row_mask[None, :]
         offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
-        grad = upcast(tl.load(grad_ptr + offs_g, mask=mask)) * scale[None, :]
+        grad = tl.load(grad_ptr + offs_g, mask=mask).to(zero.dtype)
+        grad = tl.where(valid[None, :], grad * scale[None, :], 0)
         tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -441,9 +458,9 @@ def cross_entropy_reduce_kernel(
     weight_acc = zero
     for start in range(0, n_rows, BLOCK_SIZE):
         mask = start + offsets < n_rows
-        loss_acc += upcast(tl.load(row_loss_ptr + start + offsets, mask=mask, other=0))
+        loss_acc += tl.load(row_loss_ptr + start + offsets, mask=mask, other=0).to(zero.dtype)
         if HAS_ROW_WEIGHT:
-            weight_acc += upcast(tl.load(row_weight_ptr + start + offsets, mask=mask, other=0))
+            weight_acc += tl.load(row_weight_ptr + start + offsets, mask=mask, other=0).to(zero.dtype)
     loss = tl.sum(loss_acc, axis=0)
     if REDUCTION == REDUCTION_MEAN:
         if HAS_ROW_WEIGHT:
@@ -458,11 +475,23 @@ def cross_entropy_reduce_kernel(
     tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
 
 
-def _blocks(C: int, inner: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_I): the tile runs along ``inner`` when it is > 1, else along C."""
-    block_i = min(triton.next_power_of_2(max(inner, 1)), CROSS_ENTROPY_MAX_BLOCK_I)
-    block_c = min(triton.next_power_of_2(max(C, 1)), CROSS_ENTROPY_MAX_BLOCK_C, CROSS_ENTROPY_TILE_SIZE // block_i)
-    return block_c, block_i
+def _blocks(logits: torch.Tensor) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_I) for 3-D logits: the tile is long along whichever dim is contiguous.
+
+    Classes contiguous (``(N, C)`` row-major): up to 4096 classes of a row per tile, and
+    when C is small, many rows per program (a 10-class row alone would waste a program).
+    Rows contiguous (``(N, C, d1, ...)``, column-major ``(N, C)``): up to 128 adjacent rows
+    per tile, so each class's loads are one coalesced run, and as many classes as fit.
+    """
+    _, C, inner = logits.shape
+    c_pow2 = triton.next_power_of_2(max(C, 1))
+    i_pow2 = triton.next_power_of_2(max(inner, 1))
+    tile = CROSS_ENTROPY_TILE_SIZE
+    if logits.stride(1) == 1 or C == 1 or logits.stride(2) != 1:
+        block_c = min(c_pow2, CROSS_ENTROPY_MAX_BLOCK_C)
+        return block_c, min(i_pow2, tile // block_c)
+    block_i = min(i_pow2, CROSS_ENTROPY_MAX_BLOCK_I)
+    return min(c_pow2, tile // block_i), block_i
 
 
 def _grid(outer: int, inner: int, block_i: int) -> tuple[int]:
@@ -501,7 +530,7 @@ def cross_entropy_forward(
     outer, C, inner = logits.shape
     if outer * inner == 0:
         return
-    block_c, block_i = _blocks(C, inner)
+    block_c, block_i = _blocks(logits)
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     g_strides = grad.stride() if grad is not None else (0, 0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
@@ -570,7 +599,7 @@ def cross_entropy_backward(
     outer, C, inner = logits.shape
     if outer * inner * C == 0:
         return
-    block_c, block_i = _blocks(C, inner)
+    block_c, block_i = _blocks(logits)
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
@@ -603,22 +632,36 @@ def cross_entropy_backward(
 
 
 def cross_entropy_scale_grad(
-    grad_output: torch.Tensor, total_weight: torch.Tensor, grad: torch.Tensor, reduction: int
+    grad_output: torch.Tensor,
+    total_weight: torch.Tensor,
+    target: torch.Tensor,
+    grad: torch.Tensor,
+    ignore_index: int,
+    prob_target: bool,
+    reduction: int,
 ) -> None:
-    """Scale the 3-D gradient ``grad`` made by the forward, in place, by each row's factor."""
+    """Scale the 3-D gradient ``grad`` made by the forward, in place, by each row's factor.
+
+    ``target`` is the ``(outer, inner)`` index view (unused for probability targets).
+    """
     outer, C, inner = grad.shape
     if outer * inner * C == 0:
         return
-    block_c, block_i = _blocks(C, inner)
+    block_c, block_i = _blocks(grad)
     dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
+    t_strides = (0, 0) if prob_target else target.stride()
     cross_entropy_scale_grad_kernel[_grid(outer, inner, block_i)](
         grad_output,
         total_weight,
+        target,
         grad,
         C,
         inner,
         *dy_strides,
+        *t_strides,
         *grad.stride(),
+        ignore_index,
+        PROB_TARGET=prob_target,
         REDUCTION=reduction,
         BLOCK_C=block_c,
         BLOCK_I=block_i,

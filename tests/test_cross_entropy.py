@@ -1,0 +1,597 @@
+"""cross_entropy: forward and backward against torch, through the Triton kernels.
+
+Kernels (kernels/cross_entropy.py; tiles of (BLOCK_C, BLOCK_I) with BLOCK_C <= 4096,
+BLOCK_I <= 32 and BLOCK_C * BLOCK_I <= 4096):
+- cross_entropy_forward_kernel: per-row loss, lse and coef in one pass over the logits
+  (plus a second pass writing the gradient when grad_in_forward=True);
+- cross_entropy_reduce_kernel: the 'mean'/'sum' second stage (one program, fixed order);
+- cross_entropy_backward_kernel: the gradient, one pass over the logits;
+- cross_entropy_scale_grad_kernel: grad_in_forward's backward, scaling the buffer in place.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import (
+    DTYPES,
+    HostSyncError,
+    assert_close,
+    assert_compiled_matches_eager,
+    no_host_sync,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fused_ops
+from fused_ops._dispatch import reference_backend
+from fused_ops.profiling import KernelTrace
+
+REDUCTIONS = ("none", "mean", "sum")
+FORWARD = "cross_entropy_forward_kernel"
+REDUCE = "cross_entropy_reduce_kernel"
+BACKWARD = "cross_entropy_backward_kernel"
+SCALE = "cross_entropy_scale_grad_kernel"
+
+
+def _class_dim(x: torch.Tensor) -> int:
+    return 0 if x.dim() == 1 else 1
+
+
+def _index_target(x: torch.Tensor, ignore_every: int = 0, ignore_index: int = -100) -> torch.Tensor:
+    """Random class indices for logits ``x``; every ``ignore_every``-th one is ``ignore_index``."""
+    shape = () if x.dim() == 1 else (x.shape[0], *x.shape[2:])
+    target = torch.randint(0, x.shape[_class_dim(x)], shape)
+    if ignore_every and target.numel():
+        target.view(-1)[::ignore_every] = ignore_index
+    return target
+
+
+def _prob_target(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.randn(x.shape, dtype=torch.float64).softmax(_class_dim(x)).to(dtype or x.dtype)
+
+
+def _loss_and_grad(loss_fn, x, target, grad_output=None, **kwargs):
+    """Loss and input gradient of ``loss_fn``, for a random (or the given) grad_output."""
+    x = x.detach().requires_grad_()
+    loss = loss_fn(x, target, **kwargs)
+    if grad_output is None:
+        grad_output = torch.randn(loss.shape, dtype=torch.float64).to(loss.dtype)
+    (grad,) = torch.autograd.grad(loss, x, grad_output)
+    return loss, grad, grad_output
+
+
+def _in_fp64(x, target, weight=None):
+    """torch's loss and input gradient in fp64 on the same (already rounded) values."""
+    target = target.double() if target.is_floating_point() else target
+    weight = None if weight is None else weight.double()
+    return x.double(), target, weight
+
+
+def _check_against_torch(x, target, weight=None, reduction_size=None, **kwargs):
+    """Loss and gradient vs torch evaluated in fp64, rounded to our dtypes; returns both."""
+    loss, grad, grad_output = _loss_and_grad(fused_ops.cross_entropy, x, target, weight=weight, **kwargs)
+    x64, t64, w64 = _in_fp64(x, target, weight)
+    loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x64, t64, grad_output.double(), weight=w64, **kwargs)
+    n = reduction_size if reduction_size is not None else max(x.shape[_class_dim(x)], 1)
+    assert_close(loss, loss_ref.to(loss.dtype), reduction_size=n)
+    assert_close(grad, grad_ref.to(grad.dtype), reduction_size=n)
+    return loss, grad
+
+
+# Class-index targets, 'mean', the common path. Shapes and the tile each reaches:
+COMMON_SHAPES = [
+    (4, 1),  # C = 1: one class, every loss is 0 and the gradient too
+    (5, 63),  # one tile per row, partly masked (BLOCK_C = 64)
+    (3, 781),  # one tile per row (BLOCK_C = 1024)
+    (2, 1823),  # one tile per row (BLOCK_C = 2048)
+    (2, 9000),  # rows longer than one tile: 3 tiles of 4096, the online logsumexp's rescaling
+    (7,),  # (C,) input with a 0-d target: one row
+    (3, 6, 2, 5),  # (N, C, d1, d2): BLOCK_I = 16 spatial rows per program
+    (0, 9),  # empty N: no forward/backward launch, the reduction gives nan
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", COMMON_SHAPES, ids=str)
+def test_cross_entropy_matches_torch(shape, dtype, kernel_launches):
+    x = torch.randn(shape, dtype=dtype) * 3
+    target = _index_target(x)
+    loss, grad = _check_against_torch(x, target)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    rows = 0 if x.numel() == 0 else 1
+    assert kernel_launches.launch_count(FORWARD) == rows
+    assert kernel_launches.launch_count(REDUCE) == 1
+    assert kernel_launches.launch_count(BACKWARD) == rows
+
+
+def test_cross_entropy_empty_batch_like_torch():
+    x = torch.randn(0, 5, requires_grad=True)
+    target = torch.zeros(0, dtype=torch.long)
+    assert torch.isnan(fused_ops.cross_entropy(x, target))
+    assert fused_ops.cross_entropy(x, target, reduction="sum").item() == 0
+    assert fused_ops.cross_entropy(x, target, reduction="none").shape == (0,)
+    assert torch.isnan(fused_ops.cross_entropy(x, _prob_target(x)))
+    fused_ops.cross_entropy(x, target, reduction="sum").backward()
+    assert x.grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+@pytest.mark.parametrize("with_weight", [False, True], ids=["no_weight", "weight"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(6, 11), (3, 7, 5)], ids=str)
+def test_cross_entropy_every_option_matches_torch(
+    shape, reduction, label_smoothing, with_weight, target_kind, kernel_launches
+):
+    # fp64, so that any formula difference (smoothing x weights x ignored rows x the
+    # weighted mean) shows far above rounding.
+    x = torch.randn(shape, dtype=torch.float64) * 2
+    weight = torch.rand(shape[1], dtype=torch.float64) + 0.5 if with_weight else None
+    if target_kind == "index":
+        target = _index_target(x, ignore_every=3)
+        kwargs = {"ignore_index": -100}
+    else:
+        target = _prob_target(x)
+        kwargs = {}
+    _check_against_torch(
+        x, target, weight, reduction=reduction, label_smoothing=label_smoothing, reduction_size=x.numel(), **kwargs
+    )
+    assert kernel_launches.launch_count(FORWARD) == 1
+    assert kernel_launches.launch_count(REDUCE) == (0 if reduction == "none" else 1)
+    assert kernel_launches.launch_count(BACKWARD) == 1
+
+
+@pytest.mark.parametrize("ignore_index", [0, 3, -1])
+def test_cross_entropy_ignore_index_inside_the_class_range(ignore_index):
+    x = torch.randn(8, 5, dtype=torch.float64)
+    target = _index_target(x)
+    target[::2] = ignore_index if ignore_index >= 0 else target[::2]
+    target[1] = ignore_index
+    _check_against_torch(x, target, ignore_index=ignore_index, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.4])
+@pytest.mark.parametrize("with_weight", [False, True], ids=["no_weight", "weight"])
+def test_cross_entropy_all_targets_ignored_is_nan_like_torch(with_weight, label_smoothing):
+    x = torch.randn(4, 5, dtype=torch.float64)
+    weight = torch.rand(5, dtype=torch.float64) if with_weight else None
+    target = torch.full((4,), -100)
+    loss, grad, _ = _loss_and_grad(fused_ops.cross_entropy, x, target, weight=weight, label_smoothing=label_smoothing)
+    loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, target, weight=weight, label_smoothing=label_smoothing)
+    assert torch.isnan(loss) and torch.isnan(loss_ref)
+    assert_close(grad, grad_ref)
+
+
+@pytest.mark.parametrize("target_kind", ["index", "index_1", "prob"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_unbatched_input(reduction, target_kind):
+    # (C,) logits: one row, outer = inner = 1. Index targets are 0-d, or (1,) as torch allows.
+    x = torch.randn(9, dtype=torch.float64)
+    if target_kind == "prob":
+        target = _prob_target(x)
+    else:
+        target = torch.tensor(4) if target_kind == "index" else torch.tensor([4])
+    weight = torch.rand(9, dtype=torch.float64)
+    if target_kind == "index_1":
+        # torch's forward takes a (1,) target here, but its backward raises "size
+        # mismatch": compare the loss, and the gradient with that of the 0-d target.
+        loss, grad, grad_output = _loss_and_grad(fused_ops.cross_entropy, x, target, weight=weight, reduction=reduction)
+        assert_close(loss, F.cross_entropy(x, target, weight, reduction=reduction))
+        _, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, target[0], grad_output, weight=weight, reduction=reduction)
+        assert_close(grad, grad_ref)
+    else:
+        loss, _ = _check_against_torch(x, target, weight, reduction=reduction)
+    assert loss.shape == F.cross_entropy(x, target, reduction=reduction).shape
+
+
+def test_cross_entropy_large_vocabulary(kernel_launches):
+    # 131072 classes, 2 rows: 32 tiles of 4096 per row, nothing softmax-sized allocated.
+    x = torch.randn(2, 131072) * 4
+    target = torch.tensor([5, 131071])
+    _check_against_torch(x, target, label_smoothing=0.1)
+    assert kernel_launches.launch_count(FORWARD) == 1
+    assert kernel_launches.launch_count(BACKWARD) == 1
+
+
+def _layouts():
+    """Logits in awkward layouts; the comment says which (outer, C, inner) view each becomes."""
+    base = torch.randn(6, 13, dtype=torch.float64)
+    spatial = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    return {
+        # (N, C) column-major: the 'columns' view (1, C, N), rows adjacent in memory.
+        "transposed": base.t().contiguous().t(),
+        # (N, C) with a class stride of 2: the 'rows' view (N, C, 1), strided loads.
+        "sliced_classes": torch.randn(6, 26, dtype=torch.float64)[:, ::2],
+        # (N, C) with every other row: stride(0) = 2 C.
+        "sliced_rows": torch.randn(12, 13, dtype=torch.float64)[::2],
+        # (N, C, d1, d2) channels-last: d1, d2 merge into one stride (C), no copy.
+        "channels_last": spatial.contiguous(memory_format=torch.channels_last),
+        # d1, d2 swapped: they cannot merge, so the logits are copied to contiguous.
+        "spatial_permuted": spatial.transpose(2, 3).contiguous().transpose(2, 3),
+        # A broadcast (stride 0) class dim.
+        "expanded": torch.randn(6, 1, dtype=torch.float64).expand(6, 13),
+    }
+
+
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+@pytest.mark.parametrize("layout", list(_layouts()))
+def test_cross_entropy_non_contiguous_logits(layout, target_kind, kernel_launches):
+    x = _layouts()[layout]
+    target = _index_target(x, ignore_every=4) if target_kind == "index" else _prob_target(x)
+    _, grad = _check_against_torch(x, target, label_smoothing=0.2, reduction="none")
+    assert kernel_launches.launch_count(FORWARD) == 1
+    if layout in ("transposed", "channels_last"):
+        assert grad.stride() == x.stride(), "a dense layout keeps its strides: no copy"
+
+
+def test_cross_entropy_non_contiguous_targets_and_grad_output():
+    x = torch.randn(5, 7, 3, dtype=torch.float64)
+    target = torch.randint(0, 7, (3, 5)).t()  # (5, 3), transposed
+    prob = _prob_target(x.transpose(0, 2).contiguous()).transpose(0, 2)  # a permuted layout
+    grad_output = torch.randn(3, 5, dtype=torch.float64).t()
+    for t in (target, prob):
+        loss, grad, _ = _loss_and_grad(fused_ops.cross_entropy, x, t, grad_output, reduction="none")
+        loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, t, grad_output, reduction="none")
+        assert_close(loss, loss_ref)
+        assert_close(grad, grad_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cross_entropy_half_precision_prob_targets_and_weights(dtype, kernel_launches):
+    x = torch.randn(4, 37, dtype=dtype) * 3
+    weight = (torch.rand(37) + 0.5).to(dtype)
+    _check_against_torch(x, _index_target(x, ignore_every=3), weight, label_smoothing=0.1)
+    _check_against_torch(x, _prob_target(x), weight, label_smoothing=0.1, reduction="sum", reduction_size=4 * 37)
+    # Mixed dtypes promote like torch: half logits with fp32 probabilities give an fp32 loss.
+    loss = fused_ops.cross_entropy(x, _prob_target(x, torch.float32))
+    assert loss.dtype == F.cross_entropy(x, _prob_target(x, torch.float32)).dtype == torch.float32
+    assert kernel_launches.launch_count(FORWARD) == 3
+
+
+def test_cross_entropy_uint8_targets():
+    x = torch.randn(6, 10, dtype=torch.float64)
+    _check_against_torch(x, torch.randint(0, 10, (6,), dtype=torch.uint8), label_smoothing=0.2)
+
+
+def test_cross_entropy_extreme_logits_like_torch():
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor(
+        [
+            [-inf, 1.0, 2.0],  # -inf elsewhere than the target: finite
+            [-inf, 1.0, 2.0],  # -inf at the target: inf
+            [inf, 1.0, 2.0],  # +inf: nan
+            [nan, 1.0, 2.0],  # nan: nan
+            [1000.0, -1000.0, 0.0],  # far apart: exact, no overflow
+        ]
+    )
+    target = torch.tensor([1, 0, 1, 1, 0])
+    loss = fused_ops.cross_entropy(x, target, reduction="none")
+    torch.testing.assert_close(loss, F.cross_entropy(x, target, reduction="none"), equal_nan=True)
+
+
+def test_cross_entropy_precision_of_a_small_loss_of_large_logits():
+    # lse and the target logit are both ~1e4 and the loss ~4.6e-5: computed as lse - x_y
+    # in fp32 it would be 0 or off by ~1e-3. Relative to the running max, it is off only
+    # by the rounding of log(sum) near 1 (~1e-7 absolute), exactly like torch's fp32.
+    x = torch.tensor([[10000.0, 9990.0, 9985.0]])
+    prob = _prob_target(x, torch.float32)
+    for target, kwargs in ((torch.tensor([0]), {}), (torch.tensor([0]), {"label_smoothing": 0.1}), (prob, {})):
+        loss = fused_ops.cross_entropy(x, target, **kwargs)
+        exact = F.cross_entropy(x.double(), target.double() if target.is_floating_point() else target, **kwargs)
+        assert abs(loss.double() - exact) < 2e-7
+        torch.testing.assert_close(loss, F.cross_entropy(x, target, **kwargs), rtol=1e-5, atol=2e-7)
+
+
+def test_cross_entropy_is_deterministic():
+    x = torch.randn(300, 40)
+    target = _index_target(x, ignore_every=7)
+    weight = torch.rand(40)
+    first = fused_ops.cross_entropy(x, target, weight)
+    assert all(torch.equal(fused_ops.cross_entropy(x, target, weight), first) for _ in range(3))
+
+
+def test_cross_entropy_legacy_reduction_arguments():
+    x = torch.randn(5, 4)
+    target = _index_target(x)
+    with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated"):
+        loss = fused_ops.cross_entropy(x, target, size_average=False)
+    assert_close(loss, F.cross_entropy(x, target, reduction="sum"))
+    with pytest.warns(UserWarning):
+        assert fused_ops.cross_entropy(x, target, reduce=False).shape == (5,)
+
+
+def test_cross_entropy_gradcheck_and_gradgradcheck():
+    x = torch.randn(4, 5, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(5, dtype=torch.float64) + 0.5
+    index = _index_target(x, ignore_every=3)
+    prob = _prob_target(x)
+    for reduction in REDUCTIONS:
+        for target in (index, prob):
+
+            def loss(x, target=target, reduction=reduction):
+                return fused_ops.cross_entropy(x, target, weight, reduction=reduction, label_smoothing=0.25)
+
+            assert torch.autograd.gradcheck(loss, (x,))
+            assert torch.autograd.gradgradcheck(loss, (x,))
+
+
+def test_cross_entropy_gradients_of_probability_targets_and_weight():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    prob = _prob_target(x).requires_grad_()
+    weight = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+    for reduction in REDUCTIONS:
+
+        def loss(x, prob, weight, reduction=reduction):
+            return fused_ops.cross_entropy(x, prob, weight, reduction=reduction, label_smoothing=0.2)
+
+        assert torch.autograd.gradcheck(loss, (x, prob, weight))
+        assert torch.autograd.gradgradcheck(loss, (x, prob, weight))
+
+
+def test_cross_entropy_second_backward_through_freed_graph_raises():
+    x = torch.randn(3, 4, requires_grad=True)
+    loss = fused_ops.cross_entropy(x, torch.tensor([0, 1, 2]))
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+
+
+def test_cross_entropy_module_matches_torch(kernel_launches):
+    weight = torch.rand(6)
+    kwargs = {"weight": weight, "ignore_index": 2, "reduction": "sum", "label_smoothing": 0.1}
+    module = fused_ops.nn.CrossEntropyLoss(**kwargs)
+    assert isinstance(module, torch.nn.CrossEntropyLoss)
+    x = torch.randn(5, 6)
+    target = _index_target(x)
+    assert_close(module(x, target), torch.nn.CrossEntropyLoss(**kwargs)(x, target))
+    assert kernel_launches.launch_count(FORWARD) == 1
+    gif = fused_ops.nn.CrossEntropyLoss(**kwargs, grad_in_forward=True)
+    assert_close(gif(x, target), module(x, target))
+
+
+def test_cross_entropy_reference_backend_matches_torch(kernel_launches):
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    with reference_backend():
+        _check_against_torch(
+            x, _index_target(x, ignore_every=3), torch.rand(3, dtype=torch.float64), label_smoothing=0.2
+        )
+        _check_against_torch(x, _prob_target(x), reduction="none")
+        target = _index_target(x, ignore_every=2)
+        loss, grad, grad_output = _loss_and_grad(fused_ops.cross_entropy, x, target, grad_in_forward=True)
+        loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, target, grad_output)
+        assert_close(loss, loss_ref)
+        assert_close(grad, grad_ref)
+    assert kernel_launches.launch_count() == 0
+
+
+def _gif_cases():
+    x2 = torch.randn(6, 9, dtype=torch.float64)
+    x4 = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    weight = torch.rand(9, dtype=torch.float64) + 0.5
+    return {
+        "index_mean": (x2, _index_target(x2, ignore_every=4), {}),
+        "index_weight_smooth_sum": (x2, _index_target(x2, ignore_every=4), {"weight": weight, "label_smoothing": 0.3}),
+        "index_none_spatial": (x4, _index_target(x4, ignore_every=5), {"reduction": "none", "label_smoothing": 0.1}),
+        "prob_weight_smooth_mean": (x2, _prob_target(x2), {"weight": weight, "label_smoothing": 0.2}),
+        "prob_none_transposed": (x2.t().contiguous().t(), _prob_target(x2), {"reduction": "none"}),
+        "long_rows": (torch.randn(2, 9000, dtype=torch.float64), torch.tensor([3, 8999]), {}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_gif_cases()))
+def test_cross_entropy_grad_in_forward_equals_default(case, kernel_launches):
+    x, target, kwargs = _gif_cases()[case]
+    before = x.clone()
+    loss, grad, grad_output = _loss_and_grad(fused_ops.cross_entropy, x, target, **kwargs)
+    assert kernel_launches.launch_count(BACKWARD) == 1 and kernel_launches.launch_count(SCALE) == 0
+    kernel_launches.clear()
+    loss_gif, grad_gif, _ = _loss_and_grad(
+        fused_ops.cross_entropy, x, target, grad_output, grad_in_forward=True, **kwargs
+    )
+    assert kernel_launches.launch_count(BACKWARD) == 0 and kernel_launches.launch_count(SCALE) == 1
+    assert torch.equal(loss_gif, loss)
+    assert_close(grad_gif, grad)
+    assert torch.equal(x, before), "the logits are never written"
+
+
+def test_cross_entropy_grad_in_forward_limits():
+    x = torch.randn(3, 4, requires_grad=True)
+    target = torch.tensor([0, 1, 2])
+    loss = fused_ops.cross_entropy(x, target, grad_in_forward=True)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(loss, x, create_graph=True)
+    loss = fused_ops.cross_entropy(x, target, grad_in_forward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    with pytest.raises(RuntimeError, match="computes only the input's gradient"):
+        fused_ops.cross_entropy(x, _prob_target(x).requires_grad_(), grad_in_forward=True)
+
+
+def _error_cases():
+    x = torch.randn(4, 5)
+    long = torch.long
+    return {
+        "target_out_of_bounds": (x, torch.tensor([0, 1, 2, 5]), {}),
+        "negative_target": (x, torch.tensor([0, -1, 2, 3]), {}),
+        "out_of_bounds_smoothing": (x, torch.tensor([0, 1, 7, 3]), {"label_smoothing": 0.1}),
+        "out_of_bounds_spatial": (torch.randn(2, 5, 3), torch.full((2, 3), 9), {}),
+        "out_of_bounds_unbatched": (torch.randn(5), torch.tensor(5), {}),
+        "int32_target": (x, torch.zeros(4, dtype=torch.int32), {}),
+        "float_target_wrong_shape": (x, torch.rand(4), {}),
+        "long_target_shaped_like_input": (x, torch.zeros(4, 5, dtype=long), {}),
+        "batch_mismatch": (x, torch.zeros(3, dtype=long), {}),
+        "multi_target": (x, torch.zeros(4, 1, dtype=long), {}),
+        "unbatched_target_size": (torch.randn(5), torch.tensor([1, 2]), {}),
+        "spatial_target_size": (torch.randn(2, 5, 3), torch.zeros(2, 4, dtype=long), {}),
+        "spatial_4d_target_dim": (torch.randn(2, 5, 3, 4), torch.zeros(2, 3, dtype=long), {}),
+        "spatial_4d_target_size": (torch.randn(2, 5, 3, 4), torch.zeros(2, 3, 5, dtype=long), {}),
+        "weight_size": (x, torch.zeros(4, dtype=long), {"weight": torch.ones(3)}),
+        "weight_size_spatial": (torch.randn(2, 5, 3), torch.zeros(2, 3, dtype=long), {"weight": torch.ones(3)}),
+        "weight_size_prob": (x, torch.rand(4, 5), {"weight": torch.ones(3)}),
+        "weight_dtype": (x, torch.zeros(4, dtype=long), {"weight": torch.ones(5, dtype=torch.float64)}),
+        "weight_requires_grad": (x, torch.zeros(4, dtype=long), {"weight": torch.ones(5, requires_grad=True)}),
+        "integer_logits": (x.long(), torch.zeros(4, dtype=long), {}),
+        "integer_logits_prob": (x.long(), torch.rand(4, 5), {}),
+        "reduction_name": (x, torch.zeros(4, dtype=long), {"reduction": "avg"}),
+        "smoothing_above_one": (x, torch.zeros(4, dtype=long), {"label_smoothing": 1.5}),
+        "smoothing_above_one_prob": (x, torch.rand(4, 5), {"label_smoothing": 1.5}),
+        "ignore_index_with_probabilities": (x, torch.rand(4, 5), {"ignore_index": 1}),
+        "zero_dim_input": (torch.tensor(1.0), torch.tensor([0]), {}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_error_cases()))
+def test_cross_entropy_errors_like_torch(case, kernel_launches):
+    x, target, kwargs = _error_cases()[case]
+    before = (x.clone(), target.clone())
+    with pytest.raises(Exception) as expected:
+        F.cross_entropy(x, target, **kwargs)
+    with pytest.raises(expected.type) as actual:
+        fused_ops.cross_entropy(x, target, **kwargs)
+    torch_message = str(expected.value).split("\n")[0]
+    if expected.type is NotImplementedError:
+        assert "not implemented for 'Long'" in str(actual.value)
+    else:
+        assert str(actual.value) == torch_message
+    assert torch.equal(x, before[0]) and torch.equal(target, before[1]), "inputs untouched"
+    assert kernel_launches.launch_count(FORWARD) == 0, "nothing ran before the error"
+
+
+def test_cross_entropy_out_of_bounds_check_uses_no_host_sync_when_targets_are_valid():
+    # The bounds check is torch._assert_async: on the good path nothing reads a value on
+    # the host (on a GPU a bad target becomes a device-side assertion instead).
+    x = torch.randn(4, 5)
+    with no_host_sync():
+        fused_ops.cross_entropy(x, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(IndexError, match=r"Target 5 is out of bounds\."):
+        fused_ops.cross_entropy(x, torch.tensor([0, 1, 2, 5]))
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True], ids=["default", "grad_in_forward"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_has_no_host_sync(reduction, grad_in_forward, kernel_launches):
+    x = torch.randn(6, 7, requires_grad=True)
+    weight = torch.rand(7)
+    for target in (_index_target(x, ignore_every=3), _prob_target(x.detach())):
+        with no_host_sync():
+            loss = fused_ops.cross_entropy(
+                x, target, weight, reduction=reduction, label_smoothing=0.1, grad_in_forward=grad_in_forward
+            )
+            loss.backward(torch.ones_like(loss))
+    assert kernel_launches.launch_count(SCALE if grad_in_forward else BACKWARD) == 2
+
+
+def test_no_host_sync_detector_catches_a_bool_of_a_tensor():
+    with pytest.raises(HostSyncError), no_host_sync():
+        bool(torch.ones(1))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_cross_entropy_under_torch_compile_fullgraph(backend, kernel_launches):
+    x = torch.randn(6, 8, requires_grad=True)
+    weight = torch.rand(8)
+    target = _index_target(x, ignore_every=3)
+    prob = _prob_target(x.detach())
+
+    def index_loss(x):
+        return fused_ops.cross_entropy(x * 2, target, weight, label_smoothing=0.1)
+
+    def prob_loss(x):
+        return fused_ops.cross_entropy(x.view(6, 4, 2), prob.view(6, 4, 2), reduction="none")
+
+    def module_loss(x):
+        return fused_ops.nn.CrossEntropyLoss(reduction="sum")(x, target.clamp(min=0))
+
+    for fn in (index_loss, prob_loss, module_loss):
+        assert_compiled_matches_eager(fn, x, backend=backend)
+    assert kernel_launches.launch_count(FORWARD) == 6  # eager + compiled, for each loss
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_cross_entropy_grad_in_forward_under_torch_compile(backend, kernel_launches):
+    x = torch.randn(5, 8, requires_grad=True)
+    target = _index_target(x)
+    assert_compiled_matches_eager(
+        lambda x: fused_ops.cross_entropy(x, target, label_smoothing=0.1, grad_in_forward=True), x, backend=backend
+    )
+    assert kernel_launches.launch_count(SCALE) == 2
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(0, 5),
+    c=st.integers(1, 40),
+    spatial=st.lists(st.integers(1, 4), min_size=0, max_size=2),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    layout=st.sampled_from(["contiguous", "transposed", "sliced"]),
+    prob=st.booleans(),
+    with_weight=st.booleans(),
+    label_smoothing=st.sampled_from([0.0, 0.15, 1.0]),
+    reduction=st.sampled_from(REDUCTIONS),
+)
+def test_cross_entropy_property_random_shapes_layouts_and_options(
+    n, c, spatial, dtype, layout, prob, with_weight, label_smoothing, reduction
+):
+    shape = (n, c, *spatial)
+    x = torch.randn(shape, dtype=dtype) * 3
+    if layout == "transposed":
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)
+    elif layout == "sliced":
+        x = torch.randn(n, 2 * c, *spatial, dtype=dtype)[:, ::2]
+    target = _prob_target(x) if prob else _index_target(x, ignore_every=3)
+    weight = torch.rand(c, dtype=dtype) + 0.1 if with_weight else None
+    _check_against_torch(
+        x, target, weight, reduction=reduction, label_smoothing=label_smoothing, reduction_size=max(x.numel(), 1)
+    )
+
+
+def _traffic(fn, *args, **kwargs):
+    """(forward bytes, backward bytes) that the Triton kernels move for one call of ``fn``."""
+    x = args[0].detach().requires_grad_()
+    with KernelTrace() as forward:
+        loss = fn(x, *args[1:], **kwargs)
+    with KernelTrace() as backward:
+        loss.backward()
+    return forward.bytes_moved, backward.bytes_moved
+
+
+def test_cross_entropy_traffic_is_within_5_percent_of_the_minimum():
+    # Minimum for contiguous fp32 (N, C) with int64 targets: forward reads each logit and
+    # target once; backward reads each logit once and writes each gradient once.
+    n, c = 4, 3 * 4096
+    x = torch.randn(n, c)
+    target = _index_target(x)
+    forward, backward = _traffic(fused_ops.cross_entropy, x, target)
+    minimum_forward = 4 * n * c + 8 * n
+    minimum_backward = 2 * 4 * n * c
+    assert forward + backward < 1.05 * (minimum_forward + minimum_backward)
+    assert forward < 1.01 * minimum_forward + 64 * n, "per row: a handful of scalars besides the logits"
+    # grad_in_forward: the forward reads the logits twice and writes the buffer; the
+    # backward reads and writes the buffer once.
+    forward_gif, backward_gif = _traffic(fused_ops.cross_entropy, x, target, grad_in_forward=True)
+    assert forward_gif < 1.01 * 3 * 4 * n * c + 64 * n
+    assert backward_gif < 1.01 * 2 * 4 * n * c + 64 * n
+
+
+def aot_workload():
+    """Every cross-entropy kernel on every code path, in every dtype, for tests/test_aot.py."""
+    for dtype in DTYPES:
+        rows = torch.randn(3, 9000, dtype=dtype)  # (N, C): BLOCK_I = 1, 3 tiles of 4096
+        spatial = torch.randn(2, 6, 3, 5, dtype=dtype)  # (N, C, d1, d2): BLOCK_I = 16
+        weight = torch.rand(6, dtype=dtype)
+        cases = [
+            (rows, _index_target(rows, ignore_every=2), {}),
+            (rows, _prob_target(rows), {"reduction": "sum"}),
+            (spatial, _index_target(spatial, ignore_every=2), {"weight": weight, "label_smoothing": 0.1}),
+            (spatial, _prob_target(spatial), {"weight": weight, "label_smoothing": 0.1, "reduction": "none"}),
+            (spatial, _index_target(spatial), {"reduction": "none"}),
+            (spatial, _prob_target(spatial), {}),
+        ]
+        for x, target, kwargs in cases:
+            for grad_in_forward in (False, True):
+                leaf = x.detach().requires_grad_()
+                loss = fused_ops.cross_entropy(leaf, target, grad_in_forward=grad_in_forward, **kwargs)
+                loss.backward(torch.ones_like(loss))
+    x = torch.randn(4, 7, requires_grad=True)
+    fused_ops.cross_entropy(x, torch.randint(0, 7, (4,), dtype=torch.uint8)).backward()
