@@ -35,7 +35,7 @@ elif ON_GPU:
     DTYPES = [torch.float32, torch.bfloat16]
     OPTIMIZER_SIZES = [(1, 1, 4096), (16, 16, 4096), (16, 256, 4096)]
 else:
-    # The interpreter runs about a million elements a second: keep CPU runs short.
+    # The interpreter runs a few hundred thousand elements a second: keep CPU runs short.
     SIZES = [(1, 4096), (16, 4096)]
     DTYPES = [torch.float32]
     OPTIMIZER_SIZES = [(1, 1, 4096), (16, 4, 4096)]
