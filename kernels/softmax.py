@@ -43,33 +43,15 @@ from ._config import (
     SOFTMAX_STRIDED_MIN_ROWS,
 )
 
-# exp(x) = exp2(x * LOG2E) and log(x) = log2(x) * LN2. Against an fp64 tensor these Python
-# floats become exact fp64 constants, so fp64 keeps full precision.
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+# Index arithmetic is written out in each kernel instead of in @triton.jit helpers: Triton's
+# interpreter re-patches triton.language on every helper call (milliseconds each), which
+# would dominate the CPU test suite. In every kernel, ``cols64`` is int64 because for a
+# non-last dim ``col_stride`` is the inner size, and ``n * inner`` can pass 2^31.
 
-
-@triton.jit
-def _tile_rows(n_rows, BLOCK_R: tl.constexpr):
-    """(group, rows) owned by this program: BLOCK_R consecutive rows of one group."""
-    # int64 before any multiply by a stride: offsets pass 2^31 on large tensors.
-    pid = tl.program_id(0).to(tl.int64)
-    blocks_per_group = tl.cdiv(n_rows, BLOCK_R)
-    group = pid // blocks_per_group
-    rows = (pid % blocks_per_group) * BLOCK_R + tl.arange(0, BLOCK_R)
-    return group, rows
-
-
-@triton.jit
-def _row_pointers(ptr, group, rows, group_stride, row_stride):
-    """Pointers to element 0 of each row, shaped (BLOCK_R, 1) to broadcast over columns."""
-    return ptr + group * group_stride + rows[:, None] * row_stride
-
-
-@triton.jit
-def _column_offsets(cols, col_stride):
-    # int64: for a non-last dim col_stride is the inner size, and n * inner can pass 2^31.
-    return cols[None, :].to(tl.int64) * col_stride
+# exp(x) = exp2(x * LOG2E) and log(x) = log2(x) * LN2. Against an fp64 tensor these
+# constants are materialized in fp64, so fp64 keeps full precision.
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -89,12 +71,17 @@ def softmax_forward_kernel(
     BLOCK_N: tl.constexpr,
 ):
     """softmax (or log_softmax when LOG) of rows that fit in one tile (n_cols <= BLOCK_N)."""
-    group, rows = _tile_rows(n_rows, BLOCK_R)
+    # int64 before any multiply by a stride: offsets pass 2^31 on large tensors.
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_group = tl.cdiv(n_rows, BLOCK_R)
+    group = pid // blocks_per_group
+    rows = (pid % blocks_per_group) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_N)
+    cols64 = cols[None, :].to(tl.int64)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    in_ptrs = _row_pointers(input_ptr, group, rows, in_group_stride, in_row_stride)
+    in_ptrs = input_ptr + group * in_group_stride + rows[:, None] * in_row_stride
     # Padding lanes load -inf, which adds exp2(-inf) = 0 to the sum.
-    x = upcast(tl.load(in_ptrs + _column_offsets(cols, in_col_stride), mask=mask, other=-float("inf")))
+    x = upcast(tl.load(in_ptrs + cols64 * in_col_stride, mask=mask, other=-float("inf")))
     row_max = tl.max(x, axis=1)
     # A row of only -inf has row_max = -inf and shifted = NaN everywhere, which is torch's answer.
     shifted = x - row_max[:, None]
@@ -104,8 +91,8 @@ def softmax_forward_kernel(
         y = shifted - (tl.log2(row_sum) * LN2)[:, None]
     else:
         y = numerator * (1 / row_sum)[:, None]
-    out_ptrs = _row_pointers(output_ptr, group, rows, out_group_stride, out_row_stride)
-    tl.store(out_ptrs + _column_offsets(cols, out_col_stride), y.to(output_ptr.dtype.element_ty), mask=mask)
+    out_ptrs = output_ptr + group * out_group_stride + rows[:, None] * out_row_stride
+    tl.store(out_ptrs + cols64 * out_col_stride, y.to(output_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -130,16 +117,21 @@ def softmax_forward_looped_kernel(
     ``s`` by ``exp(m_old - m_new)`` whenever the max grows (online softmax). Pass 2 reads
     the row again and writes ``exp(x - m) / s`` (or ``x - m - log(s)``).
     """
-    group, rows = _tile_rows(n_rows, BLOCK_R)
+    # int64 before any multiply by a stride: offsets pass 2^31 on large tensors.
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_group = tl.cdiv(n_rows, BLOCK_R)
+    group = pid // blocks_per_group
+    rows = (pid % blocks_per_group) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < n_rows
-    in_ptrs = _row_pointers(input_ptr, group, rows, in_group_stride, in_row_stride)
-    out_ptrs = _row_pointers(output_ptr, group, rows, out_group_stride, out_row_stride)
+    in_ptrs = input_ptr + group * in_group_stride + rows[:, None] * in_row_stride
+    out_ptrs = output_ptr + group * out_group_stride + rows[:, None] * out_row_stride
     row_max = upcast(tl.full([BLOCK_R], -float("inf"), input_ptr.dtype.element_ty))
     row_sum = tl.zeros_like(row_max)
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
+        cols64 = cols[None, :].to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
-        x = upcast(tl.load(in_ptrs + _column_offsets(cols, in_col_stride), mask=mask, other=-float("inf")))
+        x = upcast(tl.load(in_ptrs + cols64 * in_col_stride, mask=mask, other=-float("inf")))
         new_max = tl.maximum(row_max, tl.max(x, axis=1))
         # While a row has seen only -inf, shift by 0: exp2(-inf - 0) = 0 keeps its sum at 0,
         # where shifting by -inf would give exp2(-inf + inf) = NaN and poison the finite
@@ -151,14 +143,15 @@ def softmax_forward_looped_kernel(
     inverse_sum = 1 / row_sum
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
+        cols64 = cols[None, :].to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
-        x = upcast(tl.load(in_ptrs + _column_offsets(cols, in_col_stride), mask=mask, other=-float("inf")))
+        x = upcast(tl.load(in_ptrs + cols64 * in_col_stride, mask=mask, other=-float("inf")))
         shifted = x - row_max[:, None]
         if LOG:
             y = shifted - log_sum[:, None]
         else:
             y = tl.exp2(shifted * LOG2E) * inverse_sum[:, None]
-        tl.store(out_ptrs + _column_offsets(cols, out_col_stride), y.to(output_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptrs + cols64 * out_col_stride, y.to(output_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -185,19 +178,24 @@ def softmax_backward_kernel(
 
     softmax: ``g_in = y * (g - sum(g * y))``; log_softmax (LOG): ``g_in = g - exp(y) * sum(g)``.
     """
-    group, rows = _tile_rows(n_rows, BLOCK_R)
+    # int64 before any multiply by a stride: offsets pass 2^31 on large tensors.
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_group = tl.cdiv(n_rows, BLOCK_R)
+    group = pid // blocks_per_group
+    rows = (pid % blocks_per_group) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_N)
+    cols64 = cols[None, :].to(tl.int64)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    go_ptrs = _row_pointers(grad_output_ptr, group, rows, go_group_stride, go_row_stride)
-    out_ptrs = _row_pointers(output_ptr, group, rows, out_group_stride, out_row_stride)
-    g = upcast(tl.load(go_ptrs + _column_offsets(cols, go_col_stride), mask=mask, other=0.0))
-    y = upcast(tl.load(out_ptrs + _column_offsets(cols, out_col_stride), mask=mask, other=0.0))
+    go_ptrs = grad_output_ptr + group * go_group_stride + rows[:, None] * go_row_stride
+    out_ptrs = output_ptr + group * out_group_stride + rows[:, None] * out_row_stride
+    g = upcast(tl.load(go_ptrs + cols64 * go_col_stride, mask=mask, other=0.0))
+    y = upcast(tl.load(out_ptrs + cols64 * out_col_stride, mask=mask, other=0.0))
     if LOG:
         grad_input = g - tl.exp2(y * LOG2E) * tl.sum(g, axis=1)[:, None]
     else:
         grad_input = y * (g - tl.sum(g * y, axis=1)[:, None])
-    gi_ptrs = _row_pointers(grad_input_ptr, group, rows, gi_group_stride, gi_row_stride)
-    tl.store(gi_ptrs + _column_offsets(cols, gi_col_stride), grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
+    gi_ptrs = grad_input_ptr + group * gi_group_stride + rows[:, None] * gi_row_stride
+    tl.store(gi_ptrs + cols64 * gi_col_stride, grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -226,33 +224,41 @@ def softmax_backward_looped_kernel(
     twice) into a tile-shaped accumulator, reduced once at the end: fixed order, so the
     result is deterministic. Pass 2 reads both again and writes the gradient.
     """
-    group, rows = _tile_rows(n_rows, BLOCK_R)
+    # int64 before any multiply by a stride: offsets pass 2^31 on large tensors.
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_group = tl.cdiv(n_rows, BLOCK_R)
+    group = pid // blocks_per_group
+    rows = (pid % blocks_per_group) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < n_rows
-    go_ptrs = _row_pointers(grad_output_ptr, group, rows, go_group_stride, go_row_stride)
-    out_ptrs = _row_pointers(output_ptr, group, rows, out_group_stride, out_row_stride)
-    gi_ptrs = _row_pointers(grad_input_ptr, group, rows, gi_group_stride, gi_row_stride)
+    go_ptrs = grad_output_ptr + group * go_group_stride + rows[:, None] * go_row_stride
+    out_ptrs = output_ptr + group * out_group_stride + rows[:, None] * out_row_stride
+    gi_ptrs = grad_input_ptr + group * gi_group_stride + rows[:, None] * gi_row_stride
     acc = upcast(tl.zeros([BLOCK_R, BLOCK_N], output_ptr.dtype.element_ty))
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
+        cols64 = cols[None, :].to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
-        g = upcast(tl.load(go_ptrs + _column_offsets(cols, go_col_stride), mask=mask, other=0.0))
+        g = upcast(tl.load(go_ptrs + cols64 * go_col_stride, mask=mask, other=0.0))
         if LOG:
             acc += g
         else:
-            y = upcast(tl.load(out_ptrs + _column_offsets(cols, out_col_stride), mask=mask, other=0.0))
+            y = upcast(tl.load(out_ptrs + cols64 * out_col_stride, mask=mask, other=0.0))
             acc += g * y
     total = tl.sum(acc, axis=1)[:, None]
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
+        cols64 = cols[None, :].to(tl.int64)
         mask = row_mask[:, None] & (cols < n_cols)[None, :]
-        g = upcast(tl.load(go_ptrs + _column_offsets(cols, go_col_stride), mask=mask, other=0.0))
-        y = upcast(tl.load(out_ptrs + _column_offsets(cols, out_col_stride), mask=mask, other=0.0))
+        g = upcast(tl.load(go_ptrs + cols64 * go_col_stride, mask=mask, other=0.0))
+        y = upcast(tl.load(out_ptrs + cols64 * out_col_stride, mask=mask, other=0.0))
         if LOG:
             grad_input = g - tl.exp2(y * LOG2E) * total
         else:
             grad_input = y * (g - total)
         tl.store(
-            gi_ptrs + _column_offsets(cols, gi_col_stride), grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask
+            gi_ptrs + cols64 * gi_col_stride,
+            grad_input.to(grad_input_ptr.dtype.element_ty),
+            mask=mask,
         )
 
 
