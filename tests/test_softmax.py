@@ -240,6 +240,26 @@ def test_strided_inputs(name, dim, layout, kernel_launches):
     assert kernel_launches.kernel_names() == set(SINGLE)
 
 
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+@pytest.mark.parametrize("dim", [0, -1])
+def test_views_reach_the_kernels_without_a_copy(dim, layout, monkeypatch):
+    # Every layout of strided_variants has an (outer, N, inner) view, so the launchers must
+    # receive the caller's memory itself; the gradient of a sum (all strides 0) likewise.
+    seen = []
+    for launcher in ("softmax_forward", "softmax_backward"):
+        original = getattr(softmax_kernels, launcher)
+
+        def spy(first, *args, _original=original):
+            seen.append(first.data_ptr())
+            return _original(first, *args)
+
+        monkeypatch.setattr(softmax_kernels, launcher, spy)
+    x = strided_variants((37, 29))[layout].requires_grad_()
+    grad_output = torch.ones(()).expand(37, 29)
+    fused_ops.softmax(x, dim).backward(grad_output)
+    assert seen == [x.data_ptr(), grad_output.data_ptr()]
+
+
 @pytest.mark.parametrize("name", OPS)
 def test_layout_without_an_outer_stride_is_copied_first(name, kernel_launches):
     # Reducing dim 2 of a (1, 0, 2) permutation: the outer dims (6, 5) have strides
