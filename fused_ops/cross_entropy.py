@@ -503,7 +503,7 @@ def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: 
             raise RuntimeError("weight tensor should be defined either for all or no classes")
         if weight.dtype != input.dtype:
             raise RuntimeError(f"expected scalar type {_type_name(input.dtype)} but found {_type_name(weight.dtype)}")
-        if weight.requires_grad:
+        if weight.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(
                 "The function 'nll_loss_forward' is not differentiable with respect to argument 'weight'. "
                 "This input cannot have requires_grad True."
@@ -596,7 +596,7 @@ def cross_entropy(
     Example:
         >>> logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], requires_grad=True)
         >>> fused_ops.cross_entropy(logits, torch.tensor([0, 2]))
-        tensor(1.2016, grad_fn=<CrossEntropyFunctionBackward>)
+        tensor(1.2056, grad_fn=<CrossEntropyFunctionBackward>)
     """
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce)

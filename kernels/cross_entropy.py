@@ -38,12 +38,12 @@ from ._config import (
     CROSS_ENTROPY_TILE_SIZE,
 )
 
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
-REDUCTION_NONE: tl.constexpr = 0
-REDUCTION_MEAN: tl.constexpr = 1
-REDUCTION_SUM: tl.constexpr = 2
+REDUCTION_NONE = tl.constexpr(0)
+REDUCTION_MEAN = tl.constexpr(1)
+REDUCTION_SUM = tl.constexpr(2)
 
 
 @triton.jit
@@ -232,7 +232,8 @@ def cross_entropy_forward_kernel(
             )
             # Re-reference the running sum to the new max, then add this tile.
             a_dot = a_dot + a_sum * (m_shift - m_shift_new)
-            a_dot = a_dot + tl.sum(tl.where(mask, a * (x - m_shift_new[None, :]), 0), axis=0)
+            # Masked lanes hold x = -inf and a = 0: zero them before the product (0 * -inf).
+            a_dot = a_dot + tl.sum(a * tl.where(mask, x - m_shift_new[None, :], 0), axis=0)
             a_sum = a_sum + tl.sum(a, axis=0)
         if not PROB_TARGET:
             x_y = x_y + tl.sum(tl.where((c[:, None] == y[None, :]) & mask, x, 0), axis=0)

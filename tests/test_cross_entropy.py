@@ -27,6 +27,9 @@ from fused_ops._dispatch import reference_backend
 from fused_ops.profiling import KernelTrace
 
 REDUCTIONS = ("none", "mean", "sum")
+# For inputs whose result is nan or inf by design (0 / 0 of an empty mean, inf - inf of an
+# inf logit), numpy inside Triton's interpreter warns as it computes exactly that.
+NAN_BY_DESIGN = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 FORWARD = "cross_entropy_forward_kernel"
 REDUCE = "cross_entropy_reduce_kernel"
 BACKWARD = "cross_entropy_backward_kernel"
@@ -87,7 +90,7 @@ COMMON_SHAPES = [
     (2, 9000),  # rows longer than one tile: 3 tiles of 4096, the online logsumexp's rescaling
     (7,),  # (C,) input with a 0-d target: one row
     (3, 6, 2, 5),  # (N, C, d1, d2): BLOCK_I = 16 spatial rows per program
-    (0, 9),  # empty N: no forward/backward launch, the reduction gives nan
+    pytest.param((0, 9), marks=NAN_BY_DESIGN),  # empty N: no forward/backward launch; the mean is nan
 ]
 
 
@@ -104,6 +107,7 @@ def test_cross_entropy_matches_torch(shape, dtype, kernel_launches):
     assert kernel_launches.launch_count(BACKWARD) == rows
 
 
+@NAN_BY_DESIGN
 def test_cross_entropy_empty_batch_like_torch():
     x = torch.randn(0, 5, requires_grad=True)
     target = torch.zeros(0, dtype=torch.long)
@@ -150,6 +154,7 @@ def test_cross_entropy_ignore_index_inside_the_class_range(ignore_index):
     _check_against_torch(x, target, ignore_index=ignore_index, label_smoothing=0.1)
 
 
+@NAN_BY_DESIGN
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.4])
 @pytest.mark.parametrize("with_weight", [False, True], ids=["no_weight", "weight"])
 def test_cross_entropy_all_targets_ignored_is_nan_like_torch(with_weight, label_smoothing):
@@ -253,6 +258,7 @@ def test_cross_entropy_uint8_targets():
     _check_against_torch(x, torch.randint(0, 10, (6,), dtype=torch.uint8), label_smoothing=0.2)
 
 
+@NAN_BY_DESIGN
 def test_cross_entropy_extreme_logits_like_torch():
     inf, nan = float("inf"), float("nan")
     x = torch.tensor(
@@ -300,19 +306,34 @@ def test_cross_entropy_legacy_reduction_arguments():
         assert fused_ops.cross_entropy(x, target, reduce=False).shape == (5,)
 
 
-def test_cross_entropy_gradcheck_and_gradgradcheck():
-    x = torch.randn(4, 5, 2, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_gradcheck_and_gradgradcheck(reduction, target_kind):
+    # (N, C, d) logits with weights, smoothing and (for indices) ignored targets. fast_mode
+    # checks the Jacobians along random directions: each interpreted launch is slow.
+    x = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
     weight = torch.rand(5, dtype=torch.float64) + 0.5
-    index = _index_target(x, ignore_every=3)
-    prob = _prob_target(x)
-    for reduction in REDUCTIONS:
-        for target in (index, prob):
+    target = _index_target(x, ignore_every=3) if target_kind == "index" else _prob_target(x)
 
-            def loss(x, target=target, reduction=reduction):
-                return fused_ops.cross_entropy(x, target, weight, reduction=reduction, label_smoothing=0.25)
+    def loss(x):
+        return fused_ops.cross_entropy(x, target, weight, reduction=reduction, label_smoothing=0.25)
 
-            assert torch.autograd.gradcheck(loss, (x,))
-            assert torch.autograd.gradgradcheck(loss, (x,))
+    assert torch.autograd.gradcheck(loss, (x,), fast_mode=True)
+    assert torch.autograd.gradgradcheck(loss, (x,), fast_mode=True)
+
+
+def test_cross_entropy_full_gradgradcheck_of_a_small_case():
+    # One exhaustive (slow mode) check, column by column, on a tiny (N, C).
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([2, 0])
+
+    def loss(x):
+        return fused_ops.cross_entropy(
+            x, target, torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64), label_smoothing=0.1
+        )
+
+    assert torch.autograd.gradcheck(loss, (x,))
+    assert torch.autograd.gradgradcheck(loss, (x,))
 
 
 def test_cross_entropy_gradients_of_probability_targets_and_weight():
@@ -324,8 +345,8 @@ def test_cross_entropy_gradients_of_probability_targets_and_weight():
         def loss(x, prob, weight, reduction=reduction):
             return fused_ops.cross_entropy(x, prob, weight, reduction=reduction, label_smoothing=0.2)
 
-        assert torch.autograd.gradcheck(loss, (x, prob, weight))
-        assert torch.autograd.gradgradcheck(loss, (x, prob, weight))
+        assert torch.autograd.gradcheck(loss, (x, prob, weight), fast_mode=True)
+        assert torch.autograd.gradgradcheck(loss, (x, prob, weight), fast_mode=True)
 
 
 def test_cross_entropy_second_backward_through_freed_graph_raises():
@@ -518,6 +539,7 @@ def test_cross_entropy_grad_in_forward_under_torch_compile(backend, kernel_launc
     assert kernel_launches.launch_count(SCALE) == 2
 
 
+@NAN_BY_DESIGN  # n = 0 draws an empty batch, whose mean is nan
 @settings(max_examples=20, deadline=None)
 @given(
     n=st.integers(0, 5),
