@@ -3,10 +3,12 @@
 Every kernel sees the logits as a strided 3-D view ``(outer, C, inner)`` and reduces over
 the class dim ``C``; a row is one ``(o, i)`` pair, and per-row buffers (``lse``, ``coef``,
 row losses and weights) are contiguous ``(outer, inner)``, i.e. in the natural order of
-the target's elements. Each program owns ``BLOCK_I`` consecutive rows of one ``o`` and walks
-the classes in tiles of ``(BLOCK_C, BLOCK_I)``: for ``(N, C)`` logits ``inner == 1`` and a
-tile is a run of one row; for ``(N, C, d1, ...)`` the tile runs along the contiguous
-spatial dim, so loads coalesce without transposing the logits.
+the target's elements (``(N, C)`` logits come as ``(1, C, N)``). Each program owns
+``BLOCK_I`` consecutive rows of one ``o`` and walks the classes in tiles of
+``(BLOCK_C, BLOCK_I)``, long along whichever dim is contiguous (see ``_blocks``): a long
+run of one row's classes for row-major ``(N, C)`` (several rows when C is small), a run of
+adjacent rows for ``(N, C, d1, ...)`` or column-major logits. Loads coalesce either way,
+without transposing the logits.
 
 Maths, in natural units, for one row with logits ``x``, ``lse = logsumexp(x)``,
 ``p = softmax(x)``, class weights ``w`` (all ones without a weight), smoothing ``eps``:

@@ -1,7 +1,8 @@
 """cross_entropy: forward and backward against torch, through the Triton kernels.
 
-Kernels (kernels/cross_entropy.py; tiles of (BLOCK_C, BLOCK_I) with BLOCK_C <= 4096,
-BLOCK_I <= 32 and BLOCK_C * BLOCK_I <= 4096):
+Kernels (kernels/cross_entropy.py; logits seen as (outer, C, inner), (N, C) as (1, C, N);
+tiles of (BLOCK_C, BLOCK_I) <= 4096 logits, long along the contiguous dim: BLOCK_C <= 4096
+when classes are contiguous, BLOCK_I <= 128 when rows are):
 - cross_entropy_forward_kernel: per-row loss, lse and coef in one pass over the logits
   (plus a second pass writing the gradient when grad_in_forward=True);
 - cross_entropy_reduce_kernel: the 'mean'/'sum' second stage (one program, fixed order);
@@ -83,13 +84,13 @@ def _check_against_torch(x, target, weight=None, reduction_size=None, **kwargs):
 
 # Class-index targets, 'mean', the common path. Shapes and the tile each reaches:
 COMMON_SHAPES = [
-    (4, 1),  # C = 1: one class, every loss is 0 and the gradient too
-    (5, 63),  # one tile per row, partly masked (BLOCK_C = 64)
-    (3, 781),  # one tile per row (BLOCK_C = 1024)
-    (2, 1823),  # one tile per row (BLOCK_C = 2048)
-    (2, 9000),  # rows longer than one tile: 3 tiles of 4096, the online logsumexp's rescaling
-    (7,),  # (C,) input with a 0-d target: one row
-    (3, 6, 2, 5),  # (N, C, d1, d2): BLOCK_I = 16 spatial rows per program
+    (4, 1),  # C = 1: every loss and gradient is 0; one program of (1, 4)
+    (5, 63),  # all 5 rows in one (64, 8) tile, classes and rows partly masked
+    (3, 781),  # one (1024, 4) tile
+    (2, 1823),  # one (2048, 2) tile
+    (2, 9000),  # (4096, 1) tiles, 3 per row: the online logsumexp rescales between them
+    (7,),  # (C,) input with a 0-d target: (1, 7, 1), one row
+    (3, 6, 2, 5),  # (N, C, d1, d2): rows contiguous, (8, 16) tiles of 16 spatial rows, 3 programs
     pytest.param((0, 9), marks=NAN_BY_DESIGN),  # empty N: no forward/backward launch; the mean is nan
 ]
 
@@ -203,13 +204,13 @@ def _layouts():
     base = torch.randn(6, 13, dtype=torch.float64)
     spatial = torch.randn(2, 5, 3, 4, dtype=torch.float64)
     return {
-        # (N, C) column-major: the 'columns' view (1, C, N), rows adjacent in memory.
+        # (N, C) column-major: (1, C, N) with rows contiguous, tiles of up to 128 rows.
         "transposed": base.t().contiguous().t(),
-        # (N, C) with a class stride of 2: the 'rows' view (N, C, 1), strided loads.
+        # (N, C) with a class stride of 2: neither dim contiguous, class-major tiles, strided loads.
         "sliced_classes": torch.randn(6, 26, dtype=torch.float64)[:, ::2],
         # (N, C) with every other row: stride(0) = 2 C.
         "sliced_rows": torch.randn(12, 13, dtype=torch.float64)[::2],
-        # (N, C, d1, d2) channels-last: d1, d2 merge into one stride (C), no copy.
+        # (N, C, d1, d2) channels-last: d1, d2 merge into one stride (C), no copy; classes contiguous.
         "channels_last": spatial.contiguous(memory_format=torch.channels_last),
         # d1, d2 swapped: they cannot merge, so the logits are copied to contiguous.
         "spatial_permuted": spatial.transpose(2, 3).contiguous().transpose(2, 3),
@@ -599,8 +600,8 @@ def test_cross_entropy_traffic_is_within_5_percent_of_the_minimum():
 def aot_workload():
     """Every cross-entropy kernel on every code path, in every dtype, for tests/test_aot.py."""
     for dtype in DTYPES:
-        rows = torch.randn(3, 9000, dtype=dtype)  # (N, C): BLOCK_I = 1, 3 tiles of 4096
-        spatial = torch.randn(2, 6, 3, 5, dtype=dtype)  # (N, C, d1, d2): BLOCK_I = 16
+        rows = torch.randn(3, 9000, dtype=dtype)  # (N, C): (4096, 1) tiles, 3 per row
+        spatial = torch.randn(2, 6, 3, 5, dtype=dtype)  # (N, C, d1, d2): (8, 16) tiles
         weight = torch.rand(6, dtype=dtype)
         cases = [
             (rows, _index_target(rows, ignore_every=2), {}),
