@@ -189,7 +189,8 @@ def cross_entropy_forward_kernel(
     ``row_weight`` contiguous ``(outer * inner,)``; ``grad`` ``(outer, C, inner)`` strided.
     ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean.
     """
-    # int64 before any stride multiply: offsets pass 2^31 on large logits.
+    # int64 before any stride multiply (pid here, the class index c in the loops): offsets
+    # pass 2^31 on large logits, e.g. c * stride_xc for (N, C, T) with C * T > 2^31.
     pid = tl.program_id(0).to(tl.int64)
     blocks_per_outer = tl.cdiv(inner, BLOCK_I)
     o = pid // blocks_per_outer
@@ -220,7 +221,7 @@ def cross_entropy_forward_kernel(
     a_dot = zero  # sum of a * (x - m_shift) so far
     x_y = zero  # the target's logit, picked up as its tile goes by
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
+        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (c < C)[:, None] & row_mask[None, :]
         x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf"))
         x = x.to(zero.dtype)
@@ -275,7 +276,7 @@ def cross_entropy_forward_kernel(
         # which the backward applies.
         offs_g_row = o * stride_go + i * stride_gi
         for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
+            c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
             mask = (c < C)[:, None] & row_mask[None, :]
             x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask).to(zero.dtype)
             offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
@@ -365,7 +366,7 @@ def cross_entropy_backward_kernel(
         else:
             w_y = tl.where(valid, zero + 1, 0)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
+        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (c < C)[:, None] & row_mask[None, :]
         x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask).to(zero.dtype)
         offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
@@ -431,7 +432,7 @@ def cross_entropy_scale_grad_kernel(
         y = tl.load(target_ptr + o * stride_to + i * stride_ti, mask=row_mask, other=0).to(tl.int64)
         valid = row_mask & (y != ignore_index)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
+        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (c < C)[:, None] & row_mask[None, :]
         offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
         grad = tl.load(grad_ptr + offs_g, mask=mask).to(zero.dtype)

@@ -254,6 +254,13 @@ def test_cross_entropy_half_precision_prob_targets_and_weights(dtype, kernel_lau
     assert kernel_launches.launch_count(FORWARD) == 3
 
 
+def test_cross_entropy_negative_label_smoothing_is_ignored_like_torch():
+    # torch checks only label_smoothing > 1; a negative value means no smoothing.
+    x = torch.randn(5, 7, dtype=torch.float64)
+    _check_against_torch(x, _index_target(x), label_smoothing=-0.3)
+    _check_against_torch(x, _prob_target(x), label_smoothing=-0.3)
+
+
 def test_cross_entropy_uint8_targets():
     x = torch.randn(6, 10, dtype=torch.float64)
     _check_against_torch(x, torch.randint(0, 10, (6,), dtype=torch.uint8), label_smoothing=0.2)
