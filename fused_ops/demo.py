@@ -10,7 +10,7 @@ drift apart by more than :data:`TOLERANCE`.
 On a machine without a GPU the fused run executes the real Triton kernels in Triton's
 interpreter, which costs several milliseconds of CPU per program launched; the default
 configuration is sized to finish in about a minute on two CPU cores that way (about
-1100 launches of one to eight programs).
+1200 launches of one to eight programs).
 """
 
 from __future__ import annotations
@@ -52,36 +52,15 @@ class FusedParts:
     optimizer_name: str
 
 
-def _nll_of_fused_log_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.nll_loss(fused_ops.log_softmax(logits, dim=1), target)
-
-
-def _unchanged(model: torch.nn.Module) -> torch.nn.Module:
-    return model
-
-
 def fused_parts() -> FusedParts:
-    """The fused parts this version of fused_ops provides, with torch's own standing in for the rest.
-
-    This is the one place that checks what exists, so the demo runs while the library grows.
-    """
-    convert = getattr(fused_ops.nn, "convert", _unchanged)
-    # Under the interpreter every program costs about 15 ms of CPU, and cross_entropy runs
-    # one program per row of (N, C) logits: 1437 rows an epoch would take minutes, where
-    # log_softmax puts a whole batch in one program.
-    if hasattr(fused_ops, "cross_entropy") and not _dispatch.TRITON_INTERPRETED:
-        loss, loss_name = fused_ops.cross_entropy, "fused_ops.cross_entropy"
-    elif hasattr(fused_ops, "log_softmax"):
-        loss, loss_name = _nll_of_fused_log_softmax, "fused_ops.log_softmax + torch.nn.functional.nll_loss"
-        if hasattr(fused_ops, "cross_entropy"):
-            loss_name += " (fused_ops.cross_entropy's program per row is too slow interpreted)"
-    else:
-        loss, loss_name = F.cross_entropy, "torch.nn.functional.cross_entropy (no fused loss in this version)"
-    if hasattr(fused_ops.optim, "AdamW"):
-        optimizer, optimizer_name = fused_ops.optim.AdamW, "fused_ops.optim.AdamW"
-    else:
-        optimizer, optimizer_name = torch.optim.AdamW, "torch.optim.AdamW (no fused AdamW in this version)"
-    return FusedParts(convert, loss, loss_name, optimizer, optimizer_name)
+    """The fused run's parts: converted modules, fused cross-entropy and fused AdamW."""
+    return FusedParts(
+        convert=fused_ops.nn.convert,
+        loss=fused_ops.cross_entropy,
+        loss_name="fused_ops.cross_entropy",
+        optimizer=fused_ops.optim.AdamW,
+        optimizer_name="fused_ops.optim.AdamW",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,19 +87,9 @@ def test_demo_fused_run_uses_the_fused_modules_loss_and_optimizer(tiny_demo):
     result, trace = tiny_demo
     assert result.fused_modules == ["fused_ops.nn.Tanh", "fused_ops.nn.ReLU", "fused_ops.nn.Sigmoid"]
     assert result.parts.optimizer is fused_ops.optim.AdamW
-    # Under the interpreter the loss is fused log_softmax + nll (cross_entropy's one program
-    # per row is too slow there); compiled, it is fused cross_entropy.
-    assert result.parts.loss_name.startswith("fused_ops.log_softmax + torch.nn.functional.nll_loss")
+    assert result.parts.loss is fused_ops.cross_entropy
     families = {name.split("_")[0] for name in trace.kernel_names()}
-    assert {"tanh", "relu", "sigmoid", "adam"} <= families, families
-    assert any(name.startswith(("softmax", "log_softmax")) for name in trace.kernel_names())
-
-
-def test_demo_uses_fused_cross_entropy_when_compiled(monkeypatch):
-    monkeypatch.setattr(fused_ops._dispatch, "TRITON_INTERPRETED", False)
-    parts = demo.fused_parts()
-    assert parts.loss is fused_ops.cross_entropy
-    assert parts.loss_name == "fused_ops.cross_entropy"
+    assert {"tanh", "relu", "sigmoid", "adam", "cross"} <= families, families
 
 
 def test_demo_report_shows_both_runs_side_by_side(tiny_demo):
