@@ -49,7 +49,8 @@ def _(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(output)
 
 
-def _sigmoid_backward_setup_context(ctx, inputs, output) -> None:
+def _save_backward_inputs(ctx, inputs, output) -> None:
+    # Every backward op here takes (grad_output, output); their derivatives need both.
     ctx.save_for_backward(*inputs)
 
 
@@ -61,7 +62,7 @@ def _sigmoid_double_backward(ctx, grad_grad_input: torch.Tensor):
     return grad_grad_output, grad_output_saved
 
 
-_sigmoid_backward.register_autograd(_sigmoid_double_backward, setup_context=_sigmoid_backward_setup_context)
+_sigmoid_backward.register_autograd(_sigmoid_double_backward, setup_context=_save_backward_inputs)
 
 
 class SigmoidFunction(torch.autograd.Function):
@@ -100,11 +101,6 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
     input = promote_to_floating(input)
     check_floating("sigmoid", input)
     return SigmoidFunction.apply(input)
-
-
-def _save_backward_inputs(ctx, inputs, output) -> None:
-    # Both backward ops take (grad_output, output); their derivatives need both.
-    ctx.save_for_backward(*inputs)
 
 
 @torch.library.custom_op("fused_ops::tanh_forward", mutates_args=())
