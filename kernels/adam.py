@@ -125,9 +125,12 @@ def adam_kernel(
     program_table_ptr,
     arrivals_ptr,
     element_type_ptr,
-    hyper_ptr,
+    lr_ptr,
+    beta1_ptr,
+    beta2_ptr,
     grad_scale_ptr,
     found_inf_ptr,
+    skipped_ptr,
     lr,
     beta2,
     one_minus_beta1,
@@ -140,21 +143,26 @@ def adam_kernel(
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     DECOUPLED_WEIGHT_DECAY: tl.constexpr,
-    HYPER_IN_MEMORY: tl.constexpr,
+    LR_IN_MEMORY: tl.constexpr,
+    BETAS_IN_MEMORY: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
+    WRITE_SKIPPED: tl.constexpr,
     ALIGNED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     """One Adam(W) step for the chunk of one parameter that this program owns.
 
     ``element_type_ptr`` is any tensor of the parameters' dtype: its pointer type is the
-    type the table's addresses are cast to. With ``HYPER_IN_MEMORY`` (a tensor lr or
-    tensor betas) the scalars come from ``hyper_ptr``, fp32 [7] = lr, beta1, beta2,
-    1 - beta1, 1 - beta2, log(beta1), log(beta2), instead of the arguments, so changing
-    them never needs a host sync. ``grad_scale_ptr`` and ``found_inf_ptr`` are
+    type the table's addresses are cast to. With ``LR_IN_MEMORY`` (a tensor lr) lr is
+    read from the fp32 ``lr_ptr``; with ``BETAS_IN_MEMORY`` (tensor betas) the betas from
+    the fp32 ``beta1_ptr`` and ``beta2_ptr``, and 1 - beta and log(beta) are derived here,
+    instead of taking them all as arguments: changing them never needs a host sync, nor
+    a kernel of its own. ``grad_scale_ptr`` and ``found_inf_ptr`` are
     GradScaler's fp32 0-d tensors: gradients are divided by the scale, and a non-zero
-    found_inf leaves p, m, v, max_exp_avg_sq and step untouched. ``ALIGNED``: every
+    found_inf leaves p, m, v, max_exp_avg_sq and step untouched; with ``WRITE_SKIPPED``
+    program 0 also stores ``found_inf != 0`` in the 0-d bool ``skipped_ptr``, so the
+    optimizer's skip flag costs no launch of its own. ``ALIGNED``: every
     p, g, m, v (, max_exp_avg_sq) address in the table is a multiple of 16 bytes.
     """
     pid = tl.program_id(0).to(tl.int64)
@@ -170,15 +178,21 @@ def adam_kernel(
 
     proceed = True
     if HAS_FOUND_INF:
-        proceed = tl.load(found_inf_ptr) == 0
+        found_inf = tl.load(found_inf_ptr)
+        proceed = found_inf == 0
+        if WRITE_SKIPPED:
+            tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
 
-    if HYPER_IN_MEMORY:
-        lr = tl.load(hyper_ptr)
-        beta2 = tl.load(hyper_ptr + 2)
-        one_minus_beta1 = tl.load(hyper_ptr + 3)
-        one_minus_beta2 = tl.load(hyper_ptr + 4)
-        log_beta1 = tl.load(hyper_ptr + 5)
-        log_beta2 = tl.load(hyper_ptr + 6)
+    if LR_IN_MEMORY:
+        lr = tl.load(lr_ptr)
+    if BETAS_IN_MEMORY:
+        beta1 = tl.load(beta1_ptr)
+        beta2 = tl.load(beta2_ptr)
+        # torch's tensor arithmetic on fp32 betas: 1 - beta in fp32, log in double.
+        one_minus_beta1 = 1.0 - beta1
+        one_minus_beta2 = 1.0 - beta2
+        log_beta1 = tl.log(beta1.to(tl.float64)).to(tl.float32)
+        log_beta2 = tl.log(beta2.to(tl.float64)).to(tl.float32)
     # Per-program scalars in double precision, as torch's for-loop computes them: near
     # step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only ~4 digits.
     lr = tl.cast(lr, tl.float64)
@@ -311,6 +325,7 @@ def adam_step(
     decoupled_weight_decay: bool,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    skipped: torch.Tensor | None = None,
     chunk_size: int = ADAM_CHUNK_SIZE,
     aligned: bool = False,
 ) -> None:
@@ -323,29 +338,39 @@ def adam_step(
         element_type: any tensor of the parameters' (real) dtype, on their device.
         lr, beta1, beta2: floats, or 1-element tensors (read on the device: no sync).
         grad_scale, found_inf: GradScaler's fp32 0-d tensors on the parameters' device.
+        skipped: a 0-d bool tensor on the parameters' device, set to ``found_inf != 0``
+            (requires found_inf).
         chunk_size: elements per program, the one used to build the tables.
         aligned: every tensor address in the table is a multiple of 16 bytes
             (:func:`aligned`), so full blocks can use 128-bit loads and stores.
     """
     if chunk_size % ADAM_BLOCK_SIZE != 0:
         raise ValueError(f"chunk_size must be a multiple of {ADAM_BLOCK_SIZE}, got {chunk_size}")
+    if skipped is not None and found_inf is None:
+        raise ValueError("skipped is written from found_inf, which is None")
     device = element_type.device
-    hyper = None
-    if any(isinstance(x, torch.Tensor) for x in (lr, beta1, beta2)):
-        hyper = _hyperparameters_on_device(lr, beta1, beta2, device)
-        scalars = [0.0] * 6
+    # Tensors are read by the kernel; floats are passed (their 0.0 placeholders unused).
+    lr_tensor = _fp32_on(lr, device) if isinstance(lr, torch.Tensor) else None
+    betas_in_memory = isinstance(beta1, torch.Tensor) or isinstance(beta2, torch.Tensor)
+    if betas_in_memory:
+        beta_tensors = [_fp32_on(beta, device) for beta in (beta1, beta2)]
+        derived = [0.0] * 5
     else:
         # 1 - beta and log(beta) in double on the host: 1 - 0.999 in fp32 is 1.3e-5 off.
-        scalars = [lr, beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)]
+        beta_tensors = [None, None]
+        derived = [beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)]
+    scalars = [0.0 if lr_tensor is not None else lr, *derived]
     grid = (program_table.numel(),)
     adam_kernel[grid](
         tensor_table,
         program_table,
         arrivals,
         element_type,
-        hyper,
+        lr_tensor,
+        *beta_tensors,
         grad_scale,
         found_inf,
+        skipped,
         *(float(x) for x in scalars),
         float(eps),
         float(weight_decay),
@@ -353,32 +378,25 @@ def adam_step(
         AMSGRAD=amsgrad,
         MAXIMIZE=maximize,
         DECOUPLED_WEIGHT_DECAY=decoupled_weight_decay,
-        HYPER_IN_MEMORY=hyper is not None,
+        LR_IN_MEMORY=lr_tensor is not None,
+        BETAS_IN_MEMORY=betas_in_memory,
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
+        WRITE_SKIPPED=skipped is not None,
         ALIGNED=aligned,
         BLOCK_SIZE=ADAM_BLOCK_SIZE,
         num_warps=ADAM_NUM_WARPS,
     )
 
 
-def _hyperparameters_on_device(lr, beta1, beta2, device: torch.device) -> torch.Tensor:
-    """fp32 [7]: lr, beta1, beta2, 1 - beta1, 1 - beta2, log(beta1), log(beta2), without a host sync.
+def _fp32_on(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A hyperparameter as an fp32 tensor on ``device``, without a host sync.
 
-    Float betas get 1 - beta and log(beta) in double on the host, as torch computes them;
-    tensor betas get torch's tensor arithmetic (1 - beta in fp32), done on the device.
+    A tensor that is already fp32 there is used as it is: no copy, no kernel.
     """
-
-    def on_device(x) -> torch.Tensor:
-        if isinstance(x, torch.Tensor):
-            return x.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
-        return host_to_device(torch.tensor([x], dtype=torch.float32), device)
-
-    if isinstance(beta1, torch.Tensor):
-        betas = torch.cat([on_device(beta1), on_device(beta2)])
-        return torch.cat([on_device(lr), betas, 1 - betas, betas.double().log().float()])
-    derived = torch.tensor([beta1, beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)], dtype=torch.float32)
-    return torch.cat([on_device(lr), host_to_device(derived, device)])
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float32, non_blocking=True)
+    return host_to_device(torch.tensor(value, dtype=torch.float32), device)
 
 
 def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -21,7 +21,7 @@ import fused_ops
 from fused_ops import reference
 from fused_ops._dispatch import reference_backend
 from fused_ops.optim import Adam, AdamW
-from fused_ops.profiling import KernelTrace
+from fused_ops.profiling import KernelTrace, TorchTrace
 
 OURS = {"Adam": Adam, "AdamW": AdamW}
 TORCH = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
@@ -309,17 +309,30 @@ def test_property_random_params_and_flags(shapes, transposed, dtype, name, amsgr
 
 
 def test_one_launch_per_device_and_dtype_for_60_params(kernel_launches):
+    """Each step is exactly one adam_kernel per dtype and nothing else: no aten kernel either.
+
+    TorchTrace counts every aten op that would launch on a GPU, so a hidden allocation
+    that zero-fills (a per-step flag or counter) fails this. The first step also creates
+    the state, the program tables and the arrival counters, once (as torch creates its
+    state). Later steps launch nothing but the kernels, even though each gets new
+    gradient tensors: only the address table is rebuilt, a host-to-device copy.
+    """
     shapes = [(7,), (3, 5), (16,)] * 20
     base = [torch.randn(s, dtype=torch.float32 if i % 2 else torch.bfloat16) for i, s in enumerate(shapes)]
     ours = AdamW([p.clone().requires_grad_() for p in base])
     theirs = torch.optim.AdamW([p.clone().requires_grad_() for p in base])
-    for _ in range(2):
+    for step in range(3):
         set_same_grads(ours, theirs)
         kernel_launches.clear()
-        ours.step()
+        with TorchTrace() as aten:
+            ours.step()
         theirs.step()
-        assert kernel_launches.launch_count() == 2, "one launch for the fp32 parameters, one for the bf16 ones"
+        assert kernel_launches.launch_count("adam_kernel") == 2, "one launch for the fp32 parameters, one for bf16"
+        assert kernel_launches.launch_count() == 2
         assert sorted(launch.grid for launch in kernel_launches.launches) == [(30,), (30,)]
+        if step > 0:
+            assert aten.kernel_count() == 0, aten.by_op()
+        assert not ours.last_step_skipped
     assert_same(ours, theirs, rtol=2**-7, atol=2**-7)
 
 
@@ -336,6 +349,15 @@ def test_address_tables_are_cached_between_steps():
     optimizer.step()
     rebuilt = next(iter(optimizer._launch_tables.values()))
     assert rebuilt[0][adam_kernels.GRAD] == keep_alive.data_ptr()
+    # Only the addresses changed: the program table and the arrival counters are kept.
+    assert rebuilt[1] is not first[1] and rebuilt[2] is first[2] and rebuilt[3] is first[3]
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.randn(3))]})
+    optimizer.param_groups[0]["params"].append(torch.nn.Parameter(torch.randn(4)))
+    for q in optimizer.param_groups[0]["params"][1:]:
+        q.grad = torch.randn_like(q)
+    optimizer.step()  # another parameter in the group: a new program table and counters
+    grown = optimizer._launch_tables[(0, p.device, p.dtype)]
+    assert grown[2] is not first[2] and grown[3].tolist() == [0, 0]
 
 
 @pytest.mark.parametrize(("amsgrad", "bytes_per_element"), [(False, 28), (True, 36)])
@@ -377,8 +399,6 @@ def test_traffic_against_torchs_implementations(amsgrad):
     8 (9 with amsgrad) elementwise kernels: 84 (96) bytes. torch's fused kernel moves 28 (36)
     as ours does, in a step counter launch plus ceil(#params / 36) kernel launches to our one.
     """
-    from fused_ops.profiling import TorchTrace
-
     n = 4096
     modeled = {}
     for name, kwargs in (("for-loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
@@ -668,15 +688,25 @@ def test_grad_scale_and_found_inf_without_host_sync():
     for p in params:
         p.grad = torch.randn_like(p) * 8
     optimizer.grad_scale = torch.tensor(8.0)
-    for found in (0.0, 1.0):
+    for index, found in enumerate((0.0, 1.0, 0.0, math.nan, 1.0, 0.0)):
         optimizer.found_inf = torch.tensor(found)
         before = [p.detach().clone() for p in params]
-        with no_host_sync():
+        with no_host_sync(), KernelTrace() as launches, TorchTrace() as aten:
             optimizer.step()
             skipped = optimizer.last_step_skipped
-        assert skipped.dtype == torch.bool and skipped.dim() == 0 and bool(skipped) == (found == 1.0)
-        assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True)) == (found == 1.0)
-    assert optimizer.state[params[0]]["step"].item() == 1.0
+        # The kernel writes the skip flag and reads the tensor lr and betas itself: one
+        # launch, and after the first step (which creates the state) no aten kernel.
+        assert launches.launch_count() == launches.launch_count("adam_kernel") == 1
+        assert index == 0 or aten.kernel_count() == 0, aten.by_op()
+        assert skipped.dtype == torch.bool and skipped.dim() == 0 and bool(skipped) == (found != 0.0)
+        assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True)) == (found != 0.0)
+    assert optimizer.state[params[0]]["step"].item() == 3.0
+    with reference_backend():  # no kernel to write the flag: found_inf != 0 in torch
+        for found in (1.0, 0.0):
+            optimizer.found_inf = torch.tensor(found)
+            optimizer.step()
+            assert bool(optimizer.last_step_skipped) == (found == 1.0)
+    assert optimizer.state[params[0]]["step"].item() == 4.0
     # Float hyperparameters without GradScaler: no sync either.
     plain = AdamW(params, lr=1e-2, amsgrad=True)
     with no_host_sync():
@@ -753,6 +783,11 @@ def aot_workload():
     for dtype in (torch.float16, torch.bfloat16, torch.complex64):
         variants += [(name, {"amsgrad": True, "weight_decay": 0.1}, dtype) for name in ("Adam", "AdamW")]
     variants += [("AdamW", {}, torch.bfloat16)]
+    # Tensor betas, read and derived in the kernel (torch_configs' capturable configs).
+    tensor_betas = {"lr": torch.tensor(1e-3), "betas": (torch.tensor(0.9), torch.tensor(0.99))}
+    variants += [
+        (name, {**tensor_betas, "amsgrad": amsgrad}, torch.float32) for name in OURS for amsgrad in (False, True)
+    ]
     for name, kwargs, dtype in variants:
         ours, theirs = make_pair(name, kwargs, shapes=[(3, 4, 5)], dtype=dtype)
         set_same_grads(ours, theirs)

@@ -157,7 +157,7 @@ class _AdamBase(torch.optim.Optimizer):
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._launch_tables: dict[tuple, tuple] = {}
-        self.last_step_skipped = torch.zeros((), dtype=torch.bool)
+        self.last_step_skipped = torch.tensor(False)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # load_state_dict() and unpickling both end here, before anything is replaced, so
@@ -177,7 +177,7 @@ class _AdamBase(torch.optim.Optimizer):
                     p_state["step"] = step.to(dtype=torch.float32, device=p.device).reshape(())
         self._launch_tables = {}
         if "last_step_skipped" not in self.__dict__:
-            self.last_step_skipped = torch.zeros((), dtype=torch.bool)
+            self.last_step_skipped = torch.tensor(False)
 
     def _init_group(self, group: dict[str, Any]) -> list[tuple[torch.Tensor, ...]]:
         """(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq | None, step) for params with a grad."""
@@ -227,12 +227,15 @@ class _AdamBase(torch.optim.Optimizer):
         # Set by torch.amp.GradScaler.step() for optimizers with _step_supports_amp_scaling.
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # The first kernel launch stores found_inf != 0 here, saving a launch of its own.
+        skip_flags: list[torch.Tensor] = []
         for index, group in enumerate(self.param_groups):
-            self._step_group(index, group, grad_scale, found_inf)
-        if found_inf is not None:
-            self.last_step_skipped = found_inf != 0
+            self._step_group(index, group, grad_scale, found_inf, skip_flags)
+        if found_inf is None:
+            # No step is skipped: a host constant, not a zeros() kernel per step.
+            self.last_step_skipped = torch.tensor(False)
         else:
-            self.last_step_skipped = torch.zeros((), dtype=torch.bool)
+            self.last_step_skipped = skip_flags[0] if skip_flags else found_inf != 0
         return loss
 
     def _step_group(
@@ -241,6 +244,7 @@ class _AdamBase(torch.optim.Optimizer):
         group: dict[str, Any],
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
+        skip_flags: list[torch.Tensor],
     ) -> None:
         buckets: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, ...]]] = {}
         eager: list[tuple[torch.Tensor, ...]] = []
@@ -259,7 +263,7 @@ class _AdamBase(torch.optim.Optimizer):
 
         for (device, dtype), tensors in buckets.items():
             if use_triton("adam", tensors[0][0]):
-                self._launch(index, device, dtype, group, tensors, grad_scale, found_inf)
+                self._launch(index, device, dtype, group, tensors, grad_scale, found_inf, skip_flags)
             else:
                 eager.extend(tensors)
         if eager:
@@ -274,13 +278,23 @@ class _AdamBase(torch.optim.Optimizer):
         tensors: list[tuple[torch.Tensor, ...]],
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
+        skip_flags: list[torch.Tensor],
     ) -> None:
+        """One kernel launch for one (param group, device, dtype).
+
+        With found_inf, the step's first launch also writes the step's skip flag, which it
+        appends to ``skip_flags``.
+        """
         # Imported here, not at the top: fused_ops imports (and runs on the reference)
         # where Triton is not installed.
         from ..kernels import adam as kernels
 
         tensor_table, program_table, arrivals, aligned = self._tables(index, device, dtype, tensors)
         beta1, beta2 = group["betas"]
+        skipped = None
+        if found_inf is not None and not skip_flags:
+            skipped = torch.empty((), dtype=torch.bool, device=device)
+            skip_flags.append(skipped)
         kernels.adam_step(
             tensor_table,
             program_table,
@@ -296,6 +310,7 @@ class _AdamBase(torch.optim.Optimizer):
             decoupled_weight_decay=group["decoupled_weight_decay"],
             grad_scale=_on(grad_scale, device),
             found_inf=_on(found_inf, device),
+            skipped=skipped,
             chunk_size=kernels.ADAM_CHUNK_SIZE,
             aligned=aligned,
         )
@@ -303,30 +318,39 @@ class _AdamBase(torch.optim.Optimizer):
     def _tables(
         self, index: int, device: torch.device, dtype: torch.dtype, tensors: list[tuple[torch.Tensor, ...]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        """(tensor table, program table, arrivals, aligned) for these tensors, reused while no address changes."""
+        """(tensor table, program table, arrivals, aligned) for these tensors, reused while no address changes.
+
+        The program table and the arrival counters depend only on how many programs each
+        parameter gets, so a new address (a gradient that set_to_none=True reallocated)
+        rebuilds just the tensor table: one host-to-device copy, no kernel. The kernel
+        leaves the counters at zero, and launches on one stream run in order, so the next
+        step can use them as they are.
+        """
         from ..kernels import adam as kernels
 
         rows: list[int] = []
+        programs: list[int] = []
         first_program = 0
         for p, g, m, v, vmax, step in tensors:
             rows += kernels.table_row(p, g, m, v, vmax, step, first_program)
-            first_program += kernels.programs_for(p.numel(), kernels.ADAM_CHUNK_SIZE)
+            programs.append(kernels.programs_for(p.numel(), kernels.ADAM_CHUNK_SIZE))
+            first_program += programs[-1]
         key = (index, device, dtype)
         cached = self._launch_tables.get(key)
         if cached is not None and cached[0] == rows:
-            return cached[1:]
-        tensor_table = torch.tensor(rows, dtype=torch.int64).view(len(tensors), kernels.TABLE_COLUMNS)
-        program_table = torch.repeat_interleave(
-            torch.arange(len(tensors), dtype=torch.int32),
-            torch.tensor([kernels.programs_for(t[0].numel(), kernels.ADAM_CHUNK_SIZE) for t in tensors]),
+            return cached[1:5]
+        tensor_table = kernels.host_to_device(
+            torch.tensor(rows, dtype=torch.int64).view(len(tensors), kernels.TABLE_COLUMNS), device
         )
-        tables = (
-            kernels.host_to_device(tensor_table, device),
-            kernels.host_to_device(program_table, device),
-            torch.zeros(len(tensors), dtype=torch.int32, device=device),
-            kernels.aligned(rows),
-        )
-        self._launch_tables[key] = (rows, *tables)
+        if cached is not None and cached[5] == programs:
+            program_table, arrivals = cached[2:4]
+        else:
+            program_table = kernels.host_to_device(
+                torch.repeat_interleave(torch.arange(len(tensors), dtype=torch.int32), torch.tensor(programs)), device
+            )
+            arrivals = torch.zeros(len(tensors), dtype=torch.int32, device=device)
+        tables = (tensor_table, program_table, arrivals, kernels.aligned(rows))
+        self._launch_tables[key] = (rows, *tables, programs)
         return tables
 
     def _reference_step(
