@@ -106,18 +106,30 @@ def _loss_dtype(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
 
 
 def _check_target_bounds(target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
-    """torch's ``IndexError: Target 5 is out of bounds.`` without a host sync on the good path.
-
-    ``torch._assert_async`` does not synchronize on a GPU: a bad target there trips a
-    device-side assertion (reported at a later sync, as torch's own CUDA kernels do). On
-    the CPU it raises at once, and only then is the offending value read for the message.
-    """
+    """The eager bounds check of the reference path (the kernels check as they load targets)."""
     if target.numel() == 0:
         return
-    in_bounds = ((target >= 0) & (target < n_classes)) | (target == ignore_index)
+    _assert_targets_in_bounds(
+        _targets_in_bounds(target, n_classes, ignore_index).all(), target, n_classes, ignore_index
+    )
+
+
+def _targets_in_bounds(target: torch.Tensor, n_classes: int, ignore_index: int) -> torch.Tensor:
+    return ((target >= 0) & (target < n_classes)) | (target == ignore_index)
+
+
+def _assert_targets_in_bounds(all_ok: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
+    """torch's ``IndexError: Target 5 is out of bounds.`` unless ``all_ok``, without a host sync.
+
+    ``all_ok`` is a one-element flag (nonzero: every target is valid). ``torch._assert_async``
+    does not synchronize on a GPU: a bad target there trips a device-side assertion
+    (reported at a later sync, as torch's own CUDA kernels do). On the CPU it raises at
+    once, and only then are the targets read again to name the offending value.
+    """
     try:
-        torch._assert_async(in_bounds.all(), "cross_entropy: a target is out of bounds")
+        torch._assert_async(all_ok, "cross_entropy: a target is out of bounds")
     except RuntimeError:
+        in_bounds = _targets_in_bounds(target, n_classes, ignore_index)
         bad = target[~in_bounds].reshape(-1)[0]
         raise IndexError(f"Target {int(bad)} is out of bounds.") from None
 
@@ -134,12 +146,12 @@ def _cross_entropy_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
-    if not prob_target:
-        _check_target_bounds(target, n_classes, ignore_index)
     out_dtype = _loss_dtype(input, target, weight)
     acc = reference.compute_dtype(input.dtype)
     grad = _empty_grad(input) if grad_in_forward else input.new_empty((0,))
     if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
+        if not prob_target:
+            _check_target_bounds(target, n_classes, ignore_index)
         loss, lse, coef, total_weight = reference.cross_entropy_forward_ref(
             input, target, weight, reduction, ignore_index, label_smoothing, out_dtype
         )
@@ -165,6 +177,14 @@ def _cross_entropy_forward(
         row_loss = loss.view(-1)
     else:
         row_loss = torch.empty(n_rows, dtype=acc, device=input.device)
+    # The kernels validate index targets as they load them: one flag per forward program,
+    # folded into all_ok by the reduce kernel, and one torch._assert_async on it (no sync).
+    check_targets = not prob_target and n_rows > 0
+    if check_targets:
+        target_ok = torch.empty(kernels.forward_program_count(logits), dtype=torch.int8, device=input.device)
+        all_ok = torch.empty(1, dtype=torch.int8, device=input.device)
+    else:
+        target_ok = all_ok = None
     kernels.cross_entropy_forward(
         logits,
         target_view,
@@ -174,15 +194,21 @@ def _cross_entropy_forward(
         coef,
         coef if row_weight is None else row_weight,
         _class_view(grad, layout) if grad_in_forward else None,
+        target_ok,
         ignore_index,
         label_smoothing,
         prob_target,
     )
-    if reduction == _NONE:
-        return loss, lse, coef, torch.ones((), dtype=acc, device=input.device), grad
-    loss = torch.empty((), dtype=out_dtype, device=input.device)
+    if reduction != _NONE:
+        loss = torch.empty((), dtype=out_dtype, device=input.device)
+    # With 'none' the reduce kernel only writes total_weight = 1 (and all_ok): the same
+    # one launch as a torch.ones would be.
     total_weight = torch.empty((), dtype=acc, device=input.device)
-    kernels.cross_entropy_reduce(row_loss, row_weight, loss, total_weight, reduction)
+    kernels.cross_entropy_reduce(
+        row_loss, row_weight, None if reduction == _NONE else loss, total_weight, reduction, target_ok, all_ok
+    )
+    if check_targets:
+        _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     return loss, lse, coef, total_weight, grad
 
 
@@ -583,8 +609,10 @@ def cross_entropy(
 
     Raises:
         IndexError: a target outside ``[0, C)`` that is not ``ignore_index`` ("Target 5 is
-            out of bounds."), checked before anything is computed. On a GPU this check
-            does not synchronize: a bad target triggers a device-side assertion instead.
+            out of bounds."), found by the forward kernel as it loads the targets and
+            raised before the op returns, with nothing of the caller's written. On a GPU
+            this check does not synchronize: a bad target triggers a device-side
+            assertion instead (reported at a later sync, as torch's CUDA kernels do).
         RuntimeError / ValueError / NotImplementedError: as torch, for mismatched shapes,
             target or weight dtypes, weight sizes, integer logits and reduction names.
 

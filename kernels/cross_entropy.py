@@ -23,6 +23,12 @@ Maths, in natural units, for one row with logits ``x``, ``lse = logsumexp(x)``,
 The forward saves ``lse`` and ``coef`` per row, so the backward is a single pass too.
 Sums ``sum_c a_c x_c`` are accumulated relative to the running max, as the logsumexp is,
 so a loss that is a small difference of large logits keeps its precision.
+
+The forward also validates class-index targets as it loads them, at no extra read: each
+program writes one int8 flag, 1 when every target of its rows is in ``[0, C)`` or
+``ignore_index``, and the reduce kernel folds those flags into one, which the host hands
+to a single ``torch._assert_async``: no eager pass over the targets.
+Rows with a bad target compute as ignored rows, so no weight is read out of bounds.
 """
 
 import struct
@@ -161,6 +167,7 @@ def cross_entropy_forward_kernel(
     coef_ptr,
     row_weight_ptr,
     grad_ptr,
+    target_ok_ptr,
     C,
     inner,
     stride_xo,
@@ -188,6 +195,7 @@ def cross_entropy_forward_kernel(
     ``(outer, inner)`` strided (``stride_tc`` unused); ``loss``, ``lse``, ``coef`` and
     ``row_weight`` contiguous ``(outer * inner,)``; ``grad`` ``(outer, C, inner)`` strided.
     ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean.
+    ``target_ok`` (index targets) has one int8 per program: 1 if all its targets are valid.
     """
     # int64 before any stride multiply (pid here, the class index c in the loops): offsets
     # pass 2^31 on large logits, e.g. c * stride_xc for (N, C, T) with C * T > 2^31.
@@ -211,6 +219,10 @@ def cross_entropy_forward_kernel(
     else:
         y = tl.load(target_ptr + offs_t_row, mask=row_mask, other=0).to(tl.int64)
         valid = row_mask & (y != ignore_index)
+        in_bounds = (y >= 0) & (y < C)
+        n_bad = tl.sum((valid & ~in_bounds).to(tl.int32), axis=0)
+        tl.store(target_ok_ptr + pid, (n_bad == 0).to(tl.int8))
+        valid = valid & in_bounds
 
     # The max stays in natural units so that x - m is exact for close values (as torch's
     # x - max): a loss that is a tiny difference of huge logits keeps its precision.
@@ -360,7 +372,9 @@ def cross_entropy_backward_kernel(
         w_y = zero
     else:
         y = tl.load(target_ptr + offs_t_row, mask=row_mask, other=0).to(tl.int64)
-        valid = row_mask & (y != ignore_index)
+        # A bad target raised in the forward; on a GPU that assertion is asynchronous, so
+        # the bounds mask keeps this kernel from reading weights out of bounds meanwhile.
+        valid = row_mask & (y != ignore_index) & (y >= 0) & (y < C)
         if HAS_WEIGHT:
             w_y = tl.load(weight_ptr + y, mask=valid, other=0).to(zero.dtype)
         else:
@@ -441,7 +455,7 @@ def cross_entropy_scale_grad_kernel(
 
 
 @triton.jit
-def cross_entropy_reduce_kernel(
+def _reduce_rows(
     row_loss_ptr,
     row_weight_ptr,
     loss_ptr,
@@ -451,11 +465,7 @@ def cross_entropy_reduce_kernel(
     HAS_ROW_WEIGHT: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
-    """Second stage of the deterministic sum: one program adds the per-row partials in order.
-
-    Writes the reduced loss, and ``total_weight`` (the mean's denominator: the sum of
-    ``row_weight`` for class-index targets, the row count otherwise; 1 for a sum).
-    """
+    """The loss and ``total_weight`` of :func:`cross_entropy_reduce_kernel`."""
     offsets = tl.arange(0, BLOCK_SIZE)
     zero = upcast(tl.zeros([BLOCK_SIZE], row_loss_ptr.dtype.element_ty))
     loss_acc = zero
@@ -477,6 +487,44 @@ def cross_entropy_reduce_kernel(
         total_weight = tl.sum(zero, axis=0) + 1
     tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
     tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
+
+
+@triton.jit
+def cross_entropy_reduce_kernel(
+    row_loss_ptr,
+    row_weight_ptr,
+    loss_ptr,
+    total_weight_ptr,
+    target_ok_ptr,
+    all_ok_ptr,
+    n_rows,
+    n_flags,
+    REDUCTION: tl.constexpr,
+    HAS_ROW_WEIGHT: tl.constexpr,
+    CHECK_TARGETS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """Second stage of the deterministic sum: one program adds the per-row partials in order.
+
+    Writes the reduced loss, and ``total_weight`` (the mean's denominator: the sum of
+    ``row_weight`` for class-index targets, the row count otherwise; 1 for a sum or for
+    ``REDUCTION_NONE``, which reduces no loss). With ``CHECK_TARGETS``, also writes
+    ``all_ok`` (one int8): the minimum of the ``n_flags`` per-program ``target_ok`` flags
+    of the forward, 1 when every target is valid.
+    """
+    offsets = tl.arange(0, BLOCK_SIZE)
+    if CHECK_TARGETS:
+        ok = tl.full([BLOCK_SIZE], 1, tl.int32)
+        for start in range(0, n_flags, BLOCK_SIZE):
+            mask = start + offsets < n_flags
+            ok = tl.minimum(ok, tl.load(target_ok_ptr + start + offsets, mask=mask, other=1).to(tl.int32))
+        tl.store(all_ok_ptr, tl.min(ok, axis=0).to(tl.int8))
+    if REDUCTION == REDUCTION_NONE:
+        tl.store(total_weight_ptr, tl.full([], 1, total_weight_ptr.dtype.element_ty))
+    else:
+        _reduce_rows(
+            row_loss_ptr, row_weight_ptr, loss_ptr, total_weight_ptr, n_rows, REDUCTION, HAS_ROW_WEIGHT, BLOCK_SIZE
+        )
 
 
 def _blocks(logits: torch.Tensor) -> tuple[int, int]:
@@ -502,6 +550,12 @@ def _grid(outer: int, inner: int, block_i: int) -> tuple[int]:
     return (outer * triton.cdiv(inner, block_i),)
 
 
+def forward_program_count(logits: torch.Tensor) -> int:
+    """How many programs the forward over 3-D ``logits`` runs: the length of its ``target_ok``."""
+    outer, _, inner = logits.shape
+    return _grid(outer, inner, _blocks(logits)[1])[0]
+
+
 def _to_fp32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
@@ -521,6 +575,7 @@ def cross_entropy_forward(
     coef: torch.Tensor,
     row_weight: torch.Tensor,
     grad: torch.Tensor | None,
+    target_ok: torch.Tensor | None,
     ignore_index: int,
     label_smoothing: float,
     prob_target: bool,
@@ -529,7 +584,8 @@ def cross_entropy_forward(
 
     ``target`` is ``(outer, inner)`` (indices) or ``(outer, C, inner)`` (probabilities);
     ``row_loss``, ``lse``, ``coef``, ``row_weight`` are contiguous ``(outer * inner,)``;
-    ``grad``, when given, is ``(outer, C, inner)`` and receives the unscaled gradient.
+    ``grad``, when given, is ``(outer, C, inner)`` and receives the unscaled gradient;
+    ``target_ok`` (index targets only) is int8 ``(forward_program_count(logits),)``.
     """
     outer, C, inner = logits.shape
     if outer * inner == 0:
@@ -547,6 +603,7 @@ def cross_entropy_forward(
         coef,
         row_weight,
         grad if grad is not None else logits,
+        target_ok if target_ok is not None else row_loss,
         C,
         inner,
         *logits.stride(),
@@ -568,19 +625,31 @@ def cross_entropy_forward(
 def cross_entropy_reduce(
     row_loss: torch.Tensor,
     row_weight: torch.Tensor | None,
-    loss: torch.Tensor,
+    loss: torch.Tensor | None,
     total_weight: torch.Tensor,
     reduction: int,
+    target_ok: torch.Tensor | None = None,
+    all_ok: torch.Tensor | None = None,
 ) -> None:
-    """Sum (or weighted-mean) the per-row losses into 0-d ``loss``; fill 0-d ``total_weight``."""
+    """Sum (or weighted-mean) the per-row losses into 0-d ``loss``; fill 0-d ``total_weight``.
+
+    For ``reduction`` none, ``loss`` is None and ``total_weight`` becomes 1. With
+    ``target_ok`` (the forward's per-program flags), also writes their minimum into the
+    one-element int8 ``all_ok``.
+    """
+    check = target_ok is not None
     cross_entropy_reduce_kernel[(1,)](
         row_loss,
         row_weight if row_weight is not None else row_loss,
-        loss,
+        loss if loss is not None else row_loss,
         total_weight,
+        target_ok if check else row_loss,
+        all_ok if check else row_loss,
         row_loss.numel(),
+        target_ok.numel() if check else 0,
         REDUCTION=reduction,
         HAS_ROW_WEIGHT=row_weight is not None,
+        CHECK_TARGETS=check,
         BLOCK_SIZE=CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
     )
 
