@@ -11,7 +11,7 @@ def check_floating(op: str, tensor: torch.Tensor, name: str = "input") -> None:
     """Raise torch's NotImplementedError for dtypes that have no kernel (integers, complex)."""
     if tensor.dtype not in FLOATING_DTYPES:
         raise NotImplementedError(
-            f"\"{op}\" not implemented for '{_dtype_name(tensor.dtype)}': fused_ops.{op} takes {name} "
+            f"\"{op}\" not implemented for '{scalar_type_name(tensor.dtype)}': fused_ops.{op} takes {name} "
             "of dtype float32, float64, float16 or bfloat16"
         )
 
@@ -42,9 +42,13 @@ def check_same_device(op: str, *tensors: torch.Tensor | None) -> None:
         )
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    # torch names ScalarTypes in its messages as 'Long', 'Int', 'Bool', ...
+def scalar_type_name(dtype: torch.dtype) -> str:
+    """The name torch's error messages give a dtype: 'Float', 'Long', 'Bool', ..."""
     return {
+        torch.float32: "Float",
+        torch.float64: "Double",
+        torch.float16: "Half",
+        torch.bfloat16: "BFloat16",
         torch.int64: "Long",
         torch.int32: "Int",
         torch.int16: "Short",
@@ -54,6 +58,20 @@ def _dtype_name(dtype: torch.dtype) -> str:
         torch.complex64: "ComplexFloat",
         torch.complex128: "ComplexDouble",
     }.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def legacy_reduction(size_average: bool | None, reduce: bool | None) -> str:
+    """torch's mapping of the deprecated ``size_average``/``reduce`` arguments to a reduction.
+
+    In eager mode this is torch's own function, with its deprecation warning. Dynamo would
+    put it in the graph, where a str result cannot go, and cannot trace warnings.warn, so
+    under torch.compile the same rule applies without the warning.
+    """
+    if not torch.compiler.is_compiling():
+        return torch.nn._reduction.legacy_get_string(size_average, reduce)
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
 
 
 def dense_layout(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -66,11 +84,12 @@ def dense_layout(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """
     first = tensors[0]
     shared_strides = all(t.stride() == first.stride() for t in tensors)
-    if shared_strides and _is_dense(first):
+    if shared_strides and is_dense(first):
         return tensors
     return tuple(t.contiguous() for t in tensors)
 
 
-def _is_dense(tensor: torch.Tensor) -> bool:
+def is_dense(tensor: torch.Tensor) -> bool:
+    """True when the tensor's elements fill its memory span exactly once (any dim order)."""
     # A tensor is non-overlapping and dense exactly when empty_like keeps its strides.
     return tensor.is_contiguous() or torch.empty_like(tensor, device="meta").stride() == tensor.stride()

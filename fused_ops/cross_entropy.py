@@ -26,7 +26,7 @@ import torch
 
 from . import reference
 from ._dispatch import TRITON_AVAILABLE, use_triton
-from ._validation import _is_dense, check_floating, check_same_device
+from ._validation import check_floating, check_same_device, is_dense, legacy_reduction, scalar_type_name
 
 if TRITON_AVAILABLE:
     from .kernels import cross_entropy as kernels
@@ -87,7 +87,7 @@ def _spatial_dims_merge(tensor: torch.Tensor) -> bool:
 
 def _empty_grad(input: torch.Tensor) -> torch.Tensor:
     """The gradient buffer: the logits' own layout when dense (and mergeable), else contiguous."""
-    if _is_dense(input) and (input.dim() < 3 or _spatial_dims_merge(input)):
+    if is_dense(input) and (input.dim() < 3 or _spatial_dims_merge(input)):
         return torch.empty_like(input)
     return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
@@ -466,16 +466,6 @@ class CrossEntropyGradInForwardFunction(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def _legacy_reduction(size_average: bool | None, reduce: bool | None) -> str:
-    """torch's mapping of the deprecated arguments to a reduction (with its warning in eager)."""
-    if not torch.compiler.is_compiling():
-        return torch.nn._reduction.legacy_get_string(size_average, reduce)
-    # Dynamo cannot trace warnings.warn: the same rule, without the warning, when compiling.
-    if reduce is False:
-        return "none"
-    return "sum" if size_average is False else "mean"
-
-
 def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: float) -> None:
     """torch's checks, error types and messages, in the order torch makes them."""
     check_same_device("cross_entropy", input, target, weight)
@@ -485,7 +475,8 @@ def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: 
     if _is_prob_target(input, target):
         if not target.is_floating_point():
             raise RuntimeError(
-                f"Expected floating point type for target with class probabilities, got {_type_name(target.dtype)}"
+                "Expected floating point type for target with class probabilities, "
+                f"got {scalar_type_name(target.dtype)}"
             )
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
@@ -518,7 +509,7 @@ def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: 
     elif input.dim() != 4 and target.shape[1:] != input.shape[2:]:
         raise RuntimeError(f"Expected target size {[input.shape[0], *input.shape[2:]]}, got {list(target.shape)}")
     if target.dtype not in (torch.int64, torch.uint8):
-        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {_type_name(target.dtype)}")
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {scalar_type_name(target.dtype)}")
     if weight is not None:
         if weight.dim() != 1 or weight.numel() != n_classes:
             if input.dim() <= 2:
@@ -528,28 +519,14 @@ def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: 
                 )
             raise RuntimeError("weight tensor should be defined either for all or no classes")
         if weight.dtype != input.dtype:
-            raise RuntimeError(f"expected scalar type {_type_name(input.dtype)} but found {_type_name(weight.dtype)}")
+            raise RuntimeError(
+                f"expected scalar type {scalar_type_name(input.dtype)} but found {scalar_type_name(weight.dtype)}"
+            )
         if weight.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(
                 "The function 'nll_loss_forward' is not differentiable with respect to argument 'weight'. "
                 "This input cannot have requires_grad True."
             )
-
-
-def _type_name(dtype: torch.dtype) -> str:
-    # torch's ScalarType names, as its messages print them.
-    return {
-        torch.float32: "Float",
-        torch.float64: "Double",
-        torch.float16: "Half",
-        torch.bfloat16: "BFloat16",
-        torch.int64: "Long",
-        torch.int32: "Int",
-        torch.int16: "Short",
-        torch.int8: "Char",
-        torch.uint8: "Byte",
-        torch.bool: "Bool",
-    }.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def cross_entropy(
@@ -627,7 +604,7 @@ def cross_entropy(
         tensor(1.2056, grad_fn=<CrossEntropyFunctionBackward>)
     """
     if size_average is not None or reduce is not None:
-        reduction = _legacy_reduction(size_average, reduce)
+        reduction = legacy_reduction(size_average, reduce)
     reduction_enum = torch.nn._reduction.get_enum(reduction)
     _check_arguments(input, target, weight, ignore_index, label_smoothing)
     args = (input, target, weight, reduction_enum, ignore_index, float(label_smoothing))

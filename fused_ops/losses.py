@@ -22,7 +22,7 @@ import torch
 
 from . import reference
 from ._dispatch import TRITON_AVAILABLE, use_triton
-from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout
+from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout, legacy_reduction
 
 if TRITON_AVAILABLE:
     from .kernels import losses as kernels
@@ -148,17 +148,6 @@ def _mse_loss_double_backward(ctx, grad_grad_input: torch.Tensor | None, grad_gr
 _mse_loss_backward.register_autograd(_mse_loss_double_backward, setup_context=_mse_loss_backward_setup_context)
 
 
-def _legacy_reduction(size_average: bool | None, reduce: bool | None) -> str:
-    """torch's mapping of the deprecated arguments to a reduction, with its deprecation warning."""
-    if not torch.compiler.is_compiling():
-        return torch.nn._reduction.legacy_get_string(size_average, reduce)
-    # Dynamo would put legacy_get_string in the graph, where a str result cannot go, and it
-    # cannot trace warnings.warn: the same rule, without the warning, under torch.compile.
-    if reduce is False:
-        return "none"
-    return "sum" if size_average is False else "mean"
-
-
 @torch.compiler.allow_in_graph
 def _broadcast_with_warning(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """torch's size-mismatch warning, then both operands as broadcast (differentiable) views.
@@ -236,7 +225,7 @@ def mse_loss(
     if target.size() != input_size:
         input, target = _broadcast_with_warning(input, target)
     if size_average is not None or reduce is not None:
-        reduction = _legacy_reduction(size_average, reduce)
+        reduction = legacy_reduction(size_average, reduce)
     if weight is not None:
         return _weighted_mse_loss(input, target, weight, input_size, reduction)
     return _mse_loss(input, target, _REDUCTIONS[torch.nn._reduction.get_enum(reduction)])

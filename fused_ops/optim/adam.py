@@ -24,6 +24,7 @@ import torch
 
 from .. import reference
 from .._dispatch import use_triton
+from .._validation import is_dense
 
 try:
     from torch.distributed.tensor import DTensor as _DTensor
@@ -61,11 +62,6 @@ def _real(tensor: torch.Tensor | None) -> torch.Tensor | None:
     if tensor is not None and tensor.is_complex():
         return torch.view_as_real(tensor)
     return tensor
-
-
-def _is_dense(tensor: torch.Tensor) -> bool:
-    # Non-overlapping and dense exactly when empty_like keeps the strides.
-    return tensor.is_contiguous() or torch.empty_like(tensor, device="meta").stride() == tensor.stride()
 
 
 class _AdamBase(torch.optim.Optimizer):
@@ -250,7 +246,7 @@ class _AdamBase(torch.optim.Optimizer):
         eager: list[tuple[torch.Tensor, ...]] = []
         for entry in self._init_group(group):
             p, g, m, v, vmax, step = (_real(_local(t)) if t is not None else None for t in entry)
-            if not (_is_dense(p) and all(t.stride() == p.stride() for t in (m, v, vmax) if t is not None)):
+            if not (is_dense(p) and all(t.stride() == p.stride() for t in (m, v, vmax) if t is not None)):
                 # A parameter with gaps (a slice), whose zeros_like state is contiguous, or a
                 # loaded state in another layout than its parameter: the reference walks
                 # any strides, the kernel only one shared dense layout.
