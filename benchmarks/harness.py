@@ -64,7 +64,6 @@ def op_params(family: str) -> list:
     """``pytest.param`` rows (case, provider, mode, size, dtype) for one op family."""
     params = []
     for case in (c for c in report.OP_CASES if c.family == family):
-        marks = [] if case.available else [pytest.mark.skip(reason=f"fused_ops.{case.name} is not in this version")]
         for provider in PROVIDERS:
             for mode in MODES:
                 if SMOKE and provider == "torch.compile" and case.name != SMOKE_COMPILE:
@@ -73,7 +72,7 @@ def op_params(family: str) -> list:
                     for dtype in DTYPES:
                         dtype_name = str(dtype).removeprefix("torch.")
                         name = f"{case.name}-{provider}-{mode}-{rows}x{cols}-{dtype_name}"
-                        params.append(pytest.param(case, provider, mode, (rows, cols), dtype, id=name, marks=marks))
+                        params.append(pytest.param(case, provider, mode, (rows, cols), dtype, id=name))
     return params
 
 
@@ -81,11 +80,10 @@ def optimizer_params() -> list:
     """``pytest.param`` rows (case, provider, size) for the optimizer suite."""
     params = []
     for case in report.OPTIMIZER_CASES:
-        marks = [] if case.available else [pytest.mark.skip(reason=f"fused_ops.optim.{case.class_name} is missing")]
         for provider in OPTIMIZER_PROVIDERS:
             for size in OPTIMIZER_SIZES:
                 name = f"{case.name}-{provider}-{size[0]}x{size[1]}x{size[2]}".replace(" ", "_")
-                params.append(pytest.param(case, provider, size, id=name, marks=marks))
+                params.append(pytest.param(case, provider, size, id=name))
     return params
 
 

@@ -26,8 +26,7 @@ It also writes the static sm_90 report (:mod:`fused_ops.static_report`) to
 ``static.md`` unless ``--no-static`` is given.
 
 The registry tables here are shared with the pytest-benchmark suites in ``benchmarks/``
-and with ``tests/test_traffic.py``; a case lights up as soon as its op exists in
-fused_ops.
+and with ``tests/test_traffic.py``, which checks that every public op and optimizer has a case.
 """
 
 from __future__ import annotations
@@ -140,11 +139,6 @@ class OpCase:
     eager: Callable[..., torch.Tensor]
     backward_reads: Callable[..., Sequence[torch.Tensor]]
 
-    @property
-    def available(self) -> bool:
-        """True when fused_ops provides this op."""
-        return hasattr(fused_ops, self.name)
-
     def inputs(self, rows: int, cols: int, dtype: torch.dtype, device="cpu", seed: int = 0):
         """Fresh inputs of shape ``(rows, cols)`` (and targets), seeded, on ``device``."""
         generator = torch.Generator().manual_seed(seed)
@@ -235,13 +229,6 @@ class OptimizerCase:
     name: str
     class_name: str
     kwargs: dict
-
-    @property
-    def available(self) -> bool:
-        """True when ``fused_ops.optim`` provides this optimizer."""
-        import fused_ops.optim
-
-        return hasattr(fused_ops.optim, self.class_name)
 
     @property
     def state_tensors(self) -> int:
@@ -506,7 +493,7 @@ def _us(traffic: Traffic, gpu: Gpu) -> str:
     return f"{modeled_us(traffic.bytes, traffic.launches, gpu):,.1f}"
 
 
-def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], missing: list[str]) -> str:
+def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow]) -> str:
     """The whole report as Markdown: traffic and modeled-time tables, then what each path runs."""
     large = f"{LARGE_ROWS} × {COLS}"
     small = f"{SMALL_ROWS} × {COLS}"
@@ -625,8 +612,6 @@ def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], 
                 f"| {_kernel_list(row.eager_kernels, elements)} |"
             )
         lines.append("")
-    if missing:
-        lines += [f"Not in this version of fused_ops yet, so not reported: {', '.join(missing)}.", ""]
     return "\n".join(lines)
 
 
@@ -710,11 +695,9 @@ def run_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     cases = [c for c in OP_CASES if args.ops is None or c.name in args.ops]
-    missing = [c.name for c in cases if not c.available]
     optimizer_cases = [] if args.no_optimizer else list(OPTIMIZER_CASES)
-    missing += [f"optim.{c.class_name}" for c in optimizer_cases if not c.available]
-    jobs = [(c, d) for c in cases if c.available for d in args.dtypes]
-    jobs += [(c, None) for c in optimizer_cases if c.available]
+    jobs = [(c, d) for c in cases for d in args.dtypes]
+    jobs += [(c, None) for c in optimizer_cases]
     op_rows_: list[OpRow] = []
     optimizer_rows_: list[OptimizerRow] = []
     failures = []
@@ -728,7 +711,7 @@ def run_report(args: argparse.Namespace) -> int:
             failures.append(f"{case.name} {dtype or ''}: {type(error).__name__}: {error}")
     # Rows grouped by dtype, in the registry's op order.
     op_rows_.sort(key=lambda r: (args.dtypes.index(r.dtype), [c.name for c in cases].index(r.op), MODES.index(r.mode)))
-    markdown = render_markdown(op_rows_, optimizer_rows_, sorted(set(missing)))
+    markdown = render_markdown(op_rows_, optimizer_rows_)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "traffic.md").write_text(markdown)
@@ -765,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (``sys.argv[1:]`` when None), or an already parsed namespace.
 
     Returns:
-        0 when every available op was measured, 1 when one failed.
+        0 when every op was measured, 1 when one failed.
 
     Traffic is counted under Triton's interpreter, so a process without
     ``TRITON_INTERPRET=1`` (for example on a GPU machine) re-runs the report in a child

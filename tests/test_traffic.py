@@ -23,8 +23,6 @@ from fused_ops import report
 from fused_ops.profiling import KernelTrace, TorchTrace, minimum_bytes, tensor_bytes
 
 DOCS_TABLE = Path(__file__).parent.parent / "docs" / "traffic.md"
-AVAILABLE_CASES = [case for case in report.OP_CASES if case.available]
-AVAILABLE_OPTIMIZERS = [case for case in report.OPTIMIZER_CASES if case.available]
 # Several blocks of every kernel: 4 rows of 2048 (8 elementwise blocks of 1024, 4 softmax
 # rows, 4 cross-entropy rows of 2048 classes).
 ROWS, COLS = 4, 2048
@@ -170,7 +168,7 @@ def test_modeled_time_is_bytes_over_bandwidth_plus_launches():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", AVAILABLE_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", report.OP_CASES, ids=lambda c: c.name)
 def test_fused_forward_and_backward_move_at_most_5_percent_over_the_minimum(case, dtype):
     traffic = report.measure_op(case, dtype, ROWS, COLS)
     for mode in ("forward", "backward"):
@@ -182,7 +180,7 @@ def test_fused_forward_and_backward_move_at_most_5_percent_over_the_minimum(case
         )
 
 
-@pytest.mark.parametrize("case", AVAILABLE_OPTIMIZERS, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", report.OPTIMIZER_CASES, ids=lambda c: c.name)
 def test_fused_optimizer_step_moves_28_bytes_per_fp32_parameter_36_with_amsgrad(case):
     traced, _, params = report.measure_optimizer(case, "fused_ops", tensors=3, rows=2, cols=4096)
     expected = 36 if case.kwargs.get("amsgrad") else 28
@@ -205,7 +203,7 @@ def _stated_factors() -> dict[tuple[str, str, str], str]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("case", [c for c in AVAILABLE_CASES if c.name in MULTI_KERNEL_OPS], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in report.OP_CASES if c.name in MULTI_KERNEL_OPS], ids=lambda c: c.name)
 def test_fused_losses_beat_eager_by_the_factor_the_report_states(case, dtype):
     name = case.name
     rows = {row.mode: row for row in report.op_rows(case, dtype)}
