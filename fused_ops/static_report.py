@@ -160,7 +160,7 @@ def analyze(launch: dict, arch: int = ARCH) -> KernelReport:
 
 
 def record(shapes: Sequence[tuple[int, int]] = (DIVISIBLE_SHAPE,), dtypes: Sequence[str] = ("float32", "bfloat16")):
-    """The distinct launches of every available case, forward and backward (needs TRITON_INTERPRET=1).
+    """The distinct launches of every case, forward and backward (needs TRITON_INTERPRET=1).
 
     Returns a list of launch records for :func:`fused_ops.aot.compile_launch`, each with a
     ``used_by`` list naming the cases (op, mode, dtype, shape) that made it.
@@ -182,7 +182,7 @@ def record(shapes: Sequence[tuple[int, int]] = (DIVISIBLE_SHAPE,), dtypes: Seque
                 entry["used_by"].append(label)
 
     for rows, cols in shapes:
-        for case in (c for c in report.OP_CASES if c.available):
+        for case in report.OP_CASES:
             for dtype in dtypes:
                 inputs = case.inputs(rows, cols, report.DTYPES[dtype])
                 with KernelTrace() as forward:
@@ -191,7 +191,7 @@ def record(shapes: Sequence[tuple[int, int]] = (DIVISIBLE_SHAPE,), dtypes: Seque
                     output.backward(torch.ones_like(output))
                 keep(forward, f"{case.name} forward {dtype} {rows}×{cols}")
                 keep(backward, f"{case.name} backward {dtype} {rows}×{cols}")
-        for case in (c for c in report.OPTIMIZER_CASES if c.available):
+        for case in report.OPTIMIZER_CASES:
             optimizer = case.build("fused_ops", report.make_parameters(2, rows, cols, torch.float32))
             with KernelTrace() as step:
                 optimizer.step()
