@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 from . import nn, optim
 from .activations import relu, sigmoid, tanh
 from .cross_entropy import cross_entropy
-from .losses import mse_loss
+from .mse import mse_loss
 from .softmax import log_softmax, softmax
 
 __all__ = [

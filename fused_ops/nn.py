@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import activations, losses
+from . import activations, mse
 from . import softmax as _softmax
 from .cross_entropy import cross_entropy as _cross_entropy_fn
 
@@ -51,7 +51,7 @@ class MSELoss(torch.nn.MSELoss):
     """
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return losses.mse_loss(input, target, reduction=self.reduction)
+        return mse.mse_loss(input, target, reduction=self.reduction)
 
 
 class Softmax(torch.nn.Softmax):

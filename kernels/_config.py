@@ -6,7 +6,7 @@
 ELEMENTWISE_BLOCK_SIZE = 1024
 ELEMENTWISE_NUM_WARPS = 4
 
-# MSE loss (kernels/losses.py): 1024-element blocks, as the elementwise kernels above (the
+# MSE loss (kernels/mse.py): 1024-element blocks, as the elementwise kernels above (the
 # loss is elementwise too, with two inputs). The reduction's first stage caps its grid at
 # MSE_MAX_PARTIALS programs, each striding over blocks, so the second stage sums every
 # partial in ONE block load and the summation order depends only on the element count

@@ -25,7 +25,7 @@ from ._dispatch import TRITON_AVAILABLE, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout, legacy_reduction
 
 if TRITON_AVAILABLE:
-    from .kernels import losses as kernels
+    from .kernels import mse as kernels
 
 _REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
 

@@ -1,6 +1,6 @@
 """mse_loss: forward and backward against torch, through the Triton kernels.
 
-Kernels (kernels/losses.py, MSE_BLOCK_SIZE = 1024, MSE_MAX_PARTIALS = 1024):
+Kernels (kernels/mse.py, MSE_BLOCK_SIZE = 1024, MSE_MAX_PARTIALS = 1024):
 - 'none': mse_loss_kernel, one program per block;
 - 'mean'/'sum': mse_loss_partial_sums_kernel (one partial per program, at most
   MSE_MAX_PARTIALS programs striding over the blocks), then mse_loss_sum_partials_kernel;
@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from fused_ops.kernels import losses as loss_kernels
+from fused_ops.kernels import mse as mse_kernels
 from helpers import (
     DTYPES,
     assert_close,
@@ -75,12 +75,12 @@ def _few_partials(count: int):
     At the real cap (1024) that loop needs over a million elements, too slow for the
     interpreter; the kernel code is the same, only the grid is smaller.
     """
-    saved = loss_kernels.MSE_MAX_PARTIALS
-    loss_kernels.MSE_MAX_PARTIALS = count
+    saved = mse_kernels.MSE_MAX_PARTIALS
+    mse_kernels.MSE_MAX_PARTIALS = count
     try:
         yield
     finally:
-        loss_kernels.MSE_MAX_PARTIALS = saved
+        mse_kernels.MSE_MAX_PARTIALS = saved
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -444,7 +444,7 @@ def test_mse_loss_reduction_is_deterministic_and_uses_no_atomics(monkeypatch):
         expected = reference_in_fp64(F.mse_loss, input, target, reduction=reduction)
         assert_close(runs[0], expected, 20_000)
         assert_close(runs[2], expected, 20_000)
-    assert "tl.atomic" not in inspect.getsource(loss_kernels)
+    assert "tl.atomic" not in inspect.getsource(mse_kernels)
 
 
 def test_mse_loss_partial_sums_loop_over_several_blocks_per_program(kernel_launches):
