@@ -18,7 +18,7 @@ $(INSTALLED): setup.py
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
-	TRITON_INTERPRET=$(INTERPRET) $(PYTHON) -m fused_ops demo
+	TRITON_INTERPRET=$(INTERPRET) $(PYTHON) examples/demo.py
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -n 2 --dist loadgroup

@@ -1,4 +1,4 @@
-"""``python -m fused_ops demo | bench | check``: the same commands as the ``fused-ops`` script."""
+"""``python -m fused_ops check``: the same command as the ``fused-ops`` script."""
 
 import sys
 

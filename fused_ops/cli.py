@@ -1,14 +1,15 @@
-"""Command line: ``fused-ops demo | bench | check``, also run as ``python -m fused_ops ...``.
+"""Command line: ``fused-ops check``, also run as ``python -m fused_ops check``.
 
-- ``demo``: trains the same MLP twice, on eager torch and on fused_ops, and compares them
-  (see :mod:`fused_ops.demo`).
-- ``bench``: the benchmark and traffic report, from :mod:`fused_ops.report` when installed.
-- ``check``: prints the environment and runs every fused op once against torch.
+``check`` prints the environment and the backend ops will use, then runs every fused op
+and optimizer once against torch, with the kernels each launched. The demo lives in
+``examples/demo.py`` and the developers' instruments (benchmarks, traffic and static
+reports, AOT compilation) in ``benchmarks/``: none of them is part of the installed package.
 
 Triton decides whether kernels are interpreted when they are decorated, that is when
 ``fused_ops`` is imported, which happens before :func:`main` runs. On a machine without a
 GPU, :func:`main` therefore re-runs the same command in a fresh process with
-``TRITON_INTERPRET=1``, so that the real Triton kernels run in Triton's interpreter
+``TRITON_INTERPRET=1`` (:func:`rerun_under_interpreter_if_needed`, which the demo and the
+benchmark scripts use too), so that the real Triton kernels run in Triton's interpreter
 instead of the library falling back to its eager reference.
 
 To add a command, write ``_run_<name>(args) -> int`` (and ``_add_<name>_arguments(parser)``
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib
 import os
 import platform
 import sys
@@ -30,7 +30,7 @@ import torch
 
 import fused_ops
 import fused_ops.optim
-from fused_ops import _dispatch, demo
+from fused_ops import _dispatch
 from fused_ops.profiling import KernelTrace
 
 REEXEC_MESSAGE = (
@@ -44,43 +44,35 @@ def needs_interpreter_reexec(environ: Mapping[str, str] = os.environ) -> bool:
     return _dispatch.TRITON_AVAILABLE and not torch.cuda.is_available() and environ.get("TRITON_INTERPRET") != "1"
 
 
-def reexec_under_interpreter(argv: Sequence[str]) -> None:
-    """Replace this process with ``python -m fused_ops <argv>`` under ``TRITON_INTERPRET=1``; never returns."""
+def reexec_under_interpreter(command: Sequence[str]) -> None:
+    """Replace this process with ``command`` (``[python, ...]``) under ``TRITON_INTERPRET=1``; never returns."""
     print(REEXEC_MESSAGE, file=sys.stderr)
     # exec discards whatever is still buffered in this process.
     sys.stdout.flush()
     sys.stderr.flush()
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    os.execve(sys.executable, [sys.executable, "-m", "fused_ops", *argv], env)
+    os.execve(command[0], list(command), env)
 
 
-def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = demo.DemoConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default: %(default)s)")
-    parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="images per batch (default: %(default)s)"
-    )
-    parser.add_argument("--hidden", type=int, default=defaults.hidden, help="hidden layer width (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for weights and batches")
-    parser.add_argument(
-        "--tolerance",
-        type=float,
-        default=demo.TOLERANCE,
-        help="largest allowed |eager loss - fused loss| of an epoch (default: %(default)s)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+def rerun_under_interpreter_if_needed(command: Sequence[str]) -> None:
+    """Re-run ``command`` under the interpreter when this process could only run the eager reference.
+
+    Call it first thing in a script that runs fused ops, with the command that started it:
+    ``rerun_under_interpreter_if_needed([sys.executable, __file__, *sys.argv[1:]])``.
+    Returns (doing nothing) on a GPU, under the interpreter already, or without Triton.
+
+    Args:
+        command: the full command line to re-run, the Python executable first.
+    """
+    if needs_interpreter_reexec():
+        reexec_under_interpreter(command)
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    config = demo.DemoConfig(epochs=args.epochs, batch_size=args.batch_size, hidden=args.hidden, seed=args.seed)
-    return demo.main(config, tolerance=args.tolerance, progress=not args.no_progress)
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    # Imported here: the report pulls in matplotlib, which demo and check do not need.
-    report = importlib.import_module("fused_ops.report")
-    status = report.main(args.extra_arguments)
-    return 0 if status is None else int(status)
+BACKEND_DESCRIPTIONS = {
+    _dispatch.Backend.TRITON: "compiled Triton kernels",
+    _dispatch.Backend.INTERPRETER: "Triton kernels in Triton's interpreter",
+    _dispatch.Backend.REFERENCE: "the eager PyTorch reference: no Triton kernel runs",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +149,11 @@ def find_fused(path: str) -> object:
     return functools.reduce(getattr, path.split("."), fused_ops)
 
 
-def _run_check(args: argparse.Namespace) -> int:
+CHECK_HELP = "print the environment and run every fused op once against torch"
+
+
+def _run_check() -> int:
+    """Print the environment, then run every probe; 0 when every op matches torch, else 1."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     triton_version = "not installed (every op runs on the eager reference)"
     if _dispatch.TRITON_AVAILABLE:
@@ -172,7 +168,7 @@ def _run_check(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         backends["cuda"] = _dispatch.choose_backend("check", torch.empty(0, device=device))
     for device_type, backend in backends.items():
-        print(f"backend for {device_type} tensors: {backend.value} ({demo.BACKEND_DESCRIPTIONS[backend]})")
+        print(f"backend for {device_type} tensors: {backend.value} ({BACKEND_DESCRIPTIONS[backend]})")
     backend = backends[device.type]
     # Only interpreted launches can be traced; compiled kernels leave the trace empty.
     traced = backend is _dispatch.Backend.INTERPRETER
@@ -210,47 +206,12 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclasses.dataclass(frozen=True)
-class Command:
-    """A subcommand: its name, one-line help, argument declarations and runner (returns the exit status)."""
-
-    name: str
-    help: str
-    run: Callable[[argparse.Namespace], int]
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    # True: arguments the command does not declare reach it as ``args.extra_arguments``.
-    passes_on_arguments: bool = False
-
-
-COMMANDS = (
-    Command(
-        "demo",
-        "train an MLP on scikit-learn's digits with eager torch and with fused_ops, and compare",
-        _run_demo,
-        _add_demo_arguments,
-    ),
-    Command(
-        "bench",
-        "benchmark and memory-traffic report (further arguments go to the report)",
-        _run_bench,
-        passes_on_arguments=True,
-    ),
-    Command("check", "print the environment and run every fused op once against torch", _run_check),
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fused-ops`` argument parser, one subparser per row of :data:`COMMANDS`."""
+    """The ``fused-ops`` argument parser: one subcommand, ``check``."""
     parser = argparse.ArgumentParser(prog="fused-ops", description="Fused Triton kernels for PyTorch.")
     parser.add_argument("--version", action="version", version=f"fused_ops {fused_ops.__version__}")
-    subparsers = parser.add_subparsers(
-        dest="command_name", required=True, metavar="{" + ",".join(c.name for c in COMMANDS) + "}"
-    )
-    for command in COMMANDS:
-        subparser = subparsers.add_parser(command.name, help=command.help, description=command.help)
-        if command.add_arguments is not None:
-            command.add_arguments(subparser)
-        subparser.set_defaults(command=command)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers.add_parser("check", help=CHECK_HELP, description=CHECK_HELP)
     return parser
 
 
@@ -261,18 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-        0 on success, 1 when a check or the demo's comparison fails, 2 for usage errors
-        and for a command that is not available.
+        0 on success, 1 when a check fails, 2 for usage errors.
 
     Example:
         >>> main(["check"])  # doctest: +SKIP
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, extra_arguments = parser.parse_known_args(argv)
-    if extra_arguments and not args.command.passes_on_arguments:
-        parser.error(f"unrecognized arguments: {' '.join(extra_arguments)}")
-    args.extra_arguments = extra_arguments
-    if needs_interpreter_reexec():
-        reexec_under_interpreter(argv)
-    return args.command.run(args)
+    build_parser().parse_args(argv)  # usage errors exit here, before any re-run
+    rerun_under_interpreter_if_needed([sys.executable, "-m", "fused_ops", *argv])
+    return _run_check()

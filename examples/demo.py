@@ -1,4 +1,4 @@
-"""``fused-ops demo``: train one MLP twice, on eager torch and on fused_ops, and compare.
+"""The demo: train one MLP twice, on eager torch and on fused_ops, and compare.
 
 The data set is scikit-learn's digits (1797 8x8 images of handwritten digits, 10 classes),
 which ships inside scikit-learn, so nothing is downloaded. Both runs start from the same
@@ -11,13 +11,19 @@ On a machine without a GPU the fused run executes the real Triton kernels in Tri
 interpreter, which costs several milliseconds of CPU per program launched; the default
 configuration is sized to finish in about a minute on two CPU cores that way (about
 1200 launches of one to eight programs).
+
+    python examples/demo.py [--epochs N] [--batch-size N] [--hidden N] [--seed N] [--no-progress]
+
+(``make demo`` runs it.) Without a GPU it re-runs itself under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 
 import torch
@@ -25,7 +31,7 @@ import torch.nn.functional as F
 
 import fused_ops
 import fused_ops.optim
-from fused_ops import _dispatch
+from fused_ops import _dispatch, cli
 from fused_ops.profiling import KernelTrace
 
 # Largest allowed |eager loss - fused loss| of any epoch. The two runs differ only by
@@ -33,12 +39,7 @@ from fused_ops.profiling import KernelTrace
 # to step: the default run measures below 1e-7. A wrong gradient anywhere moves the loss
 # by far more than this.
 TOLERANCE = 1e-5
-
-BACKEND_DESCRIPTIONS = {
-    _dispatch.Backend.TRITON: "compiled Triton kernels",
-    _dispatch.Backend.INTERPRETER: "Triton kernels in Triton's interpreter",
-    _dispatch.Backend.REFERENCE: "the eager PyTorch reference: no Triton kernel runs",
-}
+DESCRIPTION = "Train an MLP on scikit-learn's digits with eager torch and with fused_ops, and compare."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +286,7 @@ def report(result: DemoResult, tolerance: float = TOLERANCE) -> list[str]:
         f"    activations  {', '.join(result.fused_modules)} (fused_ops.nn.convert)",
         f"    loss         {result.parts.loss_name}",
         f"    optimizer    {result.parts.optimizer_name}",
-        f"    backend      {result.backend.value} ({BACKEND_DESCRIPTIONS[result.backend]})",
+        f"    backend      {result.backend.value} ({cli.BACKEND_DESCRIPTIONS[result.backend]})",
         "",
         "epoch   eager loss   fused loss   |difference|",
     ]
@@ -322,3 +323,31 @@ def main(config: DemoConfig = DemoConfig(), tolerance: float = TOLERANCE, progre
     result = run(config, progress=progress)
     print("\n".join(report(result, tolerance)))
     return 0 if result.max_difference <= tolerance else 1
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[DemoConfig, float, bool]:
+    """(config, tolerance, progress) from the command line."""
+    defaults = DemoConfig()
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="images per batch (default: %(default)s)"
+    )
+    parser.add_argument("--hidden", type=int, default=defaults.hidden, help="hidden layer width (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for weights and batches")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help="largest allowed |eager loss - fused loss| of an epoch (default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    config = DemoConfig(epochs=args.epochs, batch_size=args.batch_size, hidden=args.hidden, seed=args.seed)
+    return config, args.tolerance, not args.no_progress
+
+
+if __name__ == "__main__":
+    config, tolerance, progress = parse_arguments()
+    cli.rerun_under_interpreter_if_needed([sys.executable, __file__, *sys.argv[1:]])
+    sys.exit(main(config, tolerance, progress))
