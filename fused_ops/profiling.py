@@ -18,9 +18,13 @@ What is counted, and how:
   On a GPU a second read of a small, recently read block may hit in L2, so these
   figures are an upper bound on DRAM traffic, never flattering.
 
-Only the interpreter can be instrumented this way (``TRITON_INTERPRET=1``); with compiled
-kernels a trace records nothing. Each launch also records its argument types, which the
-ahead-of-time tests use to compile exactly the signatures that ran.
+Bytes can only be counted under the interpreter (``TRITON_INTERPRET=1``). Launches are
+counted in both modes: compiled kernels are seen through Triton's
+``knobs.runtime.launch_enter_hook``, which the launcher calls with the kernel's name, so a
+test that asserts a kernel ran proves the same thing on a GPU as on a CPU. A compiled
+launch records its name only (``compiled=True``, no grid, arguments or bytes). Each
+interpreted launch also records its argument types, which the ahead-of-time tests use to
+compile exactly the signatures that ran.
 
 The same figures for eager PyTorch come from :class:`TorchTrace`, a ``TorchDispatchMode``
 that models the bytes and kernels of every aten op (its docstring lists each
@@ -63,6 +67,8 @@ class KernelLaunch:
     bytes_stored: int = 0
     args: list[Any] = dataclasses.field(default_factory=list)
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # True for a compiled kernel seen through Triton's launch hook: name only, no traffic.
+    compiled: bool = False
 
     @property
     def bytes_moved(self) -> int:
@@ -70,7 +76,7 @@ class KernelLaunch:
 
 
 class KernelTrace:
-    """Context manager that records every interpreted Triton launch made inside it."""
+    """Context manager that records every Triton launch made inside it (interpreted or compiled)."""
 
     def __init__(self) -> None:
         self.launches: list[KernelLaunch] = []
@@ -78,12 +84,16 @@ class KernelTrace:
     def __enter__(self) -> KernelTrace:
         _install_hooks()
         with _lock:
+            if not _active_traces:
+                _compiled_launch_hook.install()
             _active_traces.append(self)
         return self
 
     def __exit__(self, *exc_info) -> None:
         with _lock:
             _active_traces.remove(self)
+            if not _active_traces:
+                _compiled_launch_hook.uninstall()
 
     def clear(self) -> None:
         """Forget the launches recorded so far."""
@@ -108,6 +118,65 @@ class KernelTrace:
     @property
     def bytes_moved(self) -> int:
         return self.bytes_loaded + self.bytes_stored
+
+
+class _CompiledLaunchHook:
+    """Triton's launch-enter hook while a trace is active: records compiled launches by name.
+
+    Triton 3.4+ keeps ``knobs.runtime.launch_enter_hook`` as a chain of hooks; this one is
+    added to it only while some :class:`KernelTrace` is open, and removed after, so other
+    hooks (a profiler such as proton) keep working. On an older Triton whose hook is a
+    single callable, it replaces that callable for the trace and calls it too.
+    """
+
+    def __init__(self) -> None:
+        self._replaced = None
+        self._installed = False
+
+    def install(self) -> None:
+        knobs = _triton_knobs()
+        if knobs is None or self._installed:
+            return
+        chain = knobs.runtime.launch_enter_hook
+        if hasattr(chain, "add"):
+            chain.add(self)
+        else:
+            self._replaced = chain
+            knobs.runtime.launch_enter_hook = self._call_replaced_then_record
+        self._installed = True
+
+    def uninstall(self) -> None:
+        knobs = _triton_knobs()
+        if knobs is None or not self._installed:
+            return
+        chain = knobs.runtime.launch_enter_hook
+        if hasattr(chain, "remove"):
+            chain.remove(self)
+        else:
+            knobs.runtime.launch_enter_hook = self._replaced
+        self._replaced, self._installed = None, False
+
+    def _call_replaced_then_record(self, metadata) -> None:
+        if self._replaced is not None:
+            self._replaced(metadata)
+        self(metadata)
+
+    def __call__(self, metadata) -> None:
+        name = metadata.get()["name"]
+        for trace in _active_traces:
+            trace.launches.append(KernelLaunch(kernel=name, module="", grid=(), compiled=True))
+
+
+def _triton_knobs():
+    """``triton.knobs``, or None without Triton (nothing can launch then)."""
+    try:
+        from triton import knobs
+    except ImportError:
+        return None
+    return knobs
+
+
+_compiled_launch_hook = _CompiledLaunchHook()
 
 
 def describe_argument(value: Any) -> Any:
