@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Triton reads TRITON_INTERPRET at import, so it is set here, before Python starts.
 INTERPRET = $(shell $(PYTHON) -c "import torch; print(0 if torch.cuda.is_available() else 1)")
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-check clean
 
 $(INSTALLED): setup.py
 	python3 -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(INSTALLED)
 
 bench: $(INSTALLED)
 	TRITON_INTERPRET=$(INTERPRET) $(PYTHON) -m pytest benchmarks --benchmark-only -p no:xdist
+
+# On a machine with a GPU: the suite on CUDA, benchmarks with real timings, host time; one report.
+gpu-check: $(INSTALLED)
+	$(PYTHON) benchmarks/gpu_check.py --out gpu-check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks
