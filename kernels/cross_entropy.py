@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import upcast
+from ._common import LN2, LOG2E, REDUCTION_MEAN, REDUCTION_NONE, upcast
 from ._config import (
     CROSS_ENTROPY_MAX_BLOCK_C,
     CROSS_ENTROPY_MAX_BLOCK_I,
@@ -45,13 +45,6 @@ from ._config import (
     CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
     CROSS_ENTROPY_TILE_SIZE,
 )
-
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
-REDUCTION_NONE = tl.constexpr(0)
-REDUCTION_MEAN = tl.constexpr(1)
-REDUCTION_SUM = tl.constexpr(2)
 
 
 @triton.jit

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import upcast
+from ._common import LN2, LOG2E, upcast
 from ._config import (
     SOFTMAX_ELEMENTS_PER_WARP,
     SOFTMAX_LOOP_TILE,
@@ -47,11 +47,6 @@ from ._config import (
 # interpreter re-patches triton.language on every helper call (milliseconds each), which
 # would dominate the CPU test suite. In every kernel, ``cols64`` is int64 because for a
 # non-last dim ``col_stride`` is the inner size, and ``n * inner`` can pass 2^31.
-
-# exp(x) = exp2(x * LOG2E) and log(x) = log2(x) * LN2. Against an fp64 tensor these
-# constants are materialized in fp64, so fp64 keeps full precision.
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
