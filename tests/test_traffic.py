@@ -9,8 +9,10 @@
   exactly the factor that docs/traffic.md states.
 """
 
+import importlib
 import inspect
 import re
+import sys
 from pathlib import Path
 
 import harness
@@ -258,3 +260,28 @@ def test_every_public_op_and_optimizer_has_a_case():
     )
     optimizers = {name for name in fused_ops.optim.__all__ if inspect.isclass(getattr(fused_ops.optim, name))}
     assert optimizers <= {case.class_name for case in traffic_report.OPTIMIZER_CASES}
+
+
+def test_every_benchmark_file_defines_the_cases_of_its_family():
+    for family in traffic_report.families():
+        cases = importlib.import_module(f"bench_{family}").CASES
+        assert cases and all(isinstance(c, harness.OpCase | harness.OptimizerCase) for c in cases), family
+    collected = [*traffic_report.OP_CASES, *traffic_report.OPTIMIZER_CASES]
+    assert len({c.name for c in collected}) == len(collected), "two cases share a name"
+
+
+def test_a_new_family_needs_only_its_benchmark_file(tmp_path, monkeypatch):
+    # Known families keep the report's reading order; new ones follow, alphabetically.
+    for family in ("zeta_ops", "softmax", "alpha_ops", "activations"):
+        (tmp_path / f"bench_{family}.py").write_text(
+            f"import harness\nimport torch\n\nCASES = (harness.OpCase('{family}_neg', 'neg(x)', harness.one_input, "
+            "torch.neg, torch.neg, harness.saved_output),)\n"
+        )
+    monkeypatch.setattr(traffic_report, "BENCHMARKS_DIR", tmp_path)
+    monkeypatch.syspath_prepend(tmp_path)
+    for family in ("zeta_ops", "softmax", "alpha_ops", "activations"):  # import these, not the real ones
+        monkeypatch.delitem(sys.modules, f"bench_{family}", raising=False)
+    assert traffic_report.families() == ["activations", "softmax", "alpha_ops", "zeta_ops"]
+    op_cases, optimizer_cases = traffic_report.collect_cases()
+    assert [c.name for c in op_cases] == ["activations_neg", "softmax_neg", "alpha_ops_neg", "zeta_ops_neg"]
+    assert optimizer_cases == ()
