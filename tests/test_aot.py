@@ -8,6 +8,7 @@ others where ``TRITON_INTERPRET`` is unset (see benchmarks/aot.py for why).
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import textwrap
@@ -119,3 +120,15 @@ def test_aot_rejects_what_only_the_interpreter_accepts(tmp_path):
     errors = dict(line.split(": ", 1) for line in _failures(results))
     assert "unsupported AST node type: Break" in errors["loop_with_break_kernel"]
     assert "num_warp was specified but unrecognised" in errors["mistyped_option_kernel"]
+
+
+def test_children_run_with_the_interpreter_on_or_off(monkeypatch):
+    # A compiler child that inherited TRITON_INTERPRET=1 would interpret instead of compiling.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "TRITON_INTERPRET" not in interpreter.environment(interpret=False)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert interpreter.environment(interpret=True)["TRITON_INTERPRET"] == "1"
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = interpreter.environment(False, extra_pythonpath=["/first"], overrides={"TRITON_ALWAYS_COMPILE": "1"})
+    assert env["PYTHONPATH"].split(os.pathsep) == ["/first", "/elsewhere"]
+    assert env["TRITON_ALWAYS_COMPILE"] == "1"
