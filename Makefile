@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Triton reads TRITON_INTERPRET at import, so it is set here, before Python starts.
 INTERPRET = $(shell $(PYTHON) -c "import torch; print(0 if torch.cuda.is_available() else 1)")
 
-.PHONY: demo test lint bench gpu-check clean
+.PHONY: demo test lint bench report gpu-check clean
 
 $(INSTALLED): setup.py
 	python3 -m venv $(VENV)
@@ -28,12 +28,22 @@ lint: $(INSTALLED)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
+# The pytest-benchmark suites, one benchmarks/bench_<family>.py per op family: wall-clock
+# timings against eager torch and torch.compile (GPU timings only on a GPU).
 bench: $(INSTALLED)
 	TRITON_INTERPRET=$(INTERPRET) $(PYTHON) -m pytest benchmarks --benchmark-only -p no:xdist
 
 # On a machine with a GPU: the suite on CUDA, benchmarks with real timings, host time; one report.
 gpu-check: $(INSTALLED)
 	$(PYTHON) benchmarks/gpu_check.py --out gpu-check
+
+# What can be counted without a GPU, from the same cases: bytes, launches and modeled time
+# (docs/traffic.md, docs/traffic.png), then registers, spills and vector accesses of every
+# kernel compiled for sm_90 (docs/static.md). Counting needs the interpreter, even on a GPU
+# machine; static_report.py compiles in a child process without it.
+report: $(INSTALLED)
+	TRITON_INTERPRET=1 $(PYTHON) benchmarks/traffic_report.py --out-dir docs --no-progress
+	TRITON_INTERPRET=1 $(PYTHON) benchmarks/static_report.py --out-dir docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks

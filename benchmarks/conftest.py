@@ -30,7 +30,7 @@ def _timing_note() -> list[str]:
     if not harness.ON_GPU:
         lines.append(
             "CPU timings of the fused path measure Triton's interpreter (or the eager fallback), "
-            "not a GPU. GPU-relevant figures without a GPU: `fused-ops bench` (bytes, launches, modeled time)."
+            "not a GPU. GPU-relevant figures without a GPU: `make report` (bytes, launches, modeled time)."
         )
     return lines
 

@@ -1,7 +1,23 @@
-"""What every benchmark suite shares: sizes, providers, modes, and one way to time a call.
+"""What every benchmark shares: the case classes, sizes, providers, modes, and one way to time a call.
 
-The cases (inputs, fused call, eager call, minimum bytes) come from the registry in
-:mod:`fused_ops.report`, the same one the traffic report and its tests use.
+Each op family has one benchmark file, ``benchmarks/bench_<family>.py``, named like its
+``fused_ops/<family>.py``, ``kernels/<family>.py`` and ``tests/test_<family>.py``. That file
+defines the family's cases and times them:
+
+- ``CASES``: a tuple of :class:`OpCase` (an op: its inputs, the fused call, torch's call,
+  what its gradient must read) or :class:`OptimizerCase` (an optimizer configuration);
+- one pytest-benchmark test, parametrized with :func:`op_params` or
+  :func:`optimizer_params` over those ``CASES``.
+
+Every instrument reads the cases from there: the pytest-benchmark suites (``make bench``),
+the traffic report (``benchmarks/traffic_report.py``, which imports every
+``bench_*.py`` and collects its ``CASES``), the static sm_90 report
+(``benchmarks/static_report.py``) and the traffic tests (``tests/test_traffic.py``, which
+fails when a public op or optimizer has no case). So adding a family to the benchmarks
+and reports is writing ``benchmarks/bench_<family>.py`` with its ``CASES`` and its test,
+and nothing else; ``bench_softmax.py`` is a short example to copy.
+
+Timing:
 
 - On a GPU: every round (and every untimed setup) ends with ``torch.cuda.synchronize()``,
   and ``extra_info["gbps"]`` is the minimum bytes ÷ the median round (effective bandwidth).
@@ -13,13 +29,150 @@ The cases (inputs, fused call, eager call, minimum bytes) come from the registry
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
 
-from fused_ops import _dispatch, report
+from fused_ops import _dispatch
+from fused_ops.profiling import minimum_bytes
+
+# The dtypes a case runs in, by the name the reports and the command lines use.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = ("forward", "backward", "full")
+# Every op case is a (rows, COLS) problem: elementwise ops see rows × COLS elements,
+# softmax reduces rows of COLS, cross-entropy has COLS classes. A multiple of 16, so
+# Triton specializes the sizes as divisible and can vectorize.
+COLS = 4096
+
+
+def randn(rows: int, cols: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """``(rows, cols)`` standard normal values drawn in fp32 from ``generator``, cast to ``dtype``."""
+    return torch.randn(rows, cols, generator=generator).to(dtype)
+
+
+def one_input(rows, cols, dtype, generator):
+    """``make_inputs`` of a unary op: one ``(rows, cols)`` input that requires grad."""
+    return (randn(rows, cols, dtype, generator).requires_grad_(),)
+
+
+def saved_output(inputs, output):
+    """``backward_reads`` of an op whose gradient reads only its output (sigmoid, softmax, ...)."""
+    return (output,)
+
+
+def all_inputs(inputs, output):
+    """``backward_reads`` of an op whose gradient reads its inputs (the losses)."""
+    return inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCase:
+    """One op as the benchmarks, the reports and the traffic tests run it.
+
+    Attributes:
+        name: the op's attribute in fused_ops.
+        call: what the case runs, in words.
+        make_inputs: ``(rows, cols, dtype, generator) -> inputs`` on the CPU; the inputs
+            that are differentiated have ``requires_grad``.
+        fused: ``fused(*inputs)`` runs the fused op (``fused_ops`` is looked up at call time).
+        eager: ``eager(*inputs)`` runs torch's op.
+        backward_reads: ``(inputs, output) -> tensors`` that the gradient formula must
+            read besides ``grad_output`` (the saved output, or the inputs).
+
+    Example:
+        >>> case = OpCase("sigmoid", "sigmoid(x)", one_input, lambda x: fused_ops.sigmoid(x), torch.sigmoid,
+        ...               saved_output)  # doctest: +SKIP
+    """
+
+    name: str
+    call: str
+    make_inputs: Callable[..., tuple[torch.Tensor, ...]]
+    fused: Callable[..., torch.Tensor]
+    eager: Callable[..., torch.Tensor]
+    backward_reads: Callable[..., Sequence[torch.Tensor]]
+
+    def inputs(self, rows: int, cols: int, dtype: torch.dtype, device="cpu", seed: int = 0):
+        """Fresh inputs of shape ``(rows, cols)`` (and targets), seeded, on ``device``."""
+        generator = torch.Generator().manual_seed(seed)
+        made = self.make_inputs(rows, cols, dtype, generator)
+        return tuple(t.detach().to(device).requires_grad_(t.requires_grad) for t in made)
+
+    def minimum(self, mode: str, inputs: Sequence[torch.Tensor], output: torch.Tensor) -> int:
+        """Minimum bytes of one mode, each tensor read or written once.
+
+        Args:
+            mode: "forward" (read the inputs, write the output), "backward" (read
+                ``grad_output`` and :attr:`backward_reads`, write each input's gradient) or
+                "full" (their sum: the two are separate ops in a training step).
+            inputs: the case's inputs.
+            output: the forward's output (``grad_output`` has its shape and dtype).
+
+        Returns:
+            Bytes.
+        """
+        forward = minimum_bytes(inputs, [output])
+        gradients = [t for t in inputs if t.requires_grad]
+        # `output` stands for grad_output, which has its shape and dtype.
+        backward = minimum_bytes([output, *self.backward_reads(inputs, output)], gradients)
+        return {"forward": forward, "backward": backward, "full": forward + backward}[mode]
+
+
+# Provider -> the torch.optim keyword that selects its implementation.
+OPTIMIZER_PROVIDERS = {
+    "fused_ops": {},
+    "torch for-loop": {"foreach": False},
+    "torch foreach": {"foreach": True},
+    "torch fused": {"fused": True},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerCase:
+    """One optimizer configuration, run by fused_ops and by torch's three implementations.
+
+    Attributes:
+        name: what the report calls it.
+        class_name: the class in ``fused_ops.optim`` and ``torch.optim``.
+        kwargs: constructor arguments shared by every provider.
+    """
+
+    name: str
+    class_name: str
+    kwargs: dict
+
+    @property
+    def state_tensors(self) -> int:
+        """Tensors per parameter that a step reads and writes besides the gradient."""
+        return 4 if self.kwargs.get("amsgrad") else 3
+
+    def build(self, provider: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimizer of ``provider`` (one of :data:`OPTIMIZER_PROVIDERS`) over ``params``."""
+        if provider == "fused_ops":
+            import fused_ops.optim
+
+            return getattr(fused_ops.optim, self.class_name)(params, **self.kwargs)
+        torch_class = getattr(torch.optim, self.class_name)
+        return torch_class(params, **self.kwargs, **OPTIMIZER_PROVIDERS[provider])
+
+    def minimum(self, params: Sequence[torch.Tensor]) -> int:
+        """Each parameter, gradient and state tensor read once; parameter and state written once."""
+        return sum(minimum_bytes([p] * (self.state_tensors + 1), [p] * self.state_tensors) for p in params)
+
+
+def make_parameters(tensors: int, rows: int, cols: int, dtype: torch.dtype, device="cpu", seed: int = 0):
+    """``tensors`` parameters of shape ``(rows, cols)``, each with a gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for _ in range(tensors):
+        param = torch.nn.Parameter(torch.randn(rows, cols, generator=generator).to(dtype=dtype, device=device))
+        param.grad = torch.randn(rows, cols, generator=generator).to(dtype=dtype, device=device)
+        params.append(param)
+    return params
+
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -27,20 +180,19 @@ SMOKE = os.environ.get("FUSED_OPS_BENCH_SMOKE") == "1"
 
 if SMOKE:
     SIZES = [(2, 64)]
-    DTYPES = [torch.float32]
+    BENCH_DTYPES = [torch.float32]
     OPTIMIZER_SIZES = [(2, 1, 64)]  # (tensors, rows, cols)
 elif ON_GPU:
     # From launch-bound (one row of 4096) to bandwidth-bound (33.5M elements).
-    SIZES = [(1, 4096), (64, 4096), (1024, 4096), (8192, 4096)]
-    DTYPES = [torch.float32, torch.bfloat16]
-    OPTIMIZER_SIZES = [(1, 1, 4096), (16, 16, 4096), (16, 256, 4096)]
+    SIZES = [(1, COLS), (64, COLS), (1024, COLS), (8192, COLS)]
+    BENCH_DTYPES = [torch.float32, torch.bfloat16]
+    OPTIMIZER_SIZES = [(1, 1, COLS), (16, 16, COLS), (16, 256, COLS)]
 else:
     # The interpreter runs a few hundred thousand elements a second: keep CPU runs short.
-    SIZES = [(1, 4096), (16, 4096)]
-    DTYPES = [torch.float32]
-    OPTIMIZER_SIZES = [(1, 1, 4096), (16, 4, 4096)]
+    SIZES = [(1, COLS), (16, COLS)]
+    BENCH_DTYPES = [torch.float32]
+    OPTIMIZER_SIZES = [(1, 1, COLS), (16, 4, COLS)]
 
-MODES = ("forward", "backward", "full")
 ROUNDS = 50 if ON_GPU else 3
 WARMUP_ROUNDS = 5 if ON_GPU else 1
 
@@ -54,33 +206,33 @@ else:
     FUSED_LABEL = "fused_ops(eager-fallback)"
     TIMING_NOTE = "CPU: fused_ops runs its eager PyTorch fallback; these are not GPU timings"
 PROVIDERS = (FUSED_LABEL, "torch", "torch.compile")
-OPTIMIZER_PROVIDERS = tuple(FUSED_LABEL if p == "fused_ops" else p for p in report.OPTIMIZER_PROVIDERS)
+BENCH_OPTIMIZER_PROVIDERS = tuple(FUSED_LABEL if p == "fused_ops" else p for p in OPTIMIZER_PROVIDERS)
 # torch.compile takes seconds per graph: the smoke run compiles one op (its forward and
 # backward graphs serve all three modes).
 SMOKE_COMPILE = "sigmoid"
 
 
-def op_params(family: str) -> list:
-    """``pytest.param`` rows (case, provider, mode, size, dtype) for one op family."""
+def op_params(cases: Sequence[OpCase]) -> list:
+    """``pytest.param`` rows (case, provider, mode, size, dtype) for a family's op cases."""
     params = []
-    for case in (c for c in report.OP_CASES if c.family == family):
+    for case in cases:
         for provider in PROVIDERS:
             for mode in MODES:
                 if SMOKE and provider == "torch.compile" and case.name != SMOKE_COMPILE:
                     continue
                 for rows, cols in SIZES:
-                    for dtype in DTYPES:
+                    for dtype in BENCH_DTYPES:
                         dtype_name = str(dtype).removeprefix("torch.")
                         name = f"{case.name}-{provider}-{mode}-{rows}x{cols}-{dtype_name}"
                         params.append(pytest.param(case, provider, mode, (rows, cols), dtype, id=name))
     return params
 
 
-def optimizer_params() -> list:
-    """``pytest.param`` rows (case, provider, size) for the optimizer suite."""
+def optimizer_params(cases: Sequence[OptimizerCase]) -> list:
+    """``pytest.param`` rows (case, provider, size) for a family's optimizer cases."""
     params = []
-    for case in report.OPTIMIZER_CASES:
-        for provider in OPTIMIZER_PROVIDERS:
+    for case in cases:
+        for provider in BENCH_OPTIMIZER_PROVIDERS:
             for size in OPTIMIZER_SIZES:
                 name = f"{case.name}-{provider}-{size[0]}x{size[1]}x{size[2]}".replace(" ", "_")
                 params.append(pytest.param(case, provider, size, id=name))
@@ -88,11 +240,11 @@ def optimizer_params() -> list:
 
 
 @functools.cache
-def _compiled(case: report.OpCase):
+def _compiled(case: OpCase):
     return torch.compile(case.eager, backend="inductor")
 
 
-def _callable(case: report.OpCase, provider: str):
+def _callable(case: OpCase, provider: str):
     if provider == FUSED_LABEL:
         return case.fused
     if provider == "torch":
@@ -129,7 +281,7 @@ def time_call(benchmark, run, minimum_bytes: int, elements: int, setup=None, tea
         benchmark.extra_info.update(median_s=median, gbps=minimum_bytes / median / 1e9)
 
 
-def bench_op(benchmark, case: report.OpCase, provider: str, mode: str, size: tuple[int, int], dtype) -> None:
+def bench_op(benchmark, case: OpCase, provider: str, mode: str, size: tuple[int, int], dtype) -> None:
     """Benchmark one op case in one mode.
 
     forward: the op on inputs that require grad (a training forward, saving for backward);
@@ -168,11 +320,11 @@ def bench_op(benchmark, case: report.OpCase, provider: str, mode: str, size: tup
         )
 
 
-def bench_optimizer(benchmark, case: report.OptimizerCase, provider: str, size: tuple[int, int, int]) -> None:
+def bench_optimizer(benchmark, case: OptimizerCase, provider: str, size: tuple[int, int, int]) -> None:
     """Benchmark one optimizer step (after a first step has created the state)."""
     tensors, rows, cols = size
     benchmark.group = f"{case.name} step {tensors}x{rows}x{cols}"
-    params = report.make_parameters(tensors, rows, cols, torch.float32, device=DEVICE)
+    params = make_parameters(tensors, rows, cols, torch.float32, device=DEVICE)
     optimizer = case.build("fused_ops" if provider == FUSED_LABEL else provider, params)
     optimizer.step()
     time_call(benchmark, optimizer.step, case.minimum(params), sum(p.numel() for p in params))

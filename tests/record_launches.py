@@ -14,8 +14,11 @@ from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# The AOT tool lives with the other instruments, outside the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from fused_ops.aot import launch_key
+from aot import launch_key, launch_record
+
 from fused_ops.profiling import KernelTrace
 
 
@@ -28,7 +31,7 @@ def main(test_module: str, out_path: str) -> None:
         module.aot_workload()
     distinct = {}
     for launch in trace.launches:
-        record = {"module": launch.module, "kernel": launch.kernel, "args": launch.args, "kwargs": launch.kwargs}
+        record = launch_record(launch)
         distinct.setdefault(launch_key(record), record)
     Path(out_path).write_text(json.dumps(list(distinct.values()), indent=1))
 

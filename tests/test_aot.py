@@ -3,7 +3,7 @@
 For each op family, ``tests/test_<family>.py`` defines ``aot_workload()``, which calls the
 family's ops on every code path and dtype the tests use. Its launches are recorded under
 the interpreter in one subprocess and compiled with ``triton.compile`` for both targets in
-others where ``TRITON_INTERPRET`` is unset (see fused_ops.aot for why).
+others where ``TRITON_INTERPRET`` is unset (see benchmarks/aot.py for why).
 """
 
 import importlib
@@ -11,10 +11,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import aot
+import interpreter
 import pytest
 
 TESTS_DIR = Path(__file__).parent
@@ -28,27 +29,22 @@ ARCHS = (90, 80)
 
 def _record_launches(workload_module: Path, out_path: Path) -> list[dict]:
     """Run ``workload_module.aot_workload()`` under the interpreter; return its distinct launches."""
-    subprocess.run(
-        [sys.executable, str(TESTS_DIR / "record_launches.py"), str(workload_module), str(out_path)],
-        check=True,
-        env=dict(os.environ, TRITON_INTERPRET="1"),
+    interpreter.run_python(
+        [str(TESTS_DIR / "record_launches.py"), str(workload_module), str(out_path)], interpret=True, check=True
     )
     return json.loads(out_path.read_text())
 
 
 def _compile_for_all_archs(launches_path: Path, extra_pythonpath: str = "") -> dict[int, list[dict]]:
     """Compile the recorded launches for every arch in parallel processes; results per arch."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    if extra_pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_pythonpath, env.get("PYTHONPATH", "")]))
     compilers = {
-        arch: subprocess.Popen(
-            [sys.executable, "-m", "fused_ops.aot", str(launches_path), str(arch)],
+        arch: interpreter.start_python(
+            [aot.__file__, str(launches_path), str(arch)],
+            interpret=False,
+            extra_pythonpath=[extra_pythonpath] if extra_pythonpath else [],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
         )
         for arch in ARCHS
     }
@@ -124,3 +120,15 @@ def test_aot_rejects_what_only_the_interpreter_accepts(tmp_path):
     errors = dict(line.split(": ", 1) for line in _failures(results))
     assert "unsupported AST node type: Break" in errors["loop_with_break_kernel"]
     assert "num_warp was specified but unrecognised" in errors["mistyped_option_kernel"]
+
+
+def test_children_run_with_the_interpreter_on_or_off(monkeypatch):
+    # A compiler child that inherited TRITON_INTERPRET=1 would interpret instead of compiling.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "TRITON_INTERPRET" not in interpreter.environment(interpret=False)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert interpreter.environment(interpret=True)["TRITON_INTERPRET"] == "1"
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = interpreter.environment(False, extra_pythonpath=["/first"], overrides={"TRITON_ALWAYS_COMPILE": "1"})
+    assert env["PYTHONPATH"].split(os.pathsep) == ["/first", "/elsewhere"]
+    assert env["TRITON_ALWAYS_COMPILE"] == "1"

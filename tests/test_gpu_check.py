@@ -4,12 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gpu_check
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_check  # noqa: E402  (benchmarks/ is not a package)
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
 <testcase classname="tests.test_softmax" name="test_a"/>

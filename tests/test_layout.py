@@ -27,7 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = sorted(path.stem for path in (ROOT / "kernels").glob("*.py") if not path.stem.startswith("_"))
 # Modules of the package that only fused_ops' own developers would run: they live in
 # benchmarks/ and examples/, never in what `pip install` ships.
-INSTRUMENTS = ("report", "static_report", "aot", "demo", "traffic_report", "host_time", "standin_driver", "harness")
+INSTRUMENTS = (
+    "report",
+    "static_report",
+    "aot",
+    "demo",
+    "traffic_report",
+    "host_time",
+    "standin_driver",
+    "harness",
+    "interpreter",
+    "gpu_check",
+)
 
 
 def _functional_module(family: str) -> Path:

@@ -5,7 +5,7 @@ child process without TRITON_INTERPRET. One test checks every property of that s
 compilation, so no scheduling of tests across workers compiles the kernels twice.
 """
 
-from fused_ops import static_report
+import static_report
 
 
 def test_global_accesses_are_counted_by_width():

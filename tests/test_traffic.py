@@ -9,17 +9,21 @@
   exactly the factor that docs/traffic.md states.
 """
 
+import importlib
 import inspect
 import re
+import sys
 from pathlib import Path
 
+import harness
+import interpreter
 import pytest
 import torch
 import torch.nn.functional as F
+import traffic_report
 
 import fused_ops
 import fused_ops.optim
-from fused_ops import report
 from fused_ops.profiling import KernelTrace, TorchTrace, minimum_bytes, tensor_bytes
 
 DOCS_TABLE = Path(__file__).parent.parent / "docs" / "traffic.md"
@@ -141,7 +145,7 @@ def test_fused_op_counts_only_its_triton_launches_not_the_interpreter_staging():
 
 
 def test_torch_adam_step_matches_its_documented_traffic():
-    params = report.make_parameters(2, 3, 1000, torch.float32)
+    params = harness.make_parameters(2, 3, 1000, torch.float32)
     optimizer = torch.optim.Adam(params, foreach=False)
     optimizer.step()
     with TorchTrace(host_step_tensors("torch for-loop", optimizer)) as trace:
@@ -152,25 +156,25 @@ def test_torch_adam_step_matches_its_documented_traffic():
 
 
 def host_step_tensors(provider, optimizer):
-    return report.host_step_tensors(provider, optimizer)
+    return traffic_report.host_step_tensors(provider, optimizer)
 
 
 def test_extrapolation_is_exact_on_a_line_and_flags_anything_else():
-    line = report.extrapolate({1: 10, 2: 18, 4: 34}, {1: 2, 2: 2, 4: 2}, 100)
+    line = traffic_report.extrapolate({1: 10, 2: 18, 4: 34}, {1: 2, 2: 2, 4: 2}, 100)
     assert (line.bytes, line.launches, line.exact) == (802, 2, True)
-    assert not report.extrapolate({1: 10, 2: 18, 4: 40}, {1: 2, 2: 2, 4: 2}, 100).exact
-    assert not report.extrapolate({1: 10, 2: 18, 4: 34}, {1: 2, 2: 3, 4: 2}, 100).exact
+    assert not traffic_report.extrapolate({1: 10, 2: 18, 4: 40}, {1: 2, 2: 2, 4: 2}, 100).exact
+    assert not traffic_report.extrapolate({1: 10, 2: 18, 4: 34}, {1: 2, 2: 3, 4: 2}, 100).exact
 
 
 def test_modeled_time_is_bytes_over_bandwidth_plus_launches():
-    h100 = report.GPUS[0]
-    assert report.modeled_us(3.35e6, 2, h100) == pytest.approx(1.0 + 2 * report.LAUNCH_US)
+    h100 = traffic_report.GPUS[0]
+    assert traffic_report.modeled_us(3.35e6, 2, h100) == pytest.approx(1.0 + 2 * traffic_report.LAUNCH_US)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", report.OP_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", traffic_report.OP_CASES, ids=lambda c: c.name)
 def test_fused_forward_and_backward_move_at_most_5_percent_over_the_minimum(case, dtype):
-    traffic = report.measure_op(case, dtype, ROWS, COLS)
+    traffic = traffic_report.measure_op(case, dtype, ROWS, COLS)
     for mode in ("forward", "backward"):
         fused, minimum = traffic.fused[mode].traffic.bytes, traffic.minimum[mode]
         assert traffic.fused[mode].traffic.launches > 0, f"{case.name} {mode}: no Triton kernel ran"
@@ -180,9 +184,9 @@ def test_fused_forward_and_backward_move_at_most_5_percent_over_the_minimum(case
         )
 
 
-@pytest.mark.parametrize("case", report.OPTIMIZER_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", traffic_report.OPTIMIZER_CASES, ids=lambda c: c.name)
 def test_fused_optimizer_step_moves_28_bytes_per_fp32_parameter_36_with_amsgrad(case):
-    traced, _, params = report.measure_optimizer(case, "fused_ops", tensors=3, rows=2, cols=4096)
+    traced, _, params = traffic_report.measure_optimizer(case, "fused_ops", tensors=3, rows=2, cols=4096)
     expected = 36 if case.kwargs.get("amsgrad") else 28
     assert traced.traffic.launches > 0
     # Beyond the 28 (36) bytes only a few per program: step counters and address tables.
@@ -203,10 +207,12 @@ def _stated_factors() -> dict[tuple[str, str, str], str]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("case", [c for c in report.OP_CASES if c.name in MULTI_KERNEL_OPS], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case", [c for c in traffic_report.OP_CASES if c.name in MULTI_KERNEL_OPS], ids=lambda c: c.name
+)
 def test_fused_losses_beat_eager_by_the_factor_the_report_states(case, dtype):
     name = case.name
-    rows = {row.mode: row for row in report.op_rows(case, dtype)}
+    rows = {row.mode: row for row in traffic_report.op_rows(case, dtype)}
     # MSE's backward is one kernel in both (its fused kernel also re-reads the scalar
     # grad_output once per program, which counts here although a GPU caches it).
     for mode in ("forward", "full"):
@@ -214,17 +220,17 @@ def test_fused_losses_beat_eager_by_the_factor_the_report_states(case, dtype):
         assert fused < eager, f"{name} {mode}: fused {fused} bytes, eager {eager}"
     stated = _stated_factors()
     for mode, row in rows.items():
-        measured = report.ratio_text(row.large["eager"].bytes, row.large["fused_ops"].bytes)
+        measured = traffic_report.ratio_text(row.large["eager"].bytes, row.large["fused_ops"].bytes)
         assert stated.get((name, dtype, mode)) == measured, (
             f"docs/traffic.md states {stated.get((name, dtype, mode))} for {name} {mode} {dtype}, "
-            f"the kernels now give {measured}: regenerate it with `fused-ops bench`"
+            f"the kernels now give {measured}: regenerate it with `make report`"
         )
 
 
 def test_report_writes_markdown_and_chart(tmp_path):
-    options = ["--ops", "sigmoid", "--dtypes", "float32", "--no-optimizer", "--no-progress", "--no-static"]
-    args = report.build_parser().parse_args(["--out-dir", str(tmp_path), *options])
-    assert report.run_report(args) == 0
+    options = ["--ops", "sigmoid", "--dtypes", "float32", "--no-optimizer", "--no-progress"]
+    args = traffic_report.build_parser().parse_args(["--out-dir", str(tmp_path), *options])
+    assert traffic_report.run_report(args) == 0
     markdown = (tmp_path / "traffic.md").read_text()
     assert "| sigmoid | forward | 8.00 | 8.00 | 8.00 | 1.00× | 1.00× | 1 / 1 |" in markdown
     assert "**Modeled**" in markdown
@@ -233,11 +239,13 @@ def test_report_writes_markdown_and_chart(tmp_path):
 
 def test_report_reruns_itself_under_the_interpreter_when_kernels_are_compiled(monkeypatch):
     calls = []
-    monkeypatch.setattr(report._dispatch, "TRITON_INTERPRETED", False)
-    monkeypatch.setattr(report.subprocess, "run", lambda argv, env, check: calls.append((argv, env)) or Done())
-    assert report.main(["--ops", "sigmoid"]) == 0
+    monkeypatch.setattr(traffic_report._dispatch, "TRITON_INTERPRETED", False)
+    monkeypatch.setattr(
+        interpreter.subprocess, "run", lambda argv, env, check, **kwargs: calls.append((argv, env)) or Done()
+    )
+    assert traffic_report.main(["--ops", "sigmoid"]) == 0
     ((argv, env),) = calls
-    assert argv[1:] == ["-m", "fused_ops.report", "--ops", "sigmoid"]
+    assert argv[1:] == [str(Path(traffic_report.__file__).resolve()), "--ops", "sigmoid"]
     assert env["TRITON_INTERPRET"] == "1"
 
 
@@ -247,6 +255,33 @@ class Done:
 
 def test_every_public_op_and_optimizer_has_a_case():
     ops = {name for name in fused_ops.__all__ if inspect.isfunction(getattr(fused_ops, name))}
-    assert ops <= {case.name for case in report.OP_CASES}, "add the op to fused_ops.report.OP_CASES"
+    assert ops <= {case.name for case in traffic_report.OP_CASES}, (
+        "add a case for the op to benchmarks/bench_<family>.py"
+    )
     optimizers = {name for name in fused_ops.optim.__all__ if inspect.isclass(getattr(fused_ops.optim, name))}
-    assert optimizers <= {case.class_name for case in report.OPTIMIZER_CASES}
+    assert optimizers <= {case.class_name for case in traffic_report.OPTIMIZER_CASES}
+
+
+def test_every_benchmark_file_defines_the_cases_of_its_family():
+    for family in traffic_report.families():
+        cases = importlib.import_module(f"bench_{family}").CASES
+        assert cases and all(isinstance(c, harness.OpCase | harness.OptimizerCase) for c in cases), family
+    collected = [*traffic_report.OP_CASES, *traffic_report.OPTIMIZER_CASES]
+    assert len({c.name for c in collected}) == len(collected), "two cases share a name"
+
+
+def test_a_new_family_needs_only_its_benchmark_file(tmp_path, monkeypatch):
+    # Known families keep the report's reading order; new ones follow, alphabetically.
+    for family in ("zeta_ops", "softmax", "alpha_ops", "activations"):
+        (tmp_path / f"bench_{family}.py").write_text(
+            f"import harness\nimport torch\n\nCASES = (harness.OpCase('{family}_neg', 'neg(x)', harness.one_input, "
+            "torch.neg, torch.neg, harness.saved_output),)\n"
+        )
+    monkeypatch.setattr(traffic_report, "BENCHMARKS_DIR", tmp_path)
+    monkeypatch.syspath_prepend(tmp_path)
+    for family in ("zeta_ops", "softmax", "alpha_ops", "activations"):  # import these, not the real ones
+        monkeypatch.delitem(sys.modules, f"bench_{family}", raising=False)
+    assert traffic_report.families() == ["activations", "softmax", "alpha_ops", "zeta_ops"]
+    op_cases, optimizer_cases = traffic_report.collect_cases()
+    assert [c.name for c in op_cases] == ["activations_neg", "softmax_neg", "alpha_ops_neg", "zeta_ops_neg"]
+    assert optimizer_cases == ()

@@ -1,9 +1,9 @@
-"""The traffic report behind ``fused-ops bench``: bytes, launches and modeled GPU time per op.
+"""The traffic report: bytes, launches and modeled GPU time per op and optimizer step.
 
 Memory-bound kernels take about (bytes moved) ÷ (bandwidth) plus a fixed cost per
-launch, and both figures can be counted exactly on any machine. For every op in
-:data:`OP_CASES` and every dtype, in forward, backward and full (forward then backward)
-mode, and for every optimizer in :data:`OPTIMIZER_CASES`, the report counts:
+launch, and both figures can be counted exactly on any machine. For every op case and
+every dtype, in forward, backward and full (forward then backward) mode, and for every
+optimizer case, the report counts:
 
 - fused_ops: the bytes every Triton launch loads and stores, under Triton's interpreter
   (:class:`fused_ops.profiling.KernelTrace`), plus any aten op the fused path runs
@@ -12,7 +12,11 @@ mode, and for every optimizer in :data:`OPTIMIZER_CASES`, the report counts:
 - the minimum: each input read once, each output written once
   (:func:`fused_ops.profiling.minimum_bytes`).
 
-Ops are counted at 1, 2 and 4 rows of :data:`COLS` columns and extrapolated to
+The cases are the ``CASES`` of every ``benchmarks/bench_<family>.py`` (see harness.py),
+collected into :data:`OP_CASES` and :data:`OPTIMIZER_CASES`; ``tests/test_traffic.py``
+checks that every public op and optimizer has one.
+
+Ops are counted at 1, 2 and 4 rows of :data:`harness.COLS` columns and extrapolated to
 :data:`LARGE_ROWS` rows along the line through those points; the report checks that the
 three points lie on one line (traffic affine in rows) and marks any figure that does not.
 A kernel whose grid stops growing past some size (a reduction with a capped number of
@@ -20,37 +24,48 @@ partial sums) moves a little less than the line says, so its figure is an upper 
 Times are **modeled**, never measured: ``bytes ÷ bandwidth + launches × LAUNCH_US``
 with the bandwidths in :data:`GPUS`.
 
-    python -m fused_ops.report --out-dir docs       # or: fused-ops bench
+    python benchmarks/traffic_report.py --out-dir docs     # or: make report
 
-It also writes the static sm_90 report (:mod:`fused_ops.static_report`) to
-``static.md`` unless ``--no-static`` is given.
-
-The registry tables here are shared with the pytest-benchmark suites in ``benchmarks/``
-and with ``tests/test_traffic.py``, which checks that every public op and optimizer has a case.
+writes ``traffic.md`` and ``traffic.png``. ``make report`` also runs
+``benchmarks/static_report.py`` (``static.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import subprocess
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import interpreter
 import torch
-import torch.nn.functional as F
+from harness import COLS, DTYPES, MODES, OPTIMIZER_PROVIDERS, OpCase, OptimizerCase, make_parameters
 
-import fused_ops
 from fused_ops import _dispatch
-from fused_ops.profiling import KernelTrace, TorchTrace, minimum_bytes
+from fused_ops.profiling import KernelTrace, TorchTrace
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MODES = ("forward", "backward", "full")
-# Every op case is a (rows, COLS) problem: elementwise ops see rows × COLS elements,
-# softmax reduces rows of COLS, cross-entropy has COLS classes.
-COLS = 4096
+SCRIPT = Path(__file__).resolve()
+BENCHMARKS_DIR = SCRIPT.parent
+# The report reads from elementwise ops to reductions, losses and optimizers. A family
+# not listed comes after these, alphabetically: adding one needs no edit here.
+FAMILY_ORDER = ("activations", "softmax", "mse", "cross_entropy", "adam")
+
+
+def families() -> list[str]:
+    """Every op family with a ``benchmarks/bench_<family>.py``, in the report's order."""
+    found = {path.stem.removeprefix("bench_") for path in BENCHMARKS_DIR.glob("bench_*.py")}
+    return sorted(found, key=lambda f: (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f))
+
+
+def collect_cases() -> tuple[tuple[OpCase, ...], tuple[OptimizerCase, ...]]:
+    """The ``CASES`` of every benchmark file: ``(op cases, optimizer cases)``, in :func:`families` order."""
+    cases = [case for family in families() for case in importlib.import_module(f"bench_{family}").CASES]
+    return tuple(c for c in cases if isinstance(c, OpCase)), tuple(c for c in cases if isinstance(c, OptimizerCase))
+
+
+OP_CASES, OPTIMIZER_CASES = collect_cases()
 MEASURED_ROWS = (1, 2, 4)
 SMALL_ROWS = 1  # 1 × 4096: launch overhead dominates
 LARGE_ROWS = 8192  # 8192 × 4096 = 33.5M elements: bandwidth dominates
@@ -89,189 +104,6 @@ def modeled_us(bytes_moved: float, launches: float, gpu: Gpu) -> float:
         1004.0
     """
     return bytes_moved / (gpu.tb_per_s * 1e12) * 1e6 + launches * LAUNCH_US
-
-
-def _randn(rows: int, cols: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(rows, cols, generator=generator).to(dtype)
-
-
-def _one_input(rows, cols, dtype, generator):
-    return (_randn(rows, cols, dtype, generator).requires_grad_(),)
-
-
-def _input_and_target(rows, cols, dtype, generator):
-    return _randn(rows, cols, dtype, generator).requires_grad_(), _randn(rows, cols, dtype, generator)
-
-
-def _logits_and_labels(rows, cols, dtype, generator):
-    return _randn(rows, cols, dtype, generator).requires_grad_(), torch.randint(0, cols, (rows,), generator=generator)
-
-
-def _saved_output(inputs, output):
-    return (output,)
-
-
-def _all_inputs(inputs, output):
-    return inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class OpCase:
-    """One op as the benchmarks, the report and the traffic tests run it.
-
-    Attributes:
-        name: the op's attribute in fused_ops (the case runs only when it exists).
-        family: the benchmark suite it belongs to (benchmarks/bench_<family>.py).
-        call: what the case runs, in words.
-        make_inputs: ``(rows, cols, dtype, generator) -> inputs`` on the CPU; the inputs
-            that are differentiated have ``requires_grad``.
-        fused: ``fused(*inputs)`` runs the fused op (``fused_ops`` is looked up at call time).
-        eager: ``eager(*inputs)`` runs torch's op.
-        backward_reads: ``(inputs, output) -> tensors`` that the gradient formula must
-            read besides ``grad_output`` (the saved output, or the inputs).
-    """
-
-    name: str
-    family: str
-    call: str
-    make_inputs: Callable[..., tuple[torch.Tensor, ...]]
-    fused: Callable[..., torch.Tensor]
-    eager: Callable[..., torch.Tensor]
-    backward_reads: Callable[..., Sequence[torch.Tensor]]
-
-    def inputs(self, rows: int, cols: int, dtype: torch.dtype, device="cpu", seed: int = 0):
-        """Fresh inputs of shape ``(rows, cols)`` (and targets), seeded, on ``device``."""
-        generator = torch.Generator().manual_seed(seed)
-        made = self.make_inputs(rows, cols, dtype, generator)
-        return tuple(t.detach().to(device).requires_grad_(t.requires_grad) for t in made)
-
-    def minimum(self, mode: str, inputs: Sequence[torch.Tensor], output: torch.Tensor) -> int:
-        """Minimum bytes of one mode, each tensor read or written once.
-
-        Args:
-            mode: "forward" (read the inputs, write the output), "backward" (read
-                ``grad_output`` and :attr:`backward_reads`, write each input's gradient) or
-                "full" (their sum: the two are separate ops in a training step).
-            inputs: the case's inputs.
-            output: the forward's output (``grad_output`` has its shape and dtype).
-
-        Returns:
-            Bytes.
-        """
-        forward = minimum_bytes(inputs, [output])
-        gradients = [t for t in inputs if t.requires_grad]
-        # `output` stands for grad_output, which has its shape and dtype.
-        backward = minimum_bytes([output, *self.backward_reads(inputs, output)], gradients)
-        return {"forward": forward, "backward": backward, "full": forward + backward}[mode]
-
-
-OP_CASES = (
-    OpCase(
-        "sigmoid",
-        "activations",
-        "sigmoid(x)",
-        _one_input,
-        lambda x: fused_ops.sigmoid(x),
-        torch.sigmoid,
-        _saved_output,
-    ),
-    OpCase("tanh", "activations", "tanh(x)", _one_input, lambda x: fused_ops.tanh(x), torch.tanh, _saved_output),
-    OpCase("relu", "activations", "relu(x)", _one_input, lambda x: fused_ops.relu(x), torch.relu, _saved_output),
-    OpCase(
-        "softmax",
-        "softmax",
-        "softmax(x, dim=-1)",
-        _one_input,
-        lambda x: fused_ops.softmax(x, dim=-1),
-        lambda x: torch.softmax(x, dim=-1),
-        _saved_output,
-    ),
-    OpCase(
-        "log_softmax",
-        "softmax",
-        "log_softmax(x, dim=-1)",
-        _one_input,
-        lambda x: fused_ops.log_softmax(x, dim=-1),
-        lambda x: torch.log_softmax(x, dim=-1),
-        _saved_output,
-    ),
-    OpCase(
-        "mse_loss",
-        "losses",
-        "mse_loss(x, target) (mean)",
-        _input_and_target,
-        lambda x, target: fused_ops.mse_loss(x, target),
-        F.mse_loss,
-        _all_inputs,
-    ),
-    OpCase(
-        "cross_entropy",
-        "losses",
-        "cross_entropy(logits, labels) (mean)",
-        _logits_and_labels,
-        lambda logits, labels: fused_ops.cross_entropy(logits, labels),
-        F.cross_entropy,
-        _all_inputs,
-    ),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerCase:
-    """One optimizer configuration, run by fused_ops and by torch's three implementations.
-
-    Attributes:
-        name: what the report calls it.
-        class_name: the class in ``fused_ops.optim`` and ``torch.optim``.
-        kwargs: constructor arguments shared by every provider.
-    """
-
-    name: str
-    class_name: str
-    kwargs: dict
-
-    @property
-    def state_tensors(self) -> int:
-        """Tensors per parameter that a step reads and writes besides the gradient."""
-        return 4 if self.kwargs.get("amsgrad") else 3
-
-    def build(self, provider: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The optimizer of ``provider`` (one of :data:`OPTIMIZER_PROVIDERS`) over ``params``."""
-        if provider == "fused_ops":
-            import fused_ops.optim
-
-            return getattr(fused_ops.optim, self.class_name)(params, **self.kwargs)
-        torch_class = getattr(torch.optim, self.class_name)
-        return torch_class(params, **self.kwargs, **OPTIMIZER_PROVIDERS[provider])
-
-    def minimum(self, params: Sequence[torch.Tensor]) -> int:
-        """Each parameter, gradient and state tensor read once; parameter and state written once."""
-        return sum(minimum_bytes([p] * (self.state_tensors + 1), [p] * self.state_tensors) for p in params)
-
-
-# Provider -> the torch.optim keyword that selects its implementation.
-OPTIMIZER_PROVIDERS = {
-    "fused_ops": {},
-    "torch for-loop": {"foreach": False},
-    "torch foreach": {"foreach": True},
-    "torch fused": {"fused": True},
-}
-OPTIMIZER_CASES = (
-    OptimizerCase("Adam", "Adam", {"lr": 1e-3}),
-    OptimizerCase("AdamW", "AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
-    OptimizerCase("Adam (amsgrad)", "Adam", {"lr": 1e-3, "amsgrad": True}),
-)
-
-
-def make_parameters(tensors: int, rows: int, cols: int, dtype: torch.dtype, device="cpu", seed: int = 0):
-    """``tensors`` parameters of shape ``(rows, cols)``, each with a gradient."""
-    generator = torch.Generator().manual_seed(seed)
-    params = []
-    for _ in range(tensors):
-        param = torch.nn.Parameter(torch.randn(rows, cols, generator=generator).to(dtype=dtype, device=device))
-        param.grad = torch.randn(rows, cols, generator=generator).to(dtype=dtype, device=device)
-        params.append(param)
-    return params
 
 
 def host_step_tensors(provider: str, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -502,7 +334,7 @@ def render_markdown(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow]) 
     lines = [
         "# Memory traffic: fused_ops against eager PyTorch",
         "",
-        "Generated by `fused-ops bench` (`python -m fused_ops.report`); do not edit by hand.",
+        "Generated by `make report` (`python benchmarks/traffic_report.py`); do not edit by hand.",
         "",
         "Bytes are counted, not timed: fused_ops from every Triton load and store under Triton's",
         "interpreter, eager torch from its aten ops as CUDA runs them (`fused_ops.profiling.TorchTrace`,",
@@ -671,22 +503,17 @@ def render_chart(op_rows_: list[OpRow], optimizer_rows_: list[OptimizerRow], pat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Options of ``fused-ops bench`` / ``python -m fused_ops.report``."""
+    """Options of ``python benchmarks/traffic_report.py``."""
     parser = argparse.ArgumentParser(
-        prog="fused-ops bench",
+        prog="python benchmarks/traffic_report.py",
         description="Count the memory traffic and launches of fused_ops and eager torch per op and optimizer step, "
-        "model H100/A100 time from them, and compile every kernel for sm_90 (registers, spills, vector accesses).",
+        "and model H100/A100 time from them.",
     )
-    parser.add_argument(
-        "--out-dir", default="docs", help="where traffic.md, traffic.png and static.md go (default: %(default)s)"
-    )
+    parser.add_argument("--out-dir", default="docs", help="where traffic.md and traffic.png go (default: %(default)s)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
-    parser.add_argument("--ops", nargs="+", help="only these ops (default: every op fused_ops has)")
+    parser.add_argument("--ops", nargs="+", help="only these ops (default: every op case)")
     parser.add_argument("--no-optimizer", action="store_true", help="skip the optimizer step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--no-static", action="store_true", help="skip the static sm_90 report (registers, spills, vector accesses)"
-    )
     return parser
 
 
@@ -718,37 +545,19 @@ def run_report(args: argparse.Namespace) -> int:
     render_chart(op_rows_, optimizer_rows_, out_dir / "traffic.png")
     print(markdown)
     print(f"wrote {out_dir / 'traffic.md'} and {out_dir / 'traffic.png'}")
-    if not args.no_static:
-        failures += _static_report(out_dir, args.dtypes)
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _static_report(out_dir: Path, dtypes: list[str]) -> list[str]:
-    """Write ``static.md`` (see :mod:`fused_ops.static_report`); return its failures."""
-    from fused_ops import static_report
-
-    print("compiling every kernel for sm_90 (static report) ...", file=sys.stderr)
-    launches = static_report.record([static_report.DIVISIBLE_SHAPE, static_report.ODD_SHAPE], dtypes)
-    reports = static_report.compile_all(launches)
-    markdown = static_report.render_markdown(reports)
-    (out_dir / "static.md").write_text(markdown)
-    print(markdown)
-    print(f"wrote {out_dir / 'static.md'}")
-    return [f"{r.kernel} does not compile for sm_90 ({r.used_by[0]})" for r in reports if not r.ok] + [
-        f"{r.kernel} spills ({r.used_by[0]})" for r in reports if r.ok and r.spills
-    ]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``fused-ops bench`` and ``python -m fused_ops.report``; returns the exit status.
+    """Entry point of ``python benchmarks/traffic_report.py``; returns the exit status.
 
     Args:
-        argv: the arguments (``sys.argv[1:]`` when None), or an already parsed namespace.
+        argv: the arguments (``sys.argv[1:]`` when None).
 
     Returns:
-        0 when every op was measured, 1 when one failed.
+        0 when every case was measured, 1 when one failed, 2 without Triton.
 
     Traffic is counted under Triton's interpreter, so a process without
     ``TRITON_INTERPRET=1`` (for example on a GPU machine) re-runs the report in a child
@@ -757,21 +566,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example:
         >>> main(["--dtypes", "float32", "--no-progress"])  # doctest: +SKIP
     """
-    if isinstance(argv, argparse.Namespace):
-        args = argv
-        argv = None
-    else:
-        argv = list(sys.argv[1:] if argv is None else argv)
-        args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     if not _dispatch.TRITON_INTERPRETED:
         if not _dispatch.TRITON_AVAILABLE:
-            print("fused-ops bench: Triton is not installed, so no kernel traffic can be counted", file=sys.stderr)
+            print("traffic_report: Triton is not installed, so no kernel traffic can be counted", file=sys.stderr)
             return 2
-        if argv is None:
-            raise RuntimeError("pass argv (not a namespace) so the report can re-run under TRITON_INTERPRET=1")
-        print("fused-ops bench: counting traffic under TRITON_INTERPRET=1 in a child process", file=sys.stderr)
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        return subprocess.run([sys.executable, "-m", "fused_ops.report", *argv], env=env, check=False).returncode
+        print("traffic_report: counting traffic under TRITON_INTERPRET=1 in a child process", file=sys.stderr)
+        return interpreter.run_python([str(SCRIPT), *argv], interpret=True).returncode
     return run_report(args)
 
 

@@ -1,10 +1,10 @@
 """Static GPU report: registers, spills, shared memory and vectorized accesses of every kernel.
 
 Without a GPU, a kernel's register pressure and memory instructions can still be read
-from its ahead-of-time compilation. This module records the launches that the report's
-op and optimizer cases make (:data:`fused_ops.report.OP_CASES`, under Triton's
-interpreter, with the sizes and so the divisibility real calls have), compiles each
-distinct one for sm_90 with :func:`fused_ops.aot.compile_launch`, and reads:
+from its ahead-of-time compilation. This module records the launches that the op and
+optimizer cases of the benchmark files make (:data:`traffic_report.OP_CASES`, under
+Triton's interpreter, with the sizes and so the divisibility real calls have), compiles
+each distinct one for sm_90 with :func:`aot.compile_launch`, and reads:
 
 - registers per thread, local memory (where spills go) and the stack, from the cubin with
   the ``cuobjdump --dump-resource-usage`` shipped in the Triton wheel;
@@ -16,9 +16,9 @@ distinct one for sm_90 with :func:`fused_ops.aot.compile_launch`, and reads:
 
 Recording needs ``TRITON_INTERPRET=1`` and compiling needs it unset (the interpreter
 patches ``triton.language`` for the rest of its process), so each runs in its own
-process; :func:`main` starts whichever it is not in.
+process (:mod:`interpreter`); :func:`main` starts whichever it is not in.
 
-    python -m fused_ops.static_report --out-dir docs      # writes docs/static.md
+    python benchmarks/static_report.py --out-dir docs      # writes docs/static.md; or: make report
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -36,14 +35,22 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import aot
+import interpreter
 import torch
+import traffic_report
+from harness import COLS, DTYPES, make_parameters
 
+from fused_ops import _dispatch
+from fused_ops.profiling import KernelTrace
+
+SCRIPT = Path(__file__).resolve()
 ARCH = 90
-# Shapes the kernels are recorded at: rows x cols of the report's cases. 4096 columns
+# Shapes the kernels are recorded at: rows x cols of the report's cases. COLS columns
 # make every element count a multiple of 16, so Triton specializes the sizes as
-# divisible and can vectorize; 4095 shows what an odd size gets.
-DIVISIBLE_SHAPE = (4, 4096)
-ODD_SHAPE = (3, 4095)
+# divisible and can vectorize; COLS - 1 shows what an odd size gets.
+DIVISIBLE_SHAPE = (4, COLS)
+ODD_SHAPE = (3, COLS - 1)
 _RESOURCE_LINE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGISTERS = re.compile(r"Used (\d+) registers")
@@ -130,12 +137,10 @@ def analyze(launch: dict, arch: int = ARCH) -> KernelReport:
     ``TRITON_DUMP_PTXAS_LOG=1`` (see :func:`compile_all`), so that Triton's own ptxas
     run prints its ``-v`` log here instead of a cache hit skipping it.
     """
-    from fused_ops.aot import compile_launch
-
     result = KernelReport(kernel=launch["kernel"], used_by=launch.get("used_by", []), ok=True)
     ptxas_log = io.StringIO()
     with contextlib.redirect_stdout(ptxas_log):
-        compiled = compile_launch(launch, arch)
+        compiled = aot.compile_launch(launch, arch)
     result.shared_bytes = compiled.metadata.shared
     result.num_warps = compiled.metadata.num_warps
     result.loads, result.stores = global_accesses(compiled.asm["ptx"])
@@ -162,49 +167,36 @@ def analyze(launch: dict, arch: int = ARCH) -> KernelReport:
 def record(shapes: Sequence[tuple[int, int]] = (DIVISIBLE_SHAPE,), dtypes: Sequence[str] = ("float32", "bfloat16")):
     """The distinct launches of every case, forward and backward (needs TRITON_INTERPRET=1).
 
-    Returns a list of launch records for :func:`fused_ops.aot.compile_launch`, each with a
+    Returns a list of launch records for :func:`aot.compile_launch`, each with a
     ``used_by`` list naming the cases (op, mode, dtype, shape) that made it.
     """
-    from fused_ops import report
-    from fused_ops._dispatch import TRITON_INTERPRETED
-    from fused_ops.aot import launch_key
-    from fused_ops.profiling import KernelTrace
-
-    if not TRITON_INTERPRETED:
+    if not _dispatch.TRITON_INTERPRETED:
         raise RuntimeError("recording launches needs TRITON_INTERPRET=1 before fused_ops is imported")
     distinct: dict[str, dict] = {}
 
     def keep(trace: KernelTrace, label: str) -> None:
         for launch in trace.launches:
-            entry = {"module": launch.module, "kernel": launch.kernel, "args": launch.args, "kwargs": launch.kwargs}
-            entry = distinct.setdefault(launch_key(entry), {**entry, "used_by": []})
+            entry = aot.launch_record(launch)
+            entry = distinct.setdefault(aot.launch_key(entry), {**entry, "used_by": []})
             if label not in entry["used_by"]:
                 entry["used_by"].append(label)
 
     for rows, cols in shapes:
-        for case in report.OP_CASES:
+        for case in traffic_report.OP_CASES:
             for dtype in dtypes:
-                inputs = case.inputs(rows, cols, report.DTYPES[dtype])
+                inputs = case.inputs(rows, cols, DTYPES[dtype])
                 with KernelTrace() as forward:
                     output = case.fused(*inputs)
                 with KernelTrace() as backward:
                     output.backward(torch.ones_like(output))
                 keep(forward, f"{case.name} forward {dtype} {rows}×{cols}")
                 keep(backward, f"{case.name} backward {dtype} {rows}×{cols}")
-        for case in report.OPTIMIZER_CASES:
-            optimizer = case.build("fused_ops", report.make_parameters(2, rows, cols, torch.float32))
+        for case in traffic_report.OPTIMIZER_CASES:
+            optimizer = case.build("fused_ops", make_parameters(2, rows, cols, torch.float32))
             with KernelTrace() as step:
                 optimizer.step()
             keep(step, f"{case.name} step float32 2×{rows}×{cols}")
     return list(distinct.values())
-
-
-def _compiler_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    # Compile for real (no cache hit) and let Triton print ptxas's -v log (see analyze).
-    env.update(TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1")
-    return env
 
 
 def compile_all(launches: list[dict], arch: int = ARCH) -> list[KernelReport]:
@@ -212,12 +204,13 @@ def compile_all(launches: list[dict], arch: int = ARCH) -> list[KernelReport]:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch, "launches.json")
         path.write_text(json.dumps(launches))
-        done = subprocess.run(
-            [sys.executable, "-m", "fused_ops.static_report", "--compile", str(path), "--arch", str(arch)],
+        done = interpreter.run_python(
+            [str(SCRIPT), "--compile", str(path), "--arch", str(arch)],
+            interpret=False,
+            # Compile for real (no cache hit) and let Triton print ptxas's -v log (see analyze).
+            overrides={"TRITON_ALWAYS_COMPILE": "1", "TRITON_DUMP_PTXAS_LOG": "1"},
             capture_output=True,
             text=True,
-            env=_compiler_env(),
-            check=False,
         )
     reports = [KernelReport(**json.loads(line)) for line in done.stdout.splitlines() if line.startswith("{")]
     for report_ in reports:  # JSON keys are strings
@@ -245,7 +238,7 @@ def render_markdown(reports: list[KernelReport], arch: int = ARCH) -> str:
     lines = [
         f"# Static GPU report (sm_{arch}, compiled ahead of time, no GPU needed)",
         "",
-        "Generated by `fused-ops bench` (or `python -m fused_ops.static_report`); do not edit by hand.",
+        "Generated by `make report` (`python benchmarks/static_report.py`); do not edit by hand.",
         "Each row is one kernel signature as the report's cases launch it. Registers, stack and local",
         "memory come from `cuobjdump --dump-resource-usage` on the cubin, spills from the same compile's",
         "`ptxas -v` log, shared memory from Triton (the dynamic allocation a launch requests). Global",
@@ -275,15 +268,15 @@ def render_markdown(reports: list[KernelReport], arch: int = ARCH) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Options of ``python -m fused_ops.static_report``."""
+    """Options of ``python benchmarks/static_report.py``."""
     parser = argparse.ArgumentParser(
-        prog="python -m fused_ops.static_report",
+        prog="python benchmarks/static_report.py",
         description="Compile every kernel as the report's cases launch it for a GPU target and report registers, "
         "spills, shared memory and vectorized global accesses.",
     )
     parser.add_argument("--out-dir", default="docs", help="where static.md goes (default: %(default)s)")
     parser.add_argument("--arch", type=int, default=ARCH, help="compute capability (default: %(default)s)")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
     parser.add_argument("--no-odd-shape", action="store_true", help=f"skip the {ODD_SHAPE[0]}×{ODD_SHAPE[1]} launches")
     parser.add_argument("--record", metavar="PATH", help=argparse.SUPPRESS)  # child process: record to PATH
     parser.add_argument("--compile", metavar="PATH", help=argparse.SUPPRESS)  # child process: compile PATH
@@ -309,16 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.record:
         Path(args.record).write_text(json.dumps(record(shapes, args.dtypes)))
         return 0
-    from fused_ops._dispatch import TRITON_INTERPRETED
-
-    if TRITON_INTERPRETED:
+    if _dispatch.TRITON_INTERPRETED:
         launches = record(shapes, args.dtypes)
     else:
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch, "launches.json")
-            child = [sys.executable, "-m", "fused_ops.static_report", "--record", str(path), "--dtypes", *args.dtypes]
+            child = [str(SCRIPT), "--record", str(path), "--dtypes", *args.dtypes]
             child += ["--no-odd-shape"] if args.no_odd_shape else []
-            subprocess.run(child, env={**os.environ, "TRITON_INTERPRET": "1"}, check=True)
+            interpreter.run_python(child, interpret=True, check=True)
             launches = json.loads(path.read_text())
     reports = compile_all(launches, args.arch)
     markdown = render_markdown(reports, args.arch)

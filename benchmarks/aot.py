@@ -10,7 +10,11 @@ signature, constexprs, integer/alignment attributes and launch options.
 Compile in a process where ``TRITON_INTERPRET`` is unset: once an interpreted kernel has
 run, the interpreter leaves ``triton.language`` patched for the rest of the process.
 
-    python -m fused_ops.aot launches.json 90      # prints one JSON line per compiled kernel
+    python benchmarks/aot.py launches.json 90      # prints one JSON line per compiled kernel
+
+``tests/test_aot.py`` runs it on the launches of every test module's ``aot_workload()``
+(recorded by ``tests/record_launches.py``), and ``benchmarks/static_report.py`` on the
+launches of the benchmark cases.
 """
 
 from __future__ import annotations
@@ -22,18 +26,10 @@ from typing import Any
 
 import torch
 
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
+
+def launch_record(launch) -> dict[str, Any]:
+    """One launch seen by :class:`fused_ops.profiling.KernelTrace`, as JSON that :func:`compile_launch` takes."""
+    return {"module": launch.module, "kernel": launch.kernel, "args": launch.args, "kwargs": launch.kwargs}
 
 
 def launch_key(launch: dict[str, Any]) -> str:
@@ -47,7 +43,11 @@ def _rebuild_argument(description: Any) -> Any:
     if "tensor" in description:
         # A placeholder with the recorded dtype and 16-byte alignment: specialization
         # reads only those two properties of a tensor argument.
-        storage = torch.zeros(64, dtype=DTYPES[description["tensor"]])
+        # KernelTrace records a dtype by its name in torch ("bfloat16", "int64", ...).
+        dtype = getattr(torch, description["tensor"])
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"{description['tensor']!r} is not a torch dtype")
+        storage = torch.zeros(64, dtype=dtype)
         return storage if description["aligned16"] else storage[1:]
     for kind in ("bool", "int", "float"):
         if kind in description:
