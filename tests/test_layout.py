@@ -11,6 +11,7 @@
 import inspect
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -85,19 +86,14 @@ def test_import_loads_no_instrument():
 
 
 def test_the_wheel_ships_no_instrument(tmp_path):
+    # From a copy of the sources, so that a stale build/ folder in the work tree cannot
+    # put old files into the wheel (or hide new ones).
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "gpu-check", "docs")
+    shutil.copytree(ROOT, source, ignore=ignore)
+    build = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation"]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            str(ROOT),
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-        ],
+        [*build, "-q", "-w", str(tmp_path)],
         check=True,
         capture_output=True,
         timeout=600,
