@@ -29,6 +29,10 @@ What the stand-in does:
   and are never mistaken for real ones.
 - fused_ops is forced onto its compiled-Triton backend
   (``fused_ops._dispatch.force_backend(Backend.TRITON)``), so CPU tensors take the GPU path.
+- ``torch._assert_async`` asserts on a constant true flag instead of its argument. On a
+  GPU it is a device-side assertion, checked later; on the CPU it raises at once, and the
+  flags it would check (cross_entropy's "every target is in bounds") come from kernels
+  that did not run. The call still goes through torch's dispatcher, so its host cost stays.
 
 It depends on Triton internals, so it is pinned: :func:`check_triton` refuses any Triton
 version outside :data:`SUPPORTED_TRITON_VERSIONS`, or one missing an attribute it patches,
@@ -278,10 +282,20 @@ def standin_cuda_driver(arch: int = 90, force_fused_ops: bool = True) -> Iterato
             "the stand-in CUDA driver needs compiled Triton kernels: run it in a process where "
             "TRITON_INTERPRET is unset (Triton reads it when a kernel is decorated)"
         )
+    import torch
+
     config = driver_module.driver
     previous = config._active
     driver = StandinCudaDriver(arch)
     config.set_active(driver)
+    real_assert_async = torch._assert_async
+    true_flag = torch.ones((), dtype=torch.bool)
+
+    def assert_async_on_unwritten_flag(condition, *args, **kwargs):
+        # The condition was computed by no-op kernels; assert on a true flag instead.
+        return real_assert_async(true_flag, *args, **kwargs)
+
+    torch._assert_async = assert_async_on_unwritten_flag
     try:
         if force_fused_ops:
             from fused_ops._dispatch import Backend, force_backend
@@ -291,6 +305,7 @@ def standin_cuda_driver(arch: int = 90, force_fused_ops: bool = True) -> Iterato
         else:
             yield driver
     finally:
+        torch._assert_async = real_assert_async
         # The kernels stay cached under STANDIN_DEVICE for the next block, but no later
         # driver must "unload" their fake modules when they are garbage collected
         # (CompiledKernel.__del__ does that only for a module loaded by this process).

@@ -1,0 +1,477 @@
+"""Host time of fused_ops' GPU path against eager torch, with or without a GPU.
+
+    python benchmarks/host_time.py [--quick] [--out FILE.md] [--json FILE.json]
+
+On a GPU, an op costs its host time or its kernels' time, whichever is larger, and for
+the small and medium tensors of most models the host time wins. This measures it:
+
+- Without a GPU, Triton gets the stand-in CUDA driver of ``standin_driver.py``: every
+  kernel really compiles for sm_90, and every call goes through fused_ops' real GPU path
+  (validation, autograd, torch.library, allocation, ``JITFunction.run`` with its binder
+  and cache lookup), on CPU tensors, except that Triton's C launcher and
+  ``cuLaunchKernel`` (about 5 µs a launch on a real GPU) are a no-op.
+- With a GPU, the same calls run for real on CUDA tensors, without the stand-in.
+
+Eager torch runs on the same tensors in the same process, alternating with fused_ops
+repeat by repeat, and the table gives ratios, since shared machines are noisy. Each
+figure is the minimum over repeats of the mean over many calls, in µs per call.
+
+Ops: every op of ``fused_ops.__all__`` on a (4, 8) float32 tensor (cross_entropy: (4, 8)
+logits and int64 targets), no-grad forward and forward+backward. Optimizer:
+``fused_ops.optim.AdamW`` steps with 4, 64 and 256 parameters of 64 elements, with the
+same gradient tensors every step and with new ones (``zero_grad(set_to_none=True)``
+then new tensors), against ``torch.optim.AdamW`` with ``fused=True`` and ``foreach=True``
+(on the CPU, torch's steps include their arithmetic; the stand-in's do not). Only
+``step()`` is timed. A least-squares line through the three sizes gives a fixed cost and
+a cost per parameter.
+
+The targets of issue 9 are flagged in the table: forward+backward at most 1.5x eager
+torch; no-grad forward at most 15 µs; the optimizer step, with new gradients, at most
+1 µs per parameter above a fixed cost of at most 50 µs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+SHAPE = (4, 8)
+OPTIMIZER_SIZES = (4, 64, 256)
+PARAM_NUMEL = 64
+# Issue 9's targets.
+MAX_FWD_BWD_RATIO = 1.5
+MAX_NO_GRAD_FWD_US = 15.0
+MAX_OPTIMIZER_US_PER_PARAM = 1.0
+MAX_OPTIMIZER_FIXED_US = 50.0
+
+
+@dataclasses.dataclass
+class Settings:
+    """How many calls make one repeat, and how many repeats, for ops and for optimizer steps."""
+
+    op_calls: int = 1000
+    op_repeats: int = 7
+    optimizer_steps: int = 100
+    optimizer_repeats: int = 5
+
+
+QUICK = Settings(op_calls=20, op_repeats=2, optimizer_steps=4, optimizer_repeats=2)
+
+
+@dataclasses.dataclass
+class OpCase:
+    """One op: its inputs, the fused and eager calls, and the grads' leaves."""
+
+    name: str
+    make_inputs: Callable[[], tuple[Any, ...]]
+    fused: Callable[..., Any]
+    eager: Callable[..., Any]
+
+
+@dataclasses.dataclass
+class OpResult:
+    name: str
+    fwd_us: float
+    fwd_eager_us: float
+    fwd_bwd_us: float
+    fwd_bwd_eager_us: float
+    fwd_launches: list[str] | None
+    fwd_bwd_launches: list[str] | None
+
+    @property
+    def fwd_bwd_ratio(self) -> float:
+        return self.fwd_bwd_us / self.fwd_bwd_eager_us
+
+    @property
+    def fwd_ratio(self) -> float:
+        return self.fwd_us / self.fwd_eager_us
+
+    @property
+    def fwd_bwd_target(self) -> bool:
+        return self.fwd_bwd_ratio <= MAX_FWD_BWD_RATIO
+
+    @property
+    def fwd_target(self) -> bool:
+        return self.fwd_us <= MAX_NO_GRAD_FWD_US
+
+
+@dataclasses.dataclass
+class StepResult:
+    optimizer: str
+    grads: str  # "same" or "new"
+    n_params: int
+    us_per_step: float
+    launches: list[str] | None
+
+    @property
+    def us_per_param(self) -> float:
+        return self.us_per_step / self.n_params
+
+
+@dataclasses.dataclass
+class Fit:
+    """us_per_step = fixed_us + per_param_us * n_params, least squares over the sizes measured."""
+
+    optimizer: str
+    grads: str
+    fixed_us: float
+    per_param_us: float
+
+    @property
+    def target(self) -> bool:
+        return self.per_param_us <= MAX_OPTIMIZER_US_PER_PARAM and self.fixed_us <= MAX_OPTIMIZER_FIXED_US
+
+
+def _op_cases(device) -> list[OpCase]:
+    """Every op of fused_ops.__all__ that has a case here or can be called like torch's as op(x)."""
+    import torch
+    import torch.nn.functional as F
+
+    import fused_ops
+
+    def activation(shape=SHAPE):
+        return lambda: (torch.randn(shape, device=device),)
+
+    def two_tensors():
+        return (torch.randn(SHAPE, device=device), torch.randn(SHAPE, device=device))
+
+    def logits_and_targets():
+        return (torch.randn(SHAPE, device=device), torch.randint(0, SHAPE[1], SHAPE[:1], device=device))
+
+    cases = {
+        "sigmoid": OpCase("sigmoid", activation(), fused_ops.sigmoid, torch.sigmoid),
+        "tanh": OpCase("tanh", activation(), fused_ops.tanh, torch.tanh),
+        "relu": OpCase("relu", activation(), fused_ops.relu, torch.relu),
+        "softmax": OpCase(
+            "softmax", activation(), lambda x: fused_ops.softmax(x, dim=-1), lambda x: torch.softmax(x, dim=-1)
+        ),
+        "log_softmax": OpCase(
+            "log_softmax",
+            activation(),
+            lambda x: fused_ops.log_softmax(x, dim=-1),
+            lambda x: torch.log_softmax(x, dim=-1),
+        ),
+        "mse_loss": OpCase("mse_loss", two_tensors, fused_ops.mse_loss, F.mse_loss),
+        "cross_entropy": OpCase("cross_entropy", logits_and_targets, fused_ops.cross_entropy, F.cross_entropy),
+    }
+    # Ops added to fused_ops later (gelu, silu, ...) join when torch has a same-named
+    # function callable as op(x) and the fused op accepts the same call.
+    for name in getattr(fused_ops, "__all__", []):
+        if name in cases:
+            continue
+        fused = getattr(fused_ops, name, None)
+        eager = getattr(F, name, None) or getattr(torch, name, None)
+        if not callable(fused) or not callable(eager) or isinstance(fused, type):
+            continue
+        try:
+            x = torch.randn(SHAPE, device=device)
+            if fused(x).shape != eager(x).shape:
+                continue
+        except Exception:  # not callable as op(x): leave it out of the generic rows
+            continue
+        cases[name] = OpCase(name, activation(), fused, eager)
+    return list(cases.values())
+
+
+def _grad_leaves(inputs) -> list:
+    """The float inputs, as leaves that require grad (the first one only for losses' targets)."""
+    return [t for t in inputs if t.is_floating_point()][:1]
+
+
+def _fwd_bwd_call(op, inputs, leaves, grad) -> Callable[[], None]:
+    def call() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        op(*inputs).backward(grad)
+
+    return call
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _interleaved_min_us(calls: dict[str, Callable[[], Any]], number: int, repeats: int, device) -> dict[str, float]:
+    """µs per call of each callable: the minimum over repeats, alternating callables per repeat."""
+    timers = {name: timeit.Timer(call) for name, call in calls.items()}
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            _sync(device)
+            seconds = timer.timeit(number)  # timeit disables gc while it runs
+            _sync(device)
+            best[name] = min(best[name], seconds / number * 1e6)
+    return best
+
+
+def _launches(call: Callable[[], Any], counting: bool) -> list[str] | None:
+    if not counting:
+        return None
+    from standin_driver import count_launches
+
+    with count_launches() as launches:
+        call()
+    return launches.names
+
+
+def measure_op(case: OpCase, settings: Settings, device, counting: bool) -> OpResult:
+    """No-grad forward and forward+backward of one op, fused and eager, on the same tensors."""
+    import torch
+
+    inputs = case.make_inputs()
+    with torch.no_grad():
+        fwd = {"fused": lambda: case.fused(*inputs), "eager": lambda: case.eager(*inputs)}
+        for call in fwd.values():
+            call()  # compiles the kernels for this signature
+        fwd_launches = _launches(fwd["fused"], counting)
+        fwd_us = _interleaved_min_us(fwd, settings.op_calls, settings.op_repeats, device)
+
+    leaves = _grad_leaves(inputs)
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    output = case.eager(*inputs)
+    grad = None if output.dim() == 0 else torch.randn_like(output)
+    fwd_bwd = {
+        "fused": _fwd_bwd_call(case.fused, inputs, leaves, grad),
+        "eager": _fwd_bwd_call(case.eager, inputs, leaves, grad),
+    }
+    for call in fwd_bwd.values():
+        call()
+    fwd_bwd_launches = _launches(fwd_bwd["fused"], counting)
+    fwd_bwd_us = _interleaved_min_us(fwd_bwd, settings.op_calls, settings.op_repeats, device)
+    return OpResult(
+        case.name,
+        fwd_us["fused"],
+        fwd_us["eager"],
+        fwd_bwd_us["fused"],
+        fwd_bwd_us["eager"],
+        fwd_launches,
+        fwd_bwd_launches,
+    )
+
+
+OPTIMIZERS = ("fused_ops AdamW", "torch AdamW fused=True", "torch AdamW foreach=True")
+
+
+def _make_optimizer(name: str, params):
+    import torch
+
+    import fused_ops
+
+    if name == "fused_ops AdamW":
+        return fused_ops.optim.AdamW(params, lr=1e-3)
+    if name == "torch AdamW fused=True":
+        return torch.optim.AdamW(params, lr=1e-3, fused=True)
+    return torch.optim.AdamW(params, lr=1e-3, foreach=True)
+
+
+def measure_steps(name: str, n_params: int, new_grads: bool, settings: Settings, device, counting: bool) -> StepResult:
+    """µs per ``step()`` of one optimizer over ``n_params`` parameters of PARAM_NUMEL elements."""
+    import torch
+
+    params = [torch.randn(PARAM_NUMEL, device=device, requires_grad=True) for _ in range(n_params)]
+    optimizer = _make_optimizer(name, params)
+    # New gradients are new tensors, at new addresses, for every timed step; made up front
+    # so that only step() is timed.
+    n_sets = settings.optimizer_steps + 1 if new_grads else 1
+    grad_sets = [[torch.randn(PARAM_NUMEL, device=device) for _ in params] for _ in range(n_sets)]
+
+    def set_grads(index: int) -> None:
+        if new_grads:
+            optimizer.zero_grad(set_to_none=True)
+        for param, grad in zip(params, grad_sets[index % n_sets], strict=True):
+            param.grad = grad
+
+    set_grads(0)
+    optimizer.step()  # creates the state and compiles the kernel
+    set_grads(1)
+    launches = _launches(optimizer.step, counting)
+    best = float("inf")
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(settings.optimizer_repeats):
+            total_ns = 0
+            _sync(device)
+            for step in range(settings.optimizer_steps):
+                set_grads(step)
+                start = time.perf_counter_ns()
+                optimizer.step()
+                total_ns += time.perf_counter_ns() - start
+            _sync(device)
+            best = min(best, total_ns / settings.optimizer_steps / 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return StepResult(name, "new" if new_grads else "same", n_params, best, launches)
+
+
+def fit(results: list[StepResult]) -> Fit:
+    """Least-squares fixed cost and per-parameter slope of one optimizer's steps."""
+    xs = [r.n_params for r in results]
+    ys = [r.us_per_step for r in results]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
+    return Fit(results[0].optimizer, results[0].grads, mean_y - slope * mean_x, slope)
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _launch_text(names: list[str] | None) -> str:
+    return "-" if names is None else str(len(names))
+
+
+def render(mode: str, settings: Settings, ops: list[OpResult], steps: list[StepResult], fits: list[Fit]) -> str:
+    """The report as Markdown: the ops table, the optimizer table and the fits."""
+    lines = [
+        "# Host time: fused_ops against eager torch",
+        "",
+        f"{mode}. µs per call: the minimum over {settings.op_repeats} repeats of the mean of "
+        f"{settings.op_calls} calls, fused_ops and eager torch alternating on the same tensors; "
+        f"(4, 8) float32 inputs. Launches: kernel launches per call, counted through Triton's launch hook.",
+        "",
+        "| op | no-grad fwd µs | eager µs | ratio | fwd+bwd µs | eager µs | ratio | launches fwd / fwd+bwd "
+        f"| fwd <= {MAX_NO_GRAD_FWD_US:g} µs | fwd+bwd <= {MAX_FWD_BWD_RATIO:g}x |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|:-:|:-:|",
+    ]
+    for r in ops:
+        lines.append(
+            f"| {r.name} | {r.fwd_us:.1f} | {r.fwd_eager_us:.1f} | {r.fwd_ratio:.1f}x | {r.fwd_bwd_us:.1f} "
+            f"| {r.fwd_bwd_eager_us:.1f} | {r.fwd_bwd_ratio:.2f}x "
+            f"| {_launch_text(r.fwd_launches)} / {_launch_text(r.fwd_bwd_launches)} "
+            f"| {_yes(r.fwd_target)} | {_yes(r.fwd_bwd_target)} |"
+        )
+    lines += [
+        "",
+        f"Optimizer: µs per `step()` (only the step is timed), the minimum over {settings.optimizer_repeats} "
+        f"repeats of the mean of {settings.optimizer_steps} steps; parameters of {PARAM_NUMEL} float32 elements. "
+        "`new` grads: `zero_grad(set_to_none=True)` and new gradient tensors before every step.",
+        "",
+        "| optimizer | grads | params | µs / step | µs / param | launches / step |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for r in steps:
+        lines.append(
+            f"| {r.optimizer} | {r.grads} | {r.n_params} | {r.us_per_step:.1f} | {r.us_per_param:.2f} "
+            f"| {_launch_text(r.launches)} |"
+        )
+    lines += [
+        "",
+        f"Fit: µs / step = fixed + slope x params (least squares over {', '.join(map(str, OPTIMIZER_SIZES))} params). "
+        f"Target (fused_ops, new grads): slope <= {MAX_OPTIMIZER_US_PER_PARAM:g} µs and fixed <= "
+        f"{MAX_OPTIMIZER_FIXED_US:g} µs.",
+        "",
+        "| optimizer | grads | fixed µs | µs / param | target |",
+        "|---|---|--:|--:|:-:|",
+    ]
+    for f in fits:
+        target = _yes(f.target) if f.optimizer == OPTIMIZERS[0] and f.grads == "new" else "-"
+        lines.append(f"| {f.optimizer} | {f.grads} | {f.fixed_us:.1f} | {f.per_param_us:.2f} | {target} |")
+    return "\n".join(lines) + "\n"
+
+
+def _describe_mode(on_gpu: bool, arch: int) -> str:
+    import torch
+    import triton
+
+    versions = f"torch {torch.__version__}, Triton {triton.__version__}, Python {platform.python_version()}"
+    if on_gpu:
+        return f"Real GPU ({torch.cuda.get_device_name()}), CUDA tensors; {versions}"
+    return (
+        f"No GPU: stand-in CUDA driver (kernels compiled for sm_{arch}, launches are no-ops), CPU tensors; "
+        f"{versions}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def run(settings: Settings, arch: int = 90, only: list[str] | None = None) -> dict[str, Any]:
+    """Measure everything; returns the results and the Markdown report."""
+    import contextlib
+
+    import torch
+
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    import standin_driver
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    torch.manual_seed(0)
+    context = contextlib.nullcontext() if on_gpu else standin_driver.standin_cuda_driver(arch)
+    with context:
+        cases = [c for c in _op_cases(device) if only is None or c.name in only]
+        ops = [measure_op(case, settings, device, counting=True) for case in cases]
+        steps = [
+            measure_steps(name, n, new_grads, settings, device, counting=name == OPTIMIZERS[0])
+            for name in OPTIMIZERS
+            for new_grads in (True, False)
+            for n in OPTIMIZER_SIZES
+        ]
+    fits = [
+        fit([s for s in steps if s.optimizer == name and s.grads == grads])
+        for name in OPTIMIZERS
+        for grads in ("new", "same")
+    ]
+    markdown = render(_describe_mode(on_gpu, arch), settings, ops, steps, fits)
+    return {
+        "mode": "gpu" if on_gpu else f"standin-sm{arch}",
+        "ops": [dataclasses.asdict(r) | {"fwd_bwd_ratio": r.fwd_bwd_ratio} for r in ops],
+        "steps": [dataclasses.asdict(r) for r in steps],
+        "fits": [dataclasses.asdict(f) | {"target": f.target} for f in fits],
+        "markdown": markdown,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few calls: a smoke run, not a measurement")
+    parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability the stand-in compiles for")
+    parser.add_argument("--ops", help="comma-separated op names to measure (default: every op)")
+    args = parser.parse_args(argv)
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") and not _cuda_available():
+        # Triton would interpret the kernels (it reads this when they are decorated):
+        # measure in a fresh process without it.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        argv = sys.argv[1:] if argv is None else argv
+        return subprocess.run([sys.executable, __file__, *argv], env=env).returncode
+    # Triton 3.9 warns on every compile until this is set; 1 keeps its default (FMA fusion).
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+    settings = QUICK if args.quick else Settings()
+    result = run(settings, arch=args.arch, only=args.ops.split(",") if args.ops else None)
+    print(result["markdown"])
+    if args.out:
+        args.out.write_text(result["markdown"])
+    if args.json:
+        args.json.write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1))
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
