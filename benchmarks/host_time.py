@@ -397,7 +397,8 @@ def _describe_mode(on_gpu: bool, arch: int) -> str:
         return f"Real GPU ({torch.cuda.get_device_name()}), CUDA tensors; {versions}"
     return (
         f"No GPU: stand-in CUDA driver (kernels compiled for sm_{arch}, launches are no-ops), CPU tensors; "
-        f"{versions}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch.set_num_threads(1); {versions}; {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
     )
 
@@ -413,6 +414,11 @@ def run(settings: Settings, arch: int = 90, only: list[str] | None = None) -> di
 
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
+    if not on_gpu:
+        # The host path is one thread's work. Eager torch's CPU kernels (softmax, the fused
+        # AdamW step) otherwise wake OpenMP workers for 32-element tensors, which costs
+        # tens of µs and, on a loaded machine, milliseconds: noise, not host time.
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     context = contextlib.nullcontext() if on_gpu else standin_driver.standin_cuda_driver(arch)
     with context:
