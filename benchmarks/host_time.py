@@ -1,6 +1,7 @@
 """Host time of fused_ops' GPU path against eager torch, with or without a GPU.
 
     python benchmarks/host_time.py [--quick] [--out FILE.md] [--json FILE.json]
+    python benchmarks/host_time.py --profile sigmoid    # or softmax, ..., adamw64
 
 On a GPU, an op costs its host time or its kernels' time, whichever is larger, and for
 the small and medium tensors of most models the host time wins. This measures it:
@@ -445,6 +446,78 @@ def run(settings: Settings, arch: int = 90, only: list[str] | None = None) -> di
     }
 
 
+def _profiled_call(target: str, device) -> Callable[[], Any]:
+    """The fused call that ``--profile`` profiles: an op's forward+backward, or an AdamW step."""
+    import torch
+
+    if target.startswith("adamw"):
+        n_params = int(target.removeprefix("adamw") or 64)
+        params = [torch.randn(PARAM_NUMEL, device=device, requires_grad=True) for _ in range(n_params)]
+        optimizer = _make_optimizer(OPTIMIZERS[0], params)
+
+        def step() -> None:
+            # New gradient tensors every step, as after a backward (zero_grad(set_to_none=True)).
+            optimizer.zero_grad(set_to_none=True)
+            for param in params:
+                param.grad = torch.empty_like(param)
+            optimizer.step()
+
+        return step
+    (case,) = [c for c in _op_cases(device) if c.name == target]
+    inputs = case.make_inputs()
+    leaves = _grad_leaves(inputs)
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    output = case.eager(*inputs)
+    return _fwd_bwd_call(case.fused, inputs, leaves, None if output.dim() == 0 else torch.randn_like(output))
+
+
+def profile(target: str, calls: int, arch: int = 90) -> str:
+    """A profile of ``calls`` fused calls (pyinstrument if installed, else cProfile), as text.
+
+    Args:
+        target: an op name (its forward+backward is profiled) or ``adamw<N>`` (an AdamW
+            step over N parameters with new gradients, N = 64 by default).
+        calls: how many calls to profile, after a warm-up call.
+    """
+    import contextlib
+
+    import torch
+
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    import standin_driver
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    if not on_gpu:
+        torch.set_num_threads(1)
+    with contextlib.nullcontext() if on_gpu else standin_driver.standin_cuda_driver(arch):
+        call = _profiled_call(target, device)
+        call()
+        try:
+            import pyinstrument
+        except ImportError:
+            pyinstrument = None
+        if pyinstrument is not None:
+            profiler = pyinstrument.Profiler(interval=0.0001)
+            with profiler:
+                for _ in range(calls):
+                    call()
+            return profiler.output_text(unicode=True, color=False, show_all=True)
+        import cProfile
+        import io
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            call()
+        profiler.disable()
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(40)
+        return stream.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few calls: a smoke run, not a measurement")
@@ -452,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--arch", type=int, default=90, help="compute capability the stand-in compiles for")
     parser.add_argument("--ops", help="comma-separated op names to measure (default: every op)")
+    parser.add_argument(
+        "--profile",
+        metavar="TARGET",
+        help="instead of the table, profile an op's fused forward+backward (e.g. sigmoid) or an AdamW "
+        "step with new grads (adamw64: 64 parameters), with pyinstrument if installed, else cProfile",
+    )
+    parser.add_argument("--calls", type=int, default=2000, help="calls to profile with --profile")
     args = parser.parse_args(argv)
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") and not _cuda_available():
@@ -463,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     # Triton 3.9 warns on every compile until this is set; 1 keeps its default (FMA fusion).
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
+    if args.profile:
+        print(profile(args.profile, args.calls, arch=args.arch))
+        return 0
     settings = QUICK if args.quick else Settings()
     result = run(settings, arch=args.arch, only=args.ops.split(",") if args.ops else None)
     print(result["markdown"])
