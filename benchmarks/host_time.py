@@ -65,8 +65,8 @@ class Settings:
 
     op_calls: int = 1000
     op_repeats: int = 7
-    optimizer_steps: int = 100
-    optimizer_repeats: int = 5
+    optimizer_steps: int = 30
+    optimizer_repeats: int = 10
 
 
 QUICK = Settings(op_calls=20, op_repeats=2, optimizer_steps=4, optimizer_repeats=2)
@@ -282,45 +282,65 @@ def _make_optimizer(name: str, params):
     return torch.optim.AdamW(params, lr=1e-3, foreach=True)
 
 
-def measure_steps(name: str, n_params: int, new_grads: bool, settings: Settings, device, counting: bool) -> StepResult:
-    """µs per ``step()`` of one optimizer over ``n_params`` parameters of PARAM_NUMEL elements."""
-    import torch
+class _StepBench:
+    """One optimizer over its own ``n_params`` parameters, with the gradients of every timed step."""
 
-    params = [torch.randn(PARAM_NUMEL, device=device, requires_grad=True) for _ in range(n_params)]
-    optimizer = _make_optimizer(name, params)
-    # New gradients are new tensors, at new addresses, for every timed step; made up front
-    # so that only step() is timed.
-    n_sets = settings.optimizer_steps + 1 if new_grads else 1
-    grad_sets = [[torch.randn(PARAM_NUMEL, device=device) for _ in params] for _ in range(n_sets)]
+    def __init__(self, name: str, n_params: int, new_grads: bool, settings: Settings, device) -> None:
+        import torch
 
-    def set_grads(index: int) -> None:
-        if new_grads:
-            optimizer.zero_grad(set_to_none=True)
-        for param, grad in zip(params, grad_sets[index % n_sets], strict=True):
+        self.name, self.n_params, self.new_grads = name, n_params, new_grads
+        self.params = [torch.randn(PARAM_NUMEL, device=device, requires_grad=True) for _ in range(n_params)]
+        self.optimizer = _make_optimizer(name, self.params)
+        # New gradients are new tensors, at new addresses, for every timed step; made up
+        # front so that only step() is timed.
+        self.n_sets = settings.optimizer_steps + 1 if new_grads else 1
+        self.grad_sets = [[torch.randn(PARAM_NUMEL, device=device) for _ in self.params] for _ in range(self.n_sets)]
+        self.set_grads(0)
+        self.optimizer.step()  # creates the state and compiles the kernel
+        self.set_grads(1)
+
+    def set_grads(self, index: int) -> None:
+        if self.new_grads:
+            self.optimizer.zero_grad(set_to_none=True)
+        for param, grad in zip(self.params, self.grad_sets[index % self.n_sets], strict=True):
             param.grad = grad
 
-    set_grads(0)
-    optimizer.step()  # creates the state and compiles the kernel
-    set_grads(1)
-    launches = _launches(optimizer.step, counting)
-    best = float("inf")
+    def time_steps(self, steps: int) -> float:
+        """Mean µs of ``steps`` calls of step(), timing only the step."""
+        total_ns = 0
+        for step in range(steps):
+            self.set_grads(step)
+            start = time.perf_counter_ns()
+            self.optimizer.step()
+            total_ns += time.perf_counter_ns() - start
+        return total_ns / steps / 1e3
+
+
+def measure_steps(n_params: int, new_grads: bool, settings: Settings, device, counting: bool) -> list[StepResult]:
+    """µs per ``step()`` of every optimizer over ``n_params`` parameters of PARAM_NUMEL elements.
+
+    The optimizers alternate repeat by repeat, so that a change in the machine's load
+    affects them alike.
+    """
+    benches = [_StepBench(name, n_params, new_grads, settings, device) for name in OPTIMIZERS]
+    launches = [_launches(b.optimizer.step, counting and b.name == OPTIMIZERS[0]) for b in benches]
+    best = [float("inf")] * len(benches)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(settings.optimizer_repeats):
-            total_ns = 0
-            _sync(device)
-            for step in range(settings.optimizer_steps):
-                set_grads(step)
-                start = time.perf_counter_ns()
-                optimizer.step()
-                total_ns += time.perf_counter_ns() - start
-            _sync(device)
-            best = min(best, total_ns / settings.optimizer_steps / 1e3)
+            for i, bench in enumerate(benches):
+                _sync(device)
+                us = bench.time_steps(settings.optimizer_steps)
+                _sync(device)
+                best[i] = min(best[i], us)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return StepResult(name, "new" if new_grads else "same", n_params, best, launches)
+    grads = "new" if new_grads else "same"
+    return [
+        StepResult(b.name, grads, n_params, us, names) for b, us, names in zip(benches, best, launches, strict=True)
+    ]
 
 
 def fit(results: list[StepResult]) -> Fit:
@@ -363,16 +383,18 @@ def render(mode: str, settings: Settings, ops: list[OpResult], steps: list[StepR
     lines += [
         "",
         f"Optimizer: µs per `step()` (only the step is timed), the minimum over {settings.optimizer_repeats} "
-        f"repeats of the mean of {settings.optimizer_steps} steps; parameters of {PARAM_NUMEL} float32 elements. "
-        "`new` grads: `zero_grad(set_to_none=True)` and new gradient tensors before every step.",
+        f"repeats of the mean of {settings.optimizer_steps} steps, the optimizers alternating; parameters of "
+        f"{PARAM_NUMEL} float32 elements. `new` grads: `zero_grad(set_to_none=True)` and new gradient tensors "
+        "before every step. Without a GPU, torch's steps include their CPU arithmetic.",
         "",
-        "| optimizer | grads | params | µs / step | µs / param | launches / step |",
-        "|---|---|--:|--:|--:|--:|",
+        f"| optimizer | grads | params | µs / step | µs / param | vs {OPTIMIZERS[1]} | launches / step |",
+        "|---|---|--:|--:|--:|--:|--:|",
     ]
+    torch_fused = {(r.grads, r.n_params): r.us_per_step for r in steps if r.optimizer == OPTIMIZERS[1]}
     for r in steps:
         lines.append(
             f"| {r.optimizer} | {r.grads} | {r.n_params} | {r.us_per_step:.1f} | {r.us_per_param:.2f} "
-            f"| {_launch_text(r.launches)} |"
+            f"| {r.us_per_step / torch_fused[r.grads, r.n_params]:.2f}x | {_launch_text(r.launches)} |"
         )
     lines += [
         "",
@@ -425,12 +447,15 @@ def run(settings: Settings, arch: int = 90, only: list[str] | None = None) -> di
     with context:
         cases = [c for c in _op_cases(device) if only is None or c.name in only]
         ops = [measure_op(case, settings, device, counting=True) for case in cases]
-        steps = [
-            measure_steps(name, n, new_grads, settings, device, counting=name == OPTIMIZERS[0])
-            for name in OPTIMIZERS
+        measured = [
+            measure_steps(n, new_grads, settings, device, counting=True)
             for new_grads in (True, False)
             for n in OPTIMIZER_SIZES
         ]
+        steps = sorted(
+            (r for results in measured for r in results),
+            key=lambda r: (OPTIMIZERS.index(r.optimizer), r.grads != "new", r.n_params),
+        )
     fits = [
         fit([s for s in steps if s.optimizer == name and s.grads == grads])
         for name in OPTIMIZERS
