@@ -1,7 +1,8 @@
 """Host time of fused_ops' GPU path against eager torch, with or without a GPU.
 
     python benchmarks/host_time.py [--quick] [--out FILE.md] [--json FILE.json]
-    python benchmarks/host_time.py --profile sigmoid    # or softmax, ..., adamw64
+    python benchmarks/host_time.py --only sigmoid,adamw  # some ops, and/or the optimizer
+    python benchmarks/host_time.py --profile sigmoid     # or softmax, ..., adamw64
 
 On a GPU, an op costs its host time or its kernels' time, whichever is larger, and for
 the small and medium tensors of most models the host time wins. This measures it:
@@ -361,53 +362,56 @@ def _launch_text(names: list[str] | None) -> str:
 
 
 def render(mode: str, settings: Settings, ops: list[OpResult], steps: list[StepResult], fits: list[Fit]) -> str:
-    """The report as Markdown: the ops table, the optimizer table and the fits."""
-    lines = [
-        "# Host time: fused_ops against eager torch",
-        "",
-        f"{mode}. µs per call: the minimum over {settings.op_repeats} repeats of the mean of "
-        f"{settings.op_calls} calls, fused_ops and eager torch alternating on the same tensors; "
-        f"(4, 8) float32 inputs. Launches: kernel launches per call, counted through Triton's launch hook.",
-        "",
-        "| op | no-grad fwd µs | eager µs | ratio | fwd+bwd µs | eager µs | ratio | launches fwd / fwd+bwd "
-        f"| fwd <= {MAX_NO_GRAD_FWD_US:g} µs | fwd+bwd <= {MAX_FWD_BWD_RATIO:g}x |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|:-:|:-:|",
-    ]
-    for r in ops:
-        lines.append(
-            f"| {r.name} | {r.fwd_us:.1f} | {r.fwd_eager_us:.1f} | {r.fwd_ratio:.1f}x | {r.fwd_bwd_us:.1f} "
-            f"| {r.fwd_bwd_eager_us:.1f} | {r.fwd_bwd_ratio:.2f}x "
-            f"| {_launch_text(r.fwd_launches)} / {_launch_text(r.fwd_bwd_launches)} "
-            f"| {_yes(r.fwd_target)} | {_yes(r.fwd_bwd_target)} |"
-        )
-    lines += [
-        "",
-        f"Optimizer: µs per `step()` (only the step is timed), the minimum over {settings.optimizer_repeats} "
-        f"repeats of the mean of {settings.optimizer_steps} steps, the optimizers alternating; parameters of "
-        f"{PARAM_NUMEL} float32 elements. `new` grads: `zero_grad(set_to_none=True)` and new gradient tensors "
-        "before every step. Without a GPU, torch's steps include their CPU arithmetic.",
-        "",
-        f"| optimizer | grads | params | µs / step | µs / param | vs {OPTIMIZERS[1]} | launches / step |",
-        "|---|---|--:|--:|--:|--:|--:|",
-    ]
-    torch_fused = {(r.grads, r.n_params): r.us_per_step for r in steps if r.optimizer == OPTIMIZERS[1]}
-    for r in steps:
-        lines.append(
-            f"| {r.optimizer} | {r.grads} | {r.n_params} | {r.us_per_step:.1f} | {r.us_per_param:.2f} "
-            f"| {r.us_per_step / torch_fused[r.grads, r.n_params]:.2f}x | {_launch_text(r.launches)} |"
-        )
-    lines += [
-        "",
-        f"Fit: µs / step = fixed + slope x params (least squares over {', '.join(map(str, OPTIMIZER_SIZES))} params). "
-        f"Target (fused_ops, new grads): slope <= {MAX_OPTIMIZER_US_PER_PARAM:g} µs and fixed <= "
-        f"{MAX_OPTIMIZER_FIXED_US:g} µs.",
-        "",
-        "| optimizer | grads | fixed µs | µs / param | target |",
-        "|---|---|--:|--:|:-:|",
-    ]
-    for f in fits:
-        target = _yes(f.target) if f.optimizer == OPTIMIZERS[0] and f.grads == "new" else "-"
-        lines.append(f"| {f.optimizer} | {f.grads} | {f.fixed_us:.1f} | {f.per_param_us:.2f} | {target} |")
+    """The report as Markdown: the ops table, the optimizer table and the fits (those measured)."""
+    lines = ["# Host time: fused_ops against eager torch", "", f"{mode}."]
+    if ops:
+        lines += [
+            "",
+            f"Ops: µs per call, the minimum over {settings.op_repeats} repeats of the mean of "
+            f"{settings.op_calls} calls, fused_ops and eager torch alternating on the same tensors; "
+            "(4, 8) float32 inputs. Launches: kernel launches per call, counted through Triton's launch hook.",
+            "",
+            "| op | no-grad fwd µs | eager µs | ratio | fwd+bwd µs | eager µs | ratio | launches fwd / fwd+bwd "
+            f"| fwd <= {MAX_NO_GRAD_FWD_US:g} µs | fwd+bwd <= {MAX_FWD_BWD_RATIO:g}x |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|:-:|:-:|",
+        ]
+        for r in ops:
+            lines.append(
+                f"| {r.name} | {r.fwd_us:.1f} | {r.fwd_eager_us:.1f} | {r.fwd_ratio:.1f}x | {r.fwd_bwd_us:.1f} "
+                f"| {r.fwd_bwd_eager_us:.1f} | {r.fwd_bwd_ratio:.2f}x "
+                f"| {_launch_text(r.fwd_launches)} / {_launch_text(r.fwd_bwd_launches)} "
+                f"| {_yes(r.fwd_target)} | {_yes(r.fwd_bwd_target)} |"
+            )
+    if steps:
+        lines += [
+            "",
+            f"Optimizer: µs per `step()` (only the step is timed), the minimum over {settings.optimizer_repeats} "
+            f"repeats of the mean of {settings.optimizer_steps} steps, the optimizers alternating; parameters of "
+            f"{PARAM_NUMEL} float32 elements. `new` grads: `zero_grad(set_to_none=True)` and new gradient tensors "
+            "before every step. Without a GPU, torch's steps include their CPU arithmetic.",
+            "",
+            f"| optimizer | grads | params | µs / step | µs / param | vs {OPTIMIZERS[1]} | launches / step |",
+            "|---|---|--:|--:|--:|--:|--:|",
+        ]
+        torch_fused = {(r.grads, r.n_params): r.us_per_step for r in steps if r.optimizer == OPTIMIZERS[1]}
+        for r in steps:
+            lines.append(
+                f"| {r.optimizer} | {r.grads} | {r.n_params} | {r.us_per_step:.1f} | {r.us_per_param:.2f} "
+                f"| {r.us_per_step / torch_fused[r.grads, r.n_params]:.2f}x | {_launch_text(r.launches)} |"
+            )
+    if fits:
+        lines += [
+            "",
+            f"Fit: µs / step = fixed + slope x params (least squares over {', '.join(map(str, OPTIMIZER_SIZES))} "
+            f"params). Target (fused_ops, new grads): slope <= {MAX_OPTIMIZER_US_PER_PARAM:g} µs and fixed <= "
+            f"{MAX_OPTIMIZER_FIXED_US:g} µs.",
+            "",
+            "| optimizer | grads | fixed µs | µs / param | target |",
+            "|---|---|--:|--:|:-:|",
+        ]
+        for f in fits:
+            target = _yes(f.target) if f.optimizer == OPTIMIZERS[0] and f.grads == "new" else "-"
+            lines.append(f"| {f.optimizer} | {f.grads} | {f.fixed_us:.1f} | {f.per_param_us:.2f} | {target} |")
     return "\n".join(lines) + "\n"
 
 
@@ -451,6 +455,7 @@ def run(settings: Settings, arch: int = 90, only: list[str] | None = None) -> di
             measure_steps(n, new_grads, settings, device, counting=True)
             for new_grads in (True, False)
             for n in OPTIMIZER_SIZES
+            if only is None or "adamw" in only
         ]
         steps = sorted(
             (r for results in measured for r in results),
@@ -460,6 +465,7 @@ def run(settings: Settings, arch: int = 90, only: list[str] | None = None) -> di
         fit([s for s in steps if s.optimizer == name and s.grads == grads])
         for name in OPTIMIZERS
         for grads in ("new", "same")
+        if steps
     ]
     markdown = render(_describe_mode(on_gpu, arch), settings, ops, steps, fits)
     return {
@@ -549,7 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--arch", type=int, default=90, help="compute capability the stand-in compiles for")
-    parser.add_argument("--ops", help="comma-separated op names to measure (default: every op)")
+    parser.add_argument(
+        "--only", help="comma-separated op names, and adamw for the optimizer, to measure (default: everything)"
+    )
     parser.add_argument(
         "--profile",
         metavar="TARGET",
@@ -572,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         print(profile(args.profile, args.calls, arch=args.arch))
         return 0
     settings = QUICK if args.quick else Settings()
-    result = run(settings, arch=args.arch, only=args.ops.split(",") if args.ops else None)
+    result = run(settings, arch=args.arch, only=args.only.split(",") if args.only else None)
     print(result["markdown"])
     if args.out:
         args.out.write_text(result["markdown"])
