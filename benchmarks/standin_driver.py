@@ -138,8 +138,9 @@ def check_triton(version: str | None = None) -> str:
 class _StandinUtils:
     """The part of Triton's ``CudaUtils`` that compiling and loading a kernel touches."""
 
-    def __init__(self) -> None:
+    def __init__(self, arch: int) -> None:
         self._handles = itertools.count(1)
+        self._capability = divmod(arch, 10)
 
     def load_binary(self, name, kernel, shared, device):
         """Return (module, function, n_regs, n_spills, n_max_threads) without loading anything."""
@@ -153,7 +154,7 @@ class _StandinUtils:
         return dict(_H100_PROPERTIES)
 
     def get_device_capability(self, device) -> tuple[int, int]:
-        raise NotImplementedError("the stand-in driver's capability comes from its target")
+        return self._capability
 
     def is_stream_capturing(self, stream) -> bool:
         return False
@@ -208,7 +209,7 @@ class StandinCudaDriver(_driver_base()):
         from triton.backends.compiler import GPUTarget
 
         self.target = GPUTarget("cuda", arch, 32)
-        self.utils = _StandinUtils()
+        self.utils = _StandinUtils(arch)
         self.launcher_cls = StandinLauncher
 
     @classmethod
