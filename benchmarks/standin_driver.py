@@ -57,7 +57,8 @@ from typing import Any
 SUPPORTED_TRITON_VERSIONS = ("3.9",)
 # A device index that no real GPU has: kernels compiled for the stand-in are cached under it.
 STANDIN_DEVICE = 1 << 20
-# H100's figures, for the checks Triton makes when it loads a kernel (shared memory, threads).
+# The device properties Triton reads (shared memory when it loads a kernel), per target:
+# H100 SXM for sm_90, A100 SXM for sm_80 (other targets get H100's).
 _H100_PROPERTIES = {
     "max_shared_mem": 232448,
     "max_num_regs": 65536,
@@ -66,6 +67,16 @@ _H100_PROPERTIES = {
     "sm_clock_rate": 1980000,
     "mem_clock_rate": 2619000,
     "mem_bus_width": 5120,
+}
+_DEVICE_PROPERTIES = {
+    90: _H100_PROPERTIES,
+    80: {
+        **_H100_PROPERTIES,
+        "max_shared_mem": 166912,
+        "multiprocessor_count": 108,
+        "sm_clock_rate": 1410000,
+        "mem_clock_rate": 1593000,
+    },
 }
 _MAX_THREADS_PER_BLOCK = 1024
 
@@ -141,6 +152,7 @@ class _StandinUtils:
     def __init__(self, arch: int) -> None:
         self._handles = itertools.count(1)
         self._capability = divmod(arch, 10)
+        self._properties = _DEVICE_PROPERTIES.get(arch, _H100_PROPERTIES)
 
     def load_binary(self, name, kernel, shared, device):
         """Return (module, function, n_regs, n_spills, n_max_threads) without loading anything."""
@@ -151,7 +163,7 @@ class _StandinUtils:
         pass
 
     def get_device_properties(self, device) -> dict[str, Any]:
-        return dict(_H100_PROPERTIES)
+        return dict(self._properties)
 
     def get_device_capability(self, device) -> tuple[int, int]:
         return self._capability
