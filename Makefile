@@ -31,6 +31,7 @@ lint: $(INSTALLED)
 # The pytest-benchmark suites, one benchmarks/bench_<family>.py per op family: wall-clock
 # timings against eager torch and torch.compile (GPU timings only on a GPU).
 bench: $(INSTALLED)
+	$(PYTHON) benchmarks/host_time.py --out docs/host_time.md
 	TRITON_INTERPRET=$(INTERPRET) $(PYTHON) -m pytest benchmarks --benchmark-only -p no:xdist
 
 # On a machine with a GPU: the suite on CUDA, benchmarks with real timings, host time; one report.

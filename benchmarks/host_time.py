@@ -249,11 +249,11 @@ def _interleaved_min_us(calls: dict[str, Callable[[], Any]], number: int, repeat
 def _launches(call: Callable[[], Any], counting: bool) -> list[str] | None:
     if not counting:
         return None
-    from standin_driver import count_launches
+    from fused_ops.profiling import KernelTrace  # counts compiled launches through Triton's hook
 
-    with count_launches() as launches:
+    with KernelTrace() as trace:
         call()
-    return launches.names
+    return [launch.kernel for launch in trace.launches]
 
 
 def measure_op(case: OpCase, settings: Settings, device, counting: bool) -> OpResult:

@@ -6,13 +6,14 @@ validation, allocation, Triton's ``JITFunction.run`` with its binder and cache l
 ``CompiledKernel.launch_metadata``), except Triton's C launcher and ``cuLaunchKernel``
 (about 5 µs a launch on a real GPU), which become a Python no-op.
 
-    from benchmarks.standin_driver import standin_cuda_driver, count_launches
+    from standin_driver import standin_cuda_driver
+    from fused_ops.profiling import KernelTrace
 
     with standin_cuda_driver():  # also forces fused_ops onto compiled Triton
         y = fused_ops.sigmoid(torch.randn(4, 8))  # CPU tensor; compiled for sm_90, not run
-        with count_launches() as launches:
+        with KernelTrace() as trace:  # counts compiled launches through Triton's hook
             fused_ops.softmax(torch.randn(4, 8), dim=-1)
-        assert launches.names == ["softmax_forward_kernel"]  # for example
+        assert [launch.kernel for launch in trace.launches] == ["softmax_forward_kernel"]
 
 What the stand-in does:
 
@@ -44,7 +45,6 @@ run it in its own process, never inside the interpreted test suite.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import itertools
 import os
@@ -328,38 +328,3 @@ def standin_cuda_driver(arch: int = 90, force_fused_ops: bool = True) -> Iterato
         # Restore exactly what was active (None means "not created yet": keep it lazy,
         # since creating the default driver raises on a machine without a GPU).
         config._active = previous
-
-
-@dataclasses.dataclass
-class LaunchCounter:
-    """Kernel launches seen by Triton's ``launch_enter_hook``, in order, by kernel name."""
-
-    names: list[str] = dataclasses.field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def count(self, name: str | None = None) -> int:
-        """Launches of every kernel, or of the kernel with this name."""
-        return len(self.names) if name is None else self.names.count(name)
-
-
-@contextlib.contextmanager
-def count_launches() -> Iterator[LaunchCounter]:
-    """Count kernel launches through Triton's ``launch_enter_hook`` inside this block.
-
-    Works with the stand-in driver and with a real GPU (Triton's C launcher calls the
-    same hook); it does not see kernels run by Triton's interpreter.
-    """
-    from triton import knobs
-
-    counter = LaunchCounter()
-
-    def on_launch(metadata) -> None:
-        counter.names.append(metadata.get()["name"])
-
-    knobs.runtime.launch_enter_hook.add(on_launch)
-    try:
-        yield counter
-    finally:
-        knobs.runtime.launch_enter_hook.remove(on_launch)
