@@ -1,4 +1,4 @@
-"""Fused optimizers: drop-in replacements for torch.optim.Adam and torch.optim.AdamW.
+"""Fused optimizers: drop-in replacements for torch.optim.Adam, AdamW and SGD, and clip_grad_norm_.
 
 >>> optimizer = fused_ops.optim.AdamW(model.parameters(), lr=1e-3)  # was torch.optim.AdamW
 """
