@@ -291,3 +291,66 @@ def adam_step_ref(
         for target, value in updates:
             value = value.to(target.dtype)
             target.copy_(value if skip is None else torch.where(skip, target, value))
+
+
+def sgd_step_ref(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_buffers: list[torch.Tensor | None],
+    first_flags: list[torch.Tensor | None],
+    *,
+    lr: float | torch.Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float | torch.Tensor,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    clip_coef: torch.Tensor | None = None,
+) -> None:
+    """One SGD step in place, with the SGD kernel's math and order, without host syncs.
+
+    ``momentum_buffers[i]`` is None when the group has no momentum. ``first_flags[i]`` is
+    an int32 0-d tensor that is non-zero while the buffer has never been written (torch's
+    first step: the buffer becomes the gradient), or None for a written buffer; a step
+    that is not skipped clears it. Sparse gradients work as in torch's for-loop. Gradients
+    are divided by ``grad_scale`` and multiplied by ``clip_coef``; a non-zero
+    ``found_inf`` changes nothing.
+    """
+    for p, g, buf, first in zip(params, grads, momentum_buffers, first_flags, strict=True):
+        acc = compute_dtype(p.dtype)
+        skip = None if found_inf is None else found_inf.to(p.device) != 0
+
+        def scalar(x, p=p):
+            # A tensor hyperparameter as the kernel reads it (fp32 unless fp64), then fp64.
+            if isinstance(x, torch.Tensor):
+                dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+                return x.to(device=p.device, dtype=dtype).reshape(()).double().to(acc)
+            return torch.tensor(float(x), dtype=torch.float64, device=p.device).to(acc)
+
+        grad = g.to(acc)
+        if grad_scale is not None:
+            grad = grad / grad_scale.to(device=p.device, dtype=acc)
+        if clip_coef is not None:
+            grad = grad * clip_coef.to(device=p.device, dtype=acc)
+        if maximize:
+            grad = -grad
+        param = p.to(acc)
+        if isinstance(weight_decay, torch.Tensor) or weight_decay != 0:
+            grad = grad + scalar(weight_decay) * param
+        updates = []
+        if buf is not None:
+            if grad.is_sparse:
+                grad = grad.to_dense()
+            running = buf.to(acc) * scalar(momentum) + scalar(1.0 - dampening) * grad
+            if first is not None:
+                running = torch.where(first != 0, grad, running)
+            updates.append((buf, running))
+            grad = grad + scalar(momentum) * running if nesterov else running
+        updates.append((p, param - scalar(lr) * grad))
+        for target, value in updates:
+            value = value.to(target.dtype)
+            target.copy_(value if skip is None else torch.where(skip, target, value))
+        if first is not None:
+            first.copy_(torch.zeros_like(first) if skip is None else torch.where(skip, first, 0))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -191,7 +191,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     # The name of the kernel family, for the dispatch decision and its log line.
     _family = ""
     # State keys that a loaded state must have (besides the family's own checks).
-    _optional_flags: dict[str, Any] = {}
+    _optional_flags: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
@@ -326,7 +326,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 position += 1
                 if g is None:
                     continue
-                if g.is_sparse:
+                sparse = g.is_sparse
+                if sparse:
                     self._sparse_gradient(group, p)
                 state_row = self._state_row(group, p)
                 views = [real(local(t)) if t is not None else None for t in (p, g, *state_row)]
@@ -335,7 +336,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 dense = is_dense(p_view) and all(
                     t.stride() == p_view.stride() for t in state_views if t is not None and t.shape == p_view.shape
                 )
-                if not dense or not use_triton(self._family, p_view):
+                if sparse or not dense or not use_triton(self._family, p_view):
                     # A parameter with gaps (a slice), whose zeros_like state is contiguous, or a
                     # loaded state in another layout than its parameter: the reference walks
                     # any strides, the kernel only one shared dense layout.
@@ -400,6 +401,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Launch-wide specializations derived from the group rows (families override)."""
 
     def _sparse_gradient(self, group: dict[str, Any], p: torch.Tensor) -> None:
+        """Raise torch's error for a sparse gradient, or return to step it on the eager reference."""
         raise NotImplementedError
 
     def _launch(
