@@ -179,6 +179,7 @@ class _AdamBase(FusedOptimizer):
             for start in range(0, len(rows), kernels.TABLE_COLUMNS)
             for column in kernels.ALIGNED_COLUMNS
         )
+        plan.extra["norm_columns"] = (kernels.TABLE_COLUMNS, kernels.NUMEL, kernels.FIRST_PROGRAM)
         plan.extra["chunk_size"] = kernels.ADAM_CHUNK_SIZE
         plan.extra["rows"] = rows
 

@@ -196,6 +196,7 @@ class SGD(FusedOptimizer):
         plan.any_flags["momentum"] = any(
             rows[start + kernels.MOMENTUM_BUFFER] for start in range(0, len(rows), kernels.TABLE_COLUMNS)
         )
+        plan.extra["norm_columns"] = (kernels.TABLE_COLUMNS, kernels.NUMEL, kernels.FIRST_PROGRAM)
         plan.extra["chunk_size"] = kernels.SGD_CHUNK_SIZE
 
     def _group_row(self, group: dict[str, Any], device: torch.device, keepalive: list[torch.Tensor]) -> list[int]:
