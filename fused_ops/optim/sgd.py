@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .. import reference
-from ._base import _COMPILE_MESSAGE, FusedOptimizer, Plan, host_to_device, hyperparameter_address
+from ._base import _COMPILE_MESSAGE, FusedOptimizer, Plan, host_to_device, hyperparameter_address, local, real
 
 _OPTIONAL_FLAGS = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}
 
@@ -86,8 +86,10 @@ class SGD(FusedOptimizer):
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        # id(buffer) -> (weakref to the buffer, its first-step flag: (int32 tensor, index) or
-        # None before one is allocated), for buffers created by this optimizer.
+        # Address of a buffer's (local, real) data -> (weakref to the buffer in the state, its
+        # first-step flag: (int32 tensor, index), or None before one is allocated), for the
+        # buffers this optimizer created. Keyed by address, not id: the kernel sees the
+        # buffer as a view (a DTensor's local shard, a complex buffer's real view).
         self._first_flags: dict[int, tuple[weakref.ref, tuple[torch.Tensor, int] | None]] = {}
         super().__init__(params, defaults)
         if differentiable:
@@ -127,13 +129,13 @@ class SGD(FusedOptimizer):
             # torch creates the buffer as a copy of the first gradient; the kernel writes
             # it on that step (its first-step flag says so), the reference as torch does.
             buffer = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
-            self._first_flags[id(buffer)] = (weakref.ref(buffer), None)
+            self._first_flags[real(local(buffer)).data_ptr()] = (weakref.ref(buffer), None)
         return (buffer,)
 
     def _first_flag(self, buffer: torch.Tensor | None) -> tuple[torch.Tensor, int] | None | bool:
-        """The buffer's first-step flag; None if it has none yet; False for a buffer not created here."""
-        entry = None if buffer is None else self._first_flags.get(id(buffer))
-        if entry is None or entry[0]() is not buffer:
+        """The first-step flag of a buffer (as the kernel sees it); None: none yet; False: not new."""
+        entry = None if buffer is None else self._first_flags.get(buffer.data_ptr())
+        if entry is None or entry[0]() is None or real(local(entry[0]())).data_ptr() != buffer.data_ptr():
             return False
         return entry[1]
 
@@ -143,7 +145,8 @@ class SGD(FusedOptimizer):
             return
         flags = torch.ones(len(buffers), dtype=torch.int32, device=device)
         for index, buffer in enumerate(buffers):
-            self._first_flags[id(buffer)] = (weakref.ref(buffer), (flags, index))
+            key = buffer.data_ptr()
+            self._first_flags[key] = (self._first_flags[key][0], (flags, index))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
