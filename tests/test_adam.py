@@ -887,3 +887,22 @@ def aot_workload():
                 if found_inf is not None:
                     optimizer.found_inf = torch.tensor(found_inf)
                 optimizer.step()
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_torch_compile_fullgraph_step_fails_naming_fused_ops(name, kernel_launches):
+    """step() under torch.compile(fullgraph=True): an error that names fused_ops and what to do instead."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = getattr(fused_ops.optim, name)(model.parameters(), lr=1e-2)
+    model(torch.randn(4, 3)).sum().backward()
+    torch._dynamo.reset()
+
+    def train_step():
+        optimizer.step()
+
+    with pytest.raises(Exception, match="fused_ops.optim optimizers launch their Triton kernel") as error:
+        torch.compile(train_step, fullgraph=True, backend="eager")()
+    assert "call optimizer.step() outside the compiled function" in str(error.value)
+    # Without fullgraph, the step runs (eagerly, through the kernel) at a graph break.
+    torch.compile(train_step, backend="eager")()
+    assert kernel_launches.launch_count() == 1
