@@ -322,7 +322,7 @@ def sgd_step_ref(
         acc = compute_dtype(p.dtype)
         skip = None if found_inf is None else found_inf.to(p.device) != 0
 
-        def scalar(x, p=p):
+        def scalar(x, p=p, acc=acc):
             # A tensor hyperparameter as the kernel reads it (fp32 unless fp64), then fp64.
             if isinstance(x, torch.Tensor):
                 dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -96,9 +96,9 @@ def grad_norm_kernel(
     if arrived == total_programs - 1:
         # Every partial is in memory (acq_rel): add them in slot order, deterministic.
         total = tl.zeros((REDUCE_BLOCK_SIZE,), dtype=tl.float64)
-        for start in range(0, total_programs, REDUCE_BLOCK_SIZE):
-            offsets = start + tl.arange(0, REDUCE_BLOCK_SIZE)
-            values = tl.load(partials_ptr + offsets, mask=offsets < total_programs, other=0.0)
+        for first_slot in range(0, total_programs, REDUCE_BLOCK_SIZE):
+            slots = first_slot + tl.arange(0, REDUCE_BLOCK_SIZE)
+            values = tl.load(partials_ptr + slots, mask=slots < total_programs, other=0.0)
             if NORM == 0:
                 total = tl.maximum(total, values, propagate_nan=tl.PropagateNan.ALL)
             else:

@@ -176,9 +176,7 @@ def sgd_kernel(
         if (flags & _WEIGHT_DECAY_FP64_FLAG) != 0:
             weight_decay = tl.load(weight_decay_address.to(tl.pointer_type(tl.float64), bitcast=True))
         else:
-            weight_decay = tl.load(weight_decay_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(
-                tl.float64
-            )
+            weight_decay = tl.load(weight_decay_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
     momentum = tl.load(group + _MOMENTUM).to(tl.float64, bitcast=True)
     dampening = tl.load(group + _DAMPENING).to(tl.float64, bitcast=True)
     nesterov = (flags & _NESTEROV_FLAG) != 0

@@ -900,7 +900,7 @@ def test_torch_compile_fullgraph_step_fails_naming_fused_ops(name, kernel_launch
     def train_step():
         optimizer.step()
 
-    with pytest.raises(Exception, match="fused_ops.optim optimizers launch their Triton kernel") as error:
+    with pytest.raises(Exception, match=r"fused_ops\.optim optimizers launch their Triton kernel") as error:
         torch.compile(train_step, fullgraph=True, backend="eager")()
     assert "call optimizer.step() outside the compiled function" in str(error.value)
     # Without fullgraph, the step runs (eagerly, through the kernel) at a graph break.

@@ -107,7 +107,7 @@ def clip_grad_norm_(
         norm = torch.empty((), dtype=out_dtype, device=device)
         coef = torch.empty((), dtype=torch.float32, device=device)
         offset = 0
-        for ((_, dtype), tensors), (table, grad_table, program_table) in zip(device_buckets, tables, strict=True):
+        for (_, tensors), (table, grad_table, program_table) in zip(device_buckets, tables, strict=True):
             kernels.grad_norm(
                 table,
                 grad_table,

@@ -10,8 +10,8 @@ and ``found_inf`` handled in the kernel.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -132,7 +132,7 @@ class SGD(FusedOptimizer):
             self._first_flags[real(local(buffer)).data_ptr()] = (weakref.ref(buffer), None)
         return (buffer,)
 
-    def _first_flag(self, buffer: torch.Tensor | None) -> tuple[torch.Tensor, int] | None | bool:
+    def _first_flag(self, buffer: torch.Tensor | None) -> tuple[torch.Tensor, int] | bool | None:
         """The first-step flag of a buffer (as the kernel sees it); None: none yet; False: not new."""
         entry = None if buffer is None else self._first_flags.get(buffer.data_ptr())
         if entry is None or entry[0]() is None or real(local(entry[0]())).data_ptr() != buffer.data_ptr():
