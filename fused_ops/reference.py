@@ -230,13 +230,16 @@ def adam_step_ref(
     decoupled_weight_decay: bool,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    clip_coef: torch.Tensor | None = None,
 ) -> None:
     """One Adam(W) step in place, with the Adam kernel's math and order, without host syncs.
 
     Real (or view_as_real) tensors of any layout. Moments and parameters compute in the
     compute dtype and are stored once in their own dtype; bias corrections, step size
     and the decoupled decay factor are computed in fp64 from the incremented ``step``.
-    Gradients are divided by ``grad_scale``; a non-zero ``found_inf`` changes nothing.
+    Gradients are divided by ``grad_scale``, then multiplied by ``clip_coef``; a non-zero
+    ``found_inf`` changes nothing. lr, betas, eps and weight decay are used in fp64 (as
+    the kernel's fp64 group table holds them) and rounded to the compute dtype.
     """
     for p, g, m, v, v_max, step in zip(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, strict=True):
         acc = compute_dtype(p.dtype)
@@ -246,22 +249,28 @@ def adam_step_ref(
 
         new_step = step + 1
         step64 = new_step.to(device=p.device, dtype=torch.float64)
-        # The kernel receives lr and weight_decay as fp32 and computes with them in fp64.
-        lr64 = scalar(lr, torch.float32).double()
-        weight_decay64 = scalar(weight_decay, torch.float32).double()
-        beta1_, beta2_ = scalar(beta1, torch.float32), scalar(beta2, torch.float32)
+        # A tensor lr is read as fp32 (fp64 if it is fp64); floats are exact in fp64.
+        lr_dtype = torch.float64 if isinstance(lr, torch.Tensor) and lr.dtype == torch.float64 else torch.float32
+        lr64 = scalar(lr, lr_dtype).double() if isinstance(lr, torch.Tensor) else scalar(lr)
+        weight_decay64 = scalar(weight_decay)
         if isinstance(beta1, torch.Tensor):
-            one_minus_beta1, one_minus_beta2 = 1 - beta1_, 1 - beta2_
+            beta_dtype = torch.float64 if beta1.dtype == beta2.dtype == torch.float64 else torch.float32
+            beta1_, beta2_ = scalar(beta1, beta_dtype), scalar(beta2, beta_dtype)
+            # torch's tensor arithmetic: 1 - beta in the beta's dtype.
+            one_minus_beta1, one_minus_beta2 = (1 - beta1_).double(), (1 - beta2_).double()
+            beta1_, beta2_ = beta1_.double(), beta2_.double()
         else:  # 1 - beta in double, as torch computes it for float betas
-            one_minus_beta1, one_minus_beta2 = scalar(1 - beta1, torch.float32), scalar(1 - beta2, torch.float32)
-        # Float betas enter the bias corrections in double, tensor betas as their fp32 value.
-        bias_correction1 = 1 - scalar(beta1 if isinstance(beta1, float) else beta1_) ** step64
-        bias_correction2_sqrt = (1 - scalar(beta2 if isinstance(beta2, float) else beta2_) ** step64).sqrt()
+            beta1_, beta2_ = scalar(beta1), scalar(beta2)
+            one_minus_beta1, one_minus_beta2 = scalar(1 - beta1), scalar(1 - beta2)
+        bias_correction1 = 1 - beta1_**step64
+        bias_correction2_sqrt = (1 - beta2_**step64).sqrt()
         step_size = (lr64 / bias_correction1).to(acc)
 
         grad = g.to(acc)
         if grad_scale is not None:
             grad = grad / grad_scale.to(device=p.device, dtype=acc)
+        if clip_coef is not None:
+            grad = grad * clip_coef.to(device=p.device, dtype=acc)
         if maximize:
             grad = -grad
         param = p.to(acc)
@@ -275,10 +284,73 @@ def adam_step_ref(
         if amsgrad:
             exp_avg_sq = torch.maximum(v_max.to(acc), exp_avg_sq)
             updates.append((v_max, exp_avg_sq))
-        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt.to(acc) + eps
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt.to(acc) + scalar(eps).to(acc)
         updates.append((p, param - step_size * exp_avg / denom))
         updates.append((step, new_step))
         skip = None if found_inf is None else found_inf.to(p.device) != 0
         for target, value in updates:
             value = value.to(target.dtype)
             target.copy_(value if skip is None else torch.where(skip, target, value))
+
+
+def sgd_step_ref(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_buffers: list[torch.Tensor | None],
+    first_flags: list[torch.Tensor | None],
+    *,
+    lr: float | torch.Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float | torch.Tensor,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    clip_coef: torch.Tensor | None = None,
+) -> None:
+    """One SGD step in place, with the SGD kernel's math and order, without host syncs.
+
+    ``momentum_buffers[i]`` is None when the group has no momentum. ``first_flags[i]`` is
+    an int32 0-d tensor that is non-zero while the buffer has never been written (torch's
+    first step: the buffer becomes the gradient), or None for a written buffer; a step
+    that is not skipped clears it. Sparse gradients work as in torch's for-loop. Gradients
+    are divided by ``grad_scale`` and multiplied by ``clip_coef``; a non-zero
+    ``found_inf`` changes nothing.
+    """
+    for p, g, buf, first in zip(params, grads, momentum_buffers, first_flags, strict=True):
+        acc = compute_dtype(p.dtype)
+        skip = None if found_inf is None else found_inf.to(p.device) != 0
+
+        def scalar(x, p=p, acc=acc):
+            # A tensor hyperparameter as the kernel reads it (fp32 unless fp64), then fp64.
+            if isinstance(x, torch.Tensor):
+                dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+                return x.to(device=p.device, dtype=dtype).reshape(()).double().to(acc)
+            return torch.tensor(float(x), dtype=torch.float64, device=p.device).to(acc)
+
+        grad = g.to(acc)
+        if grad_scale is not None:
+            grad = grad / grad_scale.to(device=p.device, dtype=acc)
+        if clip_coef is not None:
+            grad = grad * clip_coef.to(device=p.device, dtype=acc)
+        if maximize:
+            grad = -grad
+        param = p.to(acc)
+        if isinstance(weight_decay, torch.Tensor) or weight_decay != 0:
+            grad = grad + scalar(weight_decay) * param
+        updates = []
+        if buf is not None:
+            if grad.is_sparse:
+                grad = grad.to_dense()
+            running = buf.to(acc) * scalar(momentum) + scalar(1.0 - dampening) * grad
+            if first is not None:
+                running = torch.where(first != 0, grad, running)
+            updates.append((buf, running))
+            grad = grad + scalar(momentum) * running if nesterov else running
+        updates.append((p, param - scalar(lr) * grad))
+        for target, value in updates:
+            value = value.to(target.dtype)
+            target.copy_(value if skip is None else torch.where(skip, target, value))
+        if first is not None:
+            first.copy_(torch.zeros_like(first) if skip is None else torch.where(skip, first, 0))

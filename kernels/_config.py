@@ -55,3 +55,19 @@ CROSS_ENTROPY_MAX_BLOCK_C = 4096
 CROSS_ENTROPY_MAX_BLOCK_I = 128
 CROSS_ENTROPY_NUM_WARPS = 8
 CROSS_ENTROPY_REDUCE_BLOCK_SIZE = 1024
+
+# SGD (kernels/sgd.py): the same chunking as Adam, for the same reasons; it moves fewer
+# bytes per element (12-20 for fp32), so the per-program table reads weigh a little more,
+# still under 0.2% at a full 64K-element chunk.
+SGD_BLOCK_SIZE = 1024
+SGD_CHUNK_SIZE = 64 * SGD_BLOCK_SIZE
+SGD_NUM_WARPS = 4
+
+# Gradient norms (kernels/clip_grad_norm.py): one program per 64K-element chunk of a
+# gradient, summing |g|^p over 1024-element blocks in fp32 (fp64 for fp64 gradients);
+# the last program to finish adds every program's partial in a fixed order (no float
+# atomics, so bitwise deterministic), over blocks of CLIP_REDUCE_BLOCK_SIZE partials.
+CLIP_BLOCK_SIZE = 1024
+CLIP_CHUNK_SIZE = 64 * CLIP_BLOCK_SIZE
+CLIP_NUM_WARPS = 4
+CLIP_REDUCE_BLOCK_SIZE = 1024

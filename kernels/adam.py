@@ -1,17 +1,30 @@
-"""Adam and AdamW: one kernel launch updates every parameter of a (device, dtype) group.
+"""Adam and AdamW: one kernel launch updates every parameter of a (device, dtype), across param groups.
 
-The kernel never receives the parameters as arguments. It reads their addresses from a
-table of int64s that the host builds once and caches between steps:
+The kernel never receives the parameters as arguments. It reads their addresses from
+tables of int64s that the host builds once and caches between steps:
 
     tensor table, int64 [n_tensors, TABLE_COLUMNS], one row per parameter:
-        PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ (0 without amsgrad), STEP,
-        NUMEL, FIRST_PROGRAM
+        PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ (0 without amsgrad), STEP, NUMEL,
+        FIRST_PROGRAM, GROUP
+    grad table, int64 [n_tensors]: each parameter's gradient address. It is apart from
+        the tensor table because it is the one column that changes from step to step
+        (``zero_grad(set_to_none=True)`` gives every step new gradient tensors).
+    group table, int64 [n_groups, GROUP_COLUMNS], one row per param group (see
+        :func:`group_row`): lr, betas, eps and weight decay as fp64 bit patterns, the
+        addresses of tensor lr / betas (0 for floats), and the group's flags (amsgrad,
+        maximize, decoupled weight decay). Different groups can differ in any of them,
+        amsgrad included, and still share one launch.
     program table, int32 [n_programs]: the row that each program updates.
 
 Each parameter is cut into chunks of ``chunk_size`` elements, one program per chunk (an
 empty parameter still gets one program, because its ``step`` counts). A program walks its
 chunk in blocks of ``BLOCK_SIZE``, so a step reads p, g, m, v and writes p, m, v exactly
 once: 28 bytes per fp32 element, 36 with amsgrad, half that for fp16/bf16.
+
+Hyperparameters are fp64 in the table and computed with in fp64 for fp64 parameters
+(torch's opmath); for the other dtypes they are rounded to fp32 where torch rounds its
+Python floats to the tensor's fp32 opmath, and the bias corrections and step size are
+computed in fp64 as torch's for-loop computes them in Python floats.
 
 Every tensor that a row points to is dense and shares the parameter's layout, so flat
 offsets address matching elements; complex parameters arrive as their real view.
@@ -24,6 +37,7 @@ step and resets the slot to 0 for the next launch.
 """
 
 import math
+import struct
 
 import torch
 import triton
@@ -32,18 +46,57 @@ import triton.language as tl
 from ._config import ADAM_BLOCK_SIZE, ADAM_CHUNK_SIZE, ADAM_NUM_WARPS
 
 # Columns of the tensor table (Python side) ...
-PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, STEP, NUMEL, FIRST_PROGRAM = range(8)
+PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, STEP, NUMEL, FIRST_PROGRAM, GROUP = range(8)
 TABLE_COLUMNS = 8
-# ... and the same numbers for the kernel.
+# ... of the group table ...
+(
+    LR,
+    LR_ADDRESS,
+    BETA1,
+    BETA1_ADDRESS,
+    BETA2,
+    BETA2_ADDRESS,
+    ONE_MINUS_BETA1,
+    ONE_MINUS_BETA2,
+    LOG_BETA1,
+    LOG_BETA2,
+    EPS,
+    WEIGHT_DECAY,
+    FLAGS,
+) = range(13)
+GROUP_COLUMNS = 13
+# ... and the bits of its FLAGS column. *_FP64: that tensor hyperparameter is fp64 (else fp32).
+AMSGRAD_FLAG, MAXIMIZE_FLAG, DECOUPLED_FLAG, LR_FP64_FLAG, BETAS_FP64_FLAG = 1, 2, 4, 8, 16
+
+# The same numbers for the kernel.
 _COLUMNS: tl.constexpr = tl.constexpr(TABLE_COLUMNS)
 _PARAM: tl.constexpr = tl.constexpr(PARAM)
-_GRAD: tl.constexpr = tl.constexpr(GRAD)
 _EXP_AVG: tl.constexpr = tl.constexpr(EXP_AVG)
 _EXP_AVG_SQ: tl.constexpr = tl.constexpr(EXP_AVG_SQ)
 _MAX_EXP_AVG_SQ: tl.constexpr = tl.constexpr(MAX_EXP_AVG_SQ)
 _STEP: tl.constexpr = tl.constexpr(STEP)
 _NUMEL: tl.constexpr = tl.constexpr(NUMEL)
 _FIRST_PROGRAM: tl.constexpr = tl.constexpr(FIRST_PROGRAM)
+_GROUP: tl.constexpr = tl.constexpr(GROUP)
+_GROUP_COLUMNS: tl.constexpr = tl.constexpr(GROUP_COLUMNS)
+_LR: tl.constexpr = tl.constexpr(LR)
+_LR_ADDRESS: tl.constexpr = tl.constexpr(LR_ADDRESS)
+_BETA1: tl.constexpr = tl.constexpr(BETA1)
+_BETA1_ADDRESS: tl.constexpr = tl.constexpr(BETA1_ADDRESS)
+_BETA2: tl.constexpr = tl.constexpr(BETA2)
+_BETA2_ADDRESS: tl.constexpr = tl.constexpr(BETA2_ADDRESS)
+_ONE_MINUS_BETA1: tl.constexpr = tl.constexpr(ONE_MINUS_BETA1)
+_ONE_MINUS_BETA2: tl.constexpr = tl.constexpr(ONE_MINUS_BETA2)
+_LOG_BETA1: tl.constexpr = tl.constexpr(LOG_BETA1)
+_LOG_BETA2: tl.constexpr = tl.constexpr(LOG_BETA2)
+_EPS: tl.constexpr = tl.constexpr(EPS)
+_WEIGHT_DECAY: tl.constexpr = tl.constexpr(WEIGHT_DECAY)
+_FLAGS: tl.constexpr = tl.constexpr(FLAGS)
+_AMSGRAD_FLAG: tl.constexpr = tl.constexpr(AMSGRAD_FLAG)
+_MAXIMIZE_FLAG: tl.constexpr = tl.constexpr(MAXIMIZE_FLAG)
+_DECOUPLED_FLAG: tl.constexpr = tl.constexpr(DECOUPLED_FLAG)
+_LR_FP64_FLAG: tl.constexpr = tl.constexpr(LR_FP64_FLAG)
+_BETAS_FP64_FLAG: tl.constexpr = tl.constexpr(BETAS_FP64_FLAG)
 
 
 @triton.jit
@@ -56,6 +109,10 @@ def _update_block(
     exp_avg_sq_ptr,
     max_exp_avg_sq_ptr,
     grad_scale,
+    clip_coef,
+    amsgrad,
+    maximize,
+    decoupled,
     weight_decay,
     decay,
     one_minus_beta1,
@@ -64,110 +121,102 @@ def _update_block(
     bias_correction2_sqrt,
     eps,
     step_size,
-    AMSGRAD: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    DECOUPLED_WEIGHT_DECAY: tl.constexpr,
+    ANY_AMSGRAD: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
 ):
-    """Adam(W) on one block of elements: read p, g, m, v (and max_exp_avg_sq) once, write each once."""
+    """Adam(W) on one block of elements: read p, g, m, v (and max_exp_avg_sq) once, write each once.
+
+    The scalars arrive already in the compute dtype (fp64 for fp64 parameters, else fp32),
+    except GradScaler's fp32 ``grad_scale`` (a divisor) and the fp32 ``clip_coef``.
+    """
     out_type: tl.constexpr = param_ptr.dtype.element_ty
     IS_FP64: tl.constexpr = out_type == tl.float64
-    # _common.upcast's rule (fp64 stays fp64, the rest computes in fp32), resolved once:
-    # under the interpreter every nested @jit call costs milliseconds, and there are 5.
     compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(compute_type)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
     if HAS_GRAD_SCALE:
+        # GradScaler's unscale, then the clip coefficient, as in torch's recipe order.
         if IS_FP64:
             grad = grad / tl.cast(grad_scale, compute_type)
         else:
             grad = tl.div_rn(grad, tl.cast(grad_scale, compute_type))
-    if MAXIMIZE:
+    if HAS_CLIP:
+        grad = grad * tl.cast(clip_coef, compute_type)
+    if maximize:
         grad = -grad
-    if DECOUPLED_WEIGHT_DECAY:
-        param = param * tl.cast(decay, compute_type)
+    if decoupled:
+        param = param * decay
     else:
         # A select, not grad + 0 * param, so an inf parameter with weight_decay=0
         # leaves the gradient alone, as torch's `if weight_decay != 0` does.
-        grad = tl.where(weight_decay != 0, grad + tl.cast(weight_decay, compute_type) * param, grad)
+        grad = tl.where(weight_decay != 0, grad + weight_decay * param, grad)
     # torch's exp_avg.lerp_(grad, 1 - beta1), with its second formula for weights >= 0.5.
-    lerp_weight = tl.cast(one_minus_beta1, compute_type)
     exp_avg = tl.where(
-        lerp_weight < 0.5,
-        exp_avg + lerp_weight * (grad - exp_avg),
-        grad - (grad - exp_avg) * (1.0 - lerp_weight),
+        one_minus_beta1 < 0.5,
+        exp_avg + one_minus_beta1 * (grad - exp_avg),
+        grad - (grad - exp_avg) * (1.0 - one_minus_beta1),
     )
-    exp_avg_sq = exp_avg_sq * tl.cast(beta2, compute_type) + tl.cast(one_minus_beta2, compute_type) * grad * grad
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
     tl.store(exp_avg_ptr + offsets, exp_avg.to(out_type), mask=mask)
     tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
-    if AMSGRAD:
-        max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
-        # NaN propagates, as in torch.maximum.
-        exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
-        tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+    if ANY_AMSGRAD:
+        # A uniform branch per program: groups with and without amsgrad share the launch.
+        if amsgrad:
+            max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
+            # NaN propagates, as in torch.maximum.
+            exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
+            tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
     # fp16/bf16 use the fp32 moments directly, as torch's fused kernels do.
     # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
     if IS_FP64:
-        denom = tl.sqrt(exp_avg_sq) / tl.cast(bias_correction2_sqrt, compute_type) + tl.cast(eps, compute_type)
-        param = param - tl.cast(step_size, compute_type) * exp_avg / denom
+        denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+        param = param - step_size * exp_avg / denom
     else:
-        denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), tl.cast(bias_correction2_sqrt, compute_type))
-        denom = denom + tl.cast(eps, compute_type)
-        param = param - tl.div_rn(tl.cast(step_size, compute_type) * exp_avg, denom)
+        denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
+        param = param - tl.div_rn(step_size * exp_avg, denom)
     tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
 
 
 @triton.jit
 def adam_kernel(
     tensor_table_ptr,
+    grad_table_ptr,
+    group_table_ptr,
     program_table_ptr,
     arrivals_ptr,
     element_type_ptr,
-    lr_ptr,
-    beta1_ptr,
-    beta2_ptr,
     grad_scale_ptr,
     found_inf_ptr,
     skipped_ptr,
-    lr,
-    beta2,
-    one_minus_beta1,
-    one_minus_beta2,
-    log_beta1,
-    log_beta2,
-    eps,
-    weight_decay,
+    clip_coef_ptr,
     chunk_size,
-    AMSGRAD: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    DECOUPLED_WEIGHT_DECAY: tl.constexpr,
-    LR_IN_MEMORY: tl.constexpr,
-    BETAS_IN_MEMORY: tl.constexpr,
+    ANY_AMSGRAD: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     WRITE_SKIPPED: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
     ALIGNED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     """One Adam(W) step for the chunk of one parameter that this program owns.
 
     ``element_type_ptr`` is any tensor of the parameters' dtype: its pointer type is the
-    type the table's addresses are cast to. With ``LR_IN_MEMORY`` (a tensor lr) lr is
-    read from the fp32 ``lr_ptr``; with ``BETAS_IN_MEMORY`` (tensor betas) the betas from
-    the fp32 ``beta1_ptr`` and ``beta2_ptr``, and 1 - beta and log(beta) are derived here,
-    instead of taking them all as arguments: changing them never needs a host sync, nor
-    a kernel of its own. ``grad_scale_ptr`` and ``found_inf_ptr`` are
+    type the table's addresses are cast to. ``grad_scale_ptr`` and ``found_inf_ptr`` are
     GradScaler's fp32 0-d tensors: gradients are divided by the scale, and a non-zero
     found_inf leaves p, m, v, max_exp_avg_sq and step untouched; with ``WRITE_SKIPPED``
     program 0 also stores ``found_inf != 0`` in the 0-d bool ``skipped_ptr``, so the
-    optimizer's skip flag costs no launch of its own. ``ALIGNED``: every
-    p, g, m, v (, max_exp_avg_sq) address in the table is a multiple of 16 bytes.
+    optimizer's skip flag costs no launch of its own. ``clip_coef_ptr`` (``HAS_CLIP``)
+    is the fp32 clip coefficient that a norm pass left on the device: gradients are
+    multiplied by it as they are read. ``ANY_AMSGRAD``: some group of the launch has
+    amsgrad (the others skip it at run time). ``ALIGNED``: every p, g, m, v
+    (, max_exp_avg_sq) address in the tables is a multiple of 16 bytes.
     """
     pid = tl.program_id(0).to(tl.int64)
-    tensor_index = tl.load(program_table_ptr + pid)
-    row = tensor_table_ptr + tensor_index.to(tl.int64) * _COLUMNS
+    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
+    row = tensor_table_ptr + tensor_index * _COLUMNS
     numel = tl.load(row + _NUMEL)
     chunk_start = (pid - tl.load(row + _FIRST_PROGRAM)) * chunk_size
     chunk_end = tl.minimum(chunk_start + chunk_size, numel)
@@ -183,36 +232,68 @@ def adam_kernel(
         if WRITE_SKIPPED:
             tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
 
-    if LR_IN_MEMORY:
-        lr = tl.load(lr_ptr)
-    if BETAS_IN_MEMORY:
-        beta1 = tl.load(beta1_ptr)
-        beta2 = tl.load(beta2_ptr)
-        # torch's tensor arithmetic on fp32 betas: 1 - beta in fp32, log in double.
-        one_minus_beta1 = 1.0 - beta1
-        one_minus_beta2 = 1.0 - beta2
-        log_beta1 = tl.log(beta1.to(tl.float64)).to(tl.float32)
-        log_beta2 = tl.log(beta2.to(tl.float64)).to(tl.float32)
+    # The group's hyperparameters: fp64 bit patterns, or the address of a tensor.
+    group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
+    flags = tl.load(group + _FLAGS)
+    lr = tl.load(group + _LR).to(tl.float64, bitcast=True)
+    lr_address = tl.load(group + _LR_ADDRESS)
+    if lr_address != 0:
+        if (flags & _LR_FP64_FLAG) != 0:
+            lr = tl.load(lr_address.to(tl.pointer_type(tl.float64), bitcast=True))
+        else:
+            lr = tl.load(lr_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
+    beta1 = tl.load(group + _BETA1).to(tl.float64, bitcast=True)
+    beta2 = tl.load(group + _BETA2).to(tl.float64, bitcast=True)
+    one_minus_beta1 = tl.load(group + _ONE_MINUS_BETA1).to(tl.float64, bitcast=True)
+    one_minus_beta2 = tl.load(group + _ONE_MINUS_BETA2).to(tl.float64, bitcast=True)
+    log_beta1 = tl.load(group + _LOG_BETA1).to(tl.float64, bitcast=True)
+    log_beta2 = tl.load(group + _LOG_BETA2).to(tl.float64, bitcast=True)
+    beta1_address = tl.load(group + _BETA1_ADDRESS)
+    if beta1_address != 0:
+        beta2_address = tl.load(group + _BETA2_ADDRESS)
+        if (flags & _BETAS_FP64_FLAG) != 0:
+            beta1 = tl.load(beta1_address.to(tl.pointer_type(tl.float64), bitcast=True))
+            beta2 = tl.load(beta2_address.to(tl.pointer_type(tl.float64), bitcast=True))
+            one_minus_beta1 = 1.0 - beta1
+            one_minus_beta2 = 1.0 - beta2
+        else:
+            beta1_32 = tl.load(beta1_address.to(tl.pointer_type(tl.float32), bitcast=True))
+            beta2_32 = tl.load(beta2_address.to(tl.pointer_type(tl.float32), bitcast=True))
+            # torch's tensor arithmetic on fp32 betas: 1 - beta in fp32, log in double.
+            one_minus_beta1 = (1.0 - beta1_32).to(tl.float64)
+            one_minus_beta2 = (1.0 - beta2_32).to(tl.float64)
+            beta1 = beta1_32.to(tl.float64)
+            beta2 = beta2_32.to(tl.float64)
+        log_beta1 = tl.log(beta1)
+        log_beta2 = tl.log(beta2)
+    eps = tl.load(group + _EPS).to(tl.float64, bitcast=True)
+    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
+    amsgrad = (flags & _AMSGRAD_FLAG) != 0
+    maximize = (flags & _MAXIMIZE_FLAG) != 0
+    decoupled = (flags & _DECOUPLED_FLAG) != 0
+
     # Per-program scalars in double precision, as torch's for-loop computes them: near
     # step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only ~4 digits.
-    lr = tl.cast(lr, tl.float64)
-    weight_decay = tl.cast(weight_decay, tl.float32)
-    step64 = tl.cast(step, tl.float64)
-    bias_correction1 = 1.0 - tl.exp(step64 * tl.cast(log_beta1, tl.float64))
-    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * tl.cast(log_beta2, tl.float64)))
+    step64 = step.to(tl.float64)
+    bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
+    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * log_beta2))
     step_size = lr / bias_correction1
-    decay = 1.0 - lr * tl.cast(weight_decay, tl.float64)
+    decay = 1.0 - lr * weight_decay
     grad_scale = 1.0
     if HAS_GRAD_SCALE:
         grad_scale = tl.load(grad_scale_ptr)
+    clip_coef = 1.0
+    if HAS_CLIP:
+        clip_coef = tl.load(clip_coef_ptr)
 
     param_ptr = tl.load(row + _PARAM).to(element_type_ptr.dtype, bitcast=True)
-    grad_ptr = tl.load(row + _GRAD).to(element_type_ptr.dtype, bitcast=True)
+    grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
     exp_avg_ptr = tl.load(row + _EXP_AVG).to(element_type_ptr.dtype, bitcast=True)
     exp_avg_sq_ptr = tl.load(row + _EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
     max_exp_avg_sq_ptr = param_ptr  # a placeholder, never read without amsgrad
-    if AMSGRAD:
-        max_exp_avg_sq_ptr = tl.load(row + _MAX_EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
+    if ANY_AMSGRAD:
+        if amsgrad:
+            max_exp_avg_sq_ptr = tl.load(row + _MAX_EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
     if ALIGNED:
         # Addresses read from memory carry no alignment facts; the host checked them.
         param_ptr = tl.multiple_of(param_ptr, 16)
@@ -220,6 +301,20 @@ def adam_kernel(
         exp_avg_ptr = tl.multiple_of(exp_avg_ptr, 16)
         exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
         max_exp_avg_sq_ptr = tl.multiple_of(max_exp_avg_sq_ptr, 16)
+
+    # The hyperparameters in the compute dtype: fp64 for fp64 parameters (torch's
+    # opmath), else rounded to fp32 once here, as torch rounds its Python floats.
+    IS_FP64: tl.constexpr = element_type_ptr.dtype.element_ty == tl.float64
+    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    weight_decay_c = weight_decay.to(compute_type)
+    decay_c = decay.to(compute_type)
+    one_minus_beta1_c = one_minus_beta1.to(compute_type)
+    beta2_c = beta2.to(compute_type)
+    one_minus_beta2_c = one_minus_beta2.to(compute_type)
+    bias_correction2_sqrt_c = bias_correction2_sqrt.to(compute_type)
+    eps_c = eps.to(compute_type)
+    step_size_c = step_size.to(compute_type)
+
     # Full blocks load and store unmasked, which (with 16-byte aligned addresses) lets
     # the compiler use 128-bit accesses; only a chunk's last, partial block is masked.
     # A skipped step walks no blocks at all: nothing moves but the scalars above.
@@ -235,18 +330,21 @@ def adam_kernel(
             exp_avg_sq_ptr,
             max_exp_avg_sq_ptr,
             grad_scale,
-            weight_decay,
-            decay,
-            one_minus_beta1,
-            beta2,
-            one_minus_beta2,
-            bias_correction2_sqrt,
-            eps,
-            step_size,
-            AMSGRAD,
-            MAXIMIZE,
-            DECOUPLED_WEIGHT_DECAY,
+            clip_coef,
+            amsgrad,
+            maximize,
+            decoupled,
+            weight_decay_c,
+            decay_c,
+            one_minus_beta1_c,
+            beta2_c,
+            one_minus_beta2_c,
+            bias_correction2_sqrt_c,
+            eps_c,
+            step_size_c,
+            ANY_AMSGRAD,
             HAS_GRAD_SCALE,
+            HAS_CLIP,
         )
     tail_start = chunk_start + n_full_blocks * BLOCK_SIZE
     if (tail_start < chunk_end) & proceed:
@@ -260,18 +358,21 @@ def adam_kernel(
             exp_avg_sq_ptr,
             max_exp_avg_sq_ptr,
             grad_scale,
-            weight_decay,
-            decay,
-            one_minus_beta1,
-            beta2,
-            one_minus_beta2,
-            bias_correction2_sqrt,
-            eps,
-            step_size,
-            AMSGRAD,
-            MAXIMIZE,
-            DECOUPLED_WEIGHT_DECAY,
+            clip_coef,
+            amsgrad,
+            maximize,
+            decoupled,
+            weight_decay_c,
+            decay_c,
+            one_minus_beta1_c,
+            beta2_c,
+            one_minus_beta2_c,
+            bias_correction2_sqrt_c,
+            eps_c,
+            step_size_c,
+            ANY_AMSGRAD,
             HAS_GRAD_SCALE,
+            HAS_CLIP,
         )
 
     # The last program of this parameter to get here writes the new step: every other
@@ -284,48 +385,83 @@ def adam_kernel(
             tl.store(arrivals_ptr + tensor_index, 0)
 
 
-def table_row(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_program: int) -> list[int]:
+def table_row(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_program: int, group: int) -> list[int]:
     """One row of the tensor table (see the module docstring), for dense tensors of one layout."""
     return [
         param.data_ptr(),
-        grad.data_ptr(),
         exp_avg.data_ptr(),
         exp_avg_sq.data_ptr(),
         0 if max_exp_avg_sq is None else max_exp_avg_sq.data_ptr(),
         step.data_ptr(),
         param.numel(),
         first_program,
+        group,
     ]
 
 
-def aligned(rows: list[int]) -> bool:
-    """True when every tensor address in these table rows is a multiple of 16 bytes."""
-    columns = (PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
-    return all(rows[start + column] % 16 == 0 for start in range(0, len(rows), TABLE_COLUMNS) for column in columns)
+ALIGNED_COLUMNS = (PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
 
 
-def programs_for(numel: int, chunk_size: int = ADAM_CHUNK_SIZE) -> int:
-    """Programs that update one parameter of ``numel`` elements (at least one, for its step)."""
-    return max(1, triton.cdiv(numel, chunk_size))
+def float_bits(value: float) -> int:
+    """The int64 whose bits are the fp64 ``value`` (group tables hold floats this way)."""
+    return _INT64.unpack(_FLOAT64.pack(value))[0]
 
 
-def adam_step(
-    tensor_table: torch.Tensor,
-    program_table: torch.Tensor,
-    arrivals: torch.Tensor,
-    element_type: torch.Tensor,
+_FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
+
+
+def group_row(
     *,
-    lr: float | torch.Tensor,
-    beta1: float | torch.Tensor,
-    beta2: float | torch.Tensor,
+    lr: float,
+    lr_address: int,
+    lr_fp64: bool,
+    beta1: float,
+    beta2: float,
+    betas_address: tuple[int, int],
+    betas_fp64: bool,
     eps: float,
     weight_decay: float,
     amsgrad: bool,
     maximize: bool,
     decoupled_weight_decay: bool,
+) -> list[int]:
+    """One row of the group table. Float hyperparameters as given; tensor ones by address.
+
+    ``lr``/``beta*`` are ignored (pass 0.0) where an address is given. For float betas,
+    1 - beta and log(beta) are computed here in double: 1 - 0.999 in fp32 is 1.3e-5 off.
+    """
+    flags = (
+        AMSGRAD_FLAG * amsgrad
+        + MAXIMIZE_FLAG * maximize
+        + DECOUPLED_FLAG * decoupled_weight_decay
+        + LR_FP64_FLAG * lr_fp64
+        + BETAS_FP64_FLAG * betas_fp64
+    )
+    floats = [lr, 0.0, beta1, 0.0, beta2, 0.0, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2), eps, weight_decay]
+    row = [float_bits(float(x)) for x in floats]
+    row[LR_ADDRESS] = lr_address
+    row[BETA1_ADDRESS], row[BETA2_ADDRESS] = betas_address
+    return [*row, flags]
+
+
+def programs_for(numel: int, chunk_size: int = ADAM_CHUNK_SIZE) -> int:
+    """Programs that update one parameter of ``numel`` elements (at least one, for its step)."""
+    return max(1, -(-numel // chunk_size))
+
+
+def adam_step(
+    tensor_table: torch.Tensor,
+    grad_table: torch.Tensor,
+    group_table: torch.Tensor,
+    program_table: torch.Tensor,
+    arrivals: torch.Tensor,
+    element_type: torch.Tensor,
+    *,
+    any_amsgrad: bool,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     skipped: torch.Tensor | None = None,
+    clip_coef: torch.Tensor | None = None,
     chunk_size: int = ADAM_CHUNK_SIZE,
     aligned: bool = False,
 ) -> None:
@@ -333,70 +469,49 @@ def adam_step(
 
     Args:
         tensor_table: int64 [n_tensors, TABLE_COLUMNS] built from :func:`table_row`.
+        grad_table: int64 [n_tensors], the gradient addresses.
+        group_table: int64 [n_groups, GROUP_COLUMNS] built from :func:`group_row`.
         program_table: int32 [n_programs], the row each program updates.
         arrivals: int32 [n_tensors] of zeros (the kernel leaves them zero).
         element_type: any tensor of the parameters' (real) dtype, on their device.
-        lr, beta1, beta2: floats, or 1-element tensors (read on the device: no sync).
+        any_amsgrad: some row's group has amsgrad.
         grad_scale, found_inf: GradScaler's fp32 0-d tensors on the parameters' device.
         skipped: a 0-d bool tensor on the parameters' device, set to ``found_inf != 0``
             (requires found_inf).
+        clip_coef: fp32 0-d clip coefficient on the device, applied to every gradient.
         chunk_size: elements per program, the one used to build the tables.
-        aligned: every tensor address in the table is a multiple of 16 bytes
-            (:func:`aligned`), so full blocks can use 128-bit loads and stores.
+        aligned: every tensor address in the tables is a multiple of 16 bytes, so full
+            blocks can use 128-bit loads and stores.
+
+    Example:
+        See :class:`fused_ops.optim.Adam`, which builds the tables and calls this.
     """
     if chunk_size % ADAM_BLOCK_SIZE != 0:
         raise ValueError(f"chunk_size must be a multiple of {ADAM_BLOCK_SIZE}, got {chunk_size}")
     if skipped is not None and found_inf is None:
         raise ValueError("skipped is written from found_inf, which is None")
-    device = element_type.device
-    # Tensors are read by the kernel; floats are passed (their 0.0 placeholders unused).
-    lr_tensor = _fp32_on(lr, device) if isinstance(lr, torch.Tensor) else None
-    betas_in_memory = isinstance(beta1, torch.Tensor) or isinstance(beta2, torch.Tensor)
-    if betas_in_memory:
-        beta_tensors = [_fp32_on(beta, device) for beta in (beta1, beta2)]
-        derived = [0.0] * 5
-    else:
-        # 1 - beta and log(beta) in double on the host: 1 - 0.999 in fp32 is 1.3e-5 off.
-        beta_tensors = [None, None]
-        derived = [beta2, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2)]
-    scalars = [0.0 if lr_tensor is not None else lr, *derived]
     grid = (program_table.numel(),)
     adam_kernel[grid](
         tensor_table,
+        grad_table,
+        group_table,
         program_table,
         arrivals,
         element_type,
-        lr_tensor,
-        *beta_tensors,
         grad_scale,
         found_inf,
         skipped,
-        *(float(x) for x in scalars),
-        float(eps),
-        float(weight_decay),
+        clip_coef,
         chunk_size,
-        AMSGRAD=amsgrad,
-        MAXIMIZE=maximize,
-        DECOUPLED_WEIGHT_DECAY=decoupled_weight_decay,
-        LR_IN_MEMORY=lr_tensor is not None,
-        BETAS_IN_MEMORY=betas_in_memory,
+        ANY_AMSGRAD=any_amsgrad,
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
         WRITE_SKIPPED=skipped is not None,
+        HAS_CLIP=clip_coef is not None,
         ALIGNED=aligned,
         BLOCK_SIZE=ADAM_BLOCK_SIZE,
         num_warps=ADAM_NUM_WARPS,
     )
-
-
-def _fp32_on(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A hyperparameter as an fp32 tensor on ``device``, without a host sync.
-
-    A tensor that is already fp32 there is used as it is: no copy, no kernel.
-    """
-    if isinstance(value, torch.Tensor):
-        return value.to(device=device, dtype=torch.float32, non_blocking=True)
-    return host_to_device(torch.tensor(value, dtype=torch.float32), device)
 
 
 def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

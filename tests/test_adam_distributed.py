@@ -1,4 +1,4 @@
-"""fused_ops.optim.AdamW under torch.distributed (gloo, 2 CPU processes) against torch.optim.AdamW.
+"""fused_ops.optim.AdamW and SGD under torch.distributed (gloo, 2 CPU processes) against torch.optim's.
 
 Each test starts two worker processes that run this file as a script. A worker trains
 the same tiny model twice in the same distributed setup, once with torch's AdamW and
@@ -30,12 +30,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_workers(setup: str) -> None:
+def _run_workers(setup: str, name: str) -> None:
     port = _free_port()
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     workers = [
         subprocess.Popen(
-            [sys.executable, __file__, setup, str(rank), str(port)],
+            [sys.executable, __file__, setup, name, str(rank), str(port)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -55,16 +55,27 @@ def _run_workers(setup: str) -> None:
         assert worker.returncode == 0, f"{setup} rank {rank} failed:\n{output[-6000:]}"
 
 
-def test_ddp():
-    _run_workers("ddp")
+OPTIMIZERS = ["AdamW", "SGD"]
+KWARGS = {
+    "AdamW": {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
+    "SGD": {"lr": 1e-2, "weight_decay": 0.1, "momentum": 0.9, "nesterov": True},
+}
+KERNELS = {"AdamW": "adam_kernel", "SGD": "sgd_kernel"}
 
 
-def test_fsdp2_fully_shard_updates_local_shards():
-    _run_workers("fsdp2")
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_ddp(name):
+    _run_workers("ddp", name)
 
 
-def test_zero_redundancy_optimizer():
-    _run_workers("zero")
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_fsdp2_fully_shard_updates_local_shards(name):
+    _run_workers("fsdp2", name)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_zero_redundancy_optimizer(name):
+    _run_workers("zero", name)
 
 
 def _model() -> torch.nn.Module:
@@ -72,12 +83,11 @@ def _model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
 
 
-def _wrap(setup: str, optimizer_class):
+def _wrap(setup: str, optimizer_class, kwargs):
     """(model, optimizer) for one setup; the same initial weights on every rank and for both optimizers."""
     import torch.distributed as dist
 
     model = _model()
-    kwargs = {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True}
     if setup == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model)
         return model, optimizer_class(model.parameters(), **kwargs)
@@ -97,8 +107,8 @@ def _wrap(setup: str, optimizer_class):
     raise ValueError(f"unknown setup {setup!r} (world size {dist.get_world_size()})")
 
 
-def _train(setup: str, optimizer_class, rank: int) -> list[torch.Tensor]:
-    model, optimizer = _wrap(setup, optimizer_class)
+def _train(setup: str, optimizer_class, kwargs, rank: int) -> list[torch.Tensor]:
+    model, optimizer = _wrap(setup, optimizer_class, kwargs)
     torch.manual_seed(100 + rank)  # each rank its own batch, as in data-parallel training
     for _ in range(STEPS):
         x, y = torch.randn(6, 4), torch.randn(6, 3)
@@ -109,7 +119,7 @@ def _train(setup: str, optimizer_class, rank: int) -> list[torch.Tensor]:
     return [p.to_local().detach().clone() if hasattr(p, "to_local") else p.detach().clone() for p in model.parameters()]
 
 
-def _worker(setup: str, rank: int, port: int) -> None:
+def _worker(setup: str, name: str, rank: int, port: int) -> None:
     import torch.distributed as dist
 
     import fused_ops.optim
@@ -123,11 +133,11 @@ def _worker(setup: str, rank: int, port: int) -> None:
         timeout=timedelta(seconds=TIMEOUT_SECONDS // 2),
     )
     try:
-        expected = _train(setup, torch.optim.AdamW, rank)
+        expected = _train(setup, getattr(torch.optim, name), KWARGS[name], rank)
         with KernelTrace() as trace:
-            actual = _train(setup, fused_ops.optim.AdamW, rank)
+            actual = _train(setup, getattr(fused_ops.optim, name), KWARGS[name], rank)
         # ZeRO shards the optimizer: each rank steps only the parameters it owns.
-        assert trace.launch_count("adam_kernel") == STEPS, trace.launch_count()
+        assert trace.launch_count(KERNELS[name]) == STEPS, trace.launch_count()
         for ours, theirs in zip(actual, expected, strict=True):
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
         if setup == "ddp":
@@ -140,4 +150,4 @@ def _worker(setup: str, rank: int, port: int) -> None:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    _worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

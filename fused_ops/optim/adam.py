@@ -1,4 +1,4 @@
-"""Adam and AdamW whose step is one Triton kernel launch per (param group, device, dtype).
+"""Adam and AdamW whose step is one Triton kernel launch per (device, dtype), across param groups.
 
 Drop-in replacements for :class:`torch.optim.Adam` and :class:`torch.optim.AdamW` (torch
 2.13): the same constructor, hyperparameter checks, state layout, ``state_dict`` and
@@ -11,8 +11,8 @@ parameter, gradient and moment once and writes each once.
     >>> model(torch.randn(8, 4)).sum().backward()
     >>> optimizer.step()
 
-The kernel finds the tensors through a table of int64 addresses, cached between steps
-and rebuilt only when an address changes (a new gradient tensor, a loaded state).
+The kernel finds the tensors through tables of int64 addresses and a per-group
+hyperparameter table, cached between steps (see :mod:`fused_ops.optim._base`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,7 @@ from typing import Any
 import torch
 
 from .. import reference
-from .._dispatch import use_triton
-from .._validation import is_dense
-
-try:
-    from torch.distributed.tensor import DTensor as _DTensor
-except ImportError:  # torch built without distributed
-    _DTensor = None
+from ._base import _COMPILE_MESSAGE, FusedOptimizer, Plan, host_to_device, hyperparameter_address, to_scalar
 
 _OPTIONAL_FLAGS = {
     "amsgrad": False,
@@ -42,46 +36,11 @@ _OPTIONAL_FLAGS = {
 }
 
 
-def _to_scalar(value: float | torch.Tensor) -> float | torch.Tensor:
-    """A 1-element tensor hyperparameter as a 0-d tensor, anything else unchanged (torch's rule)."""
-    if isinstance(value, torch.Tensor) and value.dim() != 0:
-        return value.reshape(())
-    return value
+class _AdamBase(FusedOptimizer):
+    """Validation, lazy state and the fused step of Adam and AdamW (see :class:`FusedOptimizer`)."""
 
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor a kernel can address: a DTensor's local shard (FSDP2), else the tensor."""
-    if _DTensor is not None and isinstance(tensor, _DTensor):
-        # Under no_grad, to_local() is the shard itself, so the kernel updates it in place.
-        return tensor.to_local()
-    return tensor
-
-
-def _real(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """Complex tensors as their real view: Adam's math is elementwise on real and imaginary parts."""
-    if tensor is not None and tensor.is_complex():
-        return torch.view_as_real(tensor)
-    return tensor
-
-
-class _AdamBase(torch.optim.Optimizer):
-    """Validation, lazy state, grouping by (device, dtype) and the fused step of Adam and AdamW.
-
-    Attributes:
-        last_step_skipped: 0-d bool tensor, True when the last :meth:`step` was skipped
-            because GradScaler found an inf/NaN gradient (``found_inf``). It stays on the
-            device, so reading it is the caller's choice of when to sync; LR schedulers
-            stepped unconditionally otherwise advance on skipped steps, as with torch::
-
-                scaler.step(optimizer)
-                scaler.update()
-                if not optimizer.last_step_skipped:  # reading it waits for the GPU
-                    scheduler.step()
-    """
-
-    # GradScaler then hands us grad_scale and found_inf instead of unscaling the grads
-    # itself and skipping step() on the host (which needs a sync).
-    _step_supports_amp_scaling = True
+    _family = "adam"
+    _optional_flags = _OPTIONAL_FLAGS
 
     def __init__(
         self,
@@ -131,7 +90,7 @@ class _AdamBase(torch.optim.Optimizer):
                     raise ValueError(f"Tensor betas[{index}] must be 1-element")
         defaults = {
             "lr": lr,
-            "betas": tuple(map(_to_scalar, betas)),
+            "betas": tuple(map(to_scalar, betas)),
             "eps": eps,
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,
@@ -152,17 +111,9 @@ class _AdamBase(torch.optim.Optimizer):
             )
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        self._launch_tables: dict[tuple, tuple] = {}
-        self.last_step_skipped = torch.tensor(False)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # load_state_dict() and unpickling both end here, before anything is replaced, so
-        # a state that cannot be used is refused while the optimizer is still intact.
-        _check_loaded_state(state)
-        super().__setstate__(state)
+    def _after_load(self) -> None:
         for group in self.param_groups:
-            for flag, default in _OPTIONAL_FLAGS.items():
-                group.setdefault(flag, default)
             for p in group["params"]:
                 p_state = self.state.get(p)
                 if p_state and "step" in p_state:
@@ -171,43 +122,30 @@ class _AdamBase(torch.optim.Optimizer):
                     step = p_state["step"]
                     step = step if isinstance(step, torch.Tensor) else torch.tensor(float(step))
                     p_state["step"] = step.to(dtype=torch.float32, device=p.device).reshape(())
-        self._launch_tables = {}
-        if "last_step_skipped" not in self.__dict__:
-            self.last_step_skipped = torch.tensor(False)
 
-    def _init_group(self, group: dict[str, Any]) -> list[tuple[torch.Tensor, ...]]:
-        """(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq | None, step) for params with a grad."""
-        entries = []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
-            state = self.state[p]
-            if len(state) == 0:
-                # step is a float32 0-d tensor on the parameter's device, as in torch's
-                # fused Adam, so the kernel reads and writes it without a host sync.
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            entries.append(
-                (
-                    p,
-                    p.grad,
-                    state["exp_avg"],
-                    state["exp_avg_sq"],
-                    state["max_exp_avg_sq"] if group["amsgrad"] else None,
-                    state["step"],
-                )
-            )
-        return entries
+    def _check_loaded_state(self, state: dict[str, Any]) -> None:
+        _check_loaded_state(state)
 
-    @torch._disable_dynamo
-    @torch.no_grad()
+    def _sparse_gradient(self, group: dict[str, Any], p: torch.Tensor) -> None:
+        raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
+
+    def _state_row(self, group: dict[str, Any], p: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """(exp_avg, exp_avg_sq, max_exp_avg_sq | None, step), created on first use with torch's keys."""
+        state = self.state[p]
+        if len(state) == 0:
+            # step is a float32 0-d tensor on the parameter's device, as in torch's
+            # fused Adam, so the kernel reads and writes it without a host sync.
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        amsgrad = state["max_exp_avg_sq"] if group["amsgrad"] else None
+        return state["exp_avg"], state["exp_avg_sq"], amsgrad, state["step"]
+
+    @torch.compiler.disable(reason=_COMPILE_MESSAGE)
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform a single optimization step.
+        """Perform a single optimization step: one kernel launch per (device, dtype).
 
         Args:
             closure (Callable, optional): A closure that reevaluates the model and
@@ -216,67 +154,82 @@ class _AdamBase(torch.optim.Optimizer):
         Returns:
             The closure's loss, or None.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        # Set by torch.amp.GradScaler.step() for optimizers with _step_supports_amp_scaling.
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        # The first kernel launch stores found_inf != 0 here, saving a launch of its own.
-        skip_flags: list[torch.Tensor] = []
-        for index, group in enumerate(self.param_groups):
-            self._step_group(index, group, grad_scale, found_inf, skip_flags)
-        if found_inf is None:
-            # No step is skipped: a host constant, not a zeros() kernel per step.
-            self.last_step_skipped = torch.tensor(False)
-        else:
-            self.last_step_skipped = skip_flags[0] if skip_flags else found_inf != 0
-        return loss
+        return self._step(closure)
 
-    def _step_group(
-        self,
-        index: int,
-        group: dict[str, Any],
-        grad_scale: torch.Tensor | None,
-        found_inf: torch.Tensor | None,
-        skip_flags: list[torch.Tensor],
-    ) -> None:
-        buckets: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, ...]]] = {}
-        eager: list[tuple[torch.Tensor, ...]] = []
-        for entry in self._init_group(group):
-            p, g, m, v, vmax, step = (_real(_local(t)) if t is not None else None for t in entry)
-            if not (is_dense(p) and all(t.stride() == p.stride() for t in (m, v, vmax) if t is not None)):
-                # A parameter with gaps (a slice), whose zeros_like state is contiguous, or a
-                # loaded state in another layout than its parameter: the reference walks
-                # any strides, the kernel only one shared dense layout.
-                eager.append((p, g, m, v, vmax, step))
-                continue
-            if g.stride() != p.stride():
-                # A gradient assigned in another layout: one copy into the parameter's.
-                g = torch.empty_like(p).copy_(g)
-            buckets.setdefault((p.device, p.dtype), []).append((p, g, m, v, vmax, step))
+    def _build_tensor_table(self, plan: Plan) -> None:
+        from ..kernels import adam as kernels
 
-        for (device, dtype), tensors in buckets.items():
-            if use_triton("adam", tensors[0][0]):
-                self._launch(index, device, dtype, group, tensors, grad_scale, found_inf, skip_flags)
-            else:
-                eager.extend(tensors)
-        if eager:
-            self._reference_step(group, eager, grad_scale, found_inf)
+        rows: list[int] = []
+        programs: list[int] = []
+        first_program = 0
+        for (p, _g, m, v, vmax, step), index in zip(plan.views, plan.groups, strict=True):
+            rows += kernels.table_row(p, m, v, vmax, step, first_program, plan.group_indices.index(index))
+            programs.append(kernels.programs_for(p.numel(), kernels.ADAM_CHUNK_SIZE))
+            first_program += programs[-1]
+        n = len(plan.views)
+        plan.tensor_table = host_to_device(
+            torch.tensor(rows, dtype=torch.int64).view(n, kernels.TABLE_COLUMNS), plan.device
+        )
+        plan.program_table = host_to_device(
+            torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(programs)), plan.device
+        )
+        plan.arrivals = torch.zeros(n, dtype=torch.int32, device=plan.device)
+        plan.aligned_static = all(
+            rows[start + column] % 16 == 0
+            for start in range(0, len(rows), kernels.TABLE_COLUMNS)
+            for column in kernels.ALIGNED_COLUMNS
+        )
+        plan.extra["norm_columns"] = (kernels.TABLE_COLUMNS, kernels.NUMEL, kernels.FIRST_PROGRAM)
+        plan.extra["chunk_size"] = kernels.ADAM_CHUNK_SIZE
+        plan.extra["rows"] = rows
+
+    def _group_row(self, group: dict[str, Any], device: torch.device, keepalive: list[torch.Tensor]) -> list[int]:
+        from ..kernels import adam as kernels
+
+        lr, (beta1, beta2) = group["lr"], group["betas"]
+        lr_address, lr_fp64 = 0, False
+        if isinstance(lr, torch.Tensor):
+            lr_address, lr_fp64, tensor = hyperparameter_address(lr, device)
+            keepalive.append(tensor)
+            lr = 0.0
+        betas_address, betas_fp64 = (0, 0), False
+        if isinstance(beta1, torch.Tensor) or isinstance(beta2, torch.Tensor):
+            # Both are tensors (the constructor's rule), of one dtype for the kernel.
+            dtype = torch.float64 if beta1.dtype == beta2.dtype == torch.float64 else torch.float32
+            first = beta1.to(device=device, dtype=dtype, non_blocking=True)
+            second = beta2.to(device=device, dtype=dtype, non_blocking=True)
+            keepalive += [first, second]
+            betas_address, betas_fp64 = (first.data_ptr(), second.data_ptr()), dtype == torch.float64
+            beta1 = beta2 = 0.5  # placeholders (the kernel reads the tensors)
+        return kernels.group_row(
+            lr=lr,
+            lr_address=lr_address,
+            lr_fp64=lr_fp64,
+            beta1=beta1,
+            beta2=beta2,
+            betas_address=betas_address,
+            betas_fp64=betas_fp64,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            amsgrad=group["amsgrad"],
+            maximize=group["maximize"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+        )
+
+    def _group_flags(self, plan: Plan) -> None:
+        from ..kernels import adam as kernels
+
+        plan.any_flags["amsgrad"] = any(row[kernels.FLAGS] & kernels.AMSGRAD_FLAG for row in plan.group_values)
 
     def _launch(
         self,
-        index: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        group: dict[str, Any],
-        tensors: list[tuple[torch.Tensor, ...]],
+        plan: Plan,
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
+        clip_coef: torch.Tensor | None,
         skip_flags: list[torch.Tensor],
     ) -> None:
-        """One kernel launch for one (param group, device, dtype).
+        """One kernel launch for one (device, dtype), every param group in it.
 
         With found_inf, the step's first launch also writes the step's skip flag, which it
         appends to ``skip_flags``.
@@ -285,79 +238,36 @@ class _AdamBase(torch.optim.Optimizer):
         # where Triton is not installed.
         from ..kernels import adam as kernels
 
-        tensor_table, program_table, arrivals, aligned = self._tables(index, device, dtype, tensors)
-        beta1, beta2 = group["betas"]
         skipped = None
         if found_inf is not None and not skip_flags:
-            skipped = torch.empty((), dtype=torch.bool, device=device)
+            skipped = torch.empty((), dtype=torch.bool, device=plan.device)
             skip_flags.append(skipped)
         kernels.adam_step(
-            tensor_table,
-            program_table,
-            arrivals,
-            tensors[0][0],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=group["amsgrad"],
-            maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            grad_scale=_on(grad_scale, device),
-            found_inf=_on(found_inf, device),
+            plan.tensor_table,
+            plan.grad_table,
+            plan.group_table,
+            plan.program_table,
+            plan.arrivals,
+            plan.element,
+            any_amsgrad=plan.any_flags["amsgrad"],
+            grad_scale=grad_scale,
+            found_inf=found_inf,
             skipped=skipped,
-            chunk_size=kernels.ADAM_CHUNK_SIZE,
-            aligned=aligned,
+            clip_coef=clip_coef,
+            chunk_size=plan.extra["chunk_size"],
+            aligned=plan.aligned,
         )
-
-    def _tables(
-        self, index: int, device: torch.device, dtype: torch.dtype, tensors: list[tuple[torch.Tensor, ...]]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        """(tensor table, program table, arrivals, aligned) for these tensors, reused while no address changes.
-
-        The program table and the arrival counters depend only on how many programs each
-        parameter gets, so a new address (a gradient that set_to_none=True reallocated)
-        rebuilds just the tensor table: one host-to-device copy, no kernel. The kernel
-        leaves the counters at zero, and launches on one stream run in order, so the next
-        step can use them as they are.
-        """
-        from ..kernels import adam as kernels
-
-        rows: list[int] = []
-        programs: list[int] = []
-        first_program = 0
-        for p, g, m, v, vmax, step in tensors:
-            rows += kernels.table_row(p, g, m, v, vmax, step, first_program)
-            programs.append(kernels.programs_for(p.numel(), kernels.ADAM_CHUNK_SIZE))
-            first_program += programs[-1]
-        key = (index, device, dtype)
-        cached = self._launch_tables.get(key)
-        if cached is not None and cached[0] == rows:
-            return cached[1:5]
-        tensor_table = kernels.host_to_device(
-            torch.tensor(rows, dtype=torch.int64).view(len(tensors), kernels.TABLE_COLUMNS), device
-        )
-        if cached is not None and cached[5] == programs:
-            program_table, arrivals = cached[2:4]
-        else:
-            program_table = kernels.host_to_device(
-                torch.repeat_interleave(torch.arange(len(tensors), dtype=torch.int32), torch.tensor(programs)), device
-            )
-            arrivals = torch.zeros(len(tensors), dtype=torch.int32, device=device)
-        tables = (tensor_table, program_table, arrivals, kernels.aligned(rows))
-        self._launch_tables[key] = (rows, *tables, programs)
-        return tables
 
     def _reference_step(
         self,
         group: dict[str, Any],
-        tensors: list[tuple[torch.Tensor, ...]],
+        rows: list[tuple[torch.Tensor, ...]],
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
+        clip_coef: torch.Tensor | None,
     ) -> None:
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = (
-            list(column) for column in zip(*tensors, strict=True)
+            list(column) for column in zip(*rows, strict=True)
         )
         beta1, beta2 = group["betas"]
         reference.adam_step_ref(
@@ -377,14 +287,8 @@ class _AdamBase(torch.optim.Optimizer):
             decoupled_weight_decay=group["decoupled_weight_decay"],
             grad_scale=grad_scale,
             found_inf=found_inf,
+            clip_coef=clip_coef,
         )
-
-
-def _on(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    """GradScaler's scalars as fp32 on the parameters' device (a copy only when they are elsewhere)."""
-    if tensor is None:
-        return None
-    return tensor.to(device=device, dtype=torch.float32, non_blocking=True)
 
 
 def _check_loaded_state(state: dict[str, Any]) -> None:
