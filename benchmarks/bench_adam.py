@@ -10,7 +10,7 @@ import pytest
 CASES = (
     harness.OptimizerCase("Adam", "Adam", {"lr": 1e-3}),
     harness.OptimizerCase("AdamW", "AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
-    harness.OptimizerCase("Adam (amsgrad)", "Adam", {"lr": 1e-3, "amsgrad": True}),
+    harness.OptimizerCase("Adam (amsgrad)", "Adam", {"lr": 1e-3, "amsgrad": True}, state_tensors=4),
 )
 
 

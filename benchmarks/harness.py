@@ -138,16 +138,19 @@ class OptimizerCase:
         name: what the report calls it.
         class_name: the class in ``fused_ops.optim`` and ``torch.optim``.
         kwargs: constructor arguments shared by every provider.
+        state_tensors: tensors per parameter that a step reads and writes besides the
+            gradient: the parameter and its state (Adam: p, m, v; amsgrad adds the max;
+            SGD with momentum: p and the buffer; plain SGD: p).
+        clip_max_norm: when set, every step is preceded by gradient clipping to this norm:
+            torch's ``clip_grad_norm_`` for torch's providers, and the fused optimizer's
+            own ``clip_grad_norm_`` (norm pass, coefficient applied inside the step).
     """
 
     name: str
     class_name: str
     kwargs: dict
-
-    @property
-    def state_tensors(self) -> int:
-        """Tensors per parameter that a step reads and writes besides the gradient."""
-        return 4 if self.kwargs.get("amsgrad") else 3
+    state_tensors: int = 3
+    clip_max_norm: float | None = None
 
     def build(self, provider: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The optimizer of ``provider`` (one of :data:`OPTIMIZER_PROVIDERS`) over ``params``."""
@@ -158,9 +161,31 @@ class OptimizerCase:
         torch_class = getattr(torch.optim, self.class_name)
         return torch_class(params, **self.kwargs, **OPTIMIZER_PROVIDERS[provider])
 
+    def step(self, provider: str, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+        """What one training step of this case runs after ``backward()``: (clip, then) step."""
+        if self.clip_max_norm is None:
+            return optimizer.step
+        if provider == "fused_ops":
+
+            def clip_then_step():
+                optimizer.clip_grad_norm_(self.clip_max_norm)
+                optimizer.step()
+
+            return clip_then_step
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        foreach = OPTIMIZER_PROVIDERS[provider].get("foreach", provider == "torch fused")
+
+        def torch_clip_then_step():
+            torch.nn.utils.clip_grad_norm_(params, self.clip_max_norm, foreach=foreach)
+            optimizer.step()
+
+        return torch_clip_then_step
+
     def minimum(self, params: Sequence[torch.Tensor]) -> int:
-        """Each parameter, gradient and state tensor read once; parameter and state written once."""
-        return sum(minimum_bytes([p] * (self.state_tensors + 1), [p] * self.state_tensors) for p in params)
+        """Each parameter, gradient and state tensor read once, parameter and state written once;
+        clipping must read every gradient once more, for the norm, before the step."""
+        reads = self.state_tensors + 1 + (1 if self.clip_max_norm is not None else 0)
+        return sum(minimum_bytes([p] * reads, [p] * self.state_tensors) for p in params)
 
 
 def make_parameters(tensors: int, rows: int, cols: int, dtype: torch.dtype, device="cpu", seed: int = 0):
@@ -325,6 +350,7 @@ def bench_optimizer(benchmark, case: OptimizerCase, provider: str, size: tuple[i
     tensors, rows, cols = size
     benchmark.group = f"{case.name} step {tensors}x{rows}x{cols}"
     params = make_parameters(tensors, rows, cols, torch.float32, device=DEVICE)
-    optimizer = case.build("fused_ops" if provider == FUSED_LABEL else provider, params)
-    optimizer.step()
-    time_call(benchmark, optimizer.step, case.minimum(params), sum(p.numel() for p in params))
+    provider = "fused_ops" if provider == FUSED_LABEL else provider
+    step = case.step(provider, case.build(provider, params))
+    step()
+    time_call(benchmark, step, case.minimum(params), sum(p.numel() for p in params))

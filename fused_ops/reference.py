@@ -354,3 +354,15 @@ def sgd_step_ref(
             target.copy_(value if skip is None else torch.where(skip, target, value))
         if first is not None:
             first.copy_(torch.zeros_like(first) if skip is None else torch.where(skip, first, 0))
+
+
+def clip_grad_norm_ref(
+    parameters: list[torch.Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    """torch's own ``clip_grad_norm_``: the oracle, and the fallback for what the kernels do not take
+    (norm types 0, -inf and p < 0, gradients with gaps in memory, no Triton)."""
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)

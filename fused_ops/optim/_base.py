@@ -203,6 +203,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._cache: _Cache | None = None
         # The clip coefficient the next step applies (see clip_grad_norm_), per device.
         self._pending_clip: dict[torch.device, torch.Tensor] | None = None
+        # The norm kernel's arrival counter per device, which its last program leaves at 0.
+        self._clip_arrivals: dict[torch.device, torch.Tensor] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # load_state_dict() and unpickling both end here, before anything is replaced, so
@@ -222,7 +224,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         # Device tables are rebuilt after a copy: they point at the original's tensors.
-        return {key: value for key, value in state.items() if key not in ("_cache", "_pending_clip")}
+        return {key: value for key, value in state.items() if key not in ("_cache", "_pending_clip", "_clip_arrivals")}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (torch's checks and defaults); its parameters join the same launches."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import reference
 from .._dispatch import use_triton
 from .._validation import is_dense
 
@@ -88,7 +89,7 @@ def clip_grad_norm_(
         or not all(is_dense(g) and not g.is_complex() and g.is_floating_point() for g in grads)
         or not use_triton("clip_grad_norm", grads[0])
     ):
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
+        return reference.clip_grad_norm_ref(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
     from ..kernels import clip_grad_norm as kernels
 
     buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
@@ -183,7 +184,11 @@ def fused_norm(
         plans = [plan for plan in cache.plans if plan.device == device]
         total_programs = sum(plan.program_table.numel() for plan in plans)
         partials = torch.empty(total_programs, dtype=torch.float64, device=device)
-        arrivals = torch.zeros(1, dtype=torch.int32, device=device)
+        # The kernel's last program resets its arrival counter to 0, so one counter per
+        # device serves every step: no zeros() launch beside the norm pass.
+        arrivals = optimizer._clip_arrivals.get(device)
+        if arrivals is None:
+            arrivals = optimizer._clip_arrivals[device] = torch.zeros(1, dtype=torch.int32, device=device)
         norm = torch.empty((), dtype=out_dtype, device=device)
         coef = torch.empty((), dtype=torch.float32, device=device)
         offset = 0
