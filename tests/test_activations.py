@@ -667,6 +667,29 @@ def test_gelu_silu_reference_fallback_matches_torch(name, kernel_launches):
     assert kernel_launches.launch_count() == 0
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    name=st.sampled_from(SMOOTH_NAMES),
+    shape=st.lists(st.integers(0, 9), min_size=0, max_size=4),
+    dtype=st.sampled_from(DTYPES),
+    transpose=st.booleans(),
+    step=st.integers(1, 3),
+)
+def test_gelu_silu_property_random_shapes_and_strides(name, shape, dtype, transpose, step):
+    fused_op, torch_op, _ = SMOOTH[name]
+    x = torch.randn(shape, dtype=dtype) * 3
+    if x.dim() >= 2 and transpose:
+        x = x.transpose(0, 1)
+    if x.dim() >= 1:
+        x = x[::step]
+    before = x.clone()
+    y, grad, grad_output = _run_forward_backward(fused_op, x)
+    _, grad_exact, _ = _run_forward_backward(torch_op, x.double(), grad_output.double())
+    assert_close(y, torch_op(x))
+    assert_close(grad, grad_exact.to(dtype))
+    assert torch.equal(x, before)
+
+
 def test_silu_inplace_writes_into_its_input_with_autograd(kernel_launches):
     w = torch.randn(40, requires_grad=True)
     h = w * 2
