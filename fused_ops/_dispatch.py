@@ -48,9 +48,10 @@ def _triton_mode() -> tuple[bool, bool]:
 
 TRITON_AVAILABLE, TRITON_INTERPRETED = _triton_mode()
 if TRITON_INTERPRETED:
-    from ._interpreter import round_bf16_like_the_gpu
+    from ._interpreter import round_bf16_like_the_gpu, silence_numpy_warnings_in_fused_kernels
 
     round_bf16_like_the_gpu()
+    silence_numpy_warnings_in_fused_kernels()
 
 _forced_backend: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("fused_ops_backend", default=None)
 _already_logged: set[tuple[str, str]] = set()

@@ -1,18 +1,31 @@
-"""Make Triton's interpreter round like the GPU, so interpreted results are the GPU's results.
+"""Make Triton's interpreter round like the GPU, and keep it quiet on correct results.
 
 Compiled Triton downcasts fp32 to bf16 with round-to-nearest-even (``cvt.rn.bf16.f32``).
 Triton 3.9's interpreter truncates instead (``_convert_float`` with no rounding mode, and
 its RTNE branch drops the carry into the exponent), which is up to one bf16 ulp away from
 what a GPU stores. Here fp32 -> bf16 casts go through torch, which rounds to nearest even
 and keeps NaN a NaN, exactly like the hardware. Nothing changes for compiled kernels.
+
+The interpreter also evaluates every lane in numpy, masked-out ones included, so kernels
+that are correct on purpose (an all -inf softmax row, the NaN padding of a masked tail,
+gelu(-inf) = -inf * 0) make numpy print RuntimeWarnings ("invalid value encountered in
+subtract", "overflow encountered in multiply", "All-NaN slice encountered") that read like
+bugs. A GPU raises no such flags. :func:`silence_numpy_warnings_in_fused_kernels` turns
+them off for fused_ops' own kernels only.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 
 _patched = False
+_silenced = False
+
+# Where fused_ops' kernels live once installed (setup.py maps kernels/ to fused_ops.kernels).
+_KERNELS_PACKAGE = "fused_ops.kernels"
 
 
 def _fp32_to_bf16_bits(data: np.ndarray) -> np.ndarray:
@@ -51,3 +64,30 @@ def round_bf16_like_the_gpu() -> None:
     # Casts inside the builder's own lambdas (create_fp_trunc, ...) look cast_impl up on
     # the instance at call time, so patching the class covers them too.
     _patched = True
+
+
+def silence_numpy_warnings_in_fused_kernels() -> None:
+    """Run interpreted fused_ops kernels under ``numpy.errstate`` that ignores float flags (idempotent).
+
+    Only launches of kernels defined in ``fused_ops.kernels`` are affected: other Triton
+    kernels in the same process (the user's own) keep numpy's warnings. Values are not
+    changed, only the warnings numpy would print while computing them. The NaN-slice
+    warning of ``numpy.nanmax`` (the interpreter's ``tl.max``) goes through ``warnings``,
+    not ``errstate``, so it is filtered for the launch too.
+    """
+    global _silenced
+    if _silenced:
+        return
+    from triton.runtime import interpreter
+
+    original_run = interpreter.InterpretedFunction.run
+
+    def run(self, *args, **kwargs):
+        if not getattr(self.fn, "__module__", "").startswith(_KERNELS_PACKAGE):
+            return original_run(self, *args, **kwargs)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="All-NaN (slice|axis) encountered", category=RuntimeWarning)
+            return original_run(self, *args, **kwargs)
+
+    interpreter.InterpretedFunction.run = run
+    _silenced = True

@@ -97,19 +97,33 @@ def _functional_probe(torch_fn: Callable, *make_inputs: Callable[[torch.Generato
     return lambda fused, device: (results(fused, device), results(torch_fn, device))
 
 
-def _optimizer_probe(torch_cls: type[torch.optim.Optimizer]):
+def _optimizer_probe(torch_cls: type[torch.optim.Optimizer], **kwargs):
     """A probe comparing parameters after three steps of the fused and the torch optimizer."""
 
     def results(cls: type[torch.optim.Optimizer], device: torch.device) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(0)
         param = torch.nn.Parameter(torch.randn(5, 33, generator=generator).to(device))
-        optimizer = cls([param], lr=1e-2, weight_decay=0.1)
+        optimizer = cls([param], lr=1e-2, weight_decay=0.1, **kwargs)
         for _ in range(3):
             param.grad = torch.randn(5, 33, generator=generator).to(device)
             optimizer.step()
         return [param.detach()]
 
     return lambda fused, device: (results(fused, device), results(torch_cls, device))
+
+
+def _clip_probe(fused: Callable, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Clipped gradients and total norm of two parameters, fused against torch's clip_grad_norm_."""
+
+    def results(clip: Callable) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n, generator=generator).to(device)) for n in (33, 7)]
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator).to(device)
+        norm = clip(params, max_norm=1.0)
+        return [norm, *(param.grad for param in params)]
+
+    return results(fused), results(torch.nn.utils.clip_grad_norm_)
 
 
 def _values(generator: torch.Generator) -> torch.Tensor:
@@ -126,12 +140,16 @@ PROBES = (
     Probe("sigmoid", _functional_probe(torch.sigmoid, _values)),
     Probe("tanh", _functional_probe(torch.tanh, _values)),
     Probe("relu", _functional_probe(torch.relu, _values)),
+    Probe("gelu", _functional_probe(torch.nn.functional.gelu, _values)),
+    Probe("silu", _functional_probe(torch.nn.functional.silu, _values)),
     Probe("softmax", _functional_probe(torch.softmax, _values, dim=-1)),
     Probe("log_softmax", _functional_probe(torch.log_softmax, _values, dim=-1)),
     Probe("mse_loss", _functional_probe(torch.nn.functional.mse_loss, _values, _values)),
     Probe("cross_entropy", _functional_probe(torch.nn.functional.cross_entropy, _values, _classes)),
     Probe("optim.Adam", _optimizer_probe(torch.optim.Adam)),
     Probe("optim.AdamW", _optimizer_probe(torch.optim.AdamW)),
+    Probe("optim.SGD", _optimizer_probe(torch.optim.SGD, momentum=0.9)),
+    Probe("optim.clip_grad_norm_", _clip_probe),
 )
 
 
