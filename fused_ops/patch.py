@@ -54,12 +54,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import activations
 from . import nn as fused_nn
+from ._validation import FLOATING_DTYPES
 from .cross_entropy import cross_entropy as _cross_entropy
 from .mse import mse_loss as _mse_loss_fn
+from .profiling import TorchTrace, minimum_bytes
 from .softmax import log_softmax as _log_softmax_fn
 from .softmax import softmax as _softmax_fn
-from ._validation import FLOATING_DTYPES
-from .profiling import TorchTrace, minimum_bytes
 
 OPS = ("sigmoid", "tanh", "relu", "softmax", "log_softmax", "gelu", "silu", "mse_loss", "cross_entropy")
 """The op names that ``ops=`` and ``exclude=`` take."""
