@@ -11,7 +11,7 @@ Ops run as compiled Triton on a GPU, in Triton's interpreter on CPU tensors when
 __version__ = "0.1.0"
 
 from . import nn, optim
-from .activations import relu, sigmoid, tanh
+from .activations import gelu, relu, sigmoid, silu, tanh
 from .cross_entropy import cross_entropy
 from .mse import mse_loss
 from .patch import patch
@@ -20,6 +20,7 @@ from .softmax import log_softmax, softmax
 __all__ = [
     "__version__",
     "cross_entropy",
+    "gelu",
     "log_softmax",
     "mse_loss",
     "nn",
@@ -27,6 +28,7 @@ __all__ = [
     "patch",
     "relu",
     "sigmoid",
+    "silu",
     "softmax",
     "tanh",
 ]

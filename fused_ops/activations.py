@@ -347,3 +347,227 @@ def _check_inplace_allowed(input: torch.Tensor) -> None:
         # Dynamo cannot trace _is_view(); under torch.compile, autograd's own check applies.
         if not torch.compiler.is_compiling() and input._is_view() and input._base.is_leaf:
             raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
+
+
+# GELU and SiLU. Unlike sigmoid, tanh and relu, their backward needs the INPUT (neither
+# can be inverted from its output), so the Functions save the input and the backward
+# kernels recompute the derivative from it: 8 B/elem forward, 12 B/elem backward in fp32.
+
+_GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+def _check_gelu_approximate(approximate: str) -> None:
+    # torch's own checks: the argument parser's TypeError, then GeluType's RuntimeError.
+    if not isinstance(approximate, str):
+        raise TypeError(f"gelu(): argument 'approximate' must be str, not {type(approximate).__name__}")
+    if approximate not in _GELU_APPROXIMATIONS:
+        raise RuntimeError("approximate argument must be either none or tanh.")
+
+
+@torch.library.custom_op("fused_ops::gelu_forward", mutates_args=())
+def _gelu_forward(input: torch.Tensor, approximate: str) -> torch.Tensor:
+    if use_triton("gelu", input):
+        (input,) = dense_layout(input)
+        return kernels.gelu_forward(input, approximate)
+    return reference.gelu_ref(input, approximate)
+
+
+@_gelu_forward.register_fake
+def _(input: torch.Tensor, approximate: str) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+@torch.library.custom_op("fused_ops::gelu_backward", mutates_args=())
+def _gelu_backward(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
+    if use_triton("gelu", grad_output, input):
+        grad_output, input = dense_layout(grad_output, input)
+        return kernels.gelu_backward(grad_output, input, approximate)
+    return reference.gelu_backward_ref(grad_output, input, approximate)
+
+
+@_gelu_backward.register_fake
+def _(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+def _gelu_backward_setup_context(ctx, inputs, output) -> None:
+    grad_output, input, approximate = inputs
+    ctx.save_for_backward(grad_output, input)
+    ctx.approximate = approximate
+
+
+def _gelu_double_backward(ctx, grad_grad_input: torch.Tensor):
+    # grad_input = g * gelu'(x): d/dg = gelu'(x), d/dx = g * gelu''(x). Eager ops, so that
+    # the third order is differentiable too.
+    grad_output, input = ctx.saved_tensors
+    first, second = reference.gelu_derivatives(input, ctx.approximate)
+    return grad_grad_input * first, grad_grad_input * grad_output * second, None
+
+
+_gelu_backward.register_autograd(_gelu_double_backward, setup_context=_gelu_backward_setup_context)
+
+
+class GELUFunction(torch.autograd.Function):
+    """GELU whose forward and backward are Triton kernels; backward recomputes from the saved input."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, approximate: str) -> torch.Tensor:
+        output = torch.ops.fused_ops.gelu_forward(input, approximate)
+        ctx.save_for_backward(input)
+        ctx.approximate = approximate
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (input,) = ctx.saved_tensors
+        return torch.ops.fused_ops.gelu_backward(grad_output, input, ctx.approximate), None
+
+
+def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """Drop-in for :func:`torch.nn.functional.gelu`: ``x * Phi(x)``, elementwise.
+
+    Args:
+        input: a float tensor (float32, float64, float16 or bfloat16) of any shape and
+            layout. Integer, bool and complex tensors raise ``NotImplementedError``, as in torch.
+        approximate: ``"none"`` for the exact form ``0.5 x (1 + erf(x / sqrt 2))``, or
+            ``"tanh"`` for ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``. Any other
+            string raises torch's ``RuntimeError``, a non-string its ``TypeError``.
+
+    Returns:
+        A tensor of the same shape and dtype, computed with torch's formulas in fp32 (fp64
+        for fp64): NaN propagates, ``gelu(inf)`` is inf, ``gelu(-inf)`` is NaN (as torch's
+        formula gives, and torch on CUDA), ``-0.0`` keeps its sign.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Example:
+        >>> fused_ops.gelu(torch.tensor([-1.0, 0.0, 2.0]))
+        tensor([-0.1587,  0.0000,  1.9545])
+    """
+    _check_gelu_approximate(approximate)
+    check_floating("gelu", input)
+    return GELUFunction.apply(input, approximate)
+
+
+@torch.library.custom_op("fused_ops::silu_forward", mutates_args=())
+def _silu_forward(input: torch.Tensor) -> torch.Tensor:
+    if use_triton("silu", input):
+        (input,) = dense_layout(input)
+        return kernels.silu_forward(input)
+    return reference.silu_ref(input)
+
+
+@_silu_forward.register_fake
+def _(input: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+@torch.library.custom_op("fused_ops::silu_forward_", mutates_args=("input",))
+def _silu_forward_inplace(input: torch.Tensor) -> None:
+    if use_triton("silu", input):
+        (dense,) = dense_layout(input)
+        if dense is input:
+            kernels.silu_forward(input, out=input)
+            return
+        # Not walkable flat (a slice with gaps): compute on a dense copy and write back.
+        # copy_ raises torch's own error for overlapping memory (an expanded tensor).
+        input.copy_(kernels.silu_forward(dense))
+        return
+    input.copy_(reference.silu_ref(input))
+
+
+@_silu_forward_inplace.register_fake
+def _(input: torch.Tensor) -> None:
+    return None
+
+
+@torch.library.custom_op("fused_ops::silu_backward", mutates_args=())
+def _silu_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    if use_triton("silu", grad_output, input):
+        grad_output, input = dense_layout(grad_output, input)
+        return kernels.silu_backward(grad_output, input)
+    return reference.silu_backward_ref(grad_output, input)
+
+
+@_silu_backward.register_fake
+def _(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+def _silu_double_backward(ctx, grad_grad_input: torch.Tensor):
+    # grad_input = g * silu'(x): d/dg = silu'(x), d/dx = g * silu''(x).
+    grad_output, input = ctx.saved_tensors
+    first, second = reference.silu_derivatives(input)
+    return grad_grad_input * first, grad_grad_input * grad_output * second
+
+
+_silu_backward.register_autograd(_silu_double_backward, setup_context=_save_backward_inputs)
+
+
+class SiLUFunction(torch.autograd.Function):
+    """SiLU whose forward and backward are Triton kernels; backward recomputes from the saved input."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = torch.ops.fused_ops.silu_forward(input)
+        ctx.save_for_backward(input)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (input,) = ctx.saved_tensors
+        return torch.ops.fused_ops.silu_backward(grad_output, input)
+
+
+class SiLUInplaceFunction(torch.autograd.Function):
+    """SiLU written into its input, with ``mark_dirty`` (see :class:`ReLUInplaceFunction`).
+
+    The backward needs the input that the kernel overwrites, so when a gradient is needed
+    the forward keeps a copy of it first (torch's ``silu_`` saves the original the same
+    way); without grad nothing is copied.
+    """
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        original = input.clone() if ctx.needs_input_grad[0] else None
+        torch.ops.fused_ops.silu_forward_(input)
+        ctx.mark_dirty(input)
+        ctx.save_for_backward(original)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (original,) = ctx.saved_tensors
+        return torch.ops.fused_ops.silu_backward(grad_output, original)
+
+
+def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Drop-in for :func:`torch.nn.functional.silu`: ``x * sigmoid(x)``, elementwise.
+
+    Args:
+        input: a float tensor (float32, float64, float16 or bfloat16) of any shape and
+            layout. Integer and bool tensors raise ``NotImplementedError``, as in torch;
+            so do complex tensors, which torch accepts but fused_ops has no kernel for.
+        inplace: write the result into ``input`` and return it, as torch's
+            ``silu(..., inplace=True)``: the input's version counter is bumped, and a leaf
+            that requires grad raises ``RuntimeError`` before anything is written.
+
+    Returns:
+        A tensor of the same shape and dtype (``input`` itself when ``inplace``). The
+        negative tail keeps relative precision (``silu(-80)`` is about -1.4e-33 in fp32,
+        where torch's ``x / (1 + exp(-x))`` gives -0.0 once ``exp(-x)`` overflows); NaN
+        propagates, ``silu(inf)`` is inf and ``silu(-inf)`` is NaN, as in torch.
+
+    Shape:
+        Input ``(*)``, output ``(*)``.
+
+    Example:
+        >>> fused_ops.silu(torch.tensor([-1.0, 0.0, 2.0]))
+        tensor([-0.2689,  0.0000,  1.7616])
+    """
+    check_floating("silu", input)
+    if inplace:
+        _check_inplace_allowed(input)
+        return SiLUInplaceFunction.apply(input)
+    return SiLUFunction.apply(input)

@@ -60,6 +60,27 @@ class ReLU(_Fused, torch.nn.ReLU):
         return activations.relu_(input) if self.inplace else activations.relu(input)
 
 
+class GELU(_Fused, torch.nn.GELU):
+    """Drop-in for :class:`torch.nn.GELU` (same ``approximate`` argument), computed by :func:`fused_ops.gelu`.
+
+    A subclass, so ``isinstance(module, torch.nn.GELU)`` still holds in code that checks.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return activations.gelu(input, approximate=self.approximate)
+
+
+class SiLU(_Fused, torch.nn.SiLU):
+    """Drop-in for :class:`torch.nn.SiLU` (same ``inplace`` argument), computed by :func:`fused_ops.silu`.
+
+    With ``inplace=True`` the kernel writes into the input, which is returned, as torch's
+    ``SiLU(inplace=True)`` does, with autograd seeing the write.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return activations.silu(input, inplace=self.inplace)
+
+
 class MSELoss(_Fused, torch.nn.MSELoss):
     """Drop-in for :class:`torch.nn.MSELoss` (same constructor), computed by :func:`fused_ops.mse_loss`.
 
@@ -132,6 +153,8 @@ _FUSED_COUNTERPARTS: dict[type[torch.nn.Module], tuple[type[torch.nn.Module], Ca
     torch.nn.Sigmoid: (Sigmoid, lambda m: {}),
     torch.nn.Tanh: (Tanh, lambda m: {}),
     torch.nn.ReLU: (ReLU, lambda m: {"inplace": m.inplace}),
+    torch.nn.GELU: (GELU, lambda m: {"approximate": m.approximate}),
+    torch.nn.SiLU: (SiLU, lambda m: {"inplace": m.inplace}),
     torch.nn.Softmax: (Softmax, lambda m: {"dim": m.dim}),
     torch.nn.LogSoftmax: (LogSoftmax, lambda m: {"dim": m.dim}),
     torch.nn.MSELoss: (MSELoss, lambda m: {"reduction": m.reduction}),
@@ -352,8 +375,8 @@ def convert_with_report(model: torch.nn.Module) -> ConvertReport:
 def convert(model: torch.nn.Module) -> torch.nn.Module:
     """Replace, in place, every torch.nn module that has a fused counterpart, and return the model.
 
-    Converted classes: Sigmoid, Tanh, ReLU, Softmax, LogSoftmax, MSELoss, CrossEntropyLoss.
-    Each replacement gets the original's constructor arguments (``dim``, ``inplace``,
+    Converted classes: Sigmoid, Tanh, ReLU, GELU, SiLU, Softmax, LogSoftmax, MSELoss, CrossEntropyLoss.
+    Each replacement gets the original's constructor arguments (``dim``, ``inplace``, ``approximate``,
     ``reduction``, ``ignore_index``, ``label_smoothing``, and the ``weight`` buffer itself,
     shared rather than copied), its train/eval mode and its hooks (the same hook dicts, so
     existing hook handles still remove them), so outputs are unchanged. Modules nested at

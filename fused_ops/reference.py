@@ -282,3 +282,60 @@ def adam_step_ref(
         for target, value in updates:
             value = value.to(target.dtype)
             target.copy_(value if skip is None else torch.where(skip, target, value))
+
+
+_SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
+_GELU_PDF_SCALE = 0.3989422804014327  # 1 / sqrt(2 pi)
+_GELU_TANH_BETA = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_TANH_KAPPA = 0.044715
+
+
+def gelu_ref(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """gelu(input) ("none": erf form, "tanh": tanh form), in the compute dtype, returned in ``input.dtype``."""
+    return torch.nn.functional.gelu(input.to(compute_dtype(input.dtype)), approximate=approximate).to(input.dtype)
+
+
+def gelu_backward_ref(grad_output: torch.Tensor, input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """grad_output * gelu'(input), recomputed from the input, in the compute dtype."""
+    acc = compute_dtype(input.dtype)
+    derivative, _ = gelu_derivatives(input.to(acc), approximate)
+    return (grad_output.to(acc) * derivative).to(input.dtype)
+
+
+def gelu_derivatives(x: torch.Tensor, approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gelu'(x), gelu''(x)) with eager, differentiable ops, in ``x``'s dtype (torch's formulas)."""
+    if approximate == "tanh":
+        # y = 0.5 x (1 + t), t = tanh(u), u = b (x + k x^3).
+        x_sq = x * x
+        inner = _GELU_TANH_BETA * (x + _GELU_TANH_KAPPA * x_sq * x)
+        t = torch.tanh(inner)
+        sech_sq = 1 - t * t
+        du = _GELU_TANH_BETA * (1 + 3 * _GELU_TANH_KAPPA * x_sq)
+        first = 0.5 * (1 + t) + 0.5 * x * sech_sq * du
+        # d/dx of the above: sech^2 u' + 0.5 x (-2 t sech^2 u'^2 + sech^2 u''), u'' = 6 b k x.
+        second = sech_sq * du + 0.5 * x * sech_sq * (-2 * t * du * du + 6 * _GELU_TANH_BETA * _GELU_TANH_KAPPA * x)
+        return first, second
+    cdf = 0.5 * (1 + torch.erf(x * _SQRT1_2))
+    pdf = torch.exp(-0.5 * x * x) * _GELU_PDF_SCALE
+    # gelu' = Phi + x phi; gelu'' = 2 phi + x phi' = phi (2 - x^2).
+    return cdf + x * pdf, pdf * (2 - x * x)
+
+
+def silu_ref(input: torch.Tensor) -> torch.Tensor:
+    """input * sigmoid(input), in the compute dtype, returned in ``input.dtype``."""
+    x = input.to(compute_dtype(input.dtype))
+    return (x * torch.sigmoid(x)).to(input.dtype)
+
+
+def silu_backward_ref(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """grad_output * s * (1 + x (1 - s)) with s = sigmoid(input), in the compute dtype."""
+    acc = compute_dtype(input.dtype)
+    derivative, _ = silu_derivatives(input.to(acc))
+    return (grad_output.to(acc) * derivative).to(input.dtype)
+
+
+def silu_derivatives(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(silu'(x), silu''(x)) with eager, differentiable ops, in ``x``'s dtype."""
+    s = torch.sigmoid(x)
+    # silu' = s (1 + x (1 - s)); silu'' = s (1 - s) (2 + x (1 - 2 s)).
+    return s * (1 + x * (1 - s)), s * (1 - s) * (2 + x * (1 - 2 * s))

@@ -1,4 +1,4 @@
-"""Elementwise activation kernels: sigmoid, tanh and relu (forward and backward).
+"""Elementwise activation kernels: sigmoid, tanh, relu, gelu and silu (forward and backward).
 
 Every kernel here sees its tensors as flat arrays of ``n_elements``. The launchers accept
 any tensor whose memory is dense and non-overlapping (contiguous, or a permutation of
@@ -184,3 +184,151 @@ def relu_forward(input: torch.Tensor, out: torch.Tensor | None = None) -> torch.
 def relu_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """Gradient of relu from the saved output; both tensors must share one dense layout."""
     return _launch_elementwise(relu_backward_kernel, (grad_output, output))
+
+
+# GELU and SiLU. Their backward kernels recompute from the saved INPUT (neither function
+# can be inverted from its output), so forward moves 8 B/elem and backward 12 B/elem in
+# fp32, with nothing saved beyond the input itself. Constants are torch's
+# (aten/src/ATen/native/cuda/ActivationGeluKernel.cu, ActivationSiluKernel.cu). The erf
+# form is torch's formula as written; the tanh form and SiLU are torch's formulas rewritten
+# through a stable sigmoid (1 + tanh(u) = 2 sigmoid(2u)), equal in exact arithmetic but
+# without the cancellation in the negative tails; NaN and inf cases come out as torch's.
+_SQRT1_2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
+_GELU_PDF_SCALE = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
+_GELU_TANH_BETA = tl.constexpr(0.7978845608028654)  # sqrt(2 / pi)
+_GELU_TANH_KAPPA = tl.constexpr(0.044715)
+
+
+@triton.jit
+def _sigmoid_pair(v):
+    """(sigmoid(v), sigmoid(|v|), sigmoid(-|v|)), each from exp(-|v|), which never overflows.
+
+    sigmoid(v) (1 - sigmoid(v)) = sigmoid(|v|) sigmoid(-|v|), a product with no cancellation.
+    """
+    z = tl.exp(-tl.abs(v))
+    p = 1 / (1 + z)
+    q = z / (1 + z)
+    return tl.where(v >= 0, p, q), p, q
+
+
+@triton.jit
+def gelu_forward_kernel(input_ptr, output_ptr, n_elements, APPROXIMATE_TANH: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """output = gelu(input), elementwise: the erf form, or torch's tanh approximation.
+
+    erf form: 0.5 x (1 + erf(x / sqrt 2)); tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    """
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
+    offsets = block_start + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    x = upcast(tl.load(input_ptr + offsets, mask=mask))
+    if APPROXIMATE_TANH:
+        inner = _GELU_TANH_BETA * (x + _GELU_TANH_KAPPA * (x * x * x))
+        # 0.5 x (1 + tanh(u)) = x sigmoid(2u): the same function, without torch's
+        # cancellation in 1 + tanh(u) for u < 0 (relative error ~1/|1 + tanh(u)| ulp there).
+        s, _, _ = _sigmoid_pair(2 * inner)
+        y = x * s
+    else:
+        # torch's formula; 0.5 * x first, so 0.5 * 3e38 * 2 stays finite.
+        y = 0.5 * x * (1 + tl.math.erf(x * _SQRT1_2))
+    # gelu(-inf) = -inf * 0 = NaN, as torch's formula gives; -0.0 keeps its sign.
+    tl.store(output_ptr + offsets, y.to(output_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gelu_backward_kernel(
+    grad_output_ptr, input_ptr, grad_input_ptr, n_elements, APPROXIMATE_TANH: tl.constexpr, BLOCK_SIZE: tl.constexpr
+):
+    """grad_input = grad_output * gelu'(input), recomputed from the saved input (torch's formulas)."""
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
+    offsets = block_start + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    grad_output = upcast(tl.load(grad_output_ptr + offsets, mask=mask))
+    x = upcast(tl.load(input_ptr + offsets, mask=mask))
+    if APPROXIMATE_TANH:
+        # torch's 0.5 (1 + t) + 0.5 x (1 - t^2) u' with t = tanh(u), written with
+        # s = sigmoid(2u): 0.5 (1 + t) = s and 1 - t^2 = 4 s (1 - s), both without cancellation.
+        x_sq = x * x
+        inner = _GELU_TANH_BETA * (x + _GELU_TANH_KAPPA * (x_sq * x))
+        s, p, q = _sigmoid_pair(2 * inner)
+        # p * q = s (1 - s), each factor computed directly; inf * 0 gives NaN where torch's does.
+        derivative = s + (2 * x) * (p * q) * _GELU_TANH_BETA * (1 + 3 * _GELU_TANH_KAPPA * x_sq)
+    else:
+        # Phi(x) + x phi(x). Masked lanes hold garbage, which numpy may warn about in the
+        # interpreter; the stores ignore them.
+        cdf = 0.5 * (1 + tl.math.erf(x * _SQRT1_2))
+        pdf = tl.exp(-0.5 * x * x) * _GELU_PDF_SCALE
+        derivative = cdf + x * pdf
+    grad_input = grad_output * derivative
+    tl.store(grad_input_ptr + offsets, grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def silu_forward_kernel(input_ptr, output_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    """output = input * sigmoid(input), elementwise.
+
+    ``output_ptr`` may equal ``input_ptr`` (in-place silu): each element is read and then
+    written by the same program.
+    """
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
+    offsets = block_start + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    x = upcast(tl.load(input_ptr + offsets, mask=mask))
+    # torch computes x / (1 + exp(-x)), which gives -0.0 once exp(-x) overflows (x < -88 in
+    # fp32); x * sigmoid(x) with a stable sigmoid stays x * exp(x) there (silu(-80) ~ -1.4e-33).
+    # silu(-inf) = -inf * 0 = NaN and silu(inf) = inf, as in torch.
+    s, _, _ = _sigmoid_pair(x)
+    y = x * s
+    tl.store(output_ptr + offsets, y.to(output_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def silu_backward_kernel(grad_output_ptr, input_ptr, grad_input_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    """grad_input = grad_output * s * (1 + x * (1 - s)) with s = sigmoid(x), from the saved input (torch's formula)."""
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK_SIZE
+    offsets = block_start + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    grad_output = upcast(tl.load(grad_output_ptr + offsets, mask=mask))
+    x = upcast(tl.load(input_ptr + offsets, mask=mask))
+    s, p, q = _sigmoid_pair(x)
+    # 1 - s read off the pair instead of subtracted, so it keeps precision for x > 0.
+    one_minus_s = tl.where(x >= 0, q, p)
+    grad_input = grad_output * (s * (1 + x * one_minus_s))
+    tl.store(grad_input_ptr + offsets, grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_gelu(kernel, inputs: tuple[torch.Tensor, ...], approximate_tanh: bool) -> torch.Tensor:
+    """``_launch_elementwise`` for the GELU kernels, which take the form as a constexpr."""
+    output = torch.empty_like(inputs[0])
+    n_elements = output.numel()
+    if n_elements == 0:
+        return output
+    grid = (triton.cdiv(n_elements, ELEMENTWISE_BLOCK_SIZE),)
+    kernel[grid](
+        *inputs,
+        output,
+        n_elements,
+        APPROXIMATE_TANH=approximate_tanh,
+        BLOCK_SIZE=ELEMENTWISE_BLOCK_SIZE,
+        num_warps=ELEMENTWISE_NUM_WARPS,
+    )
+    return output
+
+
+def gelu_forward(input: torch.Tensor, approximate: str) -> torch.Tensor:
+    """GELU of a dense tensor (``approximate`` is "none" or "tanh"); the output has the input's layout."""
+    return _launch_gelu(gelu_forward_kernel, (input,), approximate == "tanh")
+
+
+def gelu_backward(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
+    """Gradient of GELU from the saved input; both tensors must share one dense layout."""
+    return _launch_gelu(gelu_backward_kernel, (grad_output, input), approximate == "tanh")
+
+
+def silu_forward(input: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """SiLU of a dense tensor, into ``out`` (may be ``input`` itself) or a new tensor."""
+    return _launch_elementwise(silu_forward_kernel, (input,), out)
+
+
+def silu_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """Gradient of SiLU from the saved input; both tensors must share one dense layout."""
+    return _launch_elementwise(silu_backward_kernel, (grad_output, input))

@@ -1,13 +1,16 @@
-"""sigmoid, tanh and relu: forward and backward against torch, through the Triton kernels.
+"""sigmoid, tanh, relu, gelu and silu: forward and backward against torch, through the Triton kernels.
 
 Tests that hold for every activation are parametrized over ``ACTIVATIONS``, pairs of
 (fused op, torch op); the behaviour where the ops differ (tails, precision near 0, NaN,
 integer inputs, in-place relu) has its own tests below them.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import (
     DTYPES,
     HostSyncError,
@@ -423,11 +426,313 @@ def test_relu_inplace_under_torch_compile_fullgraph(backend, kernel_launches):
     assert kernel_launches.launch_count("relu_forward_kernel") == 2
 
 
+# gelu (both forms) and silu: name -> (fused op, torch op, prefix of its kernels). Their
+# backward recomputes from the saved input, unlike the three ops above.
+SMOOTH = {
+    "gelu": (fused_ops.gelu, F.gelu, "gelu"),
+    "gelu_tanh": (
+        functools.partial(fused_ops.gelu, approximate="tanh"),
+        functools.partial(F.gelu, approximate="tanh"),
+        "gelu",
+    ),
+    "silu": (fused_ops.silu, F.silu, "silu"),
+}
+SMOOTH_NAMES = list(SMOOTH)
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gelu_silu_match_torch(name, shape, dtype, kernel_launches):
+    fused_op, torch_op, kernel = SMOOTH[name]
+    x = torch.randn(shape, dtype=dtype) * 4
+    y, grad, grad_output = _run_forward_backward(fused_op, x)
+    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    _, grad_exact, _ = _run_forward_backward(torch_op, x.double(), grad_output.double())
+    assert_close(y, reference_in_fp64(torch_op, x))
+    assert_close(y, y_ref)
+    assert_close(grad, grad_exact.to(dtype))
+    if name == "gelu_tanh" and dtype == torch.float32:
+        # torch's fp32 gradient cancels in 1 + tanh(u) and 1 - tanh(u)^2 for x < -2 and
+        # is itself up to ~3e-6 off the fp64 value; the kernel's (checked above) is not.
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=4e-6)
+    else:
+        assert_close(grad, grad_ref)
+    expected_launches = 0 if x.numel() == 0 else 1
+    assert kernel_launches.launch_count(f"{kernel}_forward_kernel") == expected_launches
+    assert kernel_launches.launch_count(f"{kernel}_backward_kernel") == expected_launches
+
+
+# Expected values on [nan, inf, -inf, 0, -0, 1e30, -1e30, 3e38], by torch's formulas, which
+# torch's CUDA kernels and its scalar CPU path follow. (torch's vectorized fp32 CPU gelu
+# returns NaN for +inf and inf for 3e38, artifacts of its SIMD erf, not of the formula.)
+_SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e30, -1e30, 3e38]
+_NAN = float("nan")
+_SPECIAL_OUTPUTS = {
+    "gelu": [_NAN, float("inf"), _NAN, 0.0, -0.0, 1e30, -0.0, 3e38],
+    "gelu_tanh": [_NAN, float("inf"), _NAN, 0.0, -0.0, 1e30, -0.0, 3e38],
+    "silu": [_NAN, float("inf"), _NAN, 0.0, -0.0, 1e30, -0.0, 3e38],
+}
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+def test_gelu_silu_nan_inf_and_signed_zero(name):
+    fused_op, torch_op, _ = SMOOTH[name]
+    x = torch.tensor(_SPECIALS, requires_grad=True)
+    y = fused_op(x)
+    expected = torch.tensor(_SPECIAL_OUTPUTS[name])
+    assert_close(y.detach(), expected)
+    zeros = expected == 0
+    assert torch.equal(y.detach()[zeros].signbit(), expected[zeros].signbit()), "the sign of zero differs from torch's"
+    # torch one element at a time (its scalar path) agrees on every value.
+    for i, value in enumerate(_SPECIALS):
+        assert_close(y[i : i + 1].detach(), torch_op(torch.tensor([value])))
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    grad_ref = torch.cat(
+        [torch.autograd.grad(torch_op(x[i : i + 1]), x, torch.ones(1))[0][i : i + 1] for i in range(8)]
+    )
+    assert_close(grad, grad_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gelu_tail_is_torchs(dtype):
+    # torch's 0.5 x (1 + erf(x / sqrt 2)) cancels in the far negative tail: tiny but nonzero
+    # at -5.5, exactly -0.0 at -10 in fp32. The kernel uses the same formula and gives the same.
+    x = torch.tensor([-5.5, -7.0, -10.0, -40.0], dtype=dtype)
+    y = fused_ops.gelu(x)
+    torch.testing.assert_close(y, F.gelu(x), rtol=1e-6, atol=0)
+    assert y[0] < 0 and y.signbit().all()
+
+
+def test_silu_negative_tail_keeps_relative_precision():
+    # x * sigmoid(x) through exp(-|x|): silu(-80) = -80 exp(-80) ~ -1.4e-33, close to the
+    # exact value, where x / (1 + exp(-x)) gives -0.0 once exp(-x) overflows fp32 (x < -88).
+    x = torch.tensor([-20.0, -40.0, -80.0, -87.0])
+    y = fused_ops.silu(x)
+    exact = F.silu(x.double())
+    torch.testing.assert_close(y.double(), exact, rtol=1e-6, atol=0)
+    _, grad, _ = _run_forward_backward(fused_ops.silu, x, torch.ones(4))
+    torch.testing.assert_close(
+        grad.double(),
+        _run_forward_backward(F.silu, x.double(), torch.ones(4, dtype=torch.float64))[1],
+        rtol=1e-5,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced", "expanded"])
+def test_gelu_silu_strided_inputs(name, layout, kernel_launches):
+    fused_op, torch_op, kernel = SMOOTH[name]
+    x = strided_variants((37, 29))[layout]
+    y, grad, grad_output = _run_forward_backward(fused_op, x)
+    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    assert_close(y, y_ref)
+    assert_close(grad, grad_ref)
+    assert kernel_launches.launch_count(f"{kernel}_forward_kernel") == 1
+    assert kernel_launches.launch_count(f"{kernel}_backward_kernel") == 1
+    if layout == "transposed":
+        assert y.stride() == x.stride(), "a dense permuted input keeps its layout, with no copy"
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+def test_gelu_silu_gradcheck_and_gradgradcheck(name, kernel_launches):
+    fused_op, _, kernel = SMOOTH[name]
+    x = (torch.randn(4, 7, dtype=torch.float64) * 3).requires_grad_()
+    assert torch.autograd.gradcheck(fused_op, (x,))
+    assert torch.autograd.gradgradcheck(fused_op, (x,))
+    assert kernel_launches.launch_count(f"{kernel}_backward_kernel") > 0
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+def test_gelu_silu_second_backward_through_freed_graph_raises(name):
+    fused_op, _, _ = SMOOTH[name]
+    x = torch.randn(5, requires_grad=True)
+    y = fused_op(x).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.backward()
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64], ids=str)
+def test_gelu_silu_reject_what_torch_rejects(name, dtype):
+    fused_op, torch_op, _ = SMOOTH[name]
+    x = torch.tensor([1, 0, 1]).to(dtype)
+    before = x.clone()
+    if dtype == torch.complex64 and name == "silu":
+        torch_op(x)  # torch's silu takes complex; fused_ops has no complex kernel and says so
+    else:
+        with pytest.raises(NotImplementedError, match="not implemented for"):
+            torch_op(x)
+    with pytest.raises(NotImplementedError, match="not implemented for"):
+        fused_op(x)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize(
+    ("approximate", "error"),
+    [("foo", RuntimeError), ("Tanh", RuntimeError), ("", RuntimeError), (None, TypeError), (1, TypeError)],
+    ids=str,
+)
+def test_gelu_bad_approximate_raises_torchs_error(approximate, error):
+    x = torch.randn(3)
+    with pytest.raises(error) as torch_error:
+        F.gelu(x, approximate=approximate)
+    with pytest.raises(error) as ours:
+        fused_ops.gelu(x, approximate=approximate)
+    assert str(ours.value) == str(torch_error.value)
+    with pytest.raises(error):
+        fused_ops.nn.GELU(approximate=approximate)(x)
+
+
+@pytest.mark.parametrize(
+    ("fused_module", "torch_module", "kernel"),
+    [
+        (fused_ops.nn.GELU(), torch.nn.GELU(), "gelu_forward_kernel"),
+        (fused_ops.nn.GELU(approximate="tanh"), torch.nn.GELU(approximate="tanh"), "gelu_forward_kernel"),
+        (fused_ops.nn.SiLU(), torch.nn.SiLU(), "silu_forward_kernel"),
+        (fused_ops.nn.SiLU(inplace=True), torch.nn.SiLU(inplace=True), "silu_forward_kernel"),
+    ],
+    ids=["GELU", "GELU_tanh", "SiLU", "SiLU_inplace"],
+)
+def test_gelu_silu_modules_match_torch(fused_module, torch_module, kernel, kernel_launches):
+    x = torch.randn(8, 16)
+    assert_close(fused_module(x.clone()), torch_module(x.clone()))
+    assert repr(fused_module) == repr(torch_module)
+    assert isinstance(fused_module, type(torch_module))
+    assert kernel_launches.launch_count(kernel) == 1
+
+
+def test_convert_maps_gelu_and_silu_with_their_arguments():
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.GELU(approximate="tanh"), torch.nn.SiLU(inplace=True), torch.nn.GELU()
+    )
+    fused_ops.nn.convert(model)
+    assert [type(m) for m in model[1:]] == [fused_ops.nn.GELU, fused_ops.nn.SiLU, fused_ops.nn.GELU]
+    assert model[1].approximate == "tanh" and model[3].approximate == "none" and model[2].inplace
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_gelu_silu_under_torch_compile_fullgraph(name, backend, kernel_launches):
+    fused_op, _, kernel = SMOOTH[name]
+    x = torch.randn(6, 5, requires_grad=True)
+    assert_compiled_matches_eager(lambda t: fused_op(t * 2).sum(dim=0), x, backend=backend)
+    assert kernel_launches.launch_count(f"{kernel}_forward_kernel") == 2  # eager run + compiled run
+    assert kernel_launches.launch_count(f"{kernel}_backward_kernel") == 2
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+def test_gelu_silu_have_no_host_sync(name, kernel_launches):
+    fused_op, _, kernel = SMOOTH[name]
+    x = torch.randn(300, requires_grad=True)
+    with no_host_sync():
+        fused_op(x).backward(torch.ones(300))
+    assert kernel_launches.launch_count(f"{kernel}_backward_kernel") == 1
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gelu_silu_traffic_is_8_bytes_forward_and_12_backward_in_fp32(name, dtype):
+    # Forward reads x and writes y; backward reads grad_output and the saved INPUT and writes
+    # grad_input: 2 and 3 tensor-sized accesses (8 and 12 B/elem in fp32), nothing more.
+    fused_op, _, _ = SMOOTH[name]
+    n = 3 * 1024 + 5  # three full blocks and a masked tail
+    x = torch.randn(n, dtype=dtype, requires_grad=True)
+    with KernelTrace() as forward:
+        y = fused_op(x)
+    with KernelTrace() as backward:
+        y.backward(torch.ones_like(y))
+    size = dtype.itemsize
+    assert forward.launch_count() == backward.launch_count() == 1
+    assert forward.bytes_loaded == forward.bytes_stored == n * size
+    assert backward.bytes_loaded == 2 * n * size and backward.bytes_stored == n * size
+    if dtype == torch.float32:
+        assert forward.bytes_moved == 8 * n and backward.bytes_moved == 12 * n
+
+
+@pytest.mark.parametrize("name", SMOOTH_NAMES)
+def test_gelu_silu_reference_fallback_matches_torch(name, kernel_launches):
+    fused_op, torch_op, _ = SMOOTH[name]
+    x = torch.randn(3, 37, dtype=torch.float64)
+    with reference_backend():
+        y, grad, grad_output = _run_forward_backward(fused_op, x)
+        x_inplace = x[:, ::2].clone()
+        fused_ops.silu(x_inplace, inplace=True)
+    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    assert_close(y, y_ref)
+    assert_close(grad, grad_ref)
+    assert_close(x_inplace, F.silu(x[:, ::2]))
+    assert kernel_launches.launch_count() == 0
+
+
+def test_silu_inplace_writes_into_its_input_with_autograd(kernel_launches):
+    w = torch.randn(40, requires_grad=True)
+    h = w * 2
+    version = h._version
+    with no_host_sync():
+        out = fused_ops.silu(h, inplace=True)
+    assert out is h and h._version > version
+    assert kernel_launches.launch_count("silu_forward_kernel") == 1
+    out.backward(torch.arange(40.0))
+    w_ref = w.detach().clone().requires_grad_()
+    F.silu(w_ref * 2, inplace=True).backward(torch.arange(40.0))
+    assert_close(out.detach(), F.silu(w.detach() * 2))
+    assert_close(w.grad, w_ref.grad)
+    assert kernel_launches.launch_count("silu_backward_kernel") == 1
+
+
+def test_silu_inplace_without_grad_moves_only_its_tensor():
+    # No gradient wanted: no saved copy of the input, one read and one write in place.
+    x = torch.randn(2048)
+    expected = F.silu(x)
+    with KernelTrace() as trace:
+        out = fused_ops.silu(x, inplace=True)
+    assert out is x
+    assert_close(x, expected)
+    assert trace.launch_count() == 1 and trace.bytes_moved == 2 * 2048 * 4
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["leaf", "view_of_leaf"])
+def test_silu_inplace_rejects_a_leaf_that_requires_grad(view):
+    leaf = torch.randn(4, requires_grad=True)
+    x = leaf[1:] if view else leaf
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        F.silu(x, inplace=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        fused_ops.nn.SiLU(inplace=True)(x)
+    assert torch.equal(leaf.detach(), before), "raised only after overwriting the input"
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced"])
+def test_silu_inplace_on_views_writes_through(layout, kernel_launches):
+    base = torch.randn(12, 10)
+    x = base.t() if layout == "transposed" else base[:, ::2]
+    expected_base = base.clone()
+    target = expected_base.t() if layout == "transposed" else expected_base[:, ::2]
+    F.silu(target, inplace=True)
+    assert fused_ops.silu(x, inplace=True) is x
+    assert_close(base, expected_base)
+    assert kernel_launches.launch_count("silu_forward_kernel") == 1
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_silu_inplace_under_torch_compile_fullgraph(backend, kernel_launches):
+    x = torch.randn(6, 5, requires_grad=True)
+    assert_compiled_matches_eager(lambda t: fused_ops.silu(t * 2, inplace=True).sum(dim=0), x, backend=backend)
+    assert kernel_launches.launch_count("silu_forward_kernel") == 2
+    assert kernel_launches.launch_count("silu_backward_kernel") == 2
+
+
 def aot_workload():
     """Every activation kernel in every dtype the tests use, for tests/test_aot.py."""
+    ops = [fused_op for fused_op, _ in ACTIVATIONS.values()] + [fused_op for fused_op, _, _ in SMOOTH.values()]
     for dtype in DTYPES:
-        for fused_op, _ in ACTIVATIONS.values():
+        for fused_op in ops:
             x = torch.randn(1823, dtype=dtype, requires_grad=True)
             fused_op(x).sum().backward()
+        fused_ops.silu(torch.randn(1823, dtype=dtype), inplace=True)
     for dtype in INT_DTYPES:
         fused_ops.relu(torch.arange(-5, 5).to(dtype))
