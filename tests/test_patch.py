@@ -43,6 +43,10 @@ FUNCTION_CASES = {
     "torch.log_softmax": (lambda x: torch.log_softmax(x, -1), "softmax_forward_kernel"),
     "Tensor.log_softmax": (lambda x: x.log_softmax(1), "softmax_forward_kernel"),
     "F.log_softmax": (lambda x: F.log_softmax(x, dim=1), "softmax_forward_kernel"),
+    "F.gelu": (lambda x: F.gelu(x), "gelu_forward_kernel"),
+    "F.gelu(tanh)": (lambda x: F.gelu(x, approximate="tanh"), "gelu_forward_kernel"),
+    "F.silu": (lambda x: F.silu(x), "silu_forward_kernel"),
+    "F.silu(inplace)": (lambda x: F.silu(x * 1, inplace=True), "silu_forward_kernel"),
     "nn.Tanh (unconverted module)": (lambda x: torch.nn.Tanh()(x), "tanh_forward_kernel"),
     "F.mse_loss": (lambda x: F.mse_loss(x, torch.ones_like(x), reduction="sum"), "mse_loss_partial_sums_kernel"),
     "F.cross_entropy": (
@@ -236,7 +240,14 @@ class MyReLU(torch.nn.ReLU):
 
 def test_modules_are_matched_by_what_they_compute(kernel_launches):
     model = torch.nn.Sequential(
-        torch.nn.Linear(4, 4), HandSigmoid(), QuickGELU(), MyReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2)
+        torch.nn.Linear(4, 4),
+        HandSigmoid(),
+        QuickGELU(),
+        MyReLU(),
+        torch.nn.Dropout(0.5),
+        TanhGELU(),
+        torch.nn.GELU(),
+        torch.nn.Linear(4, 2),
     )
     quick = model[2]
     torch.manual_seed(1)
@@ -248,6 +259,8 @@ def test_modules_are_matched_by_what_they_compute(kernel_launches):
         assert type(model[1]) is fused_ops.nn.Sigmoid
         assert type(model[3]) is fused_ops.nn.ReLU, "a subclass that computes relu is matched by its output"
         assert model[2] is quick
+        assert type(model[5]) is fused_ops.nn.GELU and model[5].approximate == "tanh"
+        assert type(model[6]) is fused_ops.nn.GELU and model[6].approximate == "none", "by class"
         sites = {site.name: site for site in handle.report().modules}
         assert sites["1"].replacement == "fused_ops.Sigmoid" and "computes sigmoid" in sites["1"].reason
         assert sites["2"].replacement is None and "closest" in sites["2"].reason
@@ -255,6 +268,7 @@ def test_modules_are_matched_by_what_they_compute(kernel_launches):
     # HandSigmoid's fused module, and the torch.sigmoid inside QuickGELU, rerouted by the function hook.
     assert kernel_launches.launch_count("sigmoid_forward_kernel") == 2
     assert kernel_launches.launch_count("relu_forward_kernel") == 1
+    assert kernel_launches.launch_count("gelu_forward_kernel") == 2
 
 
 def test_compile_fullgraph_gives_the_eager_patched_results(kernel_launches):
@@ -313,7 +327,7 @@ class Net(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.attn = Attention()
-        self.act = TanhGELU() if hasattr(fused_ops.nn, "GELU") else HandSigmoid()
+        self.act = TanhGELU()
         self.head = torch.nn.Linear(8, 5)
 
     def forward(self, x, labels):
@@ -332,7 +346,7 @@ def test_dry_run_reports_caught_and_missed_sites_and_bytes(kernel_launches):
             actual = model(x, labels)
     assert kernel_launches.launch_count() == 0, "a dry run runs torch"
     assert torch.equal(actual, expected)
-    assert type(model.act) in (TanhGELU, HandSigmoid), "a dry run replaces nothing"
+    assert type(model.act) is TanhGELU, "a dry run replaces nothing"
     report = dry.report()
     (module,) = [m for m in report.modules if m.replacement]
     assert module.name == "act" and module.count == 1
