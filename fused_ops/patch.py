@@ -350,7 +350,8 @@ class CallSite:
 
     Attributes:
         where: qualified name of the innermost module of the model that made the call
-            (dry runs only; ``""`` outside the model, or when not tracked).
+            (dry runs only; ``"(model)"`` for the model's own forward, ``""`` outside the
+            model or when not tracked).
         call: the torch call (``"F.softmax"``, ``"Tensor.tanh"``, ``"aten._softmax"``).
         op: the fused_ops op family it belongs to, or ``None``.
         fused: whether it ran (in a dry run: would run) through fused_ops.
@@ -637,7 +638,7 @@ class Patch:
     def _track_model(self, model: torch.nn.Module) -> None:
         # Dry runs name each call site after the innermost module that makes it, and measure
         # the modules the patch would replace, from global forward hooks on the model's modules.
-        self._names = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
+        self._names = {id(m): name or "(model)" for name, m in model.named_modules(remove_duplicate=False)}
 
         def pre_hook(module, args):
             name = self._names.get(id(module))
