@@ -27,12 +27,14 @@ catches every call that the calling thread makes in between, inside the model or
 loss computed next to it too). Backward needs nothing: the fused ops' backward are fused
 kernels already.
 
-``torch.compile`` (checked with torch 2.13): dynamo traces a TorchFunctionMode that is
-active when the compiled function runs, so ``torch.compile(model, fullgraph=True)``
-called inside a patch traces the fused ops, with no graph break, and gives the eager
-patched results; the mode stack is part of dynamo's guards, so the same compiled model
-called after ``undo()`` recompiles to plain torch. A model compiled and first run outside
-the patch keeps its graph, without fused ops, until dynamo recompiles it.
+``torch.compile`` (checked with torch 2.13 and dynamo's ``aot_eager`` backend, tested):
+dynamo traces a TorchFunctionMode that is active when compiled code runs, so a model or
+function compiled with ``fullgraph=True`` and called inside a patch runs the fused ops,
+with no graph break, and gives the eager patched results. Dynamo guards on the mode stack
+and on the modules, so the same compiled object called outside the patch (before it, or
+after ``undo()``) recompiles to plain torch, and one compiled before the patch recompiles
+with the fused ops inside it. Patches entered one after another around one compiled
+function do not each recompile it (four patches gave two graphs in our check).
 
 A dry run (``dry_run=True``) changes nothing: torch computes every result and the
 handle's :meth:`Patch.report` lists which call sites would be caught, which would not and

@@ -310,6 +310,24 @@ def test_compile_fullgraph_of_functions_inside_a_patch(kernel_launches):
     assert kernel_launches.launch_count("tanh_backward_kernel") == 1
 
 
+def test_code_compiled_before_a_patch_recompiles_with_the_fused_ops(kernel_launches):
+    def f(x):
+        return F.softmax(torch.tanh(x), dim=-1)
+
+    x = _x(4, 8)
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    expected = compiled(x)
+    assert kernel_launches.launch_count() == 0
+    with fused_ops.patch():
+        assert_close(compiled(x), expected)
+    assert kernel_launches.kernel_names() == {"tanh_forward_kernel", "softmax_forward_kernel"}
+    kernel_launches.clear()
+    with fused_ops.patch(exclude=["tanh"]):
+        compiled(x)
+    assert kernel_launches.kernel_names() == {"softmax_forward_kernel"}, "the opt-out holds in compiled code"
+
+
 class Attention(torch.nn.Module):
     def __init__(self):
         super().__init__()
