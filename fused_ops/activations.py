@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from ._autocast import autocast_inputs
 from ._dispatch import TRITON_AVAILABLE, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_to_floating
 
@@ -98,6 +99,7 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
         >>> fused_ops.sigmoid(torch.tensor([-80.0, 0.0, 3.0]))
         tensor([1.8049e-35, 5.0000e-01, 9.5257e-01])
     """
+    (input,) = autocast_inputs("sigmoid", input)
     input = promote_to_floating(input)
     check_floating("sigmoid", input)
     return SigmoidFunction.apply(input)
@@ -174,6 +176,7 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
         >>> fused_ops.tanh(torch.tensor([1e-8, 0.5, -30.0]))
         tensor([ 1.0000e-08,  4.6212e-01, -1.0000e+00])
     """
+    (input,) = autocast_inputs("tanh", input)
     input = promote_to_floating(input)
     check_floating("tanh", input)
     return TanhFunction.apply(input)
@@ -301,6 +304,7 @@ def relu(input: torch.Tensor) -> torch.Tensor:
         >>> fused_ops.relu(torch.tensor([-1.0, 0.0, 2.0, float("nan")]))
         tensor([0., 0., 2., nan])
     """
+    (input,) = autocast_inputs("relu", input)
     _check_relu_dtype(input)
     if not input.is_floating_point():
         # Integers carry no gradient: the op alone, with no autograd node.
@@ -445,6 +449,7 @@ def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         >>> fused_ops.gelu(torch.tensor([-1.0, 0.0, 2.0]))
         tensor([-0.1587,  0.0000,  1.9545])
     """
+    (input,) = autocast_inputs("gelu", input)
     _check_gelu_approximate(approximate)
     check_floating("gelu", input)
     return GELUFunction.apply(input, approximate)
@@ -566,6 +571,9 @@ def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         >>> fused_ops.silu(torch.tensor([-1.0, 0.0, 2.0]))
         tensor([-0.2689,  0.0000,  1.7616])
     """
+    if not inplace:
+        # Autocast leaves in-place ops alone; out of place, silu runs in its input dtype.
+        (input,) = autocast_inputs("silu", input)
     check_floating("silu", input)
     if inplace:
         _check_inplace_allowed(input)

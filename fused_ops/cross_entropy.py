@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from ._autocast import autocast_inputs
 from ._dispatch import TRITON_AVAILABLE, use_triton
 from ._validation import check_floating, check_same_device, is_dense, legacy_reduction, scalar_type_name
 
@@ -603,6 +604,7 @@ def cross_entropy(
         >>> fused_ops.cross_entropy(logits, torch.tensor([0, 2]))
         tensor(1.2056, grad_fn=<CrossEntropyFunctionBackward>)
     """
+    input, target, weight = autocast_inputs("cross_entropy", input, target, weight)
     if size_average is not None or reduce is not None:
         reduction = legacy_reduction(size_average, reduce)
     reduction_enum = torch.nn._reduction.get_enum(reduction)

@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from . import reference
+from ._autocast import autocast_inputs
 from ._dispatch import TRITON_AVAILABLE, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout, legacy_reduction
 
@@ -221,6 +222,7 @@ def mse_loss(
         >>> fused_ops.mse_loss(input, torch.tensor([1.0, 1.0, 1.0]))
         tensor(3.3333, grad_fn=<MSELossFunctionBackward>)
     """
+    input, target = autocast_inputs("mse_loss", input, target)
     input_size = input.size()
     if target.size() != input_size:
         input, target = _broadcast_with_warning(input, target)
@@ -234,10 +236,6 @@ def mse_loss(
 def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
     """Checks, then the fused loss of two operands of one shape."""
     check_same_device("mse_loss", input, target)
-    if torch.is_autocast_enabled(input.device.type):
-        # mse_loss is on autocast's float32 list: half types run (and return) in fp32 there,
-        # fp64 stays fp64. The casts are autograd ops, so gradients keep the operands' dtypes.
-        input, target = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (input, target))
     dtype = torch.promote_types(input.dtype, target.dtype)
     if dtype not in FLOATING_DTYPES:
         check_floating("mse_loss", torch.empty((), dtype=dtype, device="meta"), name="input and target")

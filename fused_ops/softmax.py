@@ -26,6 +26,7 @@ import warnings
 import torch
 
 from . import reference
+from ._autocast import autocast_dtype
 from ._dispatch import TRITON_AVAILABLE, use_triton
 from ._validation import check_floating, normalize_dim
 
@@ -221,6 +222,7 @@ def softmax(input: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> 
         >>> fused_ops.softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=-1)
         tensor([[0.0900, 0.2447, 0.6652]])
     """
+    dtype = autocast_dtype("softmax", input, dtype)
     return _apply(SoftmaxFunction, "softmax", input, dim, dtype)
 
 
@@ -251,6 +253,7 @@ def log_softmax(input: torch.Tensor, dim: int, dtype: torch.dtype | None = None)
         >>> fused_ops.log_softmax(torch.tensor([[1.0, 2.0, 3.0]]), dim=-1)
         tensor([[-2.4076, -1.4076, -0.4076]])
     """
+    dtype = autocast_dtype("log_softmax", input, dtype)
     return _apply(LogSoftmaxFunction, "log_softmax", input, dim, dtype)
 
 
