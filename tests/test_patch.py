@@ -377,7 +377,7 @@ def test_dry_run_reports_caught_and_missed_sites_and_bytes(kernel_launches):
     assert ce.eager_kernels >= 2 and ce.bytes_saved > 0, ce
     missed = {(site.where, site.call): site.reason for site in report.unfused_calls()}
     assert "attention (SDPA)" in missed[("attn", "F.scaled_dot_product_attention")]
-    assert "dim=None" in missed[("", "F.softmax")]
+    assert "dim=None" in missed[("(model)", "F.softmax")]
     mha_softmax = [reason for (where, call), reason in missed.items() if call == "aten._softmax"]
     assert mha_softmax and "multi_head_attention_forward" in mha_softmax[0], missed
     assert report.bytes_saved == sum(s.bytes_saved for s in [*report.modules, *report.calls]) > 0

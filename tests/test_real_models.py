@@ -245,3 +245,35 @@ def test_plain_torch_models_train_like_torch_under_patch(build, batches, step_lo
     # mse_loss's forward kernel is named after its partial sums.
     names = {name.replace("_partial_sums", "_forward") for name in kernel_launches.kernel_names()}
     assert {name.removesuffix("_forward_kernel") for name in names if "_forward" in name} == fused_kernels
+
+
+# GPT-2's logits are compared through the loss only: under autocast its written-out GELU
+# (8 eager ops) rounds every intermediate to the half dtype, where the fused GELU rounds
+# once, so its logits differ from torch's by a few half-precision ulps after two layers.
+@pytest.mark.parametrize(
+    ("build", "batches", "dtype", "compare_logits"),
+    [
+        (_gpt2, _language_batch, torch.bfloat16, False),
+        (_gpt2, _language_batch, torch.float16, False),
+        (_llama, _language_batch, torch.bfloat16, True),
+        (_bert, _classification_batch, torch.bfloat16, True),
+    ],
+    ids=["gpt2-bf16", "gpt2-fp16", "llama-bf16", "bert-bf16"],
+)
+def test_patched_models_under_cpu_autocast_match_torch(build, batches, dtype, compare_logits, kernel_launches):
+    model = build("eager")
+    batch = batches(0)
+    with torch.autocast("cpu", dtype=dtype):
+        expected = model(**batch)
+        assert kernel_launches.launch_count() == 0
+        with fused_ops.patch(model):
+            actual = model(**batch)
+    assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 1
+    assert kernel_launches.launch_count("softmax_forward_kernel") == 2
+    # torch's autocast dtypes: half-precision logits, a float32 loss.
+    assert actual.logits.dtype == expected.logits.dtype == dtype
+    assert actual.loss.dtype == expected.loss.dtype == torch.float32
+    rtol, atol = tolerance(dtype)
+    torch.testing.assert_close(actual.loss, expected.loss, rtol=rtol, atol=atol)
+    if compare_logits:
+        torch.testing.assert_close(actual.logits, expected.logits, rtol=rtol, atol=atol)
