@@ -307,9 +307,15 @@ def _probe(module: torch.nn.Module, ops: frozenset[str]) -> tuple[torch.nn.Modul
     ``forward`` is called directly, so the module's hooks do not see the probe; the RNG
     state is restored afterwards, so a probe never shifts the random stream of training.
     """
-    # A 2-D probe over [-8, 8], well into both tails, so that a module reducing along a
-    # dim, or computing only near 0 like an activation, is told apart.
-    x = torch.linspace(-8.0, 8.0, 161, dtype=torch.float32, device="cpu").reshape(7, 23)
+    # A 2-D probe (so that a module reducing along a dim is told apart): dense over [-8, 8],
+    # where the activations differ from one another, plus large magnitudes, where a clipped
+    # variant (transformers' ClippedGELUActivation clamps to [-10, 10]) differs from the
+    # plain one. A probe tests values, it cannot prove a formula: a module that branches on
+    # something else (the input's dtype, a global) could still be mismatched; exclude= or
+    # modules=False turn the swap off.
+    dense = torch.linspace(-8.0, 8.0, 161, dtype=torch.float32, device="cpu")
+    large = torch.tensor([-1e4, -100.0, -30.0, -12.0, 12.0, 30.0, 100.0], device="cpu")
+    x = torch.cat([dense, large]).reshape(7, 24)
     original = x.clone()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]), _Deciding():

@@ -277,3 +277,56 @@ def test_patched_models_under_cpu_autocast_match_torch(build, batches, dtype, co
     torch.testing.assert_close(actual.loss, expected.loss, rtol=rtol, atol=atol)
     if compare_logits:
         torch.testing.assert_close(actual.logits, expected.logits, rtol=rtol, atol=atol)
+
+
+# transformers' activation registry -> the fused module patch() puts in its place (None:
+# left alone). Classes of torch.nn are matched by class, transformers' own by a probe.
+ACTIVATIONS = {
+    "gelu": ("GELU", "none"),
+    "gelu_python": ("GELU", "none"),
+    "gelu_new": ("GELU", "tanh"),
+    "gelu_fast": ("GELU", "tanh"),
+    "gelu_pytorch_tanh": ("GELU", "tanh"),
+    "gelu_python_tanh": ("GELU", "tanh"),
+    "gelu_accurate": ("GELU", "tanh"),
+    "silu": ("SiLU", None),
+    "swish": ("SiLU", None),
+    "relu": ("ReLU", None),
+    "sigmoid": ("Sigmoid", None),
+    "tanh": ("Tanh", None),
+    "gelu_10": None,  # clamps to [-10, 10]: the probe's large values tell it from gelu
+    "quick_gelu": None,  # x * sigmoid(1.702 x)
+    "mish": None,
+    "relu2": None,
+    "linear": None,
+    "laplace": None,
+    "sqrtsoftplus": None,
+    "hardswish": None,
+    "leaky_relu": None,
+    "relu6": None,
+}
+
+
+def test_every_transformers_activation_is_matched_by_what_it_computes(kernel_launches):
+    from transformers.activations import ACT2CLS, ACT2FN
+
+    assert set(ACTIVATIONS) <= set(ACT2CLS)
+    names = sorted(ACTIVATIONS)
+    model = torch.nn.ModuleDict({name: ACT2FN[name] for name in names})
+    originals = dict(model.items())
+    x = torch.linspace(-12, 12, 49)
+    with fused_ops.patch(model, functions=False):
+        for name in names:
+            expected = ACTIVATIONS[name]
+            module = model[name]
+            if expected is None:
+                assert module is originals[name], name
+                continue
+            cls, approximate = expected
+            assert type(module) is getattr(fused_ops.nn, cls), name
+            if approximate is not None:
+                assert module.approximate == approximate, name
+            rtol, atol = tolerance(torch.float32)
+            torch.testing.assert_close(module(x), originals[name](x), rtol=rtol, atol=atol, msg=name)
+    assert dict(model.items()) == originals
+    assert kernel_launches.launch_count() >= 12
