@@ -87,20 +87,19 @@ class _Deciding:
         _state.depth -= 1
 
 
-def _check_tensor(input: Any, name: str = "input") -> str | None:
+def _check_tensor(input: Any, name: str = "input", check_dtype: bool = True) -> str | None:
     """None when fused_ops takes ``input``; else why not."""
     if not isinstance(input, torch.Tensor):
         return f"{name} is not a tensor"
     if type(input) not in _PLAIN_TENSOR_TYPES:
         return f"{name} is a tensor subclass ({type(input).__name__})"
-    if input.dtype not in FLOATING_DTYPES:
+    if check_dtype and input.dtype not in FLOATING_DTYPES:
         return f"{name} dtype {input.dtype} (fused_ops takes float32, float64, float16 and bfloat16)"
     return None
 
 
 # A plan binds one torch call's arguments the way torch does and returns either the fused
 # call as (function, args, kwargs), or a string saying why fused_ops does not take it.
-Plan = "tuple[Callable[..., Any], tuple, dict] | str"
 
 
 def _unary(fused: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
@@ -129,9 +128,7 @@ def _softmax_plan(log: bool, input, dim, dtype) -> Any:
         return f"dtype={dtype} (fused_ops takes float32, float64, float16 and bfloat16)"
     # With dtype=, fused_ops casts the input itself, as torch does; without it the input
     # must be a float tensor.
-    reason = _check_tensor(input) if dtype is None else None
-    if reason is None and type(input) not in _PLAIN_TENSOR_TYPES:
-        reason = f"input is a tensor subclass ({type(input).__name__})"
+    reason = _check_tensor(input, check_dtype=dtype is None)
     fused = _log_softmax_fn if log else _softmax_fn
     return reason or (fused, (input, dim), {"dtype": dtype})
 
@@ -444,6 +441,8 @@ class PatchReport:
         lines.extend(f"  {_site_text(c)}{_bytes_text(c)}" for c in self.fused_calls())
         lines.append("calls left to torch:")
         lines.extend(f"  {_site_text(c)}: {c.reason}" for c in self.unfused_calls())
+        if not self.unfused_calls():
+            lines.append("  (none)")
         if self.dry_run:
             lines.append(
                 f"forward bytes saved: {self.bytes_saved:,} (torch modeled by TorchTrace for a GPU, "
@@ -731,18 +730,17 @@ class Patch:
         """
         if not self.active:
             return
+        if (self._mode is not None or self._watcher is not None) and threading.get_ident() != self._owner:
+            # Mode stacks are per thread: only the patching thread's stack holds them.
+            raise RuntimeError("fused_ops.patch: undo() must run on the thread that called patch()")
         self.active = False
         for hook in self._hooks:
             hook.remove()
         while self._traces:
             self._traces.pop().__exit__(None, None, None)
         if self._watcher is not None:
-            if threading.get_ident() != self._owner:
-                raise RuntimeError("fused_ops.patch: undo() must run on the thread that called patch()")
             _remove_dispatch_mode(self._watcher)
         if self._mode is not None:
-            if threading.get_ident() != self._owner:
-                raise RuntimeError("fused_ops.patch: undo() must run on the thread that called patch()")
             _remove_function_mode(self._mode)
         for r in reversed(self.replaced):
             for parent, key in r.sites:

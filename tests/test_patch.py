@@ -208,12 +208,22 @@ def test_fused_ops_own_torch_calls_never_come_back_into_the_patch(kernel_launche
 
 
 def test_the_patch_is_scoped_to_its_thread(kernel_launches):
-    results = []
-    with fused_ops.patch():
-        thread = threading.Thread(target=lambda: results.append(torch.sigmoid(_x(3))))
+    results, errors = [], []
+
+    def other_thread(handle):
+        results.append(torch.sigmoid(_x(3)))
+        try:
+            handle.undo()
+        except RuntimeError as error:
+            errors.append(str(error))
+
+    with fused_ops.patch() as handle:
+        thread = threading.Thread(target=other_thread, args=(handle,))
         thread.start()
         thread.join()
+        assert handle.active and len(_patch_modes()) == 1
     assert len(results) == 1 and kernel_launches.launch_count() == 0
+    assert errors == ["fused_ops.patch: undo() must run on the thread that called patch()"]
 
 
 class TanhGELU(torch.nn.Module):
