@@ -204,6 +204,11 @@ _HOOK_FUNCTIONS = (
 def carry_hooks(original: torch.nn.Module, replacement: torch.nn.Module) -> int:
     """Give ``replacement`` the hooks of ``original`` (shared, not copied); return how many.
 
+    The hook dicts are shared, so a hook later removed through its handle leaves both. A
+    full backward hook registered on ``original`` *after* the replacement is not seen by
+    ``replacement`` (torch keeps a per-module flag for those): register it on the module
+    that is in the model.
+
     Args:
         original: the module being replaced.
         replacement: the module taking its place.

@@ -400,16 +400,19 @@ def test_convert_reports_and_warns_and_keeps_hooks(caplog):
     relu = torch.nn.ReLU()
     calls = []
     handle = relu.register_forward_pre_hook(lambda module, args: calls.append(module))
+    grads = []
+    relu.register_full_backward_hook(lambda module, grad_input, grad_output: grads.append(grad_output[0]))
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), relu, MyReLU(), torch.nn.Softmax(dim=-1))
     with pytest.warns(UserWarning, match=r"left 1 module\(s\) alone: 2 \(MyReLU\)"):
         report = fused_ops.nn.convert_with_report(model)
     assert report.model is model
     assert report.counts() == {"fused_ops.ReLU": 1, "fused_ops.Softmax": 1}
-    assert [(r.name, r.hooks) for r in report.replaced] == [("1", 1), ("3", 0)]
+    assert [(r.name, r.hooks) for r in report.replaced] == [("1", 2), ("3", 0)]
     assert [(s.name, type(s.module)) for s in report.skipped] == [("2", MyReLU)]
     assert "replaced 2 module(s)" in str(report)
-    model(_x(2, 3))
+    model(_x(2, 3).requires_grad_()).sum().backward()
     assert calls == [model[1]], "the hook moved to the fused module"
+    assert len(grads) == 1 and grads[0].shape == (2, 3), "so did the full backward hook"
     handle.remove()
     model(_x(2, 3))
     assert len(calls) == 1, "the original handle still removes it"
