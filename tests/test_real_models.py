@@ -57,13 +57,19 @@ def _bert(attn: str) -> torch.nn.Module:
     return transformers.BertForSequenceClassification._from_config(config, attn_implementation=attn)
 
 
+def _generator(step: int) -> torch.Generator:
+    # On the suite's device (a CPU generator cannot fill CUDA tensors), seeded per step so
+    # that the torch run and the patched run see the same batches.
+    return torch.Generator(torch.get_default_device()).manual_seed(step)
+
+
 def _language_batch(step: int) -> dict:
-    ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(step))
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=_generator(step))
     return {"input_ids": ids, "labels": ids}
 
 
 def _classification_batch(step: int) -> dict:
-    generator = torch.Generator().manual_seed(step)
+    generator = _generator(step)
     return {
         "input_ids": torch.randint(0, VOCAB, (BATCH, SEQ), generator=generator),
         "labels": torch.randint(0, 3, (BATCH,), generator=generator),
@@ -199,7 +205,7 @@ def _cnn_loss(model, batch):
 
 
 def _cnn_batch(step: int):
-    generator = torch.Generator().manual_seed(step)
+    generator = _generator(step)
     return torch.randn(4, 1, 8, 8, generator=generator), torch.randint(0, 5, (4,), generator=generator)
 
 
@@ -221,7 +227,7 @@ def _mlp_loss(model, batch):
 
 
 def _mlp_batch(step: int):
-    generator = torch.Generator().manual_seed(step)
+    generator = _generator(step)
     return torch.randn(8, 6, generator=generator), torch.randn(8, 3, generator=generator)
 
 
