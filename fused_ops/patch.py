@@ -803,8 +803,10 @@ def patch(
 
     Returns:
         A :class:`Patch`: use it as a context manager, or call ``undo()``. Patching again
-        with the same options inside a patch changes nothing; a nested patch with other
-        options decides the calls inside it (its exclusions hold there).
+        with the same options inside a patch changes nothing (the inner handle relies on
+        the outer one, and its ``undo()`` does nothing); a nested patch with other options
+        decides the calls made inside it (its exclusions hold there), while modules that
+        an enclosing patch swapped stay swapped until that patch ends.
 
     Example:
         >>> with fused_ops.patch(model, exclude=["softmax"]):
