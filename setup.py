@@ -24,7 +24,7 @@ setup(
         "numpy",  # Triton's interpreter needs it
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "scikit-learn", "tqdm"],
+        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "scikit-learn", "tqdm", "transformers"],
         "bench": ["pytest-benchmark", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["fused-ops = fused_ops.cli:main"]},

@@ -14,6 +14,7 @@ from . import nn, optim
 from .activations import gelu, relu, sigmoid, silu, tanh
 from .cross_entropy import cross_entropy
 from .mse import mse_loss
+from .patch import patch
 from .softmax import log_softmax, softmax
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "mse_loss",
     "nn",
     "optim",
+    "patch",
     "relu",
     "sigmoid",
     "silu",
