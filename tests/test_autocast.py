@@ -173,9 +173,9 @@ def test_cpu_policy_table_is_torchs(device):
         "softmax": functools.partial(torch.softmax, dim=-1),
         "log_softmax": functools.partial(torch.log_softmax, dim=-1),
         "mse_loss": lambda x: F.mse_loss(x, x),
-        "cross_entropy": lambda x: F.cross_entropy(x, torch.tensor([0, 1])),
+        "cross_entropy": lambda x: F.cross_entropy(x, torch.tensor([0, 1], device="cpu")),  # host: CPU policy
     }
-    x = torch.randn(2, 3, dtype=torch.bfloat16, device="cpu")
+    x = torch.randn(2, 3, dtype=torch.bfloat16, device="cpu")  # host: torch's CPU autocast policy, read off torch
     for op, torch_op in torch_ops.items():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             runs_in_fp32 = torch_op(x).dtype == torch.float32
