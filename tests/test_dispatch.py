@@ -12,9 +12,11 @@ from fused_ops import _dispatch
 from fused_ops._dispatch import Backend, choose_backend, reference_backend
 
 
-def test_cpu_tensors_use_the_interpreter_under_test():
-    assert os.environ["TRITON_INTERPRET"] == "1"
-    assert choose_backend("sigmoid", torch.ones(1)) is Backend.INTERPRETER
+def test_the_suite_device_runs_the_kernels(device):
+    # CPU: the interpreter (TRITON_INTERPRET=1 set by conftest); a GPU: compiled Triton.
+    expected = Backend.INTERPRETER if device.type == "cpu" else Backend.TRITON
+    assert (os.environ.get("TRITON_INTERPRET") == "1") == (device.type == "cpu")
+    assert choose_backend("sigmoid", torch.ones(1)) is expected
 
 
 def test_reference_backend_runs_no_kernel(kernel_launches):

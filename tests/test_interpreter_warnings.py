@@ -19,6 +19,9 @@ from helpers import assert_close
 import fused_ops
 from fused_ops import _dispatch
 
+# These are the interpreter's own warnings; on a GPU machine these run in a CPU subprocess.
+pytestmark = pytest.mark.interpreter_only
+
 INF = float("inf")
 NAN = float("nan")
 

@@ -5,7 +5,11 @@ child process without TRITON_INTERPRET. One test checks every property of that s
 compilation, so no scheduling of tests across workers compiles the kernels twice.
 """
 
+import pytest
 import static_report
+
+# Launches are recorded under the interpreter in this process; on a GPU machine these run in a CPU subprocess.
+pytestmark = pytest.mark.interpreter_only
 
 
 def test_global_accesses_are_counted_by_width():

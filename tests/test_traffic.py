@@ -26,6 +26,9 @@ import fused_ops
 import fused_ops.optim
 from fused_ops.profiling import KernelTrace, TorchTrace, minimum_bytes, tensor_bytes
 
+# Bytes are counted by instrumenting Triton's interpreter; on a GPU machine these run in a CPU subprocess.
+pytestmark = pytest.mark.interpreter_only
+
 DOCS_TABLE = Path(__file__).parent.parent / "docs" / "traffic.md"
 # Several blocks of every kernel: 4 rows of 2048 (8 elementwise blocks of 1024, 4 softmax
 # rows, 4 cross-entropy rows of 2048 classes).
