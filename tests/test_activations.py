@@ -176,7 +176,7 @@ def test_does_not_modify_its_input(name):
 def test_module_matches_torch(fused_module, torch_module, kernel, kernel_launches):
     x = torch.randn(8, 16)
     assert_close(fused_module(x.clone()), torch_module(x.clone()))
-    assert repr(fused_module) == repr(torch_module)
+    assert repr(fused_module) == f"fused_ops.{torch_module!r}"  # print(model) shows what is fused
     assert kernel_launches.launch_count(kernel) == 1
 
 
@@ -599,7 +599,7 @@ def test_gelu_bad_approximate_raises_torchs_error(approximate, error):
 def test_gelu_silu_modules_match_torch(fused_module, torch_module, kernel, kernel_launches):
     x = torch.randn(8, 16)
     assert_close(fused_module(x.clone()), torch_module(x.clone()))
-    assert repr(fused_module) == repr(torch_module)
+    assert repr(fused_module) == f"fused_ops.{torch_module!r}"  # print(model) shows what is fused
     assert isinstance(fused_module, type(torch_module))
     assert kernel_launches.launch_count(kernel) == 1
 
@@ -684,8 +684,10 @@ def test_gelu_silu_property_random_shapes_and_strides(name, shape, dtype, transp
         x = x[::step]
     before = x.clone()
     y, grad, grad_output = _run_forward_backward(fused_op, x)
-    _, grad_exact, _ = _run_forward_backward(torch_op, x.double(), grad_output.double())
-    assert_close(y, torch_op(x))
+    y_exact, grad_exact, _ = _run_forward_backward(torch_op, x.double(), grad_output.double())
+    # Against fp64, not torch in `dtype`: torch's vectorized CPU erf on large tensors is
+    # itself ~2e-3 off in the far negative tail (-6.5847e-05 vs exact -6.5971e-05 at x=-3.9).
+    assert_close(y, y_exact.to(dtype))
     assert_close(grad, grad_exact.to(dtype))
     assert torch.equal(x, before)
 
