@@ -13,12 +13,14 @@ __version__ = "0.1.0"
 from . import nn, optim
 from .activations import relu, sigmoid, tanh
 from .cross_entropy import cross_entropy
+from .linear_cross_entropy import linear_cross_entropy
 from .mse import mse_loss
 from .softmax import log_softmax, softmax
 
 __all__ = [
     "__version__",
     "cross_entropy",
+    "linear_cross_entropy",
     "log_softmax",
     "mse_loss",
     "nn",

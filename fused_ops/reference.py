@@ -282,3 +282,33 @@ def adam_step_ref(
         for target, value in updates:
             value = value.to(target.dtype)
             target.copy_(value if skip is None else torch.where(skip, target, value))
+
+
+def linear_cross_entropy_ref(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """``cross_entropy(linear(input, linear_weight, linear_bias), target)``, differentiable, eager.
+
+    Exactly torch's ``F.linear_cross_entropy`` without ``options`` (torch's checks and
+    errors included), with ``ignore_index`` already resolved (-100 for ``None``). It holds
+    the whole logits tensor: the oracle of the tests and the fallback where Triton cannot
+    run, and the path of probability targets and K-dimensional weights.
+    """
+    ignore = None if target.shape == (*input.shape[:-1], *linear_weight.shape[:-1]) else ignore_index
+    return torch.nn.functional.linear_cross_entropy(
+        input,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore,
+        label_smoothing=label_smoothing,
+    )

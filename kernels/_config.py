@@ -55,3 +55,25 @@ CROSS_ENTROPY_MAX_BLOCK_C = 4096
 CROSS_ENTROPY_MAX_BLOCK_I = 128
 CROSS_ENTROPY_NUM_WARPS = 8
 CROSS_ENTROPY_REDUCE_BLOCK_SIZE = 1024
+
+# Linear + cross-entropy (kernels/linear_cross_entropy.py): a logits tile is BLOCK_N rows x
+# BLOCK_V classes, accumulated by tl.dot over BLOCK_D input features, per dtype. 64 x 64
+# fp32 accumulators over 4 warps are 32 registers per thread, leaving room for the softmax
+# gradient tile of the backward beside them. BLOCK_D keeps one pipeline stage of operands
+# (64 + 64) x BLOCK_D small: 16 KB for 16-bit types at 64 and for fp32 at 32, so
+# LINEAR_CE_NUM_STAGES = 2 stays far below sm_80's 163 KB of shared memory. fp64 tiles are
+# halved (tensor-core fp64 runs at a fraction of the rate anyway; fp64 exists for gradcheck).
+LINEAR_CE_BLOCKS = {  # input dtype name -> (BLOCK_N, BLOCK_V, BLOCK_D)
+    "float16": (64, 64, 64),
+    "bfloat16": (64, 64, 64),
+    "float32": (64, 64, 32),
+    "float64": (32, 32, 16),
+}
+LINEAR_CE_NUM_WARPS = 4
+LINEAR_CE_NUM_STAGES = 2
+# The forward splits the classes so that (row blocks) x (splits) reaches this many
+# programs: 4 per SM of a 132-SM H100, so that 4096 rows (64 row blocks) still fill the
+# GPU. Each split writes 5 floats per row, merged by one finalize program that walks the
+# rows in LINEAR_CE_FINALIZE_BLOCK chunks (fixed order: a deterministic loss sum).
+LINEAR_CE_FORWARD_PROGRAMS = 528
+LINEAR_CE_FINALIZE_BLOCK = 1024
