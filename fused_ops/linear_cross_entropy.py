@@ -75,6 +75,11 @@ def _forward_op(
     lse = torch.empty(n_rows, dtype=acc, device=device)
     coef = torch.empty(n_rows, dtype=acc, device=device)
     total_weight = torch.empty((), dtype=acc, device=device)
+    args = (reduction, ignore_index, label_smoothing)
+    if not use_triton(_OP, input, linear_weight, linear_bias, target, weight):
+        in_bounds = (target == ignore_index) | ((target >= 0) & (target < linear_weight.shape[0]))
+        _assert_targets_in_bounds(in_bounds.all(), target, linear_weight.shape[0], ignore_index)
+        return reference.linear_cross_entropy_forward_ref(input, linear_weight, linear_bias, target, weight, *args)
     ok = torch.empty(1, dtype=torch.int8, device=device)
     kernels.linear_cross_entropy_forward(
         input,
@@ -87,9 +92,7 @@ def _forward_op(
         coef,
         total_weight,
         ok,
-        reduction,
-        ignore_index,
-        label_smoothing,
+        *args,
     )
     _assert_targets_in_bounds(ok, target, linear_weight.shape[0], ignore_index)
     return loss, lse, coef, total_weight
@@ -128,7 +131,27 @@ def _backward_op(
     grad_input = _empty_grad(input, needs_input)
     grad_weight = _empty_grad(linear_weight, needs_weight)
     grad_bias = _empty_grad(linear_bias, needs_bias and linear_bias is not None) if linear_bias is not None else None
-    if input.shape[0] == 0 or linear_weight.shape[0] == 0:
+    if not use_triton(_OP, grad_output, input, linear_weight, linear_bias, target, weight):
+        refs = reference.linear_cross_entropy_backward_ref(
+            grad_output,
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            lse,
+            coef,
+            total_weight,
+            reduction,
+            ignore_index,
+            label_smoothing,
+        )
+        for grad, ref, needed in zip(
+            (grad_input, grad_weight, grad_bias), refs, (needs_input, needs_weight, needs_bias), strict=False
+        ):
+            if needed and grad is not None:
+                grad.copy_(ref)
+    elif input.shape[0] == 0 or linear_weight.shape[0] == 0:
         # Nothing to add up: a zero gradient, as torch's matmul of an empty dim gives.
         for grad in (grad_input, grad_weight, grad_bias):
             if grad is not None:
@@ -377,10 +400,9 @@ def linear_cross_entropy(
     if prob_target and ignore_index is not None:
         raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
     ignore_index = -100 if ignore_index is None else ignore_index
-    if out_features or prob_target or not use_triton(_OP, input, linear_weight, linear_bias, target, weight):
-        if out_features or prob_target:
-            reason = "K-dimensional linear weights" if out_features else "probability targets"
-            _log_fallback_once(_OP, f"{reason} have no kernel")
+    if out_features or prob_target:
+        reason = "K-dimensional linear weights" if out_features else "probability targets"
+        _log_fallback_once(_OP, f"{reason} have no kernel")
         return reference.linear_cross_entropy_ref(
             input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing
         )
@@ -403,7 +425,8 @@ def linear_cross_entropy(
         weight,
         reduction_enum,
         ignore_index,
-        float(label_smoothing),
+        # torch smooths only for a positive value: a negative one means none.
+        max(float(label_smoothing), 0.0),
     )
     if input.dim() == 1 and reduction_enum == _NONE:
         loss = loss.reshape(())

@@ -52,6 +52,7 @@ from ._config import (
     LINEAR_CE_BLOCKS,
     LINEAR_CE_FINALIZE_BLOCK,
     LINEAR_CE_FORWARD_PROGRAMS,
+    LINEAR_CE_MIN_BLOCKS_PER_SPLIT,
     LINEAR_CE_NUM_STAGES,
     LINEAR_CE_NUM_WARPS,
 )
@@ -64,7 +65,11 @@ REDUCTION_MEAN = tl.constexpr(1)
 
 # Per-row partial statistics written by the forward, one plane each of (splits, N).
 N_STATS = 5
-STAT_MAX, STAT_SUM, STAT_TARGET, STAT_WDOT, STAT_WSUM = range(N_STATS)
+STAT_MAX = tl.constexpr(0)
+STAT_SUM = tl.constexpr(1)
+STAT_TARGET = tl.constexpr(2)
+STAT_WDOT = tl.constexpr(3)
+STAT_WSUM = tl.constexpr(4)
 
 # Under Triton's interpreter each call of a nested @triton.jit function costs milliseconds
 # (it re-patches triton.language), and these kernels run thousands of tiles, so the logits
@@ -162,7 +167,7 @@ def linear_cross_entropy_forward_kernel(
             # Re-reference the running sum to the new max, then add this tile; masked
             # lanes hold -inf logits and w = 0, so they are zeroed before the product.
             w_dot = w_dot + w_sum * (m_shift - m_shift_new)
-            w_dot += tl.sum(tl.where(mask, (logits - m_shift_new[:, None]) * w[None, :], 0), axis=1)
+            w_dot += tl.sum(tl.where(mask, logits - m_shift_new[:, None], 0) * w[None, :], axis=1)
             w_sum += tl.sum(w, axis=0)
         m = m_new
         m_shift = m_shift_new
@@ -577,14 +582,17 @@ def allow_tf32(dtype: torch.dtype) -> bool:
 def forward_splits(n_rows: int, n_classes: int, dtype: torch.dtype) -> tuple[int, int]:
     """(splits of the class dim, class blocks per split) for the forward's grid.
 
-    Enough splits to give LINEAR_CE_FORWARD_PROGRAMS programs in all, never more than
-    there are class blocks; a function of the shape only, so results are reproducible.
+    Enough splits to give LINEAR_CE_FORWARD_PROGRAMS programs in all, each walking at least
+    LINEAR_CE_MIN_BLOCKS_PER_SPLIT class blocks (so the partials, up to 5 floats per row
+    and split, stay under 0.5% of the logits they replace); a function of the shape only,
+    so results are reproducible.
     """
     block_n, block_v, _ = _blocks(dtype)
     v_blocks = max(triton.cdiv(n_classes, block_v), 1)
     n_blocks = max(triton.cdiv(n_rows, block_n), 1)
     wanted = max(1, triton.cdiv(LINEAR_CE_FORWARD_PROGRAMS, n_blocks))
-    per_split = triton.cdiv(v_blocks, min(wanted, v_blocks))
+    most = max(1, v_blocks // LINEAR_CE_MIN_BLOCKS_PER_SPLIT)
+    per_split = triton.cdiv(v_blocks, min(wanted, most))
     return triton.cdiv(v_blocks, per_split), per_split
 
 
@@ -614,7 +622,8 @@ def linear_cross_entropy_forward(
     block_n, block_v, block_d = _blocks(x.dtype)
     n_splits, per_split = forward_splits(N, V, x.dtype)
     smoothing = label_smoothing > 0
-    part = torch.empty((N_STATS, n_splits, N), dtype=lse.dtype, device=x.device)
+    # Without smoothing only the first 3 statistics exist: no memory for the other planes.
+    part = torch.empty((N_STATS if smoothing else 3, n_splits, N), dtype=lse.dtype, device=x.device)
     if N > 0:
         linear_cross_entropy_forward_kernel[(triton.cdiv(N, block_n), n_splits)](
             x,
