@@ -229,6 +229,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         if not (needs_input or needs_weight or needs_bias):
             return (None,) * 8
+        if torch.is_grad_enabled():
+            # create_graph=True: a gradient that can be differentiated again. The kernels'
+            # gradient would be a constant to autograd, so the eager reference (which holds
+            # the logits) builds this rare graph instead, and double backward is exact.
+            return _differentiable_backward(ctx, grad_output, input, linear_weight, linear_bias, target, weight)
         grad_input, grad_weight, grad_bias = torch.ops.fused_ops.linear_cross_entropy_backward(
             grad_output,
             input,
@@ -256,6 +261,25 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _differentiable_backward(ctx, grad_output, input, linear_weight, linear_bias, target, weight):
+    """The gradients as a differentiable function of the saved inputs (eager reference)."""
+    needed = ctx.needs_input_grad[:3]
+    leaves = [t for t, need in zip((input, linear_weight, linear_bias), needed, strict=True) if need]
+    with torch.enable_grad():
+        loss = reference.linear_cross_entropy_ref(
+            input,
+            linear_weight,
+            target,
+            linear_bias,
+            weight,
+            ("none", "mean", "sum")[ctx.reduction],
+            ctx.ignore_index,
+            ctx.label_smoothing,
+        )
+        grads = iter(torch.autograd.grad(loss, leaves, grad_output, create_graph=True))
+    return (*(next(grads) if need else None for need in needed), None, None, None, None, None)
 
 
 def _check_linear(input, linear_weight, linear_bias) -> tuple[int, tuple[int, ...]]:

@@ -760,3 +760,29 @@ def linear_cross_entropy_backward(
             GRAD_B=grad_b is not None,
             **common,
         )
+
+
+def modeled_traffic(n_rows: int, in_features: int, n_classes: int, dtype: torch.dtype) -> dict[str, int]:
+    """Bytes each kernel loads + stores for one forward + backward (both gradients, mean, no bias).
+
+    Every tile reloads its input rows and weight rows (``BLOCK_N x D`` and ``BLOCK_V x D``),
+    and the backward's owners read and write their fp32 partial sums once per step, so:
+    forward ``x * v_blocks + W * n_blocks``; grad_input ``x * v_blocks + 2 W * n_blocks`` plus
+    the accumulator; grad_weight ``2 x * v_blocks + W * n_blocks`` plus the accumulator (per-row
+    scalars omitted). This counts every load as :class:`fused_ops.profiling.KernelTrace` does,
+    with no cache; on a GPU, L2 serves much of the reloads. The minimum reads ``x`` and ``W``
+    once each way and writes their gradients once.
+    """
+    block_n, block_v, _ = _blocks(dtype)
+    n_b, v_b = triton.cdiv(n_rows, block_n), triton.cdiv(n_classes, block_v)
+    elt = torch.empty((), dtype=dtype).element_size()
+    acc = torch.empty((), dtype=compute_dtype(dtype)).element_size()
+    x = n_rows * in_features
+    w = n_classes * in_features
+    return {
+        "forward": elt * (x * v_b + w * n_b),
+        # Loads of x and W, the partial sums' load + store per step, the final store.
+        "grad_input": elt * (x * v_b + 2 * w * n_b) + 2 * acc * x * (v_b - 1) + elt * x,
+        "grad_weight": elt * (2 * x * v_b + w * n_b) + 2 * acc * w * (n_b - 1) + elt * w,
+        "minimum": elt * 3 * (x + w),
+    }

@@ -209,6 +209,18 @@ def test_gradcheck_fp64(kernel_launches):
     assert kernel_launches.kernel_names() == KERNELS
 
 
+def test_gradgradcheck_fp64(kernel_launches):
+    # create_graph=True takes the eager reference for the differentiable gradient.
+    x, w, b, target = _problem(n=4, d=3, v=6, dtype=torch.float64, ignore_every=3)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: fused_ops.linear_cross_entropy(x, w, target, linear_bias=b, label_smoothing=0.1),
+        leaves,
+        fast_mode=True,
+    )
+    assert kernel_launches.launch_count(FORWARD) > 0
+
+
 def test_matches_the_reference_backend():
     x, w, b, target = _problem(ignore_every=3)
     kwargs = {"linear_bias": b, "label_smoothing": 0.1}
@@ -379,6 +391,23 @@ def test_extra_memory_is_below_1_percent_of_the_logits(kernel_launches):
         loss = F.linear_cross_entropy(leaves[0], leaves[1], target, **kwargs)
         grads = torch.autograd.grad(loss, leaves)
     assert eager.peak_excluding(grads) >= 2 * logits_bytes
+
+
+def test_traffic_matches_the_tile_model():
+    # The bytes KernelTrace counts (every load, no cache) are what modeled_traffic() says,
+    # within the per-row scalars it omits, so the model can state the traffic of shapes
+    # too large for the interpreter (the README's 4096 x 256 x 32000 figures).
+    n, d, v = 100, 48, 300
+    x, w, _, target = _problem(n=n, d=d, v=v)
+    leaves = [t.requires_grad_() for t in (x, w)]
+    with KernelTrace() as trace:
+        loss = fused_ops.linear_cross_entropy(*leaves, target)
+        loss.backward()
+    model = lce_kernels.modeled_traffic(n, d, v, torch.float32)
+    for kernel, key in ((FORWARD, "forward"), (GRAD_INPUT, "grad_input"), (GRAD_WEIGHT, "grad_weight")):
+        (launch,) = [launch for launch in trace.launches if launch.kernel == kernel]
+        assert model[key] <= launch.bytes_moved <= model[key] + 64 * n * (v // 64 + 1), kernel
+    assert model["minimum"] == 4 * 3 * (n * d + v * d)
 
 
 def aot_workload():
