@@ -57,20 +57,23 @@ CROSS_ENTROPY_NUM_WARPS = 8
 CROSS_ENTROPY_REDUCE_BLOCK_SIZE = 1024
 
 # Linear + cross-entropy (kernels/linear_cross_entropy.py): a logits tile is BLOCK_N rows x
-# BLOCK_V classes, accumulated by tl.dot over BLOCK_D input features, per dtype. 64 x 64
-# fp32 accumulators over 4 warps are 32 registers per thread, leaving room for the softmax
-# gradient tile of the backward beside them. BLOCK_D keeps one pipeline stage of operands
-# (64 + 64) x BLOCK_D small: 16 KB for 16-bit types at 64 and for fp32 at 32, so
-# LINEAR_CE_NUM_STAGES = 2 stays far below sm_80's 163 KB of shared memory. fp64 tiles are
-# halved (tensor-core fp64 runs at a fraction of the rate anyway; fp64 exists for gradcheck).
+# BLOCK_V classes, accumulated by tl.dot over BLOCK_D input features, per dtype. Chosen by
+# compiling every launch of the tests for sm_90 and sm_80 and reading ptxas' register and
+# spill counts (no GPU to time on): with 64 x 64 tiles, 8 warps (16 fp32 accumulators per
+# thread) and BLOCK_D = 32, no kernel spills; 4 warps, or BLOCK_D = 64 for 16-bit types,
+# spilled up to 10 KB in the backward kernels, whose logits, gradient tile, int64 pointer
+# tiles and partial-sum tile are live together. The backward kernels also spilled with the
+# loop software-pipelined (2 stages), so only the forward pipelines its loads. fp64 tiles
+# are 32 x 32 x 16 (fp64 exists for gradcheck).
 LINEAR_CE_BLOCKS = {  # input dtype name -> (BLOCK_N, BLOCK_V, BLOCK_D)
-    "float16": (64, 64, 64),
-    "bfloat16": (64, 64, 64),
+    "float16": (64, 64, 32),
+    "bfloat16": (64, 64, 32),
     "float32": (64, 64, 32),
     "float64": (32, 32, 16),
 }
-LINEAR_CE_NUM_WARPS = 4
-LINEAR_CE_NUM_STAGES = 2
+LINEAR_CE_NUM_WARPS = 8
+LINEAR_CE_FORWARD_NUM_STAGES = 2
+LINEAR_CE_BACKWARD_NUM_STAGES = 1
 # The forward splits the classes so that (row blocks) x (splits) reaches this many
 # programs: 4 per SM of a 132-SM H100, so that 4096 rows (64 row blocks) still fill the
 # GPU. Each split writes 5 floats per row, merged by one finalize program that walks the

@@ -49,11 +49,12 @@ import triton
 import triton.language as tl
 
 from ._config import (
+    LINEAR_CE_BACKWARD_NUM_STAGES,
     LINEAR_CE_BLOCKS,
     LINEAR_CE_FINALIZE_BLOCK,
+    LINEAR_CE_FORWARD_NUM_STAGES,
     LINEAR_CE_FORWARD_PROGRAMS,
     LINEAR_CE_MIN_BLOCKS_PER_SPLIT,
-    LINEAR_CE_NUM_STAGES,
     LINEAR_CE_NUM_WARPS,
 )
 
@@ -648,7 +649,7 @@ def linear_cross_entropy_forward(
             BLOCK_V=block_v,
             BLOCK_D=block_d,
             num_warps=LINEAR_CE_NUM_WARPS,
-            num_stages=LINEAR_CE_NUM_STAGES,
+            num_stages=LINEAR_CE_FORWARD_NUM_STAGES,
         )
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     linear_cross_entropy_finalize_kernel[(1,)](
@@ -712,7 +713,7 @@ def linear_cross_entropy_backward(
         BLOCK_V=block_v,
         BLOCK_D=block_d,
         num_warps=LINEAR_CE_NUM_WARPS,
-        num_stages=LINEAR_CE_NUM_STAGES,
+        num_stages=LINEAR_CE_BACKWARD_NUM_STAGES,
     )
     inputs = (
         x,
