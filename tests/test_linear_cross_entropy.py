@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from fused_ops.kernels import linear_cross_entropy as lce_kernels
 from helpers import DTYPES, LiveBytes, assert_close, assert_compiled_matches_eager, no_host_sync, tolerance
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fused_ops
 from fused_ops._dispatch import reference_backend
@@ -194,6 +196,28 @@ def test_only_the_requested_gradients_are_computed(kernel_launches):
     out = fused_ops.linear_cross_entropy(x.detach(), w, target, linear_bias=b)
     (_grad_w,) = torch.autograd.grad(out, w)
     assert kernel_launches.launch_count(GRAD_INPUT) == 0 and kernel_launches.launch_count(GRAD_WEIGHT) == 1
+
+
+@NAN_BY_DESIGN  # n = 0, or every target ignored: a mean over nothing is nan
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(0, 70),
+    d=st.integers(1, 40),
+    v=st.integers(1, 150),
+    bias=st.booleans(),
+    with_weight=st.booleans(),
+    label_smoothing=st.sampled_from([0.0, 0.2, 1.0]),
+    reduction=st.sampled_from(REDUCTIONS),
+    transposed=st.booleans(),
+)
+def test_property_random_shapes_and_options(n, d, v, bias, with_weight, label_smoothing, reduction, transposed):
+    x, w, b, target = _problem(n=n, d=d, v=v, bias=bias, ignore_every=3)
+    if transposed:  # column-major input and linear weight: strides (1, N) and (1, V)
+        x, w = x.t().contiguous().t(), w.t().contiguous().t()
+    weight = torch.rand(v) + 0.1 if with_weight else None
+    with KernelTrace() as trace:
+        _check_against_torch(x, w, b, target, weight, reduction=reduction, label_smoothing=label_smoothing)
+    assert trace.launch_count(FORWARD) == (1 if n else 0)
 
 
 def test_gradcheck_fp64(kernel_launches):
