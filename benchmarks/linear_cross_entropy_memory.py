@@ -71,13 +71,15 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shape", nargs="*", type=int, default=[4096, 256, 32000])
     parser.add_argument("--real", action="store_true", help="run fused_ops' real kernels (hours in the interpreter)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
     n, d, v = args.shape
     torch.manual_seed(0)
-    x = torch.randn(n, d, requires_grad=True)
-    w = (torch.randn(v, d) / d**0.5).requires_grad_()
+    dtype = getattr(torch, args.dtype)
+    x = torch.randn(n, d, dtype=dtype, requires_grad=True)
+    w = (torch.randn(v, d) / d**0.5).to(dtype).requires_grad_()
     target = torch.randint(0, v, (n,))
-    logits = n * v * 4
+    logits = n * v * x.element_size()
     rows = []
 
     def add(name, fn, kernels_note=""):
@@ -102,9 +104,10 @@ def main(argv: list[str]) -> None:
         lce.linear_cross_entropy_grad_weight_kernel = _NoLaunch()
     add("fused_ops", lambda: fused_ops.linear_cross_entropy(x, w, target))
 
-    model = lce.modeled_traffic(n, d, v, torch.float32)
+    model = lce.modeled_traffic(n, d, v, dtype)
     fused_bytes = model["forward"] + model["grad_input"] + model["grad_weight"]
-    print(f"\nN = {n}, D = {d}, V = {v}, fp32; logits {logits / 1e6:.1f} MB; 1% of them {logits / 1e8:.2f} MB\n")
+    print(f"\nN = {n}, D = {d}, V = {v}, {args.dtype}; logits {logits / 1e6:.1f} MB", end="")
+    print(f"; 1% of them {logits / 1e8:.2f} MB\n")
     print("| path | extra memory | % of logits | launches / aten kernels | bytes moved | matmul FLOPs |")
     print("|---|--:|--:|--:|--:|--:|")
     for name, extra, launches, moved, _, _ in rows:
