@@ -68,6 +68,12 @@ def _forward_op(
     ignore_index: int,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (reduction, ignore_index, label_smoothing)
+    n_classes = linear_weight.shape[0]
+    if not use_triton(_OP, input, linear_weight, linear_bias, target, weight):
+        in_bounds = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        _assert_targets_in_bounds(in_bounds.all(), target, n_classes, ignore_index)
+        return reference.linear_cross_entropy_forward_ref(input, linear_weight, linear_bias, target, weight, *args)
     n_rows = input.shape[0]
     acc = _acc_dtype(input.dtype)
     device = input.device
@@ -75,26 +81,12 @@ def _forward_op(
     lse = torch.empty(n_rows, dtype=acc, device=device)
     coef = torch.empty(n_rows, dtype=acc, device=device)
     total_weight = torch.empty((), dtype=acc, device=device)
-    args = (reduction, ignore_index, label_smoothing)
-    if not use_triton(_OP, input, linear_weight, linear_bias, target, weight):
-        in_bounds = (target == ignore_index) | ((target >= 0) & (target < linear_weight.shape[0]))
-        _assert_targets_in_bounds(in_bounds.all(), target, linear_weight.shape[0], ignore_index)
-        return reference.linear_cross_entropy_forward_ref(input, linear_weight, linear_bias, target, weight, *args)
     ok = torch.empty(1, dtype=torch.int8, device=device)
+    weight = None if weight is None else weight.contiguous()
     kernels.linear_cross_entropy_forward(
-        input,
-        linear_weight,
-        linear_bias,
-        target,
-        None if weight is None else weight.contiguous(),
-        loss,
-        lse,
-        coef,
-        total_weight,
-        ok,
-        *args,
+        input, linear_weight, linear_bias, target, weight, loss, lse, coef, total_weight, ok, *args
     )
-    _assert_targets_in_bounds(ok, target, linear_weight.shape[0], ignore_index)
+    _assert_targets_in_bounds(ok, target, n_classes, ignore_index)
     return loss, lse, coef, total_weight
 
 
@@ -128,55 +120,37 @@ def _backward_op(
     needs_weight: bool,
     needs_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    needs_bias = needs_bias and linear_bias is not None
     grad_input = _empty_grad(input, needs_input)
     grad_weight = _empty_grad(linear_weight, needs_weight)
-    grad_bias = _empty_grad(linear_bias, needs_bias and linear_bias is not None) if linear_bias is not None else None
+    grad_bias = _empty_grad(linear_bias, True) if needs_bias else input.new_empty((0,))
+    grads = (grad_input, grad_weight, grad_bias)
+    needed = (needs_input, needs_weight, needs_bias)
+    args = (lse, coef, total_weight, reduction, ignore_index, label_smoothing)
     if not use_triton(_OP, grad_output, input, linear_weight, linear_bias, target, weight):
         refs = reference.linear_cross_entropy_backward_ref(
-            grad_output,
-            input,
-            linear_weight,
-            linear_bias,
-            target,
-            weight,
-            lse,
-            coef,
-            total_weight,
-            reduction,
-            ignore_index,
-            label_smoothing,
+            grad_output, input, linear_weight, linear_bias, target, weight, *args
         )
-        for grad, ref, needed in zip(
-            (grad_input, grad_weight, grad_bias), refs, (needs_input, needs_weight, needs_bias), strict=False
-        ):
-            if needed and grad is not None:
+        for grad, ref, need in zip(grads, refs, needed, strict=True):
+            if need:
                 grad.copy_(ref)
-    elif input.shape[0] == 0 or linear_weight.shape[0] == 0:
-        # Nothing to add up: a zero gradient, as torch's matmul of an empty dim gives.
-        for grad in (grad_input, grad_weight, grad_bias):
-            if grad is not None:
-                grad.zero_()
+    elif input.shape[0] == 0:
+        # No rows to add up: a zero gradient, as torch's matmul over an empty dim gives.
+        for grad in grads:
+            grad.zero_()
     else:
+        weight = None if weight is None else weight.contiguous()
         kernels.linear_cross_entropy_backward(
             grad_output,
             input,
             linear_weight,
             linear_bias,
             target,
-            None if weight is None else weight.contiguous(),
-            lse,
-            coef,
-            total_weight,
-            reduction,
-            ignore_index,
-            label_smoothing,
-            grad_input if needs_input else None,
-            grad_weight if needs_weight else None,
-            grad_bias if (needs_bias and linear_bias is not None) else None,
+            weight,
+            *args,
+            *(grad if need else None for grad, need in zip(grads, needed, strict=True)),
         )
-    if grad_bias is None:
-        grad_bias = input.new_empty((0,))
-    return grad_input, grad_weight, grad_bias
+    return grads
 
 
 @_backward_op.register_fake
