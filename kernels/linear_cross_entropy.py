@@ -35,7 +35,10 @@ instead lets every (row block, class block) program add into dX and dW with floa
 which is faster on a GPU but not reproducible; Liger-Kernel
 (src/liger_kernel/ops/fused_linear_cross_entropy.py) materializes logits chunk by chunk.
 The price here is a second recompute of the logits: 10 N V D flops in total against 8 for
-CCE and 6 for eager torch (which keeps the logits).
+CCE and 6 for eager torch (which keeps the logits), and a read-modify-write of each
+owner's fp32 partial sums per step (64 KB per program at D = 256, which L2 holds; at
+D = 4096 the 1 MB per program would spill to DRAM, a case to tune on a GPU). For 16-bit
+inputs the fp32 partial sums need a scratch of (N + V) x D x 4 bytes.
 
 Maths per row with logits ``x``, ``lse``, smoothing ``eps``, ``C = V`` classes:
 ``loss = (1 - eps) w_y (lse - x_y) + eps / C * (lse * sum_c w_c - sum_c w_c x_c)``,
