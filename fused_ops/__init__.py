@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from . import nn, optim
 from .activations import gelu, relu, sigmoid, silu, tanh
 from .cross_entropy import cross_entropy
+from .linear_cross_entropy import linear_cross_entropy
 from .mse import mse_loss
 from .patch import patch
 from .softmax import log_softmax, softmax
@@ -21,6 +22,7 @@ __all__ = [
     "__version__",
     "cross_entropy",
     "gelu",
+    "linear_cross_entropy",
     "log_softmax",
     "mse_loss",
     "nn",

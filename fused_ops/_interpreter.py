@@ -33,8 +33,16 @@ def _fp32_to_bf16_bits(data: np.ndarray) -> np.ndarray:
     return as_bf16.view(torch.int16).numpy().view(np.uint16).reshape(np.shape(data))
 
 
+def _bf16_as_fp32(handle):
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    bits = np.asarray(handle.data).astype(np.uint32) << np.uint32(16)
+    return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+
+
 def round_bf16_like_the_gpu() -> None:
-    """Patch the interpreter's fp32 -> bf16 conversions to round to nearest even (idempotent)."""
+    """Patch the interpreter's fp32 -> bf16 conversions to round to nearest even, and its bf16 dot (idempotent)."""
     global _patched
     if _patched:
         return
@@ -59,8 +67,19 @@ def round_bf16_like_the_gpu() -> None:
             return interpreter.TensorHandle(_fp32_to_bf16_bits(src.data), dst_type.scalar)
         return original_fp_to_fp(self, src, dst_type, rounding_mode)
 
+    original_dot = builder_cls.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        # The interpreter keeps bf16 as raw uint16 bits and would np.matmul the integers.
+        # Widen bf16 operands to fp32 exactly (bits << 16): a GPU's bf16 MMA also forms
+        # exact products and accumulates them in fp32.
+        if tl.bfloat16 in (a.dtype.scalar, b.dtype.scalar):
+            a, b = (_bf16_as_fp32(t) if t.dtype.scalar == tl.bfloat16 else t for t in (a, b))
+        return original_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
     builder_cls.cast_impl = cast_impl
     builder_cls.create_fp_to_fp = create_fp_to_fp
+    builder_cls.create_dot = create_dot
     # Casts inside the builder's own lambdas (create_fp_trunc, ...) look cast_impl up on
     # the instance at call time, so patching the class covers them too.
     _patched = True

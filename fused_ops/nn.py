@@ -13,6 +13,7 @@ import torch
 from . import activations, mse
 from . import softmax as _softmax
 from .cross_entropy import cross_entropy as _cross_entropy_fn
+from .linear_cross_entropy import linear_cross_entropy as _linear_cross_entropy_fn
 
 logger = logging.getLogger("fused_ops")
 
@@ -411,3 +412,28 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
         <class 'fused_ops.nn.ReLU'>
     """
     return convert_with_report(model).model
+
+
+class LinearCrossEntropyLoss(_Fused, torch.nn.LinearCrossEntropyLoss):
+    """Drop-in for :class:`torch.nn.LinearCrossEntropyLoss` (same constructor), computed by
+    :func:`fused_ops.linear_cross_entropy`: the logits of ``self.linear`` are never stored.
+
+    A subclass, so ``isinstance`` checks and ``state_dict`` keys (``linear.weight``,
+    ``linear.bias``, ``weight``) are torch's.
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features, self.linear.in_features))
+        bias = self.linear.bias
+        linear_bias = bias.reshape((self.num_classes, *self.out_features)) if bias is not None else None
+        return _linear_cross_entropy_fn(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            weight=self.weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            options=self.options,
+        )

@@ -423,3 +423,122 @@ def silu_derivatives(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     s = torch.sigmoid(x)
     # silu' = s (1 + x (1 - s)); silu'' = s (1 - s) (2 + x (1 - 2 s)).
     return s * (1 + x * (1 - s)), s * (1 - s) * (2 + x * (1 - 2 * s))
+
+
+def linear_cross_entropy_ref(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """``cross_entropy(linear(input, linear_weight, linear_bias), target)``, differentiable, eager.
+
+    Exactly torch's ``F.linear_cross_entropy`` without ``options`` (torch's checks and
+    errors included), with ``ignore_index`` already resolved (-100 for ``None``). It holds
+    the whole logits tensor: the oracle of the tests and the fallback where Triton cannot
+    run, and the path of probability targets and K-dimensional weights.
+    """
+    ignore = None if target.shape == (*input.shape[:-1], *linear_weight.shape[:-1]) else ignore_index
+    return torch.nn.functional.linear_cross_entropy(
+        input,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore,
+        label_smoothing=label_smoothing,
+    )
+
+
+def _linear_logits(input, linear_weight, linear_bias) -> torch.Tensor:
+    acc = compute_dtype(input.dtype)
+    bias = None if linear_bias is None else linear_bias.to(acc)
+    return torch.nn.functional.linear(input.to(acc), linear_weight.to(acc), bias)
+
+
+def _linear_ce_rows(target, weight, n_classes, ignore_index, label_smoothing, acc):
+    """Per row: (valid, w_y, coef) and the class weights ``w`` of the linear cross-entropy kernels."""
+    eps = max(label_smoothing, 0.0)
+    w = torch.ones(n_classes, dtype=acc, device=target.device) if weight is None else weight.to(acc)
+    valid = (target != ignore_index) & (target >= 0) & (target < n_classes)
+    y = torch.where(valid, target, 0).long()
+    w_y = torch.where(valid, w[y], 0)
+    coef = torch.where(valid, (1 - eps) * w_y + eps / n_classes * w.sum(), 0)
+    return valid, y, w_y, coef, w, eps
+
+
+def linear_cross_entropy_forward_ref(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, lse, coef, total_weight) of the linear cross-entropy kernels, with eager ops.
+
+    ``input`` ``(N, D)``, ``linear_weight`` ``(V, D)``, ``target`` ``(N,)`` class indices
+    (out-of-bounds ones count as ignored; the caller raises for them). Holds the logits in
+    the compute dtype: the fallback where Triton cannot run.
+    """
+    acc = compute_dtype(input.dtype)
+    logits = _linear_logits(input, linear_weight, linear_bias)
+    n_classes = linear_weight.shape[0]
+    valid, y, w_y, coef, w, eps = _linear_ce_rows(target, weight, n_classes, ignore_index, label_smoothing, acc)
+    lse = torch.logsumexp(logits, dim=-1)
+    nll = lse - logits.gather(1, y[:, None])[:, 0]
+    loss = (1 - eps) * w_y * nll
+    if eps > 0:
+        loss = loss + eps / n_classes * (lse * w.sum() - logits @ w)
+    loss = torch.where(valid, loss, 0)
+    if reduction == 0:
+        return loss.to(input.dtype), lse, coef, torch.ones((), dtype=acc, device=input.device)
+    total_weight = w_y.sum() if reduction == 1 else torch.ones((), dtype=acc, device=input.device)
+    return (loss.sum() / total_weight).to(input.dtype), lse, coef, total_weight
+
+
+def linear_cross_entropy_backward_ref(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    total_weight: torch.Tensor,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_input, grad_linear_weight, grad_linear_bias) from the logits' gradient ``G``.
+
+    ``G = s * (coef * softmax - (1 - eps) w_y onehot(y) - eps / V * w)`` per valid row, 0
+    for ignored rows; ``s`` is the row's grad_output, or ``g / total_weight`` for a mean.
+    """
+    acc = compute_dtype(input.dtype)
+    logits = _linear_logits(input, linear_weight, linear_bias)
+    n_classes = linear_weight.shape[0]
+    valid, y, w_y, _, w, eps = _linear_ce_rows(target, weight, n_classes, ignore_index, label_smoothing, acc)
+    if reduction == 0:
+        scale = grad_output.to(acc).reshape(-1)
+    else:
+        scale = grad_output.to(acc) / total_weight.to(acc) if reduction == 1 else grad_output.to(acc)
+        scale = scale.expand(input.shape[0])
+    onehot = torch.nn.functional.one_hot(y, n_classes).to(acc)
+    grad = coef.to(acc)[:, None] * torch.exp(logits - lse.to(acc)[:, None]) - (1 - eps) * w_y[:, None] * onehot
+    if eps > 0:
+        grad = grad - eps / n_classes * w
+    grad = torch.where(valid[:, None], grad * scale[:, None], 0)
+    return (
+        (grad @ linear_weight.to(acc)).to(input.dtype),
+        (grad.t() @ input.to(acc)).to(linear_weight.dtype),
+        grad.sum(0).to(input.dtype),
+    )

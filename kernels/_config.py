@@ -71,3 +71,31 @@ CLIP_BLOCK_SIZE = 1024
 CLIP_CHUNK_SIZE = 64 * CLIP_BLOCK_SIZE
 CLIP_NUM_WARPS = 4
 CLIP_REDUCE_BLOCK_SIZE = 1024
+
+# Linear + cross-entropy (kernels/linear_cross_entropy.py): a logits tile is BLOCK_N rows x
+# BLOCK_V classes, accumulated by tl.dot over BLOCK_D input features, per dtype. Chosen by
+# compiling every launch of the tests for sm_90 and sm_80 and reading ptxas' register and
+# spill counts (no GPU to time on): with 64 x 64 tiles, 8 warps (16 fp32 accumulators per
+# thread) and BLOCK_D = 32, no kernel spills; 4 warps, or BLOCK_D = 64 for 16-bit types,
+# spilled up to 10 KB in the backward kernels, whose logits, gradient tile, int64 pointer
+# tiles and partial-sum tile are live together. The backward kernels also spilled with the
+# loop software-pipelined (2 stages), so only the forward pipelines its loads. fp64 tiles
+# are 32 x 32 x 16 (fp64 exists for gradcheck).
+LINEAR_CE_BLOCKS = {  # input dtype name -> (BLOCK_N, BLOCK_V, BLOCK_D)
+    "float16": (64, 64, 32),
+    "bfloat16": (64, 64, 32),
+    "float32": (64, 64, 32),
+    "float64": (32, 32, 16),
+}
+LINEAR_CE_NUM_WARPS = 8
+LINEAR_CE_FORWARD_NUM_STAGES = 2
+LINEAR_CE_BACKWARD_NUM_STAGES = 1
+# The forward splits the classes so that (row blocks) x (splits) reaches this many
+# programs: 4 per SM of a 132-SM H100, so that 4096 rows (64 row blocks) still fill the
+# GPU. Each split writes 5 floats per row, merged by one finalize program that walks the
+# rows in LINEAR_CE_FINALIZE_BLOCK chunks (fixed order: a deterministic loss sum).
+LINEAR_CE_FORWARD_PROGRAMS = 528
+# A split walks at least 16 class blocks (1024 classes): per row it writes at most 5 floats
+# for 1024 logits, so the partials are below 0.5% of the logits they stand for.
+LINEAR_CE_MIN_BLOCKS_PER_SPLIT = 16
+LINEAR_CE_FINALIZE_BLOCK = 1024

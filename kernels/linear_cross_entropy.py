@@ -1,0 +1,792 @@
+"""Linear + cross-entropy kernels: the ``(N, V)`` logits ``x @ W.T + b`` never exist in memory.
+
+Shapes: input ``x`` ``(N, D)``, linear weight ``W`` ``(V, D)``, bias ``b`` ``(V,)``, class-index
+targets ``y`` ``(N,)``, class weights ``w`` ``(V,)`` (all strided). A tile is ``BLOCK_N`` rows
+by ``BLOCK_V`` classes of logits, computed with ``tl.dot`` over ``D`` in ``BLOCK_D`` steps, used
+in registers, and dropped.
+
+Forward (two launches):
+
+1. ``linear_cross_entropy_forward_kernel``, grid ``(row blocks, V splits)``: each program
+   walks its split's class blocks with an online log-sum-exp and writes, per row, partial
+   statistics of its split: running max ``m``, ``sum exp(x - m)``, the target's logit
+   (0 unless the split holds it) and, with label smoothing, ``sum_c w_c (x_c - m)`` and
+   ``sum_c w_c``. Splitting V keeps the GPU busy when there are few row blocks (4096 rows
+   are 64 blocks, half an H100); the split count is a deterministic function of the shape.
+2. ``linear_cross_entropy_finalize_kernel``, one program: merges the splits of every row
+   in a fixed order, writes ``lse`` and ``coef`` per row (all the backward needs), the
+   per-row loss (``'none'``) or the reduced loss and the mean's denominator, and a flag
+   saying whether every target is in bounds (the host hands it to ``torch._assert_async``).
+
+Backward (two launches, each recomputing the logits tiles once):
+
+- ``linear_cross_entropy_grad_input_kernel``, one program per row block, walks every class
+  block: ``dX[rows] += G @ W[cols]``;
+- ``linear_cross_entropy_grad_weight_kernel``, one program per class block, walks every row
+  block: ``dW[cols] += G.T @ X[rows]`` and ``db[cols] += sum_rows G``;
+
+where ``G = s * (coef * softmax - a)`` is the logits' gradient (module doc of
+``kernels/cross_entropy.py`` for ``a`` and ``coef``; ``s`` is the row's grad_output, or
+``g / total_weight`` for a mean). Each output block has exactly one owner that adds its
+terms in a fixed order, accumulated in fp32 (fp64 for fp64) in the output itself when it
+is fp32/fp64, else in an fp32 scratch that the last step converts: deterministic with no
+atomics. Apple's Cut Cross-Entropy (github.com/apple/ml-cross-entropy, cce/cce_backward.py)
+instead lets every (row block, class block) program add into dX and dW with float atomics,
+which is faster on a GPU but not reproducible; Liger-Kernel
+(src/liger_kernel/ops/fused_linear_cross_entropy.py) materializes logits chunk by chunk.
+The price here is a second recompute of the logits: 10 N V D flops in total against 8 for
+CCE and 6 for eager torch (which keeps the logits), and a read-modify-write of each
+owner's fp32 partial sums per step (64 KB per program at D = 256, which L2 holds; at
+D = 4096 the 1 MB per program would spill to DRAM, a case to tune on a GPU). For 16-bit
+inputs the fp32 partial sums need a scratch of (N + V) x D x 4 bytes.
+
+Maths per row with logits ``x``, ``lse``, smoothing ``eps``, ``C = V`` classes:
+``loss = (1 - eps) w_y (lse - x_y) + eps / C * (lse * sum_c w_c - sum_c w_c x_c)``,
+``coef = (1 - eps) w_y + eps / C * sum_c w_c``, 0 for ignored rows.
+"""
+
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import (
+    LINEAR_CE_BACKWARD_NUM_STAGES,
+    LINEAR_CE_BLOCKS,
+    LINEAR_CE_FINALIZE_BLOCK,
+    LINEAR_CE_FORWARD_NUM_STAGES,
+    LINEAR_CE_FORWARD_PROGRAMS,
+    LINEAR_CE_MIN_BLOCKS_PER_SPLIT,
+    LINEAR_CE_NUM_WARPS,
+)
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+REDUCTION_NONE = tl.constexpr(0)
+REDUCTION_MEAN = tl.constexpr(1)
+
+# Per-row partial statistics written by the forward, one plane each of (splits, N).
+N_STATS = 5
+STAT_MAX = tl.constexpr(0)
+STAT_SUM = tl.constexpr(1)
+STAT_TARGET = tl.constexpr(2)
+STAT_WDOT = tl.constexpr(3)
+STAT_WSUM = tl.constexpr(4)
+
+# Under Triton's interpreter each call of a nested @triton.jit function costs milliseconds
+# (it re-patches triton.language), and these kernels run thousands of tiles, so the logits
+# tile and the dot products are written out in each kernel rather than factored into
+# helpers. On a GPU helpers would be inlined either way.
+
+
+@triton.jit
+def linear_cross_entropy_forward_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    target_ptr,
+    class_weight_ptr,
+    part_ptr,
+    N,
+    V,
+    D,
+    blocks_per_split,
+    stride_xn,
+    stride_xd,
+    stride_wv,
+    stride_wd,
+    stride_b,
+    stride_t,
+    HAS_BIAS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Partial log-sum-exp statistics of one row block over one split of the classes.
+
+    ``part`` is contiguous ``(N_STATS, splits, N)`` in the compute dtype.
+    """
+    # int64 before any stride multiply: N * D and V * D pass 2^31 for real vocabularies.
+    pid_n = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    n_splits = tl.num_programs(1).to(tl.int64)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    row_mask = rows < N
+    d_range = tl.arange(0, BLOCK_D).to(tl.int64)
+    y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
+    if x_ptr.dtype.element_ty == tl.float64:
+        zero = tl.zeros([BLOCK_N], tl.float64)
+    else:
+        zero = tl.zeros([BLOCK_N], tl.float32)
+    log2e = tl.full([], LOG2E, zero.dtype)
+
+    m = zero - float("inf")  # running max
+    m_shift = zero  # m, or 0 while m is -inf, so that -inf - -inf never makes a NaN
+    s = zero  # sum of exp(x - m_shift)
+    x_y = zero  # the target's logit, if this split holds it
+    w_dot = zero  # sum_c w_c (x_c - m_shift)
+    w_sum = zero  # sum_c w_c
+    v_start = split * blocks_per_split * BLOCK_V
+    v_end = tl.minimum(v_start + blocks_per_split * BLOCK_V, V)
+    for v0 in range(v_start, v_end, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        col_mask = cols < v_end
+        logits = tl.zeros([BLOCK_N, BLOCK_V], zero.dtype)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + d_range
+            d_mask = d < D
+            xt = tl.load(
+                x_ptr + rows[:, None] * stride_xn + d[None, :] * stride_xd,
+                mask=row_mask[:, None] & d_mask[None, :],
+                other=0,
+            )
+            wt = tl.load(
+                w_ptr + cols[:, None] * stride_wv + d[None, :] * stride_wd,
+                mask=col_mask[:, None] & d_mask[None, :],
+                other=0,
+            )
+            if ALLOW_TF32:
+                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="tf32")
+            else:
+                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="ieee")
+        if HAS_BIAS:
+            logits += tl.load(b_ptr + cols * stride_b, mask=col_mask, other=0).to(zero.dtype)[None, :]
+        mask = row_mask[:, None] & col_mask[None, :]
+        logits = tl.where(mask, logits, float("-inf"))
+        m_new = tl.maximum(m, tl.max(logits, axis=1))
+        m_shift_new = tl.where(m_new == float("-inf"), 0, m_new)
+        p = tl.exp2((logits - m_shift_new[:, None]) * log2e)
+        s = s * tl.exp2((m - m_shift_new) * log2e) + tl.sum(p, axis=1)
+        x_y += tl.sum(tl.where(mask & (cols[None, :] == y[:, None]), logits, 0), axis=1)
+        if SMOOTHING:
+            if HAS_WEIGHT:
+                w = tl.load(class_weight_ptr + cols, mask=col_mask, other=0).to(zero.dtype)
+            else:
+                w = tl.where(col_mask, 1, 0).to(zero.dtype)
+            # Re-reference the running sum to the new max, then add this tile; masked
+            # lanes hold -inf logits and w = 0, so they are zeroed before the product.
+            w_dot = w_dot + w_sum * (m_shift - m_shift_new)
+            w_dot += tl.sum(tl.where(mask, logits - m_shift_new[:, None], 0) * w[None, :], axis=1)
+            w_sum += tl.sum(w, axis=0)
+        m = m_new
+        m_shift = m_shift_new
+
+    plane = n_splits * N
+    offs = split * N + rows
+    tl.store(part_ptr + STAT_MAX * plane + offs, m, mask=row_mask)
+    tl.store(part_ptr + STAT_SUM * plane + offs, s, mask=row_mask)
+    tl.store(part_ptr + STAT_TARGET * plane + offs, x_y, mask=row_mask)
+    if SMOOTHING:
+        tl.store(part_ptr + STAT_WDOT * plane + offs, w_dot, mask=row_mask)
+        tl.store(part_ptr + STAT_WSUM * plane + offs, w_sum, mask=row_mask)
+
+
+@triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
+def linear_cross_entropy_finalize_kernel(
+    part_ptr,
+    target_ptr,
+    class_weight_ptr,
+    loss_ptr,
+    lse_ptr,
+    coef_ptr,
+    total_weight_ptr,
+    ok_ptr,
+    N,
+    V,
+    n_splits,
+    stride_t,
+    ignore_index,
+    eps_hi,
+    eps_lo,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """Merge the splits of every row, in order; write lse, coef, the loss and the target check.
+
+    One program, so the loss sum is added in one fixed order. ``loss`` is ``(N,)`` for
+    ``REDUCTION_NONE`` (loss dtype), else 0-d; ``total_weight`` is 0-d (the mean's
+    denominator, 1 otherwise); ``ok`` is one int8, 1 when every target is in ``[0, V)`` or
+    ``ignore_index``.
+    """
+    if part_ptr.dtype.element_ty == tl.float64:
+        zero = tl.zeros([BLOCK_R], tl.float64)
+    else:
+        zero = tl.zeros([BLOCK_R], tl.float32)
+    # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
+    eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
+    log2e = tl.full([], LOG2E, zero.dtype)
+    plane = n_splits * N
+    loss_acc = zero
+    weight_acc = zero
+    n_bad = tl.zeros([BLOCK_R], tl.int32)
+    for r0 in range(0, N, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        row_mask = rows < N
+        y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
+        valid = row_mask & (y != ignore_index)
+        in_bounds = (y >= 0) & (y < V)
+        n_bad += (valid & ~in_bounds).to(tl.int32)
+        # A bad target raises on the host; meanwhile its row computes as ignored, so no
+        # class weight is read out of bounds.
+        valid = valid & in_bounds
+        m = zero - float("inf")
+        m_shift = zero
+        s = zero
+        x_y = zero
+        w_dot = zero
+        w_sum = zero
+        for k in range(0, n_splits):
+            offs = k * N + rows
+            m_k = tl.load(part_ptr + STAT_MAX * plane + offs, mask=row_mask, other=float("-inf"))
+            s_k = tl.load(part_ptr + STAT_SUM * plane + offs, mask=row_mask, other=0)
+            m_new = tl.maximum(m, m_k)
+            m_shift_new = tl.where(m_new == float("-inf"), 0, m_new)
+            m_shift_k = tl.where(m_k == float("-inf"), 0, m_k)
+            s = s * tl.exp2((m - m_shift_new) * log2e) + s_k * tl.exp2((m_k - m_shift_new) * log2e)
+            x_y += tl.load(part_ptr + STAT_TARGET * plane + offs, mask=row_mask, other=0)
+            if SMOOTHING:
+                w_dot_k = tl.load(part_ptr + STAT_WDOT * plane + offs, mask=row_mask, other=0)
+                w_sum_k = tl.load(part_ptr + STAT_WSUM * plane + offs, mask=row_mask, other=0)
+                w_dot = w_dot + w_sum * (m_shift - m_shift_new) + w_dot_k + w_sum_k * (m_shift_k - m_shift_new)
+                w_sum += w_sum_k
+            m = m_new
+            m_shift = m_shift_new
+        log_s = tl.log2(tl.where(row_mask, s, 1)) * tl.full([], LN2, zero.dtype)
+        lse = m_shift + log_s
+        if HAS_WEIGHT:
+            w_y = tl.load(class_weight_ptr + y, mask=valid, other=0).to(zero.dtype)
+        else:
+            w_y = tl.where(valid, 1, 0).to(zero.dtype)
+        nll = (m_shift - x_y) + log_s
+        if SMOOTHING:
+            loss = (1 - eps) * w_y * nll + eps / V * (w_sum * log_s - w_dot)
+            coef = (1 - eps) * w_y + eps / V * w_sum
+        else:
+            loss = w_y * nll
+            coef = w_y
+        loss = tl.where(valid, loss, 0)
+        coef = tl.where(valid, coef, 0)
+        tl.store(lse_ptr + rows, lse, mask=row_mask)
+        tl.store(coef_ptr + rows, coef, mask=row_mask)
+        if REDUCTION == REDUCTION_NONE:
+            tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
+        else:
+            loss_acc += loss
+            weight_acc += w_y
+    if REDUCTION == REDUCTION_NONE:
+        total_weight = tl.sum(zero, axis=0) + 1
+    else:
+        loss = tl.sum(loss_acc, axis=0)
+        if REDUCTION == REDUCTION_MEAN:
+            # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
+            total_weight = tl.sum(weight_acc, axis=0)
+            loss = loss / total_weight
+        else:
+            total_weight = tl.sum(zero, axis=0) + 1
+        tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    tl.store(total_weight_ptr, total_weight)
+    tl.store(ok_ptr, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
+
+
+@triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
+def linear_cross_entropy_grad_input_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    target_ptr,
+    class_weight_ptr,
+    lse_ptr,
+    coef_ptr,
+    grad_output_ptr,
+    total_weight_ptr,
+    grad_x_acc_ptr,
+    grad_x_ptr,
+    N,
+    V,
+    D,
+    stride_xn,
+    stride_xd,
+    stride_wv,
+    stride_wd,
+    stride_b,
+    stride_t,
+    stride_dy,
+    ignore_index,
+    eps_hi,
+    eps_lo,
+    HAS_BIAS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """``dX[rows] = sum over class blocks of G @ W[cols]``, one program per row block.
+
+    ``grad_x_acc`` (compute dtype) and ``grad_x`` (input dtype) are contiguous ``(N, D)``; they
+    are the same tensor when the input computes in its own dtype. Partial sums go to
+    ``grad_x_acc``, the last class block's result to ``grad_x``.
+    """
+    pid_n = tl.program_id(0).to(tl.int64)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    row_mask = rows < N
+    d_range = tl.arange(0, BLOCK_D).to(tl.int64)
+    if x_ptr.dtype.element_ty == tl.float64:
+        zero = tl.zeros([BLOCK_N], tl.float64)
+    else:
+        zero = tl.zeros([BLOCK_N], tl.float32)
+    eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
+    log2e = tl.full([], LOG2E, zero.dtype)
+
+    # Per-row factors of G = A p - B onehot(y) - S w: the row scale folded in once.
+    y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
+    valid = row_mask & (y != ignore_index) & (y >= 0) & (y < V)
+    if REDUCTION == REDUCTION_NONE:
+        scale = tl.load(grad_output_ptr + rows * stride_dy, mask=row_mask, other=0).to(zero.dtype)
+    else:
+        g = tl.load(grad_output_ptr).to(zero.dtype)
+        if REDUCTION == REDUCTION_MEAN:
+            g = g / tl.load(total_weight_ptr).to(zero.dtype)
+        scale = zero + g
+    if HAS_WEIGHT:
+        w_y = tl.load(class_weight_ptr + y, mask=valid, other=0).to(zero.dtype)
+    else:
+        w_y = tl.where(valid, 1, 0).to(zero.dtype)
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0)
+    coef_a = tl.load(coef_ptr + rows, mask=row_mask, other=0) * scale
+    coef_b = (1 - eps) * w_y * scale
+    coef_s = eps / V * scale
+
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        col_mask = cols < V
+        logits = tl.zeros([BLOCK_N, BLOCK_V], zero.dtype)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + d_range
+            d_mask = d < D
+            xt = tl.load(
+                x_ptr + rows[:, None] * stride_xn + d[None, :] * stride_xd,
+                mask=row_mask[:, None] & d_mask[None, :],
+                other=0,
+            )
+            wt = tl.load(
+                w_ptr + cols[:, None] * stride_wv + d[None, :] * stride_wd,
+                mask=col_mask[:, None] & d_mask[None, :],
+                other=0,
+            )
+            if ALLOW_TF32:
+                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="tf32")
+            else:
+                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="ieee")
+        if HAS_BIAS:
+            logits += tl.load(b_ptr + cols * stride_b, mask=col_mask, other=0).to(zero.dtype)[None, :]
+        p = tl.exp2((logits - lse[:, None]) * log2e)
+        grad = coef_a[:, None] * p - tl.where(cols[None, :] == y[:, None], coef_b[:, None], 0)
+        if SMOOTHING:
+            if HAS_WEIGHT:
+                w = tl.load(class_weight_ptr + cols, mask=col_mask, other=0).to(zero.dtype)
+            else:
+                w = tl.where(col_mask, 1, 0).to(zero.dtype)
+            grad -= coef_s[:, None] * w[None, :]
+        # Ignored rows are 0 even when the scale is inf (a mean over no targets).
+        grad = tl.where(valid[:, None] & col_mask[None, :], grad, 0).to(x_ptr.dtype.element_ty)
+        last = v0 + BLOCK_V >= V
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + d_range
+            d_mask = d < D
+            out_mask = row_mask[:, None] & d_mask[None, :]
+            offs = rows[:, None] * D + d[None, :]
+            # The first class block starts from 0: the buffer is never zero-filled.
+            acc = tl.load(grad_x_acc_ptr + offs, mask=out_mask & (v0 > 0), other=0)
+            wt = tl.load(
+                w_ptr + cols[:, None] * stride_wv + d[None, :] * stride_wd,
+                mask=col_mask[:, None] & d_mask[None, :],
+                other=0,
+            )
+            if ALLOW_TF32:
+                acc = tl.dot(grad, wt, acc, input_precision="tf32")
+            else:
+                acc = tl.dot(grad, wt, acc, input_precision="ieee")
+            if last:
+                tl.store(grad_x_ptr + offs, acc.to(grad_x_ptr.dtype.element_ty), mask=out_mask)
+            else:
+                tl.store(grad_x_acc_ptr + offs, acc, mask=out_mask)
+
+
+@triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
+def linear_cross_entropy_grad_weight_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    target_ptr,
+    class_weight_ptr,
+    lse_ptr,
+    coef_ptr,
+    grad_output_ptr,
+    total_weight_ptr,
+    grad_w_acc_ptr,
+    grad_w_ptr,
+    grad_b_ptr,
+    N,
+    V,
+    D,
+    stride_xn,
+    stride_xd,
+    stride_wv,
+    stride_wd,
+    stride_b,
+    stride_t,
+    stride_dy,
+    ignore_index,
+    eps_hi,
+    eps_lo,
+    HAS_BIAS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    GRAD_W: tl.constexpr,
+    GRAD_B: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """``dW[cols] = sum over row blocks of G.T @ X[rows]`` and ``db[cols] = sum_rows G``.
+
+    One program per class block. ``grad_w_acc`` (compute dtype) and ``grad_w`` (weight
+    dtype) are contiguous ``(V, D)`` (the same tensor when no conversion is needed);
+    ``grad_b`` is contiguous ``(V,)`` in the bias dtype.
+    """
+    pid_v = tl.program_id(0).to(tl.int64)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
+    col_mask = cols < V
+    d_range = tl.arange(0, BLOCK_D).to(tl.int64)
+    if x_ptr.dtype.element_ty == tl.float64:
+        zero = tl.zeros([BLOCK_N], tl.float64)
+    else:
+        zero = tl.zeros([BLOCK_N], tl.float32)
+    eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
+    log2e = tl.full([], LOG2E, zero.dtype)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols * stride_b, mask=col_mask, other=0).to(zero.dtype)
+    if SMOOTHING:
+        if HAS_WEIGHT:
+            w = tl.load(class_weight_ptr + cols, mask=col_mask, other=0).to(zero.dtype)
+        else:
+            w = tl.where(col_mask, 1, 0).to(zero.dtype)
+    if REDUCTION != REDUCTION_NONE:
+        g = tl.load(grad_output_ptr).to(zero.dtype)
+        if REDUCTION == REDUCTION_MEAN:
+            g = g / tl.load(total_weight_ptr).to(zero.dtype)
+    grad_b = tl.zeros([BLOCK_V], zero.dtype)
+
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        row_mask = rows < N
+        y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
+        valid = row_mask & (y != ignore_index) & (y >= 0) & (y < V)
+        if REDUCTION == REDUCTION_NONE:
+            scale = tl.load(grad_output_ptr + rows * stride_dy, mask=row_mask, other=0).to(zero.dtype)
+        else:
+            scale = zero + g
+        if HAS_WEIGHT:
+            w_y = tl.load(class_weight_ptr + y, mask=valid, other=0).to(zero.dtype)
+        else:
+            w_y = tl.where(valid, 1, 0).to(zero.dtype)
+        lse = tl.load(lse_ptr + rows, mask=row_mask, other=0)
+        coef_a = tl.load(coef_ptr + rows, mask=row_mask, other=0) * scale
+        coef_b = (1 - eps) * w_y * scale
+
+        logits = tl.zeros([BLOCK_N, BLOCK_V], zero.dtype)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + d_range
+            d_mask = d < D
+            xt = tl.load(
+                x_ptr + rows[:, None] * stride_xn + d[None, :] * stride_xd,
+                mask=row_mask[:, None] & d_mask[None, :],
+                other=0,
+            )
+            wt = tl.load(
+                w_ptr + cols[:, None] * stride_wv + d[None, :] * stride_wd,
+                mask=col_mask[:, None] & d_mask[None, :],
+                other=0,
+            )
+            if ALLOW_TF32:
+                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="tf32")
+            else:
+                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="ieee")
+        if HAS_BIAS:
+            logits += bias[None, :]
+        p = tl.exp2((logits - lse[:, None]) * log2e)
+        grad = coef_a[:, None] * p - tl.where(cols[None, :] == y[:, None], coef_b[:, None], 0)
+        if SMOOTHING:
+            grad -= (eps / V * scale)[:, None] * w[None, :]
+        grad = tl.where(valid[:, None] & col_mask[None, :], grad, 0)
+        if GRAD_B:
+            grad_b += tl.sum(grad, axis=0)
+        if GRAD_W:
+            grad_t = tl.trans(grad.to(x_ptr.dtype.element_ty))
+            last = n0 + BLOCK_N >= N
+            for d0 in range(0, D, BLOCK_D):
+                d = d0 + d_range
+                d_mask = d < D
+                out_mask = col_mask[:, None] & d_mask[None, :]
+                offs = cols[:, None] * D + d[None, :]
+                acc = tl.load(grad_w_acc_ptr + offs, mask=out_mask & (n0 > 0), other=0)
+                xt = tl.load(
+                    x_ptr + rows[:, None] * stride_xn + d[None, :] * stride_xd,
+                    mask=row_mask[:, None] & d_mask[None, :],
+                    other=0,
+                )
+                if ALLOW_TF32:
+                    acc = tl.dot(grad_t, xt, acc, input_precision="tf32")
+                else:
+                    acc = tl.dot(grad_t, xt, acc, input_precision="ieee")
+                if last:
+                    tl.store(grad_w_ptr + offs, acc.to(grad_w_ptr.dtype.element_ty), mask=out_mask)
+                else:
+                    tl.store(grad_w_acc_ptr + offs, acc, mask=out_mask)
+    if GRAD_B:
+        tl.store(grad_b_ptr + cols, grad_b.to(grad_b_ptr.dtype.element_ty), mask=col_mask)
+
+
+def _to_fp32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _split_fp64(value: float) -> tuple[float, float]:
+    """``value`` as two fp32-exact floats whose sum is ``value`` to ~1e-16 (fp64 kernels add them)."""
+    hi = _to_fp32(value)
+    return hi, _to_fp32(value - hi)
+
+
+def _blocks(dtype: torch.dtype) -> tuple[int, int, int]:
+    return LINEAR_CE_BLOCKS[str(dtype).removeprefix("torch.")]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulator dtype of the kernels: fp64 for fp64, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def allow_tf32(dtype: torch.dtype) -> bool:
+    """TF32 for fp32 dots only when torch's own matmul setting allows it (default: no)."""
+    return dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+
+
+def forward_splits(n_rows: int, n_classes: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(splits of the class dim, class blocks per split) for the forward's grid.
+
+    Enough splits to give LINEAR_CE_FORWARD_PROGRAMS programs in all, each walking at least
+    LINEAR_CE_MIN_BLOCKS_PER_SPLIT class blocks (so the partials, up to 5 floats per row
+    and split, stay under 0.5% of the logits they replace); a function of the shape only,
+    so results are reproducible.
+    """
+    block_n, block_v, _ = _blocks(dtype)
+    v_blocks = max(triton.cdiv(n_classes, block_v), 1)
+    n_blocks = max(triton.cdiv(n_rows, block_n), 1)
+    wanted = max(1, triton.cdiv(LINEAR_CE_FORWARD_PROGRAMS, n_blocks))
+    most = max(1, v_blocks // LINEAR_CE_MIN_BLOCKS_PER_SPLIT)
+    per_split = triton.cdiv(v_blocks, min(wanted, most))
+    return triton.cdiv(v_blocks, per_split), per_split
+
+
+def linear_cross_entropy_forward(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    loss: torch.Tensor,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    total_weight: torch.Tensor,
+    ok: torch.Tensor,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> None:
+    """Fill ``loss``, ``lse``, ``coef``, ``total_weight`` and the int8 flag ``ok`` (two launches).
+
+    ``x`` ``(N, D)``, ``w`` ``(V, D)``, ``b`` ``(V,)``, ``target`` ``(N,)`` strided;
+    ``class_weight`` contiguous ``(V,)``; ``lse`` and ``coef`` contiguous ``(N,)`` in the
+    compute dtype; ``loss`` ``(N,)`` for reduction none, else 0-d.
+    """
+    N, D = x.shape
+    V = w.shape[0]
+    block_n, block_v, block_d = _blocks(x.dtype)
+    n_splits, per_split = forward_splits(N, V, x.dtype)
+    smoothing = label_smoothing > 0
+    # Without smoothing only the first 3 statistics exist: no memory for the other planes.
+    part = torch.empty((N_STATS if smoothing else 3, n_splits, N), dtype=lse.dtype, device=x.device)
+    if N > 0:
+        linear_cross_entropy_forward_kernel[(triton.cdiv(N, block_n), n_splits)](
+            x,
+            w,
+            b if b is not None else w,
+            target,
+            class_weight if class_weight is not None else w,
+            part,
+            N,
+            V,
+            D,
+            per_split,
+            *x.stride(),
+            *w.stride(),
+            b.stride(0) if b is not None else 0,
+            target.stride(0),
+            HAS_BIAS=b is not None,
+            HAS_WEIGHT=class_weight is not None,
+            SMOOTHING=smoothing,
+            ALLOW_TF32=allow_tf32(x.dtype),
+            BLOCK_N=block_n,
+            BLOCK_V=block_v,
+            BLOCK_D=block_d,
+            num_warps=LINEAR_CE_NUM_WARPS,
+            num_stages=LINEAR_CE_FORWARD_NUM_STAGES,
+        )
+    eps_hi, eps_lo = _split_fp64(label_smoothing)
+    linear_cross_entropy_finalize_kernel[(1,)](
+        part,
+        target,
+        class_weight if class_weight is not None else part,
+        loss,
+        lse,
+        coef,
+        total_weight,
+        ok,
+        N,
+        V,
+        n_splits,
+        target.stride(0),
+        ignore_index,
+        eps_hi,
+        eps_lo,
+        HAS_WEIGHT=class_weight is not None,
+        SMOOTHING=smoothing,
+        REDUCTION=reduction,
+        BLOCK_R=LINEAR_CE_FINALIZE_BLOCK,
+    )
+
+
+def linear_cross_entropy_backward(
+    grad_output: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    total_weight: torch.Tensor,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    grad_x: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+) -> None:
+    """Write the requested gradients: ``grad_x`` ``(N, D)``, ``grad_w`` ``(V, D)`` contiguous, ``grad_b`` ``(V,)``.
+
+    ``grad_output`` is ``(N,)`` for reduction none, else 0-d. Accumulates in the compute
+    dtype: in the gradient itself when it has that dtype, else in a scratch buffer.
+    N and V must be positive (the caller handles empty shapes).
+    """
+    N, D = x.shape
+    V = w.shape[0]
+    acc = lse.dtype
+    block_n, block_v, block_d = _blocks(x.dtype)
+    eps_hi, eps_lo = _split_fp64(label_smoothing)
+    common = dict(
+        HAS_BIAS=b is not None,
+        HAS_WEIGHT=class_weight is not None,
+        SMOOTHING=label_smoothing > 0,
+        REDUCTION=reduction,
+        ALLOW_TF32=allow_tf32(x.dtype),
+        BLOCK_N=block_n,
+        BLOCK_V=block_v,
+        BLOCK_D=block_d,
+        num_warps=LINEAR_CE_NUM_WARPS,
+        num_stages=LINEAR_CE_BACKWARD_NUM_STAGES,
+    )
+    inputs = (
+        x,
+        w,
+        b if b is not None else w,
+        target,
+        class_weight if class_weight is not None else w,
+        lse,
+        coef,
+        grad_output,
+        total_weight,
+    )
+    strides = (
+        *x.stride(),
+        *w.stride(),
+        b.stride(0) if b is not None else 0,
+        target.stride(0),
+        grad_output.stride(0) if grad_output.dim() == 1 else 0,
+        ignore_index,
+        eps_hi,
+        eps_lo,
+    )
+    if grad_x is not None:
+        # Accumulate in the gradient itself when it already has the compute dtype.
+        grad_x_acc = grad_x if grad_x.dtype == acc else torch.empty((N, D), dtype=acc, device=x.device)
+        linear_cross_entropy_grad_input_kernel[(triton.cdiv(N, block_n),)](
+            *inputs, grad_x_acc, grad_x, N, V, D, *strides, **common
+        )
+    if grad_w is not None or grad_b is not None:
+        if grad_w is None:
+            grad_w_acc = grad_w_out = w  # never touched: GRAD_W is off
+        else:
+            grad_w_out = grad_w
+            grad_w_acc = grad_w if grad_w.dtype == acc else torch.empty((V, D), dtype=acc, device=x.device)
+        linear_cross_entropy_grad_weight_kernel[(triton.cdiv(V, block_v),)](
+            *inputs,
+            grad_w_acc,
+            grad_w_out,
+            grad_b if grad_b is not None else lse,
+            N,
+            V,
+            D,
+            *strides,
+            GRAD_W=grad_w is not None,
+            GRAD_B=grad_b is not None,
+            **common,
+        )
+
+
+def modeled_traffic(n_rows: int, in_features: int, n_classes: int, dtype: torch.dtype) -> dict[str, int]:
+    """Bytes each kernel loads + stores for one forward + backward (both gradients, mean, no bias).
+
+    Every tile reloads its input rows and weight rows (``BLOCK_N x D`` and ``BLOCK_V x D``),
+    and the backward's owners read and write their fp32 partial sums once per step, so:
+    forward ``x * v_blocks + W * n_blocks``; grad_input ``x * v_blocks + 2 W * n_blocks`` plus
+    the accumulator; grad_weight ``2 x * v_blocks + W * n_blocks`` plus the accumulator (per-row
+    scalars omitted). This counts every load as :class:`fused_ops.profiling.KernelTrace` does,
+    with no cache; on a GPU, L2 serves much of the reloads. The minimum reads ``x`` and ``W``
+    once each way and writes their gradients once.
+    """
+    block_n, block_v, _ = _blocks(dtype)
+    n_b, v_b = triton.cdiv(n_rows, block_n), triton.cdiv(n_classes, block_v)
+    elt = torch.empty((), dtype=dtype).element_size()
+    acc = torch.empty((), dtype=compute_dtype(dtype)).element_size()
+    x = n_rows * in_features
+    w = n_classes * in_features
+    return {
+        "forward": elt * (x * v_b + w * n_b),
+        # Loads of x and W, the partial sums' load + store per step, the final store.
+        "grad_input": elt * (x * v_b + 2 * w * n_b) + 2 * acc * x * (v_b - 1) + elt * x,
+        "grad_weight": elt * (2 * x * v_b + w * n_b) + 2 * acc * w * (n_b - 1) + elt * w,
+        "minimum": elt * 3 * (x + w),
+    }
