@@ -131,6 +131,11 @@ def _values(generator: torch.Generator) -> torch.Tensor:
     return torch.randn(4, 33, generator=generator)
 
 
+def _weight(generator: torch.Generator) -> torch.Tensor:
+    # A linear layer from _values' 33 features to 33 classes.
+    return torch.randn(33, 33, generator=generator) / 33**0.5
+
+
 def _classes(generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 33, (4,), generator=generator)
 
@@ -146,6 +151,10 @@ PROBES = (
     Probe("log_softmax", _functional_probe(torch.log_softmax, _values, dim=-1)),
     Probe("mse_loss", _functional_probe(torch.nn.functional.mse_loss, _values, _values)),
     Probe("cross_entropy", _functional_probe(torch.nn.functional.cross_entropy, _values, _classes)),
+    Probe(
+        "linear_cross_entropy",
+        _functional_probe(torch.nn.functional.linear_cross_entropy, _values, _weight, _classes),
+    ),
     Probe("optim.Adam", _optimizer_probe(torch.optim.Adam)),
     Probe("optim.AdamW", _optimizer_probe(torch.optim.AdamW)),
     Probe("optim.SGD", _optimizer_probe(torch.optim.SGD, momentum=0.9)),
@@ -214,7 +223,7 @@ def _run_check() -> int:
         else:
             launches = "launches not traced" if backend is _dispatch.Backend.TRITON else "no kernels (reference)"
         status = "FAIL " + " and ".join(problems) if problems else "ok"
-        print(f"  {probe.name:<14} {status:<4}  max |diff| {difference:.1e}  {launches}")
+        print(f"  {probe.name:<22} {status:<4}  max |diff| {difference:.1e}  {launches}")
         if problems:
             failures.append(probe.name)
     if failures:

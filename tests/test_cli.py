@@ -35,7 +35,7 @@ def test_check_fails_when_an_op_disagrees_with_torch(monkeypatch, capsys):
     monkeypatch.setattr(fused_ops, "sigmoid", lambda x: real_sigmoid(x) * 1.01)
     assert cli.main(["check"]) == 1
     out = capsys.readouterr().out
-    assert "sigmoid        FAIL differs from torch" in out
+    assert f"{'sigmoid':<22} FAIL differs from torch" in out
     assert "FAILED: sigmoid" in out
 
 
