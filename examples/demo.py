@@ -25,6 +25,7 @@ import dataclasses
 import math
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ DESCRIPTION = "Train an MLP on scikit-learn's digits with eager torch and with f
 class FusedParts:
     """What the fused run uses, with the printable name of the loss and the optimizer."""
 
-    convert: Callable[[torch.nn.Module], torch.nn.Module]
+    patch: Callable[[torch.nn.Module], Any]
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     loss_name: str
     optimizer: type[torch.optim.Optimizer]
@@ -54,11 +55,16 @@ class FusedParts:
 
 
 def fused_parts() -> FusedParts:
-    """The fused run's parts: converted modules, fused cross-entropy and fused AdamW."""
+    """The fused run's parts: the same model code under fused_ops.patch(), and fused AdamW.
+
+    The training loop is the eager run's, calling ``F.cross_entropy``: inside
+    ``fused_ops.patch(model)`` the model's torch.nn activations are swapped for fused
+    modules and that call is rerouted to ``fused_ops.cross_entropy``.
+    """
     return FusedParts(
-        convert=fused_ops.nn.convert,
-        loss=fused_ops.cross_entropy,
-        loss_name="fused_ops.cross_entropy",
+        patch=fused_ops.patch,
+        loss=F.cross_entropy,
+        loss_name="F.cross_entropy, run by fused_ops.cross_entropy under patch()",
         optimizer=fused_ops.optim.AdamW,
         optimizer_name="fused_ops.optim.AdamW",
     )
@@ -246,19 +252,19 @@ def run(config: DemoConfig = DemoConfig(), progress: bool = False) -> DemoResult
     batch_orders = [torch.randperm(len(data.x_train), generator=generator) for _ in range(config.epochs)]
     parts = fused_parts()
     eager_model = build_model(config.hidden, config.seed).to(device)
-    # The same weights, with every torch.nn activation replaced by its fused_ops module.
-    fused_model = parts.convert(copy.deepcopy(eager_model))
-    fused_modules = [
-        _describe_activation(eager_module, fused_module)
-        for eager_module, fused_module in zip(eager_model, fused_model, strict=True)
-        if not isinstance(eager_module, torch.nn.Linear)
-    ]
+    fused_model = copy.deepcopy(eager_model)  # the same weights
 
     eager = train(
         eager_model, F.cross_entropy, torch.optim.AdamW, data, batch_orders, config, "eager torch" if progress else None
     )
     backend = _dispatch.choose_backend("demo", data.x_train)
-    with KernelTrace() as trace:
+    # One line makes the unmodified model and training loop use the kernels.
+    with KernelTrace() as trace, parts.patch(fused_model):
+        fused_modules = [
+            _describe_activation(eager_module, fused_module)
+            for eager_module, fused_module in zip(eager_model, fused_model, strict=True)
+            if not isinstance(eager_module, torch.nn.Linear)
+        ]
         fused = train(
             fused_model, parts.loss, parts.optimizer, data, batch_orders, config, "fused_ops  " if progress else None
         )
@@ -283,7 +289,7 @@ def report(result: DemoResult, tolerance: float = TOLERANCE) -> list[str]:
         "  eager run: torch.nn.Tanh, torch.nn.ReLU, torch.nn.Sigmoid; torch.nn.functional.cross_entropy; "
         "torch.optim.AdamW",
         "  fused run:",
-        f"    activations  {', '.join(result.fused_modules)} (fused_ops.nn.convert)",
+        f"    activations  {', '.join(result.fused_modules)} (swapped by fused_ops.patch)",
         f"    loss         {result.parts.loss_name}",
         f"    optimizer    {result.parts.optimizer_name}",
         f"    backend      {result.backend.value} ({cli.BACKEND_DESCRIPTIONS[result.backend]})",

@@ -6,6 +6,7 @@ import math
 import demo
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fused_ops
 from fused_ops.profiling import KernelTrace
@@ -44,7 +45,8 @@ def test_demo_fused_run_uses_the_fused_modules_loss_and_optimizer(tiny_demo):
     result, trace = tiny_demo
     assert result.fused_modules == ["fused_ops.nn.Tanh", "fused_ops.nn.ReLU", "fused_ops.nn.Sigmoid"]
     assert result.parts.optimizer is fused_ops.optim.AdamW
-    assert result.parts.loss is fused_ops.cross_entropy
+    assert result.parts.patch is fused_ops.patch
+    assert result.parts.loss is F.cross_entropy  # rerouted to fused_ops.cross_entropy by patch()
     families = {name.split("_")[0] for name in trace.kernel_names()}
     assert {"tanh", "relu", "sigmoid", "adam", "cross"} <= families, families
 
