@@ -65,8 +65,8 @@ def _log_fallback_once(op: str, reason: str) -> None:
 def choose_backend(op: str, *tensors: torch.Tensor | None) -> Backend:
     """Return the backend that ``op`` uses for these tensors (``None`` entries are ignored)."""
     forced = _forced_backend.get()
-    if forced is Backend.REFERENCE:
-        return Backend.REFERENCE
+    if forced is not None:
+        return forced
     device_types = {t.device.type for t in tensors if t is not None}
     if not TRITON_AVAILABLE:
         reason = "Triton is not installed on this platform"
@@ -86,10 +86,34 @@ def use_triton(op: str, *tensors: torch.Tensor | None) -> bool:
 
 
 @contextlib.contextmanager
-def reference_backend() -> Iterator[None]:
-    """Run every fused op on the eager reference inside this block (tests and benchmarks)."""
-    token = _forced_backend.set(Backend.REFERENCE)
+def force_backend(backend: Backend) -> Iterator[None]:
+    """Make every fused op use ``backend`` inside this block, whatever its tensors' device.
+
+    Benchmarks use it: ``force_backend(Backend.TRITON)`` launches compiled kernels on CPU
+    tensors (benchmarks/standin_driver.py gives Triton a stand-in GPU whose kernels are
+    no-ops, to measure the host path without a GPU). Forcing a Triton backend that this
+    process cannot run raises ``RuntimeError`` here rather than on the first op.
+
+    Args:
+        backend: the :class:`Backend` to use.
+
+    Example:
+        >>> with force_backend(Backend.REFERENCE):
+        ...     fused_ops.sigmoid(x)  # eager PyTorch reference
+    """
+    if backend is not Backend.REFERENCE and not TRITON_AVAILABLE:
+        raise RuntimeError(f"cannot force the {backend.value} backend: Triton is not installed on this platform")
+    if backend is Backend.TRITON and TRITON_INTERPRETED:
+        raise RuntimeError("cannot force the compiled triton backend: TRITON_INTERPRET=1 was set before import")
+    if backend is Backend.INTERPRETER and not TRITON_INTERPRETED:
+        raise RuntimeError("cannot force the interpreter backend: TRITON_INTERPRET=1 was not set before import")
+    token = _forced_backend.set(backend)
     try:
         yield
     finally:
         _forced_backend.reset(token)
+
+
+def reference_backend() -> contextlib.AbstractContextManager[None]:
+    """Run every fused op on the eager reference inside this block (tests and benchmarks)."""
+    return force_backend(Backend.REFERENCE)
