@@ -64,16 +64,26 @@ def _log_fallback_once(op: str, reason: str) -> None:
 
 def choose_backend(op: str, *tensors: torch.Tensor | None) -> Backend:
     """Return the backend that ``op`` uses for these tensors (``None`` entries are ignored)."""
+    # Asked by every forward and backward: the common answers come first, without a set
+    # of device types (this is on the host path of every op call).
     forced = _forced_backend.get()
     if forced is not None:
         return forced
+    if TRITON_AVAILABLE:
+        if TRITON_INTERPRETED:
+            return Backend.INTERPRETER
+        on_gpu = False
+        for t in tensors:
+            if t is not None:
+                if not t.is_cuda:
+                    on_gpu = False
+                    break
+                on_gpu = True
+        if on_gpu:
+            return Backend.TRITON
     device_types = {t.device.type for t in tensors if t is not None}
     if not TRITON_AVAILABLE:
         reason = "Triton is not installed on this platform"
-    elif TRITON_INTERPRETED:
-        return Backend.INTERPRETER
-    elif device_types == {"cuda"}:
-        return Backend.TRITON
     else:
         reason = f"tensors on {sorted(device_types)} need a GPU, or TRITON_INTERPRET=1 for the interpreter"
     _log_fallback_once(op, reason)

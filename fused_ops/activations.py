@@ -1,14 +1,20 @@
 """Fused elementwise activations: sigmoid, tanh and relu (and in-place relu_).
 
-Each op has three layers, read top to bottom:
+Each op reads top to bottom:
 
-- the functional (``sigmoid``) validates arguments like torch and calls the Function;
-- the ``torch.autograd.Function`` (``SigmoidFunction``) saves what backward needs with
-  ``ctx.save_for_backward``, so a second backward through a freed graph raises;
-- ``torch.library`` custom ops (``fused_ops::sigmoid_forward`` and ``_backward``) run the
-  kernels, with fake implementations so ``torch.compile(fullgraph=True)`` traces them
-  without a graph break. The backward op has its own autograd formula in eager ops,
-  which is what makes double backward (``gradgradcheck``) work.
+- the functional (``sigmoid``) validates arguments like torch. Without autograd (no_grad,
+  or an input that does not require grad) it calls the launcher directly; otherwise it
+  applies the one ``torch.autograd.Function`` (``SigmoidFunction``), which calls the
+  launchers and saves what backward needs with ``ctx.save_for_backward`` (so a second
+  backward through a freed graph raises). This eager path has no ``torch.library``
+  machinery on it: each layer of it costs microseconds of host time per call.
+- When backward runs with ``create_graph=True``, it applies ``_BackwardFunction``, whose
+  own backward is the derivative of the backward in eager ops: double backward
+  (``gradgradcheck``) works.
+- Under ``torch.compile`` the functional applies a Function over ``torch.library`` custom
+  ops (``fused_ops::sigmoid_forward`` and ``_backward``) with fake implementations, so
+  ``torch.compile(fullgraph=True)`` traces without a graph break. The backward op has the
+  same double-backward formula registered as its autograd.
 """
 
 from __future__ import annotations
@@ -22,13 +28,26 @@ from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_
 if TRITON_AVAILABLE:
     from .kernels import activations as kernels
 
+_is_compiling = torch.compiler.is_compiling
 
-@torch.library.custom_op("fused_ops::sigmoid_forward", mutates_args=())
-def _sigmoid_forward(input: torch.Tensor) -> torch.Tensor:
+
+def _sigmoid_forward_impl(input: torch.Tensor) -> torch.Tensor:
     if use_triton("sigmoid", input):
         (input,) = dense_layout(input)
         return kernels.sigmoid_forward(input)
     return reference.sigmoid_ref(input)
+
+
+def _sigmoid_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if use_triton("sigmoid", grad_output, output):
+        grad_output, output = dense_layout(grad_output, output)
+        return kernels.sigmoid_backward(grad_output, output)
+    return reference.sigmoid_backward_ref(grad_output, output)
+
+
+@torch.library.custom_op("fused_ops::sigmoid_forward", mutates_args=())
+def _sigmoid_forward(input: torch.Tensor) -> torch.Tensor:
+    return _sigmoid_forward_impl(input)
 
 
 @_sigmoid_forward.register_fake
@@ -38,10 +57,7 @@ def _(input: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("fused_ops::sigmoid_backward", mutates_args=())
 def _sigmoid_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("sigmoid", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.sigmoid_backward(grad_output, output)
-    return reference.sigmoid_backward_ref(grad_output, output)
+    return _sigmoid_backward_impl(grad_output, output)
 
 
 @_sigmoid_backward.register_fake
@@ -52,6 +68,33 @@ def _(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
 def _save_backward_inputs(ctx, inputs, output) -> None:
     # Every backward op here takes (grad_output, output); their derivatives need both.
     ctx.save_for_backward(*inputs)
+
+
+class _BackwardFunction(torch.autograd.Function):
+    """An activation's backward as a differentiable op: applied only under ``create_graph=True``.
+
+    ``forward(grad_output, output, backward_impl, double_backward)`` launches the backward
+    kernel; its own backward is ``double_backward``, the derivative in eager ops (which
+    autograd can differentiate again).
+    """
+
+    @staticmethod
+    def forward(ctx, grad_output, output, backward_impl, double_backward):
+        ctx.save_for_backward(grad_output, output)
+        ctx.double_backward = double_backward
+        return backward_impl(grad_output, output)
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        return (*ctx.double_backward(ctx, grad_grad_input), None, None)
+
+
+def _backward(grad_output, output, backward_impl, double_backward):
+    """The input gradient from the saved output: a plain launch unless autograd records it."""
+    if torch.is_grad_enabled():
+        # create_graph=True: the gradient must itself be differentiable.
+        return _BackwardFunction.apply(grad_output, output, backward_impl, double_backward)
+    return backward_impl(grad_output, output)
 
 
 def _sigmoid_double_backward(ctx, grad_grad_input: torch.Tensor):
@@ -67,6 +110,21 @@ _sigmoid_backward.register_autograd(_sigmoid_double_backward, setup_context=_sav
 
 class SigmoidFunction(torch.autograd.Function):
     """Sigmoid whose forward and backward are Triton kernels; backward uses the saved output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = _sigmoid_forward_impl(input)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return _backward(grad_output, output, _sigmoid_backward_impl, _sigmoid_double_backward)
+
+
+class _SigmoidTracedFunction(torch.autograd.Function):
+    """SigmoidFunction over the custom ops, for torch.compile."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
@@ -100,15 +158,30 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
     """
     input = promote_to_floating(input)
     check_floating("sigmoid", input)
-    return SigmoidFunction.apply(input)
+    if _is_compiling():
+        return _SigmoidTracedFunction.apply(input)
+    if input.requires_grad and torch.is_grad_enabled():
+        return SigmoidFunction.apply(input)
+    return _sigmoid_forward_impl(input)
 
 
-@torch.library.custom_op("fused_ops::tanh_forward", mutates_args=())
-def _tanh_forward(input: torch.Tensor) -> torch.Tensor:
+def _tanh_forward_impl(input: torch.Tensor) -> torch.Tensor:
     if use_triton("tanh", input):
         (input,) = dense_layout(input)
         return kernels.tanh_forward(input)
     return reference.tanh_ref(input)
+
+
+def _tanh_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if use_triton("tanh", grad_output, output):
+        grad_output, output = dense_layout(grad_output, output)
+        return kernels.tanh_backward(grad_output, output)
+    return reference.tanh_backward_ref(grad_output, output)
+
+
+@torch.library.custom_op("fused_ops::tanh_forward", mutates_args=())
+def _tanh_forward(input: torch.Tensor) -> torch.Tensor:
+    return _tanh_forward_impl(input)
 
 
 @_tanh_forward.register_fake
@@ -118,10 +191,7 @@ def _(input: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("fused_ops::tanh_backward", mutates_args=())
 def _tanh_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("tanh", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.tanh_backward(grad_output, output)
-    return reference.tanh_backward_ref(grad_output, output)
+    return _tanh_backward_impl(grad_output, output)
 
 
 @_tanh_backward.register_fake
@@ -142,6 +212,21 @@ _tanh_backward.register_autograd(_tanh_double_backward, setup_context=_save_back
 
 class TanhFunction(torch.autograd.Function):
     """Tanh whose forward and backward are Triton kernels; backward uses the saved output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = _tanh_forward_impl(input)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return _backward(grad_output, output, _tanh_backward_impl, _tanh_double_backward)
+
+
+class _TanhTracedFunction(torch.autograd.Function):
+    """TanhFunction over the custom ops, for torch.compile."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
@@ -176,7 +261,11 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
     """
     input = promote_to_floating(input)
     check_floating("tanh", input)
-    return TanhFunction.apply(input)
+    if _is_compiling():
+        return _TanhTracedFunction.apply(input)
+    if input.requires_grad and torch.is_grad_enabled():
+        return TanhFunction.apply(input)
+    return _tanh_forward_impl(input)
 
 
 # torch.relu takes floats and these integer dtypes (and returns them unchanged in dtype).
@@ -193,21 +282,14 @@ def _check_relu_dtype(input: torch.Tensor) -> None:
         )
 
 
-@torch.library.custom_op("fused_ops::relu_forward", mutates_args=())
-def _relu_forward(input: torch.Tensor) -> torch.Tensor:
+def _relu_forward_impl(input: torch.Tensor) -> torch.Tensor:
     if use_triton("relu", input):
         (input,) = dense_layout(input)
         return kernels.relu_forward(input)
     return reference.relu_ref(input)
 
 
-@_relu_forward.register_fake
-def _(input: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("fused_ops::relu_forward_", mutates_args=("input",))
-def _relu_forward_inplace(input: torch.Tensor) -> None:
+def _relu_forward_inplace_impl(input: torch.Tensor) -> None:
     if use_triton("relu", input):
         (dense,) = dense_layout(input)
         if dense is input:
@@ -220,6 +302,28 @@ def _relu_forward_inplace(input: torch.Tensor) -> None:
     input.copy_(reference.relu_ref(input))
 
 
+def _relu_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if use_triton("relu", grad_output, output):
+        grad_output, output = dense_layout(grad_output, output)
+        return kernels.relu_backward(grad_output, output)
+    return reference.relu_backward_ref(grad_output, output)
+
+
+@torch.library.custom_op("fused_ops::relu_forward", mutates_args=())
+def _relu_forward(input: torch.Tensor) -> torch.Tensor:
+    return _relu_forward_impl(input)
+
+
+@_relu_forward.register_fake
+def _(input: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+@torch.library.custom_op("fused_ops::relu_forward_", mutates_args=("input",))
+def _relu_forward_inplace(input: torch.Tensor) -> None:
+    _relu_forward_inplace_impl(input)
+
+
 @_relu_forward_inplace.register_fake
 def _(input: torch.Tensor) -> None:
     return None
@@ -227,10 +331,7 @@ def _(input: torch.Tensor) -> None:
 
 @torch.library.custom_op("fused_ops::relu_backward", mutates_args=())
 def _relu_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("relu", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.relu_backward(grad_output, output)
-    return reference.relu_backward_ref(grad_output, output)
+    return _relu_backward_impl(grad_output, output)
 
 
 @_relu_backward.register_fake
@@ -254,6 +355,21 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = _relu_forward_impl(input)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return _backward(grad_output, output, _relu_backward_impl, _relu_double_backward)
+
+
+class _ReLUTracedFunction(torch.autograd.Function):
+    """ReLUFunction over the custom ops, for torch.compile."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
         output = torch.ops.fused_ops.relu_forward(input)
         ctx.save_for_backward(output)
         return output
@@ -270,9 +386,25 @@ class ReLUInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        torch.ops.fused_ops.relu_forward_(input)
+        _relu_forward_inplace_impl(input)
         ctx.mark_dirty(input)
         # The input now holds the output, which is all backward needs.
+        ctx.save_for_backward(input)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return _backward(grad_output, output, _relu_backward_impl, _relu_double_backward)
+
+
+class _ReLUInplaceTracedFunction(torch.autograd.Function):
+    """ReLUInplaceFunction over the custom ops, for torch.compile."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        torch.ops.fused_ops.relu_forward_(input)
+        ctx.mark_dirty(input)
         ctx.save_for_backward(input)
         return input
 
@@ -302,10 +434,14 @@ def relu(input: torch.Tensor) -> torch.Tensor:
         tensor([0., 0., 2., nan])
     """
     _check_relu_dtype(input)
-    if not input.is_floating_point():
-        # Integers carry no gradient: the op alone, with no autograd node.
-        return torch.ops.fused_ops.relu_forward(input)
-    return ReLUFunction.apply(input)
+    if _is_compiling():
+        if not input.is_floating_point():
+            return torch.ops.fused_ops.relu_forward(input)
+        return _ReLUTracedFunction.apply(input)
+    # Integers carry no gradient: the launch alone, with no autograd node.
+    if input.requires_grad and torch.is_grad_enabled():
+        return ReLUFunction.apply(input)
+    return _relu_forward_impl(input)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -331,11 +467,20 @@ def relu_(input: torch.Tensor) -> torch.Tensor:
         (True, tensor([0., 2.]))
     """
     _check_relu_dtype(input)
-    if not input.is_floating_point():
-        torch.ops.fused_ops.relu_forward_(input)
-        return input
-    _check_inplace_allowed(input)
-    return ReLUInplaceFunction.apply(input)
+    if _is_compiling():
+        if not input.is_floating_point():
+            torch.ops.fused_ops.relu_forward_(input)
+            return input
+        _check_inplace_allowed(input)
+        return _ReLUInplaceTracedFunction.apply(input)
+    if input.requires_grad and torch.is_grad_enabled():
+        _check_inplace_allowed(input)
+        return ReLUInplaceFunction.apply(input)
+    # No autograd: the write alone. Under no_grad torch.relu_ bumps the version counter
+    # too, which the kernel's write does not do by itself.
+    _relu_forward_inplace_impl(input)
+    torch.autograd.graph.increment_version(input)
+    return input
 
 
 def _check_inplace_allowed(input: torch.Tensor) -> None:
