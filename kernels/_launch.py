@@ -166,3 +166,8 @@ class BoundKernel:
     def cache_size(self) -> int:
         """Signatures bound so far (for tests)."""
         return len(self._cache)
+
+
+def next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2`` for host code (Triton's is a ConstexprFunction: ~3 µs a call)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0

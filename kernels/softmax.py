@@ -42,6 +42,7 @@ from ._config import (
     SOFTMAX_MIN_WARPS,
     SOFTMAX_STRIDED_MIN_ROWS,
 )
+from ._launch import BoundKernel, next_power_of_2
 
 # Index arithmetic is written out in each kernel instead of in @triton.jit helpers: Triton's
 # interpreter re-patches triton.language on every helper call (milliseconds each), which
@@ -262,6 +263,15 @@ def softmax_backward_looped_kernel(
         )
 
 
+# (forward, looped) -> the kernel, bound once per signature (kernels/_launch.py).
+_KERNELS = {
+    (True, False): BoundKernel(softmax_forward_kernel),
+    (True, True): BoundKernel(softmax_forward_looped_kernel),
+    (False, False): BoundKernel(softmax_backward_kernel),
+    (False, True): BoundKernel(softmax_backward_looped_kernel),
+}
+
+
 def _groups_and_strides(tensor: torch.Tensor, rows_along_inner: bool) -> tuple[int, int, int]:
     """(group_stride, row_stride, col_stride) of a 3-D (outer, N, inner) tensor."""
     outer_stride, n_stride, inner_stride = tensor.stride()
@@ -284,23 +294,20 @@ def _launch(forward: bool, log: bool, tensors: tuple[torch.Tensor, ...], output:
     rows_along_inner = inner > 1
     n_groups, n_rows = (outer, inner) if rows_along_inner else (1, outer)
     # Rows adjacent in memory want a tile wide along the rows, so a warp's loads coalesce.
-    min_rows = min(triton.next_power_of_2(n_rows), SOFTMAX_STRIDED_MIN_ROWS) if rows_along_inner else 1
-    block_n = triton.next_power_of_2(n_cols)
+    min_rows = min(next_power_of_2(n_rows), SOFTMAX_STRIDED_MIN_ROWS) if rows_along_inner else 1
+    block_n = next_power_of_2(n_cols)
     looped = block_n * min_rows > SOFTMAX_MAX_FUSED_SIZE
     if looped:
         block_r = min_rows
         block_n = max(SOFTMAX_LOOP_TILE // block_r, 1)
     else:
-        block_r = min(triton.next_power_of_2(n_rows), max(min_rows, SOFTMAX_MIN_TILE // block_n))
+        block_r = min(next_power_of_2(n_rows), max(min_rows, SOFTMAX_MIN_TILE // block_n))
     num_warps = min(max((block_r * block_n) // SOFTMAX_ELEMENTS_PER_WARP, SOFTMAX_MIN_WARPS), SOFTMAX_MAX_WARPS)
-    if forward:
-        kernel = softmax_forward_looped_kernel if looped else softmax_forward_kernel
-    else:
-        kernel = softmax_backward_looped_kernel if looped else softmax_backward_kernel
+    kernel = _KERNELS[forward, looped]
     strides = [s for t in (*tensors, output) for s in _groups_and_strides(t, rows_along_inner)]
-    grid = (n_groups * triton.cdiv(n_rows, block_r),)
-    kernel[grid](
-        *tensors, output, n_rows, n_cols, *strides, LOG=log, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=num_warps
+    grid = (n_groups * ((n_rows + block_r - 1) // block_r),)
+    kernel(
+        grid, *tensors, output, n_rows, n_cols, *strides, num_warps=num_warps, LOG=log, BLOCK_R=block_r, BLOCK_N=block_n
     )
 
 
