@@ -26,6 +26,7 @@ instrumentation, a stages-inspection hook) is fixed at a signature's first launc
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -90,18 +91,33 @@ class BoundKernel:
         >>> _sigmoid((n // 1024 + 1,), x, out, n, num_warps=4, BLOCK_SIZE=1024)
     """
 
-    __slots__ = ("_cache", "_key", "_n_params", "compiled_mode", "kernel")
+    __slots__ = ("_cache", "_constexpr_names", "_key", "_n_params", "_usage_error", "compiled_mode", "kernel")
 
     def __init__(self, kernel) -> None:
         self.kernel = kernel
         self.compiled_mode = isinstance(kernel, JITFunction)
         self._cache: dict[tuple, tuple] = {}
+        # (name, is_constexpr) per parameter, read the way Triton reads the annotation.
+        params = [
+            (name, "constexpr" in str(param.annotation))
+            for name, param in inspect.signature(kernel.fn).parameters.items()
+        ]
+        self._n_params = sum(1 for _, is_constexpr in params if not is_constexpr)
+        self._constexpr_names = [name for name, is_constexpr in params if is_constexpr]
+        trailing = all(is_constexpr for _, is_constexpr in params[self._n_params :])
+        self._usage_error = (
+            f"{kernel.__name__}: pass the {self._n_params} runtime parameters positionally, then every "
+            f"constexpr {self._constexpr_names} by name, in order (constexprs must be the kernel's last parameters)"
+        )
+        if not trailing:
+            raise TypeError(self._usage_error)
         self._key = None
-        self._n_params = 0
         if self.compiled_mode:
-            params = [p for p in kernel.params if not p.is_constexpr]
-            self._n_params = len(params)
-            self._key = _make_key_function(params)
+            self._key = _make_key_function([p for p in kernel.params if not p.is_constexpr])
+
+    def _check_usage(self, args: tuple, constexprs: dict) -> None:
+        if len(args) != self._n_params or list(constexprs) != self._constexpr_names:
+            raise TypeError(self._usage_error)
 
     @property
     def __name__(self) -> str:
@@ -109,6 +125,9 @@ class BoundKernel:
 
     def __call__(self, grid: tuple[int, ...], *args: Any, num_warps: int, **constexprs: Any) -> None:
         if not self.compiled_mode:
+            # The interpreter takes milliseconds a launch: checking every call is free, and
+            # catches under test what a compiled launch checks at its first call.
+            self._check_usage(args, constexprs)
             self.kernel[grid](*args, num_warps=num_warps, **constexprs)
             return
         active = driver.active
@@ -149,14 +168,7 @@ class BoundKernel:
 
     def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constexprs: dict) -> None:
         """Launch through Triton (compiling if needed) and remember the compiled kernel."""
-        params = self.kernel.params
-        names = [p.name for p in params if p.is_constexpr]
-        trailing = all(p.is_constexpr for p in params[self._n_params :])
-        if not trailing or list(constexprs) != names or len(args) != self._n_params:
-            raise TypeError(
-                f"{self.kernel.__name__}: pass the {self._n_params} runtime parameters positionally, then every "
-                f"constexpr {names} by name, in order (constexprs must be the kernel's last parameters)"
-            )
+        self._check_usage(args, constexprs)
         compiled = self.kernel[grid](*args, num_warps=num_warps, **constexprs)
         if key is None:
             return

@@ -31,6 +31,7 @@ to a single ``torch._assert_async``: no eager pass over the targets.
 Rows with a bad target compute as ignored rows, so no weight is read out of bounds.
 """
 
+import functools
 import struct
 
 import torch
@@ -45,6 +46,7 @@ from ._config import (
     CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
     CROSS_ENTROPY_TILE_SIZE,
 )
+from ._launch import BoundKernel, next_power_of_2
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -536,8 +538,8 @@ def _blocks(logits: torch.Tensor) -> tuple[int, int]:
     per tile, so each class's loads are one coalesced run, and as many classes as fit.
     """
     _, C, inner = logits.shape
-    c_pow2 = triton.next_power_of_2(max(C, 1))
-    i_pow2 = triton.next_power_of_2(max(inner, 1))
+    c_pow2 = next_power_of_2(max(C, 1))
+    i_pow2 = next_power_of_2(max(inner, 1))
     tile = CROSS_ENTROPY_TILE_SIZE
     if logits.stride(1) == 1 or C == 1 or logits.stride(2) != 1:
         block_c = min(c_pow2, CROSS_ENTROPY_MAX_BLOCK_C)
@@ -547,7 +549,7 @@ def _blocks(logits: torch.Tensor) -> tuple[int, int]:
 
 
 def _grid(outer: int, inner: int, block_i: int) -> tuple[int]:
-    return (outer * triton.cdiv(inner, block_i),)
+    return (outer * ((inner + block_i - 1) // block_i),)
 
 
 def forward_program_count(logits: torch.Tensor) -> int:
@@ -556,10 +558,18 @@ def forward_program_count(logits: torch.Tensor) -> int:
     return _grid(outer, inner, _blocks(logits)[1])[0]
 
 
+# Launches bound once per signature (kernels/_launch.py).
+_forward = BoundKernel(cross_entropy_forward_kernel)
+_reduce = BoundKernel(cross_entropy_reduce_kernel)
+_backward = BoundKernel(cross_entropy_backward_kernel)
+_scale_grad = BoundKernel(cross_entropy_scale_grad_kernel)
+
+
 def _to_fp32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
+@functools.lru_cache(maxsize=64)
 def _split_fp64(value: float) -> tuple[float, float]:
     """``value`` as two fp32-exact floats whose sum is ``value`` to ~1e-16 (fp64 kernels add them)."""
     hi = _to_fp32(value)
@@ -594,7 +604,8 @@ def cross_entropy_forward(
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     g_strides = grad.stride() if grad is not None else (0, 0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    cross_entropy_forward_kernel[_grid(outer, inner, block_i)](
+    _forward(
+        _grid(outer, inner, block_i),
         logits,
         target,
         weight if weight is not None else logits,
@@ -638,7 +649,8 @@ def cross_entropy_reduce(
     one-element int8 ``all_ok``.
     """
     check = target_ok is not None
-    cross_entropy_reduce_kernel[(1,)](
+    _reduce(
+        (1,),
         row_loss,
         row_weight if row_weight is not None else row_loss,
         loss if loss is not None else row_loss,
@@ -647,6 +659,7 @@ def cross_entropy_reduce(
         all_ok if check else row_loss,
         row_loss.numel(),
         target_ok.numel() if check else 0,
+        num_warps=4,  # Triton's default, which this launch always used
         REDUCTION=reduction,
         HAS_ROW_WEIGHT=row_weight is not None,
         CHECK_TARGETS=check,
@@ -676,7 +689,8 @@ def cross_entropy_backward(
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    cross_entropy_backward_kernel[_grid(outer, inner, block_i)](
+    _backward(
+        _grid(outer, inner, block_i),
         grad_output,
         logits,
         target,
@@ -723,7 +737,8 @@ def cross_entropy_scale_grad(
     block_c, block_i = _blocks(grad)
     dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
     t_strides = (0, 0) if prob_target else target.stride()
-    cross_entropy_scale_grad_kernel[_grid(outer, inner, block_i)](
+    _scale_grad(
+        _grid(outer, inner, block_i),
         grad_output,
         total_weight,
         target,
