@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_to_floating
 
 if TRITON_AVAILABLE:
@@ -138,6 +138,9 @@ class _SigmoidTracedFunction(torch.autograd.Function):
         return torch.ops.fused_ops.sigmoid_backward(grad_output, output)
 
 
+_sigmoid_apply = fast_apply(SigmoidFunction)
+
+
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
     """Drop-in for :func:`torch.sigmoid`: ``1 / (1 + exp(-input))`` elementwise.
 
@@ -161,7 +164,7 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
     if _is_compiling():
         return _SigmoidTracedFunction.apply(input)
     if input.requires_grad and torch.is_grad_enabled():
-        return SigmoidFunction.apply(input)
+        return _sigmoid_apply(input)
     return _sigmoid_forward_impl(input)
 
 
@@ -240,6 +243,9 @@ class _TanhTracedFunction(torch.autograd.Function):
         return torch.ops.fused_ops.tanh_backward(grad_output, output)
 
 
+_tanh_apply = fast_apply(TanhFunction)
+
+
 def tanh(input: torch.Tensor) -> torch.Tensor:
     """Drop-in for :func:`torch.tanh`: the hyperbolic tangent, elementwise.
 
@@ -264,7 +270,7 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
     if _is_compiling():
         return _TanhTracedFunction.apply(input)
     if input.requires_grad and torch.is_grad_enabled():
-        return TanhFunction.apply(input)
+        return _tanh_apply(input)
     return _tanh_forward_impl(input)
 
 
@@ -414,6 +420,10 @@ class _ReLUInplaceTracedFunction(torch.autograd.Function):
         return torch.ops.fused_ops.relu_backward(grad_output, output)
 
 
+_relu_apply = fast_apply(ReLUFunction)
+_relu_inplace_apply = fast_apply(ReLUInplaceFunction)
+
+
 def relu(input: torch.Tensor) -> torch.Tensor:
     """Drop-in for :func:`torch.relu`: ``0`` where ``input < 0``, else ``input``, elementwise.
 
@@ -440,7 +450,7 @@ def relu(input: torch.Tensor) -> torch.Tensor:
         return _ReLUTracedFunction.apply(input)
     # Integers carry no gradient: the launch alone, with no autograd node.
     if input.requires_grad and torch.is_grad_enabled():
-        return ReLUFunction.apply(input)
+        return _relu_apply(input)
     return _relu_forward_impl(input)
 
 
@@ -475,7 +485,7 @@ def relu_(input: torch.Tensor) -> torch.Tensor:
         return _ReLUInplaceTracedFunction.apply(input)
     if input.requires_grad and torch.is_grad_enabled():
         _check_inplace_allowed(input)
-        return ReLUInplaceFunction.apply(input)
+        return _relu_inplace_apply(input)
     # No autograd: the write alone. Under no_grad torch.relu_ bumps the version counter
     # too, which the kernel's write does not do by itself.
     _relu_forward_inplace_impl(input)

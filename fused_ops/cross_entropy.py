@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, use_triton
 from ._validation import check_floating, check_same_device, is_dense, legacy_reduction, scalar_type_name
 
 if TRITON_AVAILABLE:
@@ -546,6 +546,10 @@ class CrossEntropyGradInForwardFunction(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
+_cross_entropy_apply = fast_apply(CrossEntropyFunction)
+_grad_in_forward_apply = fast_apply(CrossEntropyGradInForwardFunction)
+
+
 def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: float) -> None:
     """torch's checks, error types and messages, in the order torch makes them."""
     check_same_device("cross_entropy", input, target, weight)
@@ -692,13 +696,15 @@ def cross_entropy(
     if grad_in_forward:
         if target.requires_grad or (weight is not None and weight.requires_grad):
             raise RuntimeError("cross_entropy(grad_in_forward=True) computes only the input's gradient")
-        function = CrossEntropyGradInForwardFunction
+        function, apply = CrossEntropyGradInForwardFunction, _grad_in_forward_apply
     else:
-        function = CrossEntropyFunction
-    if traced or (
-        torch.is_grad_enabled()
-        and (input.requires_grad or target.requires_grad or (weight is not None and weight.requires_grad))
+        function, apply = CrossEntropyFunction, _cross_entropy_apply
+    if traced:
+        # Dynamo traces Function.apply itself (fast_apply's C++ call would break the graph).
+        return function.apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, True)
+    if torch.is_grad_enabled() and (
+        input.requires_grad or target.requires_grad or (weight is not None and weight.requires_grad)
     ):
-        return function.apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, traced)
+        return apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
     # No autograd: the forward launches alone (no gradient buffer, which nothing would read).
     return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)[0]

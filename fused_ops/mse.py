@@ -24,7 +24,7 @@ import warnings
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout, legacy_reduction
 
 if TRITON_AVAILABLE:
@@ -248,6 +248,9 @@ class _MSELossTracedFunction(torch.autograd.Function):
         return (grad_input if input_grad else None, grad_target if target_grad else None, None)
 
 
+_mse_loss_apply = fast_apply(MSELossFunction)
+
+
 def mse_loss(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -313,7 +316,7 @@ def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torc
     if torch.compiler.is_compiling():
         return _MSELossTracedFunction.apply(input, target, reduction)
     if (input.requires_grad or target.requires_grad) and torch.is_grad_enabled():
-        return MSELossFunction.apply(input, target, reduction)
+        return _mse_loss_apply(input, target, reduction)
     return _forward_impl(input, target, reduction)
 
 

@@ -35,6 +35,9 @@ from triton.knobs import HookChain
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
+# Triton's runtime knobs (launch hooks), one object for the life of the process.
+_runtime = knobs.runtime
+
 # Triton's specialization of one runtime argument, as an expression of `{a}`, for the key
 # function generated per kernel (generated, because a Python call per argument would cost
 # more than the lookup it saves). Tensors: dtype, and address % 16 == 0. Ints: int32 or
@@ -140,30 +143,36 @@ class BoundKernel:
             # Wrong argument count: the first-launch path raises a clear error.
             key = None
         entry = self._cache.get(key)
-        if entry is None or self.kernel.pre_run_hooks or knobs.runtime.add_stages_inspection_hook is not None:
+        if entry is None or self.kernel.pre_run_hooks or _runtime.add_stages_inspection_hook is not None:
             self._first_launch(key, grid, args, num_warps, constexprs)
             return
         run, function, packed_metadata, compiled = entry
-        all_args = (*args, *constants)
-        enter_hook = knobs.runtime.launch_enter_hook
+        enter_hook = _runtime.launch_enter_hook
         # JITFunction.run always builds launch_metadata; the launcher only hands it to the
         # enter and exit hooks, so with no hook (an empty chain) it is skipped, unseen.
-        if enter_hook is None or (enter_hook.__class__ is HookChain and not enter_hook.calls):
+        if enter_hook.__class__ is HookChain and not enter_hook.calls:
+            metadata = None
+        elif enter_hook is None:
             metadata = None
         else:
-            metadata = compiled.launch_metadata(grid, stream, *all_args)
-        size = len(grid)
+            metadata = compiled.launch_metadata(grid, stream, *args, *constants)
+        if len(grid) == 1:
+            grid_1 = grid_2 = 1
+        else:
+            grid_1 = grid[1]
+            grid_2 = grid[2] if len(grid) > 2 else 1
         run(
             grid[0],
-            grid[1] if size > 1 else 1,
-            grid[2] if size > 2 else 1,
+            grid_1,
+            grid_2,
             stream,
             function,
             packed_metadata,
             metadata,
             enter_hook,
-            knobs.runtime.launch_exit_hook,
-            *all_args,
+            _runtime.launch_exit_hook,
+            *args,
+            *constants,
         )
 
     def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constexprs: dict) -> None:
