@@ -21,6 +21,7 @@ Outputs and input gradients are contiguous, as torch's are.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import warnings
@@ -28,7 +29,7 @@ import warnings
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, use_triton
 from ._validation import check_floating, normalize_dim
 
 if TRITON_AVAILABLE:
@@ -40,6 +41,7 @@ if TRITON_AVAILABLE:
 _CAST_IN_KERNEL = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
 
 
+@functools.lru_cache(maxsize=256)
 def _three_d(shape: torch.Size, dim: int) -> tuple[int, int, int]:
     """(outer, N, inner): the sizes before, at and after ``dim`` (a 0-d tensor is (1, 1, 1))."""
     if len(shape) == 0:
@@ -49,8 +51,12 @@ def _three_d(shape: torch.Size, dim: int) -> tuple[int, int, int]:
 
 def _forward(op: str, input: torch.Tensor, dim: int, output_dtype: torch.dtype, log: bool) -> torch.Tensor:
     if use_triton(op, input):
+        shape = _three_d(input.shape, dim)
+        if input.is_contiguous():
+            # The common case: the launcher takes the shape, so no 3-D view is made.
+            return kernels.softmax_forward(input, output_dtype, log, shape)
         # reshape is a view (real strides, no copy) whenever one exists, else a contiguous copy.
-        output = kernels.softmax_forward(input.reshape(_three_d(input.shape, dim)), output_dtype, log)
+        output = kernels.softmax_forward(input.reshape(shape), output_dtype, log)
         return output.view(input.shape)
     ref = reference.log_softmax_ref if log else reference.softmax_ref
     return ref(input, dim, output_dtype).contiguous()
@@ -61,6 +67,8 @@ def _backward(
 ) -> torch.Tensor:
     if use_triton(op, grad_output, output):
         shape = _three_d(output.shape, dim)
+        if grad_output.is_contiguous() and output.is_contiguous():
+            return kernels.softmax_backward(grad_output, output, input_dtype, log, shape)
         # grad_output is often an expanded view (the gradient of a sum), which reshapes to
         # stride-0 views that the kernel reads in place.
         grad_input = kernels.softmax_backward(grad_output.reshape(shape), output.reshape(shape), input_dtype, log)
@@ -240,10 +248,10 @@ class _LogSoftmaxTracedFunction(torch.autograd.Function):
         return torch.ops.fused_ops.log_softmax_backward(grad_output, output, ctx.dim, ctx.input_dtype), None, None
 
 
-# (eager Function, Function over custom ops) per op, and whether the op is log_softmax.
+# (eager Function's apply, Function over custom ops) per op, and whether the op is log_softmax.
 _FUNCTIONS = {
-    "softmax": (SoftmaxFunction, _SoftmaxTracedFunction, False),
-    "log_softmax": (LogSoftmaxFunction, _LogSoftmaxTracedFunction, True),
+    "softmax": (fast_apply(SoftmaxFunction), _SoftmaxTracedFunction, False),
+    "log_softmax": (fast_apply(LogSoftmaxFunction), _LogSoftmaxTracedFunction, True),
 }
 
 
@@ -258,12 +266,12 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
     if dtype is not None and dtype != input.dtype and (input.dtype, dtype) not in _CAST_IN_KERNEL:
         input = input.to(dtype)
     check_floating(op, input)
-    function, traced_function, log = _FUNCTIONS[op]
+    apply, traced_function, log = _FUNCTIONS[op]
     output_dtype = dtype or input.dtype
     if torch.compiler.is_compiling():
         return traced_function.apply(input, dim, output_dtype)
     if input.requires_grad and torch.is_grad_enabled():
-        return function.apply(input, dim, output_dtype)
+        return apply(input, dim, output_dtype)
     return _forward(op, input, dim, output_dtype, log)
 
 
