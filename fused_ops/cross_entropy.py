@@ -145,13 +145,21 @@ def _forward_impl(
     ignore_index: int,
     label_smoothing: float,
     grad_in_forward: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, lse, coef, total_weight, grad): the forward's outputs (grad is empty unless asked for)."""
+    placeholder: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss, lse, coef, total_weight, grad): the forward's outputs.
+
+    Without ``grad_in_forward``, grad is an empty placeholder (a custom op must return a
+    tensor), or None when not ``placeholder`` (the eager path, which drops it).
+    """
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
     out_dtype = _loss_dtype(input, target, weight)
     acc = reference.compute_dtype(input.dtype)
-    grad = _empty_grad(input) if grad_in_forward else input.new_empty((0,))
+    if grad_in_forward:
+        grad = _empty_grad(input)
+    else:
+        grad = input.new_empty((0,)) if placeholder else None
     if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
         if not prob_target:
             _check_target_bounds(target, n_classes, ignore_index)
@@ -438,10 +446,14 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, traced):
-        forward = torch.ops.fused_ops.cross_entropy_forward if traced else _forward_impl
-        loss, lse, coef, total_weight, _ = forward(
-            input, target, weight, reduction, ignore_index, label_smoothing, False
-        )
+        if traced:
+            loss, lse, coef, total_weight, _ = torch.ops.fused_ops.cross_entropy_forward(
+                input, target, weight, reduction, ignore_index, label_smoothing, False
+            )
+        else:
+            loss, lse, coef, total_weight, _ = _forward_impl(
+                input, target, weight, reduction, ignore_index, label_smoothing, False, False
+            )
         ctx.save_for_backward(input, target, weight, lse, coef, total_weight)
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index
@@ -707,4 +719,4 @@ def cross_entropy(
     ):
         return apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
     # No autograd: the forward launches alone (no gradient buffer, which nothing would read).
-    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)[0]
+    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False, False)[0]

@@ -538,10 +538,17 @@ def _blocks(logits: torch.Tensor) -> tuple[int, int]:
     per tile, so each class's loads are one coalesced run, and as many classes as fit.
     """
     _, C, inner = logits.shape
+    _, class_stride, row_stride = logits.stride()
+    return _block_sizes(C, inner, class_stride == 1 or C == 1 or row_stride != 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _block_sizes(C: int, inner: int, classes_long: bool) -> tuple[int, int]:
+    """_blocks' arithmetic, cached: (BLOCK_C, BLOCK_I) for C classes and ``inner`` rows."""
     c_pow2 = next_power_of_2(max(C, 1))
     i_pow2 = next_power_of_2(max(inner, 1))
     tile = CROSS_ENTROPY_TILE_SIZE
-    if logits.stride(1) == 1 or C == 1 or logits.stride(2) != 1:
+    if classes_long:
         block_c = min(c_pow2, CROSS_ENTROPY_MAX_BLOCK_C)
         return block_c, min(i_pow2, tile // block_c)
     block_i = min(i_pow2, CROSS_ENTROPY_MAX_BLOCK_I)
