@@ -42,19 +42,20 @@ _runtime = knobs.runtime
 # function generated per kernel (generated, because a Python call per argument would cost
 # more than the lookup it saves). Tensors: dtype, and address % 16 == 0. Ints: int32 or
 # int64, == 1, % 16 == 0. bool, float, None: the type alone.
+# Ints come first: most arguments are sizes and strides.
 _SPECIALIZED = (
-    "(({a}.dtype, not {a}.data_ptr() & 15) if isinstance({a}, Tensor) else "
-    "((-2147483648 <= {a} <= 2147483647, {a} == 1, not {a} & 15) if {a}.__class__ is int else {a}.__class__))"
+    "((-2147483648 <= {a} <= 2147483647, {a} == 1, not {a} & 15) if {a}.__class__ is int else "
+    "(({a}.dtype, not {a}.data_ptr() & 15) if isinstance({a}, Tensor) else {a}.__class__))"
 )
 # A do_not_specialize parameter: only the type (and an int's width) can change the kernel.
 _UNSPECIALIZED = (
-    "({a}.dtype if isinstance({a}, Tensor) else "
-    "((-2147483648 <= {a} <= 2147483647) if {a}.__class__ is int else {a}.__class__))"
+    "((-2147483648 <= {a} <= 2147483647) if {a}.__class__ is int else "
+    "({a}.dtype if isinstance({a}, Tensor) else {a}.__class__))"
 )
 # A do_not_specialize_on_alignment parameter: a tensor's dtype; other types as specialized.
 _UNALIGNED = (
-    "({a}.dtype if isinstance({a}, Tensor) else "
-    "((-2147483648 <= {a} <= 2147483647, {a} == 1, not {a} & 15) if {a}.__class__ is int else {a}.__class__))"
+    "((-2147483648 <= {a} <= 2147483647, {a} == 1, not {a} & 15) if {a}.__class__ is int else "
+    "({a}.dtype if isinstance({a}, Tensor) else {a}.__class__))"
 )
 
 
