@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 logger = logging.getLogger("fused_ops")
 
@@ -99,6 +100,23 @@ def use_triton(op: str, *tensors: torch.Tensor | None) -> bool:
     if TRITON_INTERPRETED:
         return True
     return choose_backend(op, *tensors) is not Backend.REFERENCE
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd must record an op on these tensors (``None`` entries are ignored).
+
+    That is: grad mode is on and a tensor requires grad, or forward-mode AD is active
+    (a dual tensor does not require grad, but its tangent must not be dropped silently).
+    Otherwise an op can skip its autograd Function and call its launcher directly.
+    """
+    if _forward_ad._current_level >= 0:
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def fast_apply(function: type[torch.autograd.Function]):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, fast_apply, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_to_floating
 
 if TRITON_AVAILABLE:
@@ -163,7 +163,7 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
     check_floating("sigmoid", input)
     if _is_compiling():
         return _SigmoidTracedFunction.apply(input)
-    if input.requires_grad and torch.is_grad_enabled():
+    if needs_autograd(input):
         return _sigmoid_apply(input)
     return _sigmoid_forward_impl(input)
 
@@ -269,7 +269,7 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
     check_floating("tanh", input)
     if _is_compiling():
         return _TanhTracedFunction.apply(input)
-    if input.requires_grad and torch.is_grad_enabled():
+    if needs_autograd(input):
         return _tanh_apply(input)
     return _tanh_forward_impl(input)
 
@@ -449,7 +449,7 @@ def relu(input: torch.Tensor) -> torch.Tensor:
             return torch.ops.fused_ops.relu_forward(input)
         return _ReLUTracedFunction.apply(input)
     # Integers carry no gradient: the launch alone, with no autograd node.
-    if input.requires_grad and torch.is_grad_enabled():
+    if needs_autograd(input):
         return _relu_apply(input)
     return _relu_forward_impl(input)
 
@@ -483,7 +483,7 @@ def relu_(input: torch.Tensor) -> torch.Tensor:
             return input
         _check_inplace_allowed(input)
         return _ReLUInplaceTracedFunction.apply(input)
-    if input.requires_grad and torch.is_grad_enabled():
+    if needs_autograd(input):
         _check_inplace_allowed(input)
         return _relu_inplace_apply(input)
     # No autograd: the write alone. Under no_grad torch.relu_ bumps the version counter

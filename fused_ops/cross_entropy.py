@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, fast_apply, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
 from ._validation import check_floating, check_same_device, is_dense, legacy_reduction, scalar_type_name
 
 if TRITON_AVAILABLE:
@@ -714,9 +714,7 @@ def cross_entropy(
     if traced:
         # Dynamo traces Function.apply itself (fast_apply's C++ call would break the graph).
         return function.apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, True)
-    if torch.is_grad_enabled() and (
-        input.requires_grad or target.requires_grad or (weight is not None and weight.requires_grad)
-    ):
+    if needs_autograd(input, target, weight):
         return apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
     # No autograd: the forward launches alone (no gradient buffer, which nothing would read).
     return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False, False)[0]

@@ -24,7 +24,7 @@ import warnings
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, fast_apply, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout, legacy_reduction
 
 if TRITON_AVAILABLE:
@@ -315,7 +315,7 @@ def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torc
         target = target.to(dtype)
     if torch.compiler.is_compiling():
         return _MSELossTracedFunction.apply(input, target, reduction)
-    if (input.requires_grad or target.requires_grad) and torch.is_grad_enabled():
+    if needs_autograd(input, target):
         return _mse_loss_apply(input, target, reduction)
     return _forward_impl(input, target, reduction)
 

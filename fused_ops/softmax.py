@@ -29,7 +29,7 @@ import warnings
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, fast_apply, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
 from ._validation import check_floating, normalize_dim
 
 if TRITON_AVAILABLE:
@@ -270,7 +270,7 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
     output_dtype = dtype or input.dtype
     if torch.compiler.is_compiling():
         return traced_function.apply(input, dim, output_dtype)
-    if input.requires_grad and torch.is_grad_enabled():
+    if needs_autograd(input):
         return apply(input, dim, output_dtype)
     return _forward(op, input, dim, output_dtype, log)
 

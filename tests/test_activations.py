@@ -464,3 +464,16 @@ def aot_workload():
             fused_op(x).sum().backward()
     for dtype in INT_DTYPES:
         fused_ops.relu(torch.arange(-5, 5).to(dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_mode_ad_is_refused_not_dropped(name):
+    # A dual tensor does not require grad, yet skipping the Function (the no-grad fast
+    # path) would return no tangent at all: the Function must see it and refuse.
+    import torch.autograd.forward_ad as forward_ad
+
+    fused_op, _ = ACTIVATIONS[name]
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(torch.randn(5), torch.ones(5))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            fused_op(dual)
