@@ -176,6 +176,50 @@ class BoundKernel:
             *constants,
         )
 
+    def launch(self, programs: int, args: tuple, constants: tuple, num_warps: int) -> None:
+        """A 1-D launch of ``programs`` programs: ``__call__`` without its keyword arguments.
+
+        The hot launchers' form (no ``**constexprs`` dict, no grid tuple to inspect):
+        ``args`` are the runtime arguments, ``constants`` every constexpr's value, both in
+        the kernel's order. Same cache and same launch as ``__call__``.
+        """
+        if not self.compiled_mode:
+            self((programs,), *args, num_warps=num_warps, **dict(zip(self._constexpr_names, constants, strict=False)))
+            return
+        active = driver.active
+        device = active.get_current_device()
+        stream = active.get_current_stream(device)
+        try:
+            key = self._key(device, num_warps, constants, *args)
+        except TypeError:
+            key = None
+        entry = self._cache.get(key)
+        if entry is None or self.kernel.pre_run_hooks or _runtime.add_stages_inspection_hook is not None:
+            constexprs = dict(zip(self._constexpr_names, constants, strict=False))
+            if len(constants) != len(self._constexpr_names):
+                raise TypeError(self._usage_error)
+            self._first_launch(key, (programs,), args, num_warps, constexprs)
+            return
+        run, function, packed_metadata, compiled = entry
+        enter_hook = _runtime.launch_enter_hook
+        if (enter_hook.__class__ is HookChain and not enter_hook.calls) or enter_hook is None:
+            metadata = None
+        else:
+            metadata = compiled.launch_metadata((programs,), stream, *args, *constants)
+        run(
+            programs,
+            1,
+            1,
+            stream,
+            function,
+            packed_metadata,
+            metadata,
+            enter_hook,
+            _runtime.launch_exit_hook,
+            *args,
+            *constants,
+        )
+
     def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constexprs: dict) -> None:
         """Launch through Triton (compiling if needed) and remember the compiled kernel."""
         self._check_usage(args, constexprs)

@@ -160,8 +160,8 @@ def _launch_elementwise(kernel, inputs: tuple[torch.Tensor, ...], output: torch.
     if bound is None:
         bound = _bound[kernel] = BoundKernel(kernel)
     # Integer ceil-division: triton.cdiv costs ~2.5 µs from Python, `//` 0.04 µs.
-    grid = ((n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE,)
-    bound(grid, *inputs, output, n_elements, num_warps=ELEMENTWISE_NUM_WARPS, BLOCK_SIZE=ELEMENTWISE_BLOCK_SIZE)
+    programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
+    bound.launch(programs, (*inputs, output, n_elements), (ELEMENTWISE_BLOCK_SIZE,), ELEMENTWISE_NUM_WARPS)
     return output
 
 

@@ -341,8 +341,9 @@ def _launch(
         # Contiguous (outer, N, inner): every tensor has the strides (N * inner, inner, 1).
         one = (n_cols * inner, 1, inner) if rows_along_inner else (0, n_cols, 1)
         strides = one * (len(tensors) + 1)
-    _KERNELS[forward, looped](
-        grid, *tensors, output, n_rows, n_cols, *strides, num_warps=num_warps, LOG=log, BLOCK_R=block_r, BLOCK_N=block_n
+    # Runtime arguments, then the constexprs LOG, BLOCK_R, BLOCK_N (the kernels' order).
+    _KERNELS[forward, looped].launch(
+        grid[0], (*tensors, output, n_rows, n_cols, *strides), (log, block_r, block_n), num_warps
     )
 
 
