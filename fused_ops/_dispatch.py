@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 logger = logging.getLogger("fused_ops")
 
@@ -65,16 +66,26 @@ def _log_fallback_once(op: str, reason: str) -> None:
 
 def choose_backend(op: str, *tensors: torch.Tensor | None) -> Backend:
     """Return the backend that ``op`` uses for these tensors (``None`` entries are ignored)."""
+    # Asked by every forward and backward: the common answers come first, without a set
+    # of device types (this is on the host path of every op call).
     forced = _forced_backend.get()
     if forced is not None:
         return forced
+    if TRITON_AVAILABLE:
+        if TRITON_INTERPRETED:
+            return Backend.INTERPRETER
+        on_gpu = False
+        for t in tensors:
+            if t is not None:
+                if not t.is_cuda:
+                    on_gpu = False
+                    break
+                on_gpu = True
+        if on_gpu:
+            return Backend.TRITON
     device_types = {t.device.type for t in tensors if t is not None}
     if not TRITON_AVAILABLE:
         reason = "Triton is not installed on this platform"
-    elif TRITON_INTERPRETED:
-        return Backend.INTERPRETER
-    elif device_types == {"cuda"}:
-        return Backend.TRITON
     else:
         reason = f"tensors on {sorted(device_types)} need a GPU, or TRITON_INTERPRET=1 for the interpreter"
     _log_fallback_once(op, reason)
@@ -83,7 +94,57 @@ def choose_backend(op: str, *tensors: torch.Tensor | None) -> Backend:
 
 def use_triton(op: str, *tensors: torch.Tensor | None) -> bool:
     """True when ``op`` should launch its Triton kernels (compiled or interpreted)."""
+    # choose_backend's common answers inline: this runs in every forward and backward.
+    forced = _forced_backend.get()
+    if forced is not None:
+        return forced is not Backend.REFERENCE
+    if TRITON_INTERPRETED:
+        return True
     return choose_backend(op, *tensors) is not Backend.REFERENCE
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd must record an op on these tensors (``None`` entries are ignored).
+
+    That is: grad mode is on and a tensor requires grad, or forward-mode AD is active
+    (a dual tensor does not require grad, but its tangent must not be dropped silently).
+    Otherwise an op can skip its autograd Function and call its launcher directly.
+    """
+    if _forward_ad._current_level >= 0:
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
+def fast_apply(function: type[torch.autograd.Function]):
+    """``function.apply`` without the Python wrapper's per-call work, for the ops' eager path.
+
+    ``Function.apply`` inspects ``setup_context``, checks for functorch transforms and
+    walks its arguments for dead functorch wrappers (a pytree map) before calling the C++
+    apply: about 1 µs a call. These Functions define no ``setup_context``, so with no
+    functorch transform active (checked on every call, ~0.1 µs) the C++ apply is what
+    ``Function.apply`` would call; under a transform the full ``Function.apply`` runs.
+
+    Args:
+        function: a ``torch.autograd.Function`` subclass without ``setup_context``.
+
+    Returns:
+        A callable taking ``function.forward``'s arguments (without ``ctx``).
+    """
+    c_apply = super(torch.autograd.Function, function).apply
+    python_apply = function.apply
+    functorch_active = torch._C._are_functorch_transforms_active
+
+    def apply(*args):
+        if functorch_active():
+            return python_apply(*args)
+        return c_apply(*args)
+
+    return apply
 
 
 @contextlib.contextmanager
@@ -105,7 +166,7 @@ def force_backend(backend: Backend) -> Iterator[None]:
     if backend is not Backend.REFERENCE and not TRITON_AVAILABLE:
         raise RuntimeError(f"cannot force the {backend.value} backend: Triton is not installed on this platform")
     if backend is Backend.TRITON and TRITON_INTERPRETED:
-        raise RuntimeError("cannot force the triton backend (compiled): TRITON_INTERPRET=1 was set before import")
+        raise RuntimeError("cannot force the compiled triton backend: TRITON_INTERPRET=1 was set before import")
     if backend is Backend.INTERPRETER and not TRITON_INTERPRETED:
         raise RuntimeError("cannot force the interpreter backend: TRITON_INTERPRET=1 was not set before import")
     token = _forced_backend.set(backend)

@@ -83,6 +83,12 @@ def dense_layout(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     contiguous, which costs one copy but can never address the wrong element.
     """
     first = tensors[0]
+    # The common case first, at the cost of one is_contiguous() per tensor.
+    for t in tensors:
+        if not t.is_contiguous():
+            break
+    else:
+        return tensors
     shared_strides = all(t.stride() == first.stride() for t in tensors)
     if shared_strides and is_dense(first):
         return tensors

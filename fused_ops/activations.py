@@ -1,35 +1,56 @@
 """Fused elementwise activations: sigmoid, tanh and relu (and in-place relu_).
 
-Each op has three layers, read top to bottom:
+Each op reads top to bottom:
 
-- the functional (``sigmoid``) validates arguments like torch and calls the Function;
-- the ``torch.autograd.Function`` (``SigmoidFunction``) saves what backward needs with
-  ``ctx.save_for_backward``, so a second backward through a freed graph raises;
-- ``torch.library`` custom ops (``fused_ops::sigmoid_forward`` and ``_backward``) run the
-  kernels, with fake implementations so ``torch.compile(fullgraph=True)`` traces them
-  without a graph break. The backward op has its own autograd formula in eager ops,
-  which is what makes double backward (``gradgradcheck``) work.
+- the functional (``sigmoid``) validates arguments like torch. Without autograd (no_grad,
+  or an input that does not require grad) it calls the launcher directly; otherwise it
+  applies the one ``torch.autograd.Function`` (``SigmoidFunction``), which calls the
+  launchers and saves what backward needs with ``ctx.save_for_backward`` (so a second
+  backward through a freed graph raises). This eager path has no ``torch.library``
+  machinery on it: each layer of it costs microseconds of host time per call.
+- When backward runs with ``create_graph=True``, it applies ``_BackwardFunction``, whose
+  own backward is the derivative of the backward in eager ops: double backward
+  (``gradgradcheck``) works.
+- Under ``torch.compile`` the functional applies a Function over ``torch.library`` custom
+  ops (``fused_ops::sigmoid_forward`` and ``_backward``) with fake implementations, so
+  ``torch.compile(fullgraph=True)`` traces without a graph break. The backward op has the
+  same double-backward formula registered as its autograd.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from . import reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_to_floating
 
 if TRITON_AVAILABLE:
     from .kernels import activations as kernels
 
+_is_compiling = torch.compiler.is_compiling
 
-@torch.library.custom_op("fused_ops::sigmoid_forward", mutates_args=())
-def _sigmoid_forward(input: torch.Tensor) -> torch.Tensor:
+
+def _sigmoid_forward_impl(input: torch.Tensor) -> torch.Tensor:
     if use_triton("sigmoid", input):
         (input,) = dense_layout(input)
         return kernels.sigmoid_forward(input)
     return reference.sigmoid_ref(input)
+
+
+def _sigmoid_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if use_triton("sigmoid", grad_output, output):
+        grad_output, output = dense_layout(grad_output, output)
+        return kernels.sigmoid_backward(grad_output, output)
+    return reference.sigmoid_backward_ref(grad_output, output)
+
+
+@torch.library.custom_op("fused_ops::sigmoid_forward", mutates_args=())
+def _sigmoid_forward(input: torch.Tensor) -> torch.Tensor:
+    return _sigmoid_forward_impl(input)
 
 
 @_sigmoid_forward.register_fake
@@ -39,10 +60,7 @@ def _(input: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("fused_ops::sigmoid_backward", mutates_args=())
 def _sigmoid_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("sigmoid", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.sigmoid_backward(grad_output, output)
-    return reference.sigmoid_backward_ref(grad_output, output)
+    return _sigmoid_backward_impl(grad_output, output)
 
 
 @_sigmoid_backward.register_fake
@@ -53,6 +71,33 @@ def _(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
 def _save_backward_inputs(ctx, inputs, output) -> None:
     # Every backward op here takes (grad_output, output); their derivatives need both.
     ctx.save_for_backward(*inputs)
+
+
+class _BackwardFunction(torch.autograd.Function):
+    """An activation's backward as a differentiable op: applied only under ``create_graph=True``.
+
+    ``forward(grad_output, output, backward_impl, double_backward)`` launches the backward
+    kernel; its own backward is ``double_backward``, the derivative in eager ops (which
+    autograd can differentiate again).
+    """
+
+    @staticmethod
+    def forward(ctx, grad_output, output, backward_impl, double_backward):
+        ctx.save_for_backward(grad_output, output)
+        ctx.double_backward = double_backward
+        return backward_impl(grad_output, output)
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        return (*ctx.double_backward(ctx, grad_grad_input), None, None)
+
+
+def _backward(grad_output, output, backward_impl, double_backward):
+    """The input gradient from the saved output: a plain launch unless autograd records it."""
+    if torch.is_grad_enabled():
+        # create_graph=True: the gradient must itself be differentiable.
+        return _BackwardFunction.apply(grad_output, output, backward_impl, double_backward)
+    return backward_impl(grad_output, output)
 
 
 def _sigmoid_double_backward(ctx, grad_grad_input: torch.Tensor):
@@ -71,6 +116,21 @@ class SigmoidFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = _sigmoid_forward_impl(input)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return _backward(grad_output, output, _sigmoid_backward_impl, _sigmoid_double_backward)
+
+
+class _SigmoidTracedFunction(torch.autograd.Function):
+    """SigmoidFunction over the custom ops, for torch.compile."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
         output = torch.ops.fused_ops.sigmoid_forward(input)
         ctx.save_for_backward(output)
         return output
@@ -79,6 +139,9 @@ class SigmoidFunction(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (output,) = ctx.saved_tensors
         return torch.ops.fused_ops.sigmoid_backward(grad_output, output)
+
+
+_sigmoid_apply = fast_apply(SigmoidFunction)
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
@@ -102,15 +165,30 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
     (input,) = autocast_inputs("sigmoid", input)
     input = promote_to_floating(input)
     check_floating("sigmoid", input)
-    return SigmoidFunction.apply(input)
+    if _is_compiling():
+        return _SigmoidTracedFunction.apply(input)
+    if needs_autograd(input):
+        return _sigmoid_apply(input)
+    return _sigmoid_forward_impl(input)
 
 
-@torch.library.custom_op("fused_ops::tanh_forward", mutates_args=())
-def _tanh_forward(input: torch.Tensor) -> torch.Tensor:
+def _tanh_forward_impl(input: torch.Tensor) -> torch.Tensor:
     if use_triton("tanh", input):
         (input,) = dense_layout(input)
         return kernels.tanh_forward(input)
     return reference.tanh_ref(input)
+
+
+def _tanh_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if use_triton("tanh", grad_output, output):
+        grad_output, output = dense_layout(grad_output, output)
+        return kernels.tanh_backward(grad_output, output)
+    return reference.tanh_backward_ref(grad_output, output)
+
+
+@torch.library.custom_op("fused_ops::tanh_forward", mutates_args=())
+def _tanh_forward(input: torch.Tensor) -> torch.Tensor:
+    return _tanh_forward_impl(input)
 
 
 @_tanh_forward.register_fake
@@ -120,10 +198,7 @@ def _(input: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("fused_ops::tanh_backward", mutates_args=())
 def _tanh_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("tanh", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.tanh_backward(grad_output, output)
-    return reference.tanh_backward_ref(grad_output, output)
+    return _tanh_backward_impl(grad_output, output)
 
 
 @_tanh_backward.register_fake
@@ -147,6 +222,21 @@ class TanhFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = _tanh_forward_impl(input)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return _backward(grad_output, output, _tanh_backward_impl, _tanh_double_backward)
+
+
+class _TanhTracedFunction(torch.autograd.Function):
+    """TanhFunction over the custom ops, for torch.compile."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
         output = torch.ops.fused_ops.tanh_forward(input)
         ctx.save_for_backward(output)
         return output
@@ -155,6 +245,9 @@ class TanhFunction(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (output,) = ctx.saved_tensors
         return torch.ops.fused_ops.tanh_backward(grad_output, output)
+
+
+_tanh_apply = fast_apply(TanhFunction)
 
 
 def tanh(input: torch.Tensor) -> torch.Tensor:
@@ -179,7 +272,11 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
     (input,) = autocast_inputs("tanh", input)
     input = promote_to_floating(input)
     check_floating("tanh", input)
-    return TanhFunction.apply(input)
+    if _is_compiling():
+        return _TanhTracedFunction.apply(input)
+    if needs_autograd(input):
+        return _tanh_apply(input)
+    return _tanh_forward_impl(input)
 
 
 # torch.relu takes floats and these integer dtypes (and returns them unchanged in dtype).
@@ -196,21 +293,14 @@ def _check_relu_dtype(input: torch.Tensor) -> None:
         )
 
 
-@torch.library.custom_op("fused_ops::relu_forward", mutates_args=())
-def _relu_forward(input: torch.Tensor) -> torch.Tensor:
+def _relu_forward_impl(input: torch.Tensor) -> torch.Tensor:
     if use_triton("relu", input):
         (input,) = dense_layout(input)
         return kernels.relu_forward(input)
     return reference.relu_ref(input)
 
 
-@_relu_forward.register_fake
-def _(input: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("fused_ops::relu_forward_", mutates_args=("input",))
-def _relu_forward_inplace(input: torch.Tensor) -> None:
+def _relu_forward_inplace_impl(input: torch.Tensor) -> None:
     if use_triton("relu", input):
         (dense,) = dense_layout(input)
         if dense is input:
@@ -223,6 +313,28 @@ def _relu_forward_inplace(input: torch.Tensor) -> None:
     input.copy_(reference.relu_ref(input))
 
 
+def _relu_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    if use_triton("relu", grad_output, output):
+        grad_output, output = dense_layout(grad_output, output)
+        return kernels.relu_backward(grad_output, output)
+    return reference.relu_backward_ref(grad_output, output)
+
+
+@torch.library.custom_op("fused_ops::relu_forward", mutates_args=())
+def _relu_forward(input: torch.Tensor) -> torch.Tensor:
+    return _relu_forward_impl(input)
+
+
+@_relu_forward.register_fake
+def _(input: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+@torch.library.custom_op("fused_ops::relu_forward_", mutates_args=("input",))
+def _relu_forward_inplace(input: torch.Tensor) -> None:
+    _relu_forward_inplace_impl(input)
+
+
 @_relu_forward_inplace.register_fake
 def _(input: torch.Tensor) -> None:
     return None
@@ -230,10 +342,7 @@ def _(input: torch.Tensor) -> None:
 
 @torch.library.custom_op("fused_ops::relu_backward", mutates_args=())
 def _relu_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("relu", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.relu_backward(grad_output, output)
-    return reference.relu_backward_ref(grad_output, output)
+    return _relu_backward_impl(grad_output, output)
 
 
 @_relu_backward.register_fake
@@ -257,6 +366,21 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = _relu_forward_impl(input)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return _backward(grad_output, output, _relu_backward_impl, _relu_double_backward)
+
+
+class _ReLUTracedFunction(torch.autograd.Function):
+    """ReLUFunction over the custom ops, for torch.compile."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
         output = torch.ops.fused_ops.relu_forward(input)
         ctx.save_for_backward(output)
         return output
@@ -273,7 +397,7 @@ class ReLUInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        torch.ops.fused_ops.relu_forward_(input)
+        _relu_forward_inplace_impl(input)
         ctx.mark_dirty(input)
         # The input now holds the output, which is all backward needs.
         ctx.save_for_backward(input)
@@ -282,7 +406,27 @@ class ReLUInplaceFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (output,) = ctx.saved_tensors
+        return _backward(grad_output, output, _relu_backward_impl, _relu_double_backward)
+
+
+class _ReLUInplaceTracedFunction(torch.autograd.Function):
+    """ReLUInplaceFunction over the custom ops, for torch.compile."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        torch.ops.fused_ops.relu_forward_(input)
+        ctx.mark_dirty(input)
+        ctx.save_for_backward(input)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
         return torch.ops.fused_ops.relu_backward(grad_output, output)
+
+
+_relu_apply = fast_apply(ReLUFunction)
+_relu_inplace_apply = fast_apply(ReLUInplaceFunction)
 
 
 def relu(input: torch.Tensor) -> torch.Tensor:
@@ -306,10 +450,14 @@ def relu(input: torch.Tensor) -> torch.Tensor:
     """
     (input,) = autocast_inputs("relu", input)
     _check_relu_dtype(input)
-    if not input.is_floating_point():
-        # Integers carry no gradient: the op alone, with no autograd node.
-        return torch.ops.fused_ops.relu_forward(input)
-    return ReLUFunction.apply(input)
+    if _is_compiling():
+        if not input.is_floating_point():
+            return torch.ops.fused_ops.relu_forward(input)
+        return _ReLUTracedFunction.apply(input)
+    # Integers carry no gradient: the launch alone, with no autograd node.
+    if needs_autograd(input):
+        return _relu_apply(input)
+    return _relu_forward_impl(input)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -335,11 +483,20 @@ def relu_(input: torch.Tensor) -> torch.Tensor:
         (True, tensor([0., 2.]))
     """
     _check_relu_dtype(input)
-    if not input.is_floating_point():
-        torch.ops.fused_ops.relu_forward_(input)
-        return input
-    _check_inplace_allowed(input)
-    return ReLUInplaceFunction.apply(input)
+    if _is_compiling():
+        if not input.is_floating_point():
+            torch.ops.fused_ops.relu_forward_(input)
+            return input
+        _check_inplace_allowed(input)
+        return _ReLUInplaceTracedFunction.apply(input)
+    if needs_autograd(input):
+        _check_inplace_allowed(input)
+        return _relu_inplace_apply(input)
+    # No autograd: the write alone. Under no_grad torch.relu_ bumps the version counter
+    # too, which the kernel's write does not do by itself.
+    _relu_forward_inplace_impl(input)
+    torch.autograd.graph.increment_version(input)
+    return input
 
 
 def _check_inplace_allowed(input: torch.Tensor) -> None:
@@ -368,12 +525,23 @@ def _check_gelu_approximate(approximate: str) -> None:
         raise RuntimeError("approximate argument must be either none or tanh.")
 
 
-@torch.library.custom_op("fused_ops::gelu_forward", mutates_args=())
-def _gelu_forward(input: torch.Tensor, approximate: str) -> torch.Tensor:
+def _gelu_forward_impl(input: torch.Tensor, approximate: str) -> torch.Tensor:
     if use_triton("gelu", input):
         (input,) = dense_layout(input)
         return kernels.gelu_forward(input, approximate)
     return reference.gelu_ref(input, approximate)
+
+
+def _gelu_backward_impl(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
+    if use_triton("gelu", grad_output, input):
+        grad_output, input = dense_layout(grad_output, input)
+        return kernels.gelu_backward(grad_output, input, approximate)
+    return reference.gelu_backward_ref(grad_output, input, approximate)
+
+
+@torch.library.custom_op("fused_ops::gelu_forward", mutates_args=())
+def _gelu_forward(input: torch.Tensor, approximate: str) -> torch.Tensor:
+    return _gelu_forward_impl(input, approximate)
 
 
 @_gelu_forward.register_fake
@@ -383,10 +551,7 @@ def _(input: torch.Tensor, approximate: str) -> torch.Tensor:
 
 @torch.library.custom_op("fused_ops::gelu_backward", mutates_args=())
 def _gelu_backward(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
-    if use_triton("gelu", grad_output, input):
-        grad_output, input = dense_layout(grad_output, input)
-        return kernels.gelu_backward(grad_output, input, approximate)
-    return reference.gelu_backward_ref(grad_output, input, approximate)
+    return _gelu_backward_impl(grad_output, input, approximate)
 
 
 @_gelu_backward.register_fake
@@ -400,12 +565,16 @@ def _gelu_backward_setup_context(ctx, inputs, output) -> None:
     ctx.approximate = approximate
 
 
-def _gelu_double_backward(ctx, grad_grad_input: torch.Tensor):
+def _gelu_second_order(ctx, grad_grad_input: torch.Tensor, approximate: str):
     # grad_input = g * gelu'(x): d/dg = gelu'(x), d/dx = g * gelu''(x). Eager ops, so that
     # the third order is differentiable too.
     grad_output, input = ctx.saved_tensors
-    first, second = reference.gelu_derivatives(input, ctx.approximate)
-    return grad_grad_input * first, grad_grad_input * grad_output * second, None
+    first, second = reference.gelu_derivatives(input, approximate)
+    return grad_grad_input * first, grad_grad_input * grad_output * second
+
+
+def _gelu_double_backward(ctx, grad_grad_input: torch.Tensor):
+    return (*_gelu_second_order(ctx, grad_grad_input, ctx.approximate), None)
 
 
 _gelu_backward.register_autograd(_gelu_double_backward, setup_context=_gelu_backward_setup_context)
@@ -413,6 +582,28 @@ _gelu_backward.register_autograd(_gelu_double_backward, setup_context=_gelu_back
 
 class GELUFunction(torch.autograd.Function):
     """GELU whose forward and backward are Triton kernels; backward recomputes from the saved input."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, approximate: str) -> torch.Tensor:
+        output = _gelu_forward_impl(input, approximate)
+        ctx.save_for_backward(input)
+        ctx.approximate = approximate
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (input,) = ctx.saved_tensors
+        approximate = ctx.approximate
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradient must itself be differentiable.
+            backward_impl = functools.partial(_gelu_backward_impl, approximate=approximate)
+            second_order = functools.partial(_gelu_second_order, approximate=approximate)
+            return _BackwardFunction.apply(grad_output, input, backward_impl, second_order), None
+        return _gelu_backward_impl(grad_output, input, approximate), None
+
+
+class _GELUTracedFunction(torch.autograd.Function):
+    """GELUFunction over the custom ops, for torch.compile."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor, approximate: str) -> torch.Tensor:
@@ -425,6 +616,9 @@ class GELUFunction(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         (input,) = ctx.saved_tensors
         return torch.ops.fused_ops.gelu_backward(grad_output, input, ctx.approximate), None
+
+
+_gelu_apply = fast_apply(GELUFunction)
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -452,24 +646,21 @@ def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     (input,) = autocast_inputs("gelu", input)
     _check_gelu_approximate(approximate)
     check_floating("gelu", input)
-    return GELUFunction.apply(input, approximate)
+    if _is_compiling():
+        return _GELUTracedFunction.apply(input, approximate)
+    if needs_autograd(input):
+        return _gelu_apply(input, approximate)
+    return _gelu_forward_impl(input, approximate)
 
 
-@torch.library.custom_op("fused_ops::silu_forward", mutates_args=())
-def _silu_forward(input: torch.Tensor) -> torch.Tensor:
+def _silu_forward_impl(input: torch.Tensor) -> torch.Tensor:
     if use_triton("silu", input):
         (input,) = dense_layout(input)
         return kernels.silu_forward(input)
     return reference.silu_ref(input)
 
 
-@_silu_forward.register_fake
-def _(input: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("fused_ops::silu_forward_", mutates_args=("input",))
-def _silu_forward_inplace(input: torch.Tensor) -> None:
+def _silu_forward_inplace_impl(input: torch.Tensor) -> None:
     if use_triton("silu", input):
         (dense,) = dense_layout(input)
         if dense is input:
@@ -482,6 +673,28 @@ def _silu_forward_inplace(input: torch.Tensor) -> None:
     input.copy_(reference.silu_ref(input))
 
 
+def _silu_backward_impl(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    if use_triton("silu", grad_output, input):
+        grad_output, input = dense_layout(grad_output, input)
+        return kernels.silu_backward(grad_output, input)
+    return reference.silu_backward_ref(grad_output, input)
+
+
+@torch.library.custom_op("fused_ops::silu_forward", mutates_args=())
+def _silu_forward(input: torch.Tensor) -> torch.Tensor:
+    return _silu_forward_impl(input)
+
+
+@_silu_forward.register_fake
+def _(input: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+@torch.library.custom_op("fused_ops::silu_forward_", mutates_args=("input",))
+def _silu_forward_inplace(input: torch.Tensor) -> None:
+    _silu_forward_inplace_impl(input)
+
+
 @_silu_forward_inplace.register_fake
 def _(input: torch.Tensor) -> None:
     return None
@@ -489,10 +702,7 @@ def _(input: torch.Tensor) -> None:
 
 @torch.library.custom_op("fused_ops::silu_backward", mutates_args=())
 def _silu_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
-    if use_triton("silu", grad_output, input):
-        grad_output, input = dense_layout(grad_output, input)
-        return kernels.silu_backward(grad_output, input)
-    return reference.silu_backward_ref(grad_output, input)
+    return _silu_backward_impl(grad_output, input)
 
 
 @_silu_backward.register_fake
@@ -512,6 +722,21 @@ _silu_backward.register_autograd(_silu_double_backward, setup_context=_save_back
 
 class SiLUFunction(torch.autograd.Function):
     """SiLU whose forward and backward are Triton kernels; backward recomputes from the saved input."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        output = _silu_forward_impl(input)
+        ctx.save_for_backward(input)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (input,) = ctx.saved_tensors
+        return _backward(grad_output, input, _silu_backward_impl, _silu_double_backward)
+
+
+class _SiLUTracedFunction(torch.autograd.Function):
+    """SiLUFunction over the custom ops, for torch.compile."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
@@ -536,7 +761,10 @@ class SiLUInplaceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: torch.Tensor) -> torch.Tensor:
         original = input.clone() if ctx.needs_input_grad[0] else None
-        torch.ops.fused_ops.silu_forward_(input)
+        if _is_compiling():
+            torch.ops.fused_ops.silu_forward_(input)
+        else:
+            _silu_forward_inplace_impl(input)
         ctx.mark_dirty(input)
         ctx.save_for_backward(original)
         return input
@@ -544,7 +772,12 @@ class SiLUInplaceFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (original,) = ctx.saved_tensors
-        return torch.ops.fused_ops.silu_backward(grad_output, original)
+        if _is_compiling():
+            return torch.ops.fused_ops.silu_backward(grad_output, original)
+        return _backward(grad_output, original, _silu_backward_impl, _silu_double_backward)
+
+
+_silu_apply = fast_apply(SiLUFunction)
 
 
 def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -577,5 +810,14 @@ def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     check_floating("silu", input)
     if inplace:
         _check_inplace_allowed(input)
-        return SiLUInplaceFunction.apply(input)
-    return SiLUFunction.apply(input)
+        if _is_compiling() or needs_autograd(input):
+            return SiLUInplaceFunction.apply(input)
+        # No autograd: the write alone, with the version bump torch's silu_ makes.
+        _silu_forward_inplace_impl(input)
+        torch.autograd.graph.increment_version(input)
+        return input
+    if _is_compiling():
+        return _SiLUTracedFunction.apply(input)
+    if needs_autograd(input):
+        return _silu_apply(input)
+    return _silu_forward_impl(input)

@@ -5,14 +5,17 @@ The op has three layers, read top to bottom:
 - the functional (``cross_entropy``) reproduces :func:`torch.nn.functional.cross_entropy`
   up to the kernel call: legacy ``size_average``/``reduce``, the reduction name, and every
   shape, dtype and weight check, with torch's error types and messages, in torch's order;
-- two ``torch.autograd.Function``\\ s: ``CrossEntropyFunction`` saves the logits, the
-  per-row logsumexp and a per-row coefficient, so the backward is one more pass over the
-  logits; ``CrossEntropyGradInForwardFunction`` (opt-in) writes the gradient during the
-  forward into a buffer of its own and the backward only scales it, in place;
-- ``torch.library`` custom ops (``fused_ops::cross_entropy_forward``, ``_backward`` and
-  ``_scale_grad_``) run the kernels, with fake implementations so
-  ``torch.compile(fullgraph=True)`` traces them. The backward op has its own autograd
-  formula in eager ops, which is what makes double backward work.
+- two ``torch.autograd.Function``\\ s, which call the launchers: ``CrossEntropyFunction``
+  saves the logits, the per-row logsumexp and a per-row coefficient, so the backward is
+  one more pass over the logits; ``CrossEntropyGradInForwardFunction`` (opt-in) writes
+  the gradient during the forward into a buffer of its own and the backward only scales
+  it, in place. Without autograd the functional calls the launchers directly. Under
+  ``create_graph=True`` the backward applies ``_BackwardFunction``, whose backward is the
+  second derivative in eager ops, which is what makes double backward work;
+- under ``torch.compile``, ``torch.library`` custom ops (``fused_ops::cross_entropy_forward``,
+  ``_backward`` and ``_scale_grad_``) with fake implementations run the kernels, so
+  ``torch.compile(fullgraph=True)`` traces them; the backward op has the same second
+  derivative registered as its autograd.
 
 Logits are seen as ``(outer, C, inner)`` strided views (see :mod:`fused_ops.kernels.cross_entropy`):
 ``(C,)`` is ``(1, C, 1)``, ``(N, C)`` is ``(1, C, N)`` (any strides), and ``(N, C, d1, ...)``
@@ -26,7 +29,7 @@ import torch
 
 from . import reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
 from ._validation import check_floating, check_same_device, is_dense, legacy_reduction, scalar_type_name
 
 if TRITON_AVAILABLE:
@@ -135,8 +138,7 @@ def _assert_targets_in_bounds(all_ok: torch.Tensor, target: torch.Tensor, n_clas
         raise IndexError(f"Target {int(bad)} is out of bounds.") from None
 
 
-@torch.library.custom_op("fused_ops::cross_entropy_forward", mutates_args=())
-def _cross_entropy_forward(
+def _forward_impl(
     input: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
@@ -144,12 +146,21 @@ def _cross_entropy_forward(
     ignore_index: int,
     label_smoothing: float,
     grad_in_forward: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    placeholder: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss, lse, coef, total_weight, grad): the forward's outputs.
+
+    Without ``grad_in_forward``, grad is an empty placeholder (a custom op must return a
+    tensor), or None when not ``placeholder`` (the eager path, which drops it).
+    """
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
     out_dtype = _loss_dtype(input, target, weight)
     acc = reference.compute_dtype(input.dtype)
-    grad = _empty_grad(input) if grad_in_forward else input.new_empty((0,))
+    if grad_in_forward:
+        grad = _empty_grad(input)
+    else:
+        grad = input.new_empty((0,)) if placeholder else None
     if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
         if not prob_target:
             _check_target_bounds(target, n_classes, ignore_index)
@@ -213,6 +224,19 @@ def _cross_entropy_forward(
     return loss, lse, coef, total_weight, grad
 
 
+@torch.library.custom_op("fused_ops::cross_entropy_forward", mutates_args=())
+def _cross_entropy_forward(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    grad_in_forward: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward_impl(input, target, weight, reduction, ignore_index, label_smoothing, grad_in_forward)
+
+
 @_cross_entropy_forward.register_fake
 def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_in_forward):
     out_dtype = _loss_dtype(input, target, weight)
@@ -230,8 +254,7 @@ def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_in_f
     )
 
 
-@torch.library.custom_op("fused_ops::cross_entropy_backward", mutates_args=())
-def _cross_entropy_backward(
+def _backward_impl(
     grad_output: torch.Tensor,
     input: torch.Tensor,
     target: torch.Tensor,
@@ -243,6 +266,7 @@ def _cross_entropy_backward(
     ignore_index: int,
     label_smoothing: float,
 ) -> torch.Tensor:
+    """d loss / d input, in a new buffer."""
     args = (ignore_index, label_smoothing)
     if not use_triton("cross_entropy", grad_output, input, target, weight):
         return reference.cross_entropy_backward_ref(
@@ -266,6 +290,24 @@ def _cross_entropy_backward(
         reduction,
     )
     return grad
+
+
+@torch.library.custom_op("fused_ops::cross_entropy_backward", mutates_args=())
+def _cross_entropy_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    total_weight: torch.Tensor,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    return _backward_impl(
+        grad_output, input, target, weight, lse, coef, total_weight, reduction, ignore_index, label_smoothing
+    )
 
 
 @_cross_entropy_backward.register_fake
@@ -333,8 +375,24 @@ _cross_entropy_backward.register_autograd(
 )
 
 
-@torch.library.custom_op("fused_ops::cross_entropy_scale_grad_", mutates_args=("grad",))
-def _cross_entropy_scale_grad_(
+class _BackwardFunction(torch.autograd.Function):
+    """The logits' gradient as a differentiable op (only under ``create_graph=True``).
+
+    Takes the arguments of ``_backward_impl``; its backward is the second derivative in
+    eager ops, ``_cross_entropy_double_backward``.
+    """
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        _cross_entropy_backward_setup_context(ctx, inputs, None)
+        return _backward_impl(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad_grad):
+        return _cross_entropy_double_backward(ctx, grad_grad)
+
+
+def _scale_grad_impl(
     grad: torch.Tensor,
     grad_output: torch.Tensor,
     total_weight: torch.Tensor,
@@ -342,6 +400,7 @@ def _cross_entropy_scale_grad_(
     reduction: int,
     ignore_index: int,
 ) -> None:
+    """Scale the forward's gradient buffer in place by each row's factor."""
     prob_target = _is_prob_target(grad, target)
     if not use_triton("cross_entropy", grad, grad_output):
         scale = grad_output / total_weight if reduction == _MEAN else grad_output
@@ -366,22 +425,41 @@ def _cross_entropy_scale_grad_(
     )
 
 
+@torch.library.custom_op("fused_ops::cross_entropy_scale_grad_", mutates_args=("grad",))
+def _cross_entropy_scale_grad_(
+    grad: torch.Tensor,
+    grad_output: torch.Tensor,
+    total_weight: torch.Tensor,
+    target: torch.Tensor,
+    reduction: int,
+    ignore_index: int,
+) -> None:
+    _scale_grad_impl(grad, grad_output, total_weight, target, reduction, ignore_index)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     """Cross-entropy whose forward and backward each read the logits once (Triton kernels).
 
     Saves the logits, the targets, the weight, and per row the logsumexp and the
     gradient coefficient; the backward writes ``grad_output``-scaled ``softmax - target``.
+    With ``traced`` (under torch.compile) it runs the custom ops instead of the launchers.
     """
 
     @staticmethod
-    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing):
-        loss, lse, coef, total_weight, _ = torch.ops.fused_ops.cross_entropy_forward(
-            input, target, weight, reduction, ignore_index, label_smoothing, False
-        )
+    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, traced):
+        if traced:
+            loss, lse, coef, total_weight, _ = torch.ops.fused_ops.cross_entropy_forward(
+                input, target, weight, reduction, ignore_index, label_smoothing, False
+            )
+        else:
+            loss, lse, coef, total_weight, _ = _forward_impl(
+                input, target, weight, reduction, ignore_index, label_smoothing, False, False
+            )
         ctx.save_for_backward(input, target, weight, lse, coef, total_weight)
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index
         ctx.label_smoothing = label_smoothing
+        ctx.traced = traced
         return loss
 
     @staticmethod
@@ -390,7 +468,14 @@ class CrossEntropyFunction(torch.autograd.Function):
         needs_input, needs_target, needs_weight = ctx.needs_input_grad[:3]
         grad_input = grad_target = grad_weight = None
         if needs_input:
-            grad_input = torch.ops.fused_ops.cross_entropy_backward(
+            if ctx.traced:
+                backward = torch.ops.fused_ops.cross_entropy_backward
+            elif torch.is_grad_enabled():
+                # create_graph=True: the gradient must itself be differentiable.
+                backward = _BackwardFunction.apply
+            else:
+                backward = _backward_impl
+            grad_input = backward(
                 grad_output,
                 input,
                 target,
@@ -410,7 +495,7 @@ class CrossEntropyFunction(torch.autograd.Function):
             )
             grad_target = grad_target if needs_target else None
             grad_weight = grad_weight if needs_weight else None
-        return grad_input, grad_target, grad_weight, None, None, None
+        return grad_input, grad_target, grad_weight, None, None, None, None
 
 
 def _prob_target_and_weight_grads(grad_output, input, target, weight, total_weight, reduction, label_smoothing):
@@ -435,17 +520,18 @@ class CrossEntropyGradInForwardFunction(torch.autograd.Function):
     """Opt-in variant: the forward also writes the (unscaled) gradient; backward scales it in place.
 
     Saves only that buffer, the mean's denominator and the targets, not the logits. Once
-    differentiable: a backward with ``create_graph=True`` raises.
+    differentiable: a backward with ``create_graph=True`` raises. With ``traced`` (under
+    torch.compile) it runs the custom ops instead of the launchers.
     """
 
     @staticmethod
-    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing):
-        loss, _, _, total_weight, grad = torch.ops.fused_ops.cross_entropy_forward(
-            input, target, weight, reduction, ignore_index, label_smoothing, True
-        )
+    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, traced):
+        forward = torch.ops.fused_ops.cross_entropy_forward if traced else _forward_impl
+        loss, _, _, total_weight, grad = forward(input, target, weight, reduction, ignore_index, label_smoothing, True)
         ctx.save_for_backward(grad, total_weight, target)
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index
+        ctx.traced = traced
         return loss
 
     @staticmethod
@@ -461,10 +547,20 @@ class CrossEntropyGradInForwardFunction(torch.autograd.Function):
         # The buffer is ours alone, so it is scaled where it lies: no second logits-sized
         # allocation. A second backward (retain_graph=True) then fails autograd's
         # saved-tensor version check instead of reading an already scaled buffer.
-        torch.ops.fused_ops.cross_entropy_scale_grad_(
-            grad, grad_output, total_weight, target, ctx.reduction, ctx.ignore_index
-        )
-        return grad, None, None, None, None, None
+        if ctx.traced:
+            torch.ops.fused_ops.cross_entropy_scale_grad_(
+                grad, grad_output, total_weight, target, ctx.reduction, ctx.ignore_index
+            )
+        else:
+            _scale_grad_impl(grad, grad_output, total_weight, target, ctx.reduction, ctx.ignore_index)
+            # The kernel's write is invisible to autograd: bump the version, as the
+            # custom op's declared mutation does, so that the check above holds.
+            torch.autograd.graph.increment_version(grad)
+        return grad, None, None, None, None, None, None
+
+
+_cross_entropy_apply = fast_apply(CrossEntropyFunction)
+_grad_in_forward_apply = fast_apply(CrossEntropyGradInForwardFunction)
 
 
 def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: float) -> None:
@@ -609,9 +705,18 @@ def cross_entropy(
         reduction = legacy_reduction(size_average, reduce)
     reduction_enum = torch.nn._reduction.get_enum(reduction)
     _check_arguments(input, target, weight, ignore_index, label_smoothing)
-    args = (input, target, weight, reduction_enum, ignore_index, float(label_smoothing))
+    label_smoothing = float(label_smoothing)
+    traced = torch.compiler.is_compiling()
     if grad_in_forward:
         if target.requires_grad or (weight is not None and weight.requires_grad):
             raise RuntimeError("cross_entropy(grad_in_forward=True) computes only the input's gradient")
-        return CrossEntropyGradInForwardFunction.apply(*args)
-    return CrossEntropyFunction.apply(*args)
+        function, apply = CrossEntropyGradInForwardFunction, _grad_in_forward_apply
+    else:
+        function, apply = CrossEntropyFunction, _cross_entropy_apply
+    if traced:
+        # Dynamo traces Function.apply itself (fast_apply's C++ call would break the graph).
+        return function.apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, True)
+    if needs_autograd(input, target, weight):
+        return apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
+    # No autograd: the forward launches alone (no gradient buffer, which nothing would read).
+    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False, False)[0]

@@ -6,12 +6,15 @@ The op has three layers, read top to bottom:
   kernel call: the size-mismatch warning, the legacy ``size_average``/``reduce``
   arguments, broadcasting (as differentiable ``expand`` views, so autograd sums each
   gradient back to its operand's shape), reduction and dtype checks;
-- the ``torch.autograd.Function`` (``MSELossFunction``) saves input and target with
-  ``ctx.save_for_backward`` and asks for the gradients that autograd needs, no more;
-- ``torch.library`` custom ops (``fused_ops::mse_loss_forward`` and ``_backward``) run the
-  kernels, with fake implementations so ``torch.compile(fullgraph=True)`` traces them.
-  The backward op writes grad_input and grad_target in one launch and has its own
-  autograd formula in eager ops, which is what makes double backward work.
+- the ``torch.autograd.Function`` (``MSELossFunction``) calls the launchers, saves input
+  and target with ``ctx.save_for_backward`` and asks for the gradients that autograd
+  needs, no more; without autograd the functional calls the launcher directly. The
+  backward writes grad_input and grad_target in one launch; under ``create_graph=True``
+  it applies ``_BackwardFunction``, whose backward is the second derivative in eager ops;
+- under ``torch.compile``, ``torch.library`` custom ops (``fused_ops::mse_loss_forward``
+  and ``_backward``) with fake implementations run the kernels, so
+  ``torch.compile(fullgraph=True)`` traces them; the backward op has the same second
+  derivative registered as its autograd.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from . import reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout, legacy_reduction
 
 if TRITON_AVAILABLE:
@@ -31,14 +34,39 @@ if TRITON_AVAILABLE:
 _REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
 
 
-@torch.library.custom_op("fused_ops::mse_loss_forward", mutates_args=())
-def _mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+def _forward_impl(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
     # One dense layout for both paths, so the 'none' output's strides do not depend on
     # the backend (the fake below reproduces them).
     input, target = dense_layout(input, target)
     if use_triton("mse_loss", input, target):
         return kernels.mse_loss_forward(input, target, reduction)
     return reference.mse_loss_ref(input, target, reduction)
+
+
+def _backward_impl(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    input_grad: bool,
+    target_grad: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_input, grad_target), each None unless asked for."""
+    scalar_grad_output = _one_value(grad_output)
+    if scalar_grad_output:
+        input, target = dense_layout(input, target)
+    else:
+        grad_output, input, target = dense_layout(grad_output, input, target)
+    if use_triton("mse_loss", grad_output, input, target):
+        return kernels.mse_loss_backward(
+            grad_output, input, target, reduction == "mean", scalar_grad_output, input_grad, target_grad
+        )
+    return reference.mse_loss_backward_ref(grad_output, input, target, reduction, input_grad, target_grad)
+
+
+@torch.library.custom_op("fused_ops::mse_loss_forward", mutates_args=())
+def _mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    return _forward_impl(input, target, reduction)
 
 
 @_mse_loss_forward.register_fake
@@ -72,19 +100,7 @@ def _mse_loss_backward(
     input_grad: bool,
     target_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    scalar_grad_output = _one_value(grad_output)
-    if scalar_grad_output:
-        input, target = dense_layout(input, target)
-    else:
-        grad_output, input, target = dense_layout(grad_output, input, target)
-    if use_triton("mse_loss", grad_output, input, target):
-        grad_input, grad_target = kernels.mse_loss_backward(
-            grad_output, input, target, reduction == "mean", scalar_grad_output, input_grad, target_grad
-        )
-    else:
-        grad_input, grad_target = reference.mse_loss_backward_ref(
-            grad_output, input, target, reduction, input_grad, target_grad
-        )
+    grad_input, grad_target = _backward_impl(grad_output, input, target, reduction, input_grad, target_grad)
     return (
         _placeholder(input) if grad_input is None else grad_input,
         _placeholder(target) if grad_target is None else grad_target,
@@ -166,8 +182,55 @@ def _broadcast_with_warning(input: torch.Tensor, target: torch.Tensor) -> tuple[
     return tuple(torch.broadcast_tensors(input, target))
 
 
+class _BackwardFunction(torch.autograd.Function):
+    """MSE's backward as a differentiable op (only under ``create_graph=True``).
+
+    ``forward(grad_output, input, target, reduction, input_grad, target_grad)`` returns
+    (grad_input, grad_target), an empty placeholder for one not asked for; its backward
+    is the second derivative in eager ops.
+    """
+
+    @staticmethod
+    def forward(ctx, grad_output, input, target, reduction, input_grad, target_grad):
+        ctx.save_for_backward(grad_output, input, target)
+        ctx.reduction, ctx.input_grad, ctx.target_grad = reduction, input_grad, target_grad
+        grad_input, grad_target = _backward_impl(grad_output, input, target, reduction, input_grad, target_grad)
+        return (
+            _placeholder(input) if grad_input is None else grad_input,
+            _placeholder(target) if grad_target is None else grad_target,
+        )
+
+    @staticmethod
+    def backward(ctx, grad_grad_input, grad_grad_target):
+        return _mse_loss_double_backward(ctx, grad_grad_input, grad_grad_target)
+
+
 class MSELossFunction(torch.autograd.Function):
     """MSE loss of two same-shaped tensors; forward and fused backward are Triton kernels."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+        output = _forward_impl(input, target, reduction)
+        ctx.save_for_backward(input, target)
+        ctx.reduction = reduction
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        input, target = ctx.saved_tensors
+        input_grad, target_grad = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradients must themselves be differentiable.
+            grad_input, grad_target = _BackwardFunction.apply(
+                grad_output, input, target, ctx.reduction, input_grad, target_grad
+            )
+        else:
+            grad_input, grad_target = _backward_impl(grad_output, input, target, ctx.reduction, input_grad, target_grad)
+        return (grad_input if input_grad else None, grad_target if target_grad else None, None)
+
+
+class _MSELossTracedFunction(torch.autograd.Function):
+    """MSELossFunction over the custom ops, for torch.compile."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -184,6 +247,9 @@ class MSELossFunction(torch.autograd.Function):
             grad_output, input, target, ctx.reduction, input_grad, target_grad
         )
         return (grad_input if input_grad else None, grad_target if target_grad else None, None)
+
+
+_mse_loss_apply = fast_apply(MSELossFunction)
 
 
 def mse_loss(
@@ -245,7 +311,11 @@ def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torc
         input = input.to(dtype)
     if not target.is_floating_point():
         target = target.to(dtype)
-    return MSELossFunction.apply(input, target, reduction)
+    if torch.compiler.is_compiling():
+        return _MSELossTracedFunction.apply(input, target, reduction)
+    if needs_autograd(input, target):
+        return _mse_loss_apply(input, target, reduction)
+    return _forward_impl(input, target, reduction)
 
 
 def _weighted_mse_loss(

@@ -1,15 +1,17 @@
 """Fused softmax and log_softmax over any dim, forward and backward.
 
-Each op has the same three layers as :mod:`fused_ops.activations`:
+Each op has the same layers as :mod:`fused_ops.activations`:
 
 - the functional (``softmax``, ``log_softmax``) checks arguments like torch and applies
-  ``dtype=``;
-- the ``torch.autograd.Function`` saves the OUTPUT with ``ctx.save_for_backward``: both
-  gradients are functions of the output alone, so the input is never kept alive;
-- ``torch.library`` custom ops (``fused_ops::softmax_forward``, ``_backward`` and the
-  ``log_softmax`` pair) run the kernels, with fake implementations for
-  ``torch.compile(fullgraph=True)``. Each backward op has an autograd formula in eager
-  ops, which is what makes double backward work.
+  ``dtype=``; without autograd it calls the launcher directly;
+- the ``torch.autograd.Function`` calls the launchers and saves the OUTPUT with
+  ``ctx.save_for_backward``: both gradients are functions of the output alone, so the
+  input is never kept alive. Under ``create_graph=True`` its backward applies
+  ``_BackwardFunction``, whose backward is the second derivative in eager ops;
+- under ``torch.compile``, ``torch.library`` custom ops (``fused_ops::softmax_forward``,
+  ``_backward`` and the ``log_softmax`` pair) with fake implementations run the kernels,
+  so ``torch.compile(fullgraph=True)`` traces without a graph break; each backward op
+  has the same second derivative registered as its autograd.
 
 The kernels reduce over dim 1 of an ``(outer, N, inner)`` view, which ``reshape`` gives
 without a copy whenever the tensor's strides allow one (contiguous, transposed, sliced or
@@ -19,6 +21,7 @@ Outputs and input gradients are contiguous, as torch's are.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import warnings
@@ -27,7 +30,7 @@ import torch
 
 from . import reference
 from ._autocast import autocast_dtype
-from ._dispatch import TRITON_AVAILABLE, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
 from ._validation import check_floating, normalize_dim
 
 if TRITON_AVAILABLE:
@@ -39,6 +42,7 @@ if TRITON_AVAILABLE:
 _CAST_IN_KERNEL = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
 
 
+@functools.lru_cache(maxsize=256)
 def _three_d(shape: torch.Size, dim: int) -> tuple[int, int, int]:
     """(outer, N, inner): the sizes before, at and after ``dim`` (a 0-d tensor is (1, 1, 1))."""
     if len(shape) == 0:
@@ -48,8 +52,12 @@ def _three_d(shape: torch.Size, dim: int) -> tuple[int, int, int]:
 
 def _forward(op: str, input: torch.Tensor, dim: int, output_dtype: torch.dtype, log: bool) -> torch.Tensor:
     if use_triton(op, input):
+        shape = _three_d(input.shape, dim)
+        if input.is_contiguous():
+            # The common case: the launcher takes the shape, so no 3-D view is made.
+            return kernels.softmax_forward(input, output_dtype, log, shape)
         # reshape is a view (real strides, no copy) whenever one exists, else a contiguous copy.
-        output = kernels.softmax_forward(input.reshape(_three_d(input.shape, dim)), output_dtype, log)
+        output = kernels.softmax_forward(input.reshape(shape), output_dtype, log)
         return output.view(input.shape)
     ref = reference.log_softmax_ref if log else reference.softmax_ref
     return ref(input, dim, output_dtype).contiguous()
@@ -60,6 +68,8 @@ def _backward(
 ) -> torch.Tensor:
     if use_triton(op, grad_output, output):
         shape = _three_d(output.shape, dim)
+        if grad_output.is_contiguous() and output.is_contiguous():
+            return kernels.softmax_backward(grad_output, output, input_dtype, log, shape)
         # grad_output is often an expanded view (the gradient of a sum), which reshapes to
         # stride-0 views that the kernel reads in place.
         grad_input = kernels.softmax_backward(grad_output.reshape(shape), output.reshape(shape), input_dtype, log)
@@ -149,8 +159,66 @@ _softmax_backward.register_autograd(_softmax_double_backward, setup_context=_bac
 _log_softmax_backward.register_autograd(_log_softmax_double_backward, setup_context=_backward_setup_context)
 
 
+class _BackwardFunction(torch.autograd.Function):
+    """The backward of softmax or log_softmax as a differentiable op (only under ``create_graph=True``).
+
+    Its own backward is the second derivative in eager ops, which autograd can
+    differentiate again.
+    """
+
+    @staticmethod
+    def forward(ctx, grad_output, output, dim, input_dtype, log):
+        ctx.save_for_backward(grad_output, output)
+        ctx.dim, ctx.log = dim, log
+        return _backward("log_softmax" if log else "softmax", grad_output, output, dim, input_dtype, log)
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        double_backward = _log_softmax_double_backward if ctx.log else _softmax_double_backward
+        grad_grad_output, grad_saved_output, _, _ = double_backward(ctx, grad_grad_input)
+        return grad_grad_output, grad_saved_output, None, None, None
+
+
+def _function_backward(ctx, grad_output: torch.Tensor, log: bool) -> torch.Tensor:
+    (output,) = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True: the gradient must itself be differentiable.
+        return _BackwardFunction.apply(grad_output, output, ctx.dim, ctx.input_dtype, log)
+    return _backward("log_softmax" if log else "softmax", grad_output, output, ctx.dim, ctx.input_dtype, log)
+
+
 class SoftmaxFunction(torch.autograd.Function):
     """Softmax over ``dim`` by Triton kernels; the backward uses only the saved output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+        output = _forward("softmax", input, dim, output_dtype, log=False)
+        ctx.save_for_backward(output)
+        ctx.dim, ctx.input_dtype = dim, input.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return _function_backward(ctx, grad_output, log=False), None, None
+
+
+class LogSoftmaxFunction(torch.autograd.Function):
+    """Log-softmax over ``dim`` by Triton kernels; the backward uses only the saved output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+        output = _forward("log_softmax", input, dim, output_dtype, log=True)
+        ctx.save_for_backward(output)
+        ctx.dim, ctx.input_dtype = dim, input.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return _function_backward(ctx, grad_output, log=True), None, None
+
+
+class _SoftmaxTracedFunction(torch.autograd.Function):
+    """SoftmaxFunction over the custom ops, for torch.compile."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
@@ -165,8 +233,8 @@ class SoftmaxFunction(torch.autograd.Function):
         return torch.ops.fused_ops.softmax_backward(grad_output, output, ctx.dim, ctx.input_dtype), None, None
 
 
-class LogSoftmaxFunction(torch.autograd.Function):
-    """Log-softmax over ``dim`` by Triton kernels; the backward uses only the saved output."""
+class _LogSoftmaxTracedFunction(torch.autograd.Function):
+    """LogSoftmaxFunction over the custom ops, for torch.compile."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
@@ -181,17 +249,31 @@ class LogSoftmaxFunction(torch.autograd.Function):
         return torch.ops.fused_ops.log_softmax_backward(grad_output, output, ctx.dim, ctx.input_dtype), None, None
 
 
-def _apply(function, op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
-    """Check arguments in torch's order (dim, then dtype) and apply ``function``."""
-    try:
-        dim = operator.index(dim)
-    except TypeError:
-        raise TypeError(f"{op}(): argument 'dim' (position 2) must be int, not {type(dim).__name__}") from None
+# (eager Function's apply, Function over custom ops) per op, and whether the op is log_softmax.
+_FUNCTIONS = {
+    "softmax": (fast_apply(SoftmaxFunction), _SoftmaxTracedFunction, False),
+    "log_softmax": (fast_apply(LogSoftmaxFunction), _LogSoftmaxTracedFunction, True),
+}
+
+
+def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
+    """Check arguments in torch's order (dim, then dtype) and run ``op``."""
+    if dim.__class__ is not int:
+        try:
+            dim = operator.index(dim)
+        except TypeError:
+            raise TypeError(f"{op}(): argument 'dim' (position 2) must be int, not {type(dim).__name__}") from None
     dim = normalize_dim(dim, input.dim())
     if dtype is not None and dtype != input.dtype and (input.dtype, dtype) not in _CAST_IN_KERNEL:
         input = input.to(dtype)
     check_floating(op, input)
-    return function.apply(input, dim, dtype or input.dtype)
+    apply, traced_function, log = _FUNCTIONS[op]
+    output_dtype = dtype or input.dtype
+    if torch.compiler.is_compiling():
+        return traced_function.apply(input, dim, output_dtype)
+    if needs_autograd(input):
+        return apply(input, dim, output_dtype)
+    return _forward(op, input, dim, output_dtype, log)
 
 
 def softmax(input: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -223,7 +305,7 @@ def softmax(input: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> 
         tensor([[0.0900, 0.2447, 0.6652]])
     """
     dtype = autocast_dtype("softmax", input, dtype)
-    return _apply(SoftmaxFunction, "softmax", input, dim, dtype)
+    return _apply("softmax", input, dim, dtype)
 
 
 def log_softmax(input: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -254,7 +336,7 @@ def log_softmax(input: torch.Tensor, dim: int, dtype: torch.dtype | None = None)
         tensor([[-2.4076, -1.4076, -0.4076]])
     """
     dtype = autocast_dtype("log_softmax", input, dtype)
-    return _apply(LogSoftmaxFunction, "log_softmax", input, dim, dtype)
+    return _apply("log_softmax", input, dim, dtype)
 
 
 def implicit_softmax_dim(name: str, ndim: int, stacklevel: int) -> int:

@@ -11,6 +11,7 @@ import triton.language as tl
 
 from ._common import upcast
 from ._config import ELEMENTWISE_BLOCK_SIZE, ELEMENTWISE_NUM_WARPS
+from ._launch import BoundKernel
 
 
 @triton.jit
@@ -140,6 +141,10 @@ def relu_backward_kernel(grad_output_ptr, output_ptr, grad_input_ptr, n_elements
     tl.store(grad_input_ptr + offsets, grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
 
 
+# One BoundKernel per kernel, made at its first launch: launches skip Triton's binder.
+_bound: dict = {}
+
+
 def _launch_elementwise(kernel, inputs: tuple[torch.Tensor, ...], output: torch.Tensor | None = None) -> torch.Tensor:
     """Launch ``kernel(*inputs, output, n_elements)`` over inputs that share one dense layout.
 
@@ -151,8 +156,12 @@ def _launch_elementwise(kernel, inputs: tuple[torch.Tensor, ...], output: torch.
     n_elements = output.numel()
     if n_elements == 0:
         return output
-    grid = (triton.cdiv(n_elements, ELEMENTWISE_BLOCK_SIZE),)
-    kernel[grid](*inputs, output, n_elements, BLOCK_SIZE=ELEMENTWISE_BLOCK_SIZE, num_warps=ELEMENTWISE_NUM_WARPS)
+    bound = _bound.get(kernel)
+    if bound is None:
+        bound = _bound[kernel] = BoundKernel(kernel)
+    # Integer ceil-division: triton.cdiv costs ~2.5 µs from Python, `//` 0.04 µs.
+    programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
+    bound.launch(programs, (*inputs, output, n_elements), (ELEMENTWISE_BLOCK_SIZE,), ELEMENTWISE_NUM_WARPS)
     return output
 
 

@@ -31,6 +31,7 @@ to a single ``torch._assert_async``: no eager pass over the targets.
 Rows with a bad target compute as ignored rows, so no weight is read out of bounds.
 """
 
+import functools
 import struct
 
 import torch
@@ -45,6 +46,7 @@ from ._config import (
     CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
     CROSS_ENTROPY_TILE_SIZE,
 )
+from ._launch import BoundKernel, next_power_of_2
 
 
 @triton.jit
@@ -529,10 +531,17 @@ def _blocks(logits: torch.Tensor) -> tuple[int, int]:
     per tile, so each class's loads are one coalesced run, and as many classes as fit.
     """
     _, C, inner = logits.shape
-    c_pow2 = triton.next_power_of_2(max(C, 1))
-    i_pow2 = triton.next_power_of_2(max(inner, 1))
+    _, class_stride, row_stride = logits.stride()
+    return _block_sizes(C, inner, class_stride == 1 or C == 1 or row_stride != 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _block_sizes(C: int, inner: int, classes_long: bool) -> tuple[int, int]:
+    """_blocks' arithmetic, cached: (BLOCK_C, BLOCK_I) for C classes and ``inner`` rows."""
+    c_pow2 = next_power_of_2(max(C, 1))
+    i_pow2 = next_power_of_2(max(inner, 1))
     tile = CROSS_ENTROPY_TILE_SIZE
-    if logits.stride(1) == 1 or C == 1 or logits.stride(2) != 1:
+    if classes_long:
         block_c = min(c_pow2, CROSS_ENTROPY_MAX_BLOCK_C)
         return block_c, min(i_pow2, tile // block_c)
     block_i = min(i_pow2, CROSS_ENTROPY_MAX_BLOCK_I)
@@ -540,7 +549,7 @@ def _blocks(logits: torch.Tensor) -> tuple[int, int]:
 
 
 def _grid(outer: int, inner: int, block_i: int) -> tuple[int]:
-    return (outer * triton.cdiv(inner, block_i),)
+    return (outer * ((inner + block_i - 1) // block_i),)
 
 
 def forward_program_count(logits: torch.Tensor) -> int:
@@ -549,10 +558,18 @@ def forward_program_count(logits: torch.Tensor) -> int:
     return _grid(outer, inner, _blocks(logits)[1])[0]
 
 
+# Launches bound once per signature (kernels/_launch.py).
+_forward = BoundKernel(cross_entropy_forward_kernel)
+_reduce = BoundKernel(cross_entropy_reduce_kernel)
+_backward = BoundKernel(cross_entropy_backward_kernel)
+_scale_grad = BoundKernel(cross_entropy_scale_grad_kernel)
+
+
 def _to_fp32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
+@functools.lru_cache(maxsize=64)
 def _split_fp64(value: float) -> tuple[float, float]:
     """``value`` as two fp32-exact floats whose sum is ``value`` to ~1e-16 (fp64 kernels add them)."""
     hi = _to_fp32(value)
@@ -587,31 +604,37 @@ def cross_entropy_forward(
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     g_strides = grad.stride() if grad is not None else (0, 0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    cross_entropy_forward_kernel[_grid(outer, inner, block_i)](
-        logits,
-        target,
-        weight if weight is not None else logits,
-        row_loss,
-        lse,
-        coef,
-        row_weight,
-        grad if grad is not None else logits,
-        target_ok if target_ok is not None else row_loss,
-        C,
-        inner,
-        *logits.stride(),
-        *t_strides,
-        *g_strides,
-        ignore_index,
-        eps_hi,
-        eps_lo,
-        HAS_WEIGHT=weight is not None,
-        PROB_TARGET=prob_target,
-        SMOOTHING=label_smoothing > 0,
-        GRAD_IN_FORWARD=grad is not None,
-        BLOCK_C=block_c,
-        BLOCK_I=block_i,
-        num_warps=CROSS_ENTROPY_NUM_WARPS,
+    # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD_IN_FORWARD, BLOCK_C, BLOCK_I.
+    _forward.launch(
+        _grid(outer, inner, block_i)[0],
+        (
+            logits,
+            target,
+            weight if weight is not None else logits,
+            row_loss,
+            lse,
+            coef,
+            row_weight,
+            grad if grad is not None else logits,
+            target_ok if target_ok is not None else row_loss,
+            C,
+            inner,
+            *logits.stride(),
+            *t_strides,
+            *g_strides,
+            ignore_index,
+            eps_hi,
+            eps_lo,
+        ),
+        (
+            weight is not None,
+            prob_target,
+            label_smoothing > 0,
+            grad is not None,
+            block_c,
+            block_i,
+        ),
+        CROSS_ENTROPY_NUM_WARPS,
     )
 
 
@@ -631,19 +654,26 @@ def cross_entropy_reduce(
     one-element int8 ``all_ok``.
     """
     check = target_ok is not None
-    cross_entropy_reduce_kernel[(1,)](
-        row_loss,
-        row_weight if row_weight is not None else row_loss,
-        loss if loss is not None else row_loss,
-        total_weight,
-        target_ok if check else row_loss,
-        all_ok if check else row_loss,
-        row_loss.numel(),
-        target_ok.numel() if check else 0,
-        REDUCTION=reduction,
-        HAS_ROW_WEIGHT=row_weight is not None,
-        CHECK_TARGETS=check,
-        BLOCK_SIZE=CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
+    # Constexprs in the kernel's order: REDUCTION, HAS_ROW_WEIGHT, CHECK_TARGETS, BLOCK_SIZE.
+    _reduce.launch(
+        1,
+        (
+            row_loss,
+            row_weight if row_weight is not None else row_loss,
+            loss if loss is not None else row_loss,
+            total_weight,
+            target_ok if check else row_loss,
+            all_ok if check else row_loss,
+            row_loss.numel(),
+            target_ok.numel() if check else 0,
+        ),
+        (
+            reduction,
+            row_weight is not None,
+            check,
+            CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
+        ),
+        4,  # num_warps: Triton's default, which this launch always used
     )
 
 
@@ -669,31 +699,37 @@ def cross_entropy_backward(
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    cross_entropy_backward_kernel[_grid(outer, inner, block_i)](
-        grad_output,
-        logits,
-        target,
-        weight if weight is not None else logits,
-        lse,
-        coef,
-        total_weight,
-        grad,
-        C,
-        inner,
-        *dy_strides,
-        *logits.stride(),
-        *t_strides,
-        *grad.stride(),
-        ignore_index,
-        eps_hi,
-        eps_lo,
-        HAS_WEIGHT=weight is not None,
-        PROB_TARGET=prob_target,
-        SMOOTHING=label_smoothing > 0,
-        REDUCTION=reduction,
-        BLOCK_C=block_c,
-        BLOCK_I=block_i,
-        num_warps=CROSS_ENTROPY_NUM_WARPS,
+    # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, REDUCTION, BLOCK_C, BLOCK_I.
+    _backward.launch(
+        _grid(outer, inner, block_i)[0],
+        (
+            grad_output,
+            logits,
+            target,
+            weight if weight is not None else logits,
+            lse,
+            coef,
+            total_weight,
+            grad,
+            C,
+            inner,
+            *dy_strides,
+            *logits.stride(),
+            *t_strides,
+            *grad.stride(),
+            ignore_index,
+            eps_hi,
+            eps_lo,
+        ),
+        (
+            weight is not None,
+            prob_target,
+            label_smoothing > 0,
+            reduction,
+            block_c,
+            block_i,
+        ),
+        CROSS_ENTROPY_NUM_WARPS,
     )
 
 
@@ -716,20 +752,26 @@ def cross_entropy_scale_grad(
     block_c, block_i = _blocks(grad)
     dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
     t_strides = (0, 0) if prob_target else target.stride()
-    cross_entropy_scale_grad_kernel[_grid(outer, inner, block_i)](
-        grad_output,
-        total_weight,
-        target,
-        grad,
-        C,
-        inner,
-        *dy_strides,
-        *t_strides,
-        *grad.stride(),
-        ignore_index,
-        PROB_TARGET=prob_target,
-        REDUCTION=reduction,
-        BLOCK_C=block_c,
-        BLOCK_I=block_i,
-        num_warps=CROSS_ENTROPY_NUM_WARPS,
+    # Constexprs in the kernel's order: PROB_TARGET, REDUCTION, BLOCK_C, BLOCK_I.
+    _scale_grad.launch(
+        _grid(outer, inner, block_i)[0],
+        (
+            grad_output,
+            total_weight,
+            target,
+            grad,
+            C,
+            inner,
+            *dy_strides,
+            *t_strides,
+            *grad.stride(),
+            ignore_index,
+        ),
+        (
+            prob_target,
+            reduction,
+            block_c,
+            block_i,
+        ),
+        CROSS_ENTROPY_NUM_WARPS,
     )

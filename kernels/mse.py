@@ -20,6 +20,7 @@ import triton.language as tl
 
 from ._common import upcast
 from ._config import MSE_BLOCK_SIZE, MSE_MAX_PARTIALS, MSE_NUM_WARPS, MSE_PARTIALS_NUM_WARPS
+from ._launch import BoundKernel
 
 
 @triton.jit
@@ -135,6 +136,13 @@ def mse_loss_backward_kernel(
         _store_as(grad_target_ptr + offsets, -grad, mask)
 
 
+# Launches bound once per signature (kernels/_launch.py).
+_mse_loss = BoundKernel(mse_loss_kernel)
+_partial_sums = BoundKernel(mse_loss_partial_sums_kernel)
+_sum_partials = BoundKernel(mse_loss_sum_partials_kernel)
+_backward = BoundKernel(mse_loss_backward_kernel)
+
+
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The accumulation dtype of a loss whose output has ``dtype``: fp64 stays fp64, else fp32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -151,27 +159,29 @@ def mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) 
     if reduction == "none":
         output = torch.empty_like(input, dtype=out_dtype)
         if n_elements > 0:
-            grid = (triton.cdiv(n_elements, MSE_BLOCK_SIZE),)
-            mse_loss_kernel[grid](input, target, output, n_elements, BLOCK_SIZE=MSE_BLOCK_SIZE, num_warps=MSE_NUM_WARPS)
+            grid = ((n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE,)
+            _mse_loss.launch(grid[0], (input, target, output, n_elements), (MSE_BLOCK_SIZE,), MSE_NUM_WARPS)
         return output
     mean = reduction == "mean"
     output = torch.empty((), dtype=out_dtype, device=input.device)
     # At least one program, so an empty input still writes its 0 (or nan) on the device.
-    n_partials = max(1, min(triton.cdiv(n_elements, MSE_BLOCK_SIZE), MSE_MAX_PARTIALS))
+    n_partials = max(1, min((n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE, MSE_MAX_PARTIALS))
     final = n_partials == 1
     partials = output if final else torch.empty(n_partials, dtype=_accumulation_dtype(out_dtype), device=input.device)
-    mse_loss_partial_sums_kernel[(n_partials,)](
-        input, target, partials, n_elements, FINAL=final, MEAN=mean, BLOCK_SIZE=MSE_BLOCK_SIZE, num_warps=MSE_NUM_WARPS
+    # Constexprs in the kernel's order: FINAL, MEAN, BLOCK_SIZE.
+    _partial_sums.launch(
+        n_partials, (input, target, partials, n_elements), (final, mean, MSE_BLOCK_SIZE), MSE_NUM_WARPS
     )
     if not final:
-        mse_loss_sum_partials_kernel[(1,)](
+        _sum_partials(
+            (1,),
             partials,
             output,
             n_partials,
             n_elements,
+            num_warps=MSE_PARTIALS_NUM_WARPS,
             MEAN=mean,
             BLOCK_SIZE=MSE_MAX_PARTIALS,
-            num_warps=MSE_PARTIALS_NUM_WARPS,
         )
     return output
 
@@ -197,19 +207,12 @@ def mse_loss_backward(
     grad_target = torch.empty_like(input, dtype=target.dtype) if target_grad else None
     n_elements = input.numel()
     if n_elements > 0 and (input_grad or target_grad):
-        grid = (triton.cdiv(n_elements, MSE_BLOCK_SIZE),)
-        mse_loss_backward_kernel[grid](
-            grad_output,
-            input,
-            target,
-            grad_input,
-            grad_target,
-            n_elements,
-            SCALAR_GRAD_OUTPUT=scalar_grad_output,
-            MEAN=mean,
-            INPUT_GRAD=input_grad,
-            TARGET_GRAD=target_grad,
-            BLOCK_SIZE=MSE_BLOCK_SIZE,
-            num_warps=MSE_NUM_WARPS,
+        grid = ((n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE,)
+        # Constexprs in the kernel's order: SCALAR_GRAD_OUTPUT, MEAN, INPUT_GRAD, TARGET_GRAD, BLOCK_SIZE.
+        _backward.launch(
+            grid[0],
+            (grad_output, input, target, grad_input, grad_target, n_elements),
+            (scalar_grad_output, mean, input_grad, target_grad, MSE_BLOCK_SIZE),
+            MSE_NUM_WARPS,
         )
     return grad_input, grad_target

@@ -28,6 +28,8 @@ in a row makes the whole row NaN, and ``-inf`` next to finite values gives 0 (so
 ``-inf`` (log_softmax).
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -42,6 +44,7 @@ from ._config import (
     SOFTMAX_MIN_WARPS,
     SOFTMAX_STRIDED_MIN_ROWS,
 )
+from ._launch import BoundKernel, next_power_of_2
 
 # Index arithmetic is written out in each kernel instead of in @triton.jit helpers: Triton's
 # interpreter re-patches triton.language on every helper call (milliseconds each), which
@@ -257,6 +260,15 @@ def softmax_backward_looped_kernel(
         )
 
 
+# (forward, looped) -> the kernel, bound once per signature (kernels/_launch.py).
+_KERNELS = {
+    (True, False): BoundKernel(softmax_forward_kernel),
+    (True, True): BoundKernel(softmax_forward_looped_kernel),
+    (False, False): BoundKernel(softmax_backward_kernel),
+    (False, True): BoundKernel(softmax_backward_looped_kernel),
+}
+
+
 def _groups_and_strides(tensor: torch.Tensor, rows_along_inner: bool) -> tuple[int, int, int]:
     """(group_stride, row_stride, col_stride) of a 3-D (outer, N, inner) tensor."""
     outer_stride, n_stride, inner_stride = tensor.stride()
@@ -266,57 +278,97 @@ def _groups_and_strides(tensor: torch.Tensor, rows_along_inner: bool) -> tuple[i
     return 0, outer_stride, n_stride
 
 
-def _launch(forward: bool, log: bool, tensors: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-    """Choose the path and tile for (outer, N, inner) tensors, and launch it over ``output``.
+@functools.lru_cache(maxsize=256)
+def _plan(outer: int, n_cols: int, inner: int, config: tuple[int, ...]) -> tuple:
+    """(looped, n_rows, grid, block_r, block_n, num_warps, rows_along_inner) for an (outer, N, inner) shape.
 
-    The tile depends only on the shape, so the forward and backward of one tensor always
-    take the same path. The launcher reads this module's SOFTMAX_* globals on every call,
-    so tests can lower them to reach the looped path with small tensors.
+    A pure function of the shape and the SOFTMAX_* config, so cached: the launch of a
+    shape seen before does none of this arithmetic.
     """
-    outer, n_cols, inner = output.shape
-    if output.numel() == 0:
-        return
+    strided_min_rows, max_fused, loop_tile, min_tile, per_warp, min_warps, max_warps = config
     rows_along_inner = inner > 1
     n_groups, n_rows = (outer, inner) if rows_along_inner else (1, outer)
     # Rows adjacent in memory want a tile wide along the rows, so a warp's loads coalesce.
-    min_rows = min(triton.next_power_of_2(n_rows), SOFTMAX_STRIDED_MIN_ROWS) if rows_along_inner else 1
-    block_n = triton.next_power_of_2(n_cols)
-    looped = block_n * min_rows > SOFTMAX_MAX_FUSED_SIZE
+    min_rows = min(next_power_of_2(n_rows), strided_min_rows) if rows_along_inner else 1
+    block_n = next_power_of_2(n_cols)
+    looped = block_n * min_rows > max_fused
     if looped:
         block_r = min_rows
-        block_n = max(SOFTMAX_LOOP_TILE // block_r, 1)
+        block_n = max(loop_tile // block_r, 1)
     else:
-        block_r = min(triton.next_power_of_2(n_rows), max(min_rows, SOFTMAX_MIN_TILE // block_n))
-    num_warps = min(max((block_r * block_n) // SOFTMAX_ELEMENTS_PER_WARP, SOFTMAX_MIN_WARPS), SOFTMAX_MAX_WARPS)
-    if forward:
-        kernel = softmax_forward_looped_kernel if looped else softmax_forward_kernel
+        block_r = min(next_power_of_2(n_rows), max(min_rows, min_tile // block_n))
+    num_warps = min(max((block_r * block_n) // per_warp, min_warps), max_warps)
+    grid = (n_groups * ((n_rows + block_r - 1) // block_r),)
+    return looped, n_rows, grid, block_r, block_n, num_warps, rows_along_inner
+
+
+def _launch(
+    forward: bool,
+    log: bool,
+    tensors: tuple[torch.Tensor, ...],
+    output: torch.Tensor,
+    shape: tuple[int, int, int] | None = None,
+) -> None:
+    """Choose the path and tile for (outer, N, inner) tensors, and launch it over ``output``.
+
+    The tensors are 3-D of any strides, or, when ``shape`` is given, contiguous tensors of
+    any rank seen as that (outer, N, inner) shape (no view needed). The tile depends only
+    on the shape, so the forward and backward of one tensor always take the same path.
+    The launcher reads this module's SOFTMAX_* globals on every call, so tests can lower
+    them to reach the looped path with small tensors.
+    """
+    if output.numel() == 0:
+        return
+    outer, n_cols, inner = output.shape if shape is None else shape
+    config = (
+        SOFTMAX_STRIDED_MIN_ROWS,
+        SOFTMAX_MAX_FUSED_SIZE,
+        SOFTMAX_LOOP_TILE,
+        SOFTMAX_MIN_TILE,
+        SOFTMAX_ELEMENTS_PER_WARP,
+        SOFTMAX_MIN_WARPS,
+        SOFTMAX_MAX_WARPS,
+    )
+    looped, n_rows, grid, block_r, block_n, num_warps, rows_along_inner = _plan(outer, n_cols, inner, config)
+    if shape is None:
+        strides = [s for t in (*tensors, output) for s in _groups_and_strides(t, rows_along_inner)]
     else:
-        kernel = softmax_backward_looped_kernel if looped else softmax_backward_kernel
-    strides = [s for t in (*tensors, output) for s in _groups_and_strides(t, rows_along_inner)]
-    grid = (n_groups * triton.cdiv(n_rows, block_r),)
-    kernel[grid](
-        *tensors, output, n_rows, n_cols, *strides, LOG=log, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=num_warps
+        # Contiguous (outer, N, inner): every tensor has the strides (N * inner, inner, 1).
+        one = (n_cols * inner, 1, inner) if rows_along_inner else (0, n_cols, 1)
+        strides = one * (len(tensors) + 1)
+    # Runtime arguments, then the constexprs LOG, BLOCK_R, BLOCK_N (the kernels' order).
+    _KERNELS[forward, looped].launch(
+        grid[0], (*tensors, output, n_rows, n_cols, *strides), (log, block_r, block_n), num_warps
     )
 
 
-def softmax_forward(input: torch.Tensor, output_dtype: torch.dtype, log: bool) -> torch.Tensor:
+def softmax_forward(
+    input: torch.Tensor, output_dtype: torch.dtype, log: bool, shape: tuple[int, int, int] | None = None
+) -> torch.Tensor:
     """softmax (or log_softmax) over dim 1 of a 3-D (outer, N, inner) tensor of any strides.
 
-    Returns a new contiguous (outer, N, inner) tensor of ``output_dtype``.
+    With ``shape``, ``input`` is instead a contiguous tensor of any rank, seen as that
+    (outer, N, inner) shape. Returns a new contiguous tensor of ``input``'s shape and
+    ``output_dtype``.
     """
     output = torch.empty(input.shape, dtype=output_dtype, device=input.device)
-    _launch(True, log, (input,), output)
+    _launch(True, log, (input,), output, shape)
     return output
 
 
 def softmax_backward(
-    grad_output: torch.Tensor, output: torch.Tensor, grad_input_dtype: torch.dtype, log: bool
+    grad_output: torch.Tensor,
+    output: torch.Tensor,
+    grad_input_dtype: torch.dtype,
+    log: bool,
+    shape: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Input gradient of softmax (or log_softmax) over dim 1 of 3-D (outer, N, inner) tensors.
 
-    ``output`` is the saved forward output; both tensors may have any strides. Returns a
-    new contiguous (outer, N, inner) tensor of ``grad_input_dtype``.
+    ``output`` is the saved forward output; both tensors may have any strides. With
+    ``shape``, both are instead contiguous tensors of any rank seen as that shape. Returns
+    a new contiguous tensor of ``output``'s shape and ``grad_input_dtype``.
     """
     grad_input = torch.empty(output.shape, dtype=grad_input_dtype, device=output.device)
-    _launch(False, log, (grad_output, output), grad_input)
+    _launch(False, log, (grad_output, output), grad_input, shape)
     return grad_input

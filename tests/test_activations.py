@@ -212,6 +212,39 @@ def test_under_torch_compile_fullgraph(name, backend, kernel_launches):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_compiled_graph_holds_the_fused_ops_and_eager_calls_do_not(name, kernel_launches):
+    # Eager calls launch the kernels with no torch.library op on the way (host time);
+    # torch.compile traces the custom ops, which inductor calls from its generated code.
+    # The graph cannot hold the Triton kernels themselves (torch.library.triton_op +
+    # wrap_triton) on this CPU suite: under TRITON_INTERPRET=1, wrap_triton returns the
+    # InterpretedFunction unwrapped, which then runs on FakeTensors while tracing and fails
+    # ("Cannot access data pointer of Tensor (e.g. FakeTensor, FunctionalTensor)").
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    fused_op, _ = ACTIVATIONS[name]
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return make_boxed_func(graph_module.forward)
+
+    x = torch.randn(6, 5, requires_grad=True)
+    with torch.profiler.profile() as eager_profile:
+        fused_op(x).sum().backward()
+    eager_ops = {event.name for event in eager_profile.events()}
+    assert not any(op.startswith("fused_ops::") for op in eager_ops), eager_ops
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: fused_op(t).sum(), fullgraph=True, backend=aot_autograd(fw_compiler=record))
+    compiled(x).backward()
+    targets = {str(node.target) for graph in graphs for node in graph.graph.nodes if node.op == "call_function"}
+    assert f"fused_ops.{name}_forward.default" in targets, targets
+    assert f"fused_ops.{name}_backward.default" in targets, targets
+    assert kernel_launches.launch_count(f"{name}_forward_kernel") == 2
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_has_no_host_sync(name, kernel_launches):
     fused_op, _ = ACTIVATIONS[name]
     x = torch.randn(300, requires_grad=True)
@@ -761,3 +794,16 @@ def aot_workload():
         fused_ops.silu(torch.randn(1823, dtype=dtype), inplace=True)
     for dtype in INT_DTYPES:
         fused_ops.relu(torch.arange(-5, 5).to(dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_mode_ad_is_refused_not_dropped(name):
+    # A dual tensor does not require grad, yet skipping the Function (the no-grad fast
+    # path) would return no tangent at all: the Function must see it and refuse.
+    import torch.autograd.forward_ad as forward_ad
+
+    fused_op, _ = ACTIVATIONS[name]
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(torch.randn(5), torch.ones(5))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            fused_op(dual)

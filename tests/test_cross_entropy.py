@@ -676,3 +676,26 @@ def aot_workload():
                 loss.backward(torch.ones_like(loss))
     x = torch.randn(4, 7, requires_grad=True)
     fused_ops.cross_entropy(x, torch.randint(0, 7, (4,), dtype=torch.uint8)).backward()
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+def test_eager_calls_launch_without_torch_library_ops(grad_in_forward, kernel_launches):
+    # The host path: eager calls reach the launchers directly (the custom ops are for
+    # torch.compile only), with and without autograd (and double backward without
+    # grad_in_forward, which does not support it).
+    logits = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, -100, 7])
+    with torch.profiler.profile() as profile:
+        loss = fused_ops.cross_entropy(logits, target, grad_in_forward=grad_in_forward)
+        if grad_in_forward:
+            loss.backward()
+        else:
+            (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
+            grad.sum().backward()
+        with torch.no_grad():
+            fused_ops.cross_entropy(logits, target, grad_in_forward=grad_in_forward)
+    ops = {event.name for event in profile.events()}
+    assert not any(op.startswith("fused_ops::") for op in ops), ops
+    assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 2
+    kernel = "cross_entropy_scale_grad_kernel" if grad_in_forward else "cross_entropy_backward_kernel"
+    assert kernel_launches.launch_count(kernel) == 1

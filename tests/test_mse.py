@@ -722,3 +722,20 @@ def aot_workload():
         with _few_partials(4):
             fused_ops.mse_loss(torch.randn(20_000), torch.randn(20_000))
             fused_ops.mse_loss(torch.randn(9 * 1024, dtype=torch.float64), torch.randn(9 * 1024, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_eager_calls_launch_without_torch_library_ops(reduction, kernel_launches):
+    # The host path: eager calls reach the launchers directly (the custom ops are for
+    # torch.compile only), with and without autograd, double backward included.
+    input = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    with torch.profiler.profile() as profile:
+        loss = fused_ops.mse_loss(input, target, reduction=reduction)
+        grads = torch.autograd.grad(loss, (input, target), torch.randn_like(loss), create_graph=True)
+        sum(g.sum() for g in grads).backward()
+        with torch.no_grad():
+            fused_ops.mse_loss(input, target, reduction=reduction)
+    ops = {event.name for event in profile.events()}
+    assert not any(op.startswith("fused_ops::") for op in ops), ops
+    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1

@@ -432,3 +432,22 @@ def aot_workload():
         for dtype in (torch.float16, torch.bfloat16):
             x = torch.randn(4, 300, dtype=dtype, requires_grad=True)
             op(x, -1, dtype=torch.float32).sum().backward()
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_eager_calls_launch_without_torch_library_ops(name, kernel_launches):
+    # The host path: eager calls reach the launchers directly (the custom ops are for
+    # torch.compile only), with and without autograd, double backward included.
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    with torch.profiler.profile() as profile:
+        y = OPS[name][0](x, -1)
+        (grad,) = torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)
+        grad.sum().backward()
+        with torch.no_grad():
+            OPS[name][0](x, 0)
+    ops = {event.name for event in profile.events()}
+    assert not any(op.startswith("fused_ops::") for op in ops), ops
+    assert kernel_launches.launch_count("softmax_forward_kernel") == 2
+    # The gradient's own backward reaches the output y, and from it the input through the
+    # forward's backward once more: two backward launches.
+    assert kernel_launches.launch_count("softmax_backward_kernel") == 2

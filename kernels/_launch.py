@@ -1,0 +1,239 @@
+"""Kernel launches bound once per signature: the host path of every compiled launch.
+
+``kernel[grid](...)`` goes through Triton's ``JITFunction.run`` on every call: it binds
+the arguments, specializes each one, hashes the options and looks the compiled kernel up,
+6-11 µs of Python per launch (Triton 3.9). :class:`BoundKernel` does that work once per
+signature. Its cache is keyed on exactly what Triton specializes on:
+
+- each tensor's dtype and whether its address is a multiple of 16 (unless the parameter
+  is in ``do_not_specialize``/``do_not_specialize_on_alignment``);
+- each int's width (int32 or int64), and, unless in ``do_not_specialize``, whether it
+  equals 1 or is a multiple of 16; bools and floats by type; ``None`` as itself;
+- the value of every ``tl.constexpr``, ``num_warps``, and the current device.
+
+A miss launches through ``kernel[grid](...)``, which compiles (or finds) the kernel, and
+stores the ``CompiledKernel`` it returns. A hit calls ``compiled.run(...)`` with the same
+arguments ``JITFunction.run`` passes: the stream, the function handle, the packed
+metadata, ``launch_metadata`` and Triton's ``launch_enter_hook``/``launch_exit_hook``
+(read on every call, so tools that count launches through the hooks see every launch).
+
+What Triton reads from its knobs and the environment at compile time (debug mode,
+instrumentation, a stages-inspection hook) is fixed at a signature's first launch; with a
+``pre_run_hook`` or a stages-inspection hook installed, every launch goes through
+``JITFunction.run``. Under Triton's interpreter (``TRITON_INTERPRET=1``) every launch is
+``kernel[grid](...)``, so the interpreter's hooks (KernelTrace's byte counting) see it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from triton import knobs
+from triton.knobs import HookChain
+from triton.runtime.driver import driver
+from triton.runtime.jit import JITFunction
+
+# Triton's runtime knobs (launch hooks), one object for the life of the process.
+_runtime = knobs.runtime
+
+# Triton's specialization of one runtime argument, as an expression of `{a}`, for the key
+# function generated per kernel (generated, because a Python call per argument would cost
+# more than the lookup it saves). Tensors: dtype, and address % 16 == 0. Ints: int32 or
+# int64, == 1, % 16 == 0. bool, float, None: the type alone.
+# Ints come first: most arguments are sizes and strides.
+_SPECIALIZED = (
+    "((-2147483648 <= {a} <= 2147483647, {a} == 1, not {a} & 15) if {a}.__class__ is int else "
+    "(({a}.dtype, not {a}.data_ptr() & 15) if isinstance({a}, Tensor) else {a}.__class__))"
+)
+# A do_not_specialize parameter: only the type (and an int's width) can change the kernel.
+_UNSPECIALIZED = (
+    "((-2147483648 <= {a} <= 2147483647) if {a}.__class__ is int else "
+    "({a}.dtype if isinstance({a}, Tensor) else {a}.__class__))"
+)
+# A do_not_specialize_on_alignment parameter: a tensor's dtype; other types as specialized.
+_UNALIGNED = (
+    "((-2147483648 <= {a} <= 2147483647, {a} == 1, not {a} & 15) if {a}.__class__ is int else "
+    "({a}.dtype if isinstance({a}, Tensor) else {a}.__class__))"
+)
+
+
+def _make_key_function(params) -> Any:
+    """``key(device, num_warps, constexprs, *args)``: the cache key of one launch of a kernel."""
+    names = [f"a{i}" for i in range(len(params))]
+    parts = []
+    for name, param in zip(names, params, strict=True):
+        if param.do_not_specialize:
+            template = _UNSPECIALIZED
+        elif param.do_not_specialize_on_alignment:
+            template = _UNALIGNED
+        else:
+            template = _SPECIALIZED
+        parts.append(template.format(a=name))
+    source = f"def key(device, num_warps, constexprs, {', '.join(names)}):\n"
+    source += f"    return (device, num_warps, constexprs, {''.join(p + ', ' for p in parts)})\n"
+    namespace = {"Tensor": torch.Tensor}
+    # The source is built from the kernel's parameter list only.
+    exec(source, namespace)
+    return namespace["key"]
+
+
+class BoundKernel:
+    """A ``@triton.jit`` kernel launched through a per-signature cache of compiled kernels.
+
+    Call it as ``bound(grid, *args, num_warps=..., **constexprs)``: ``args`` are the
+    kernel's runtime parameters in order, and ``constexprs`` its trailing ``tl.constexpr``
+    parameters, by name, in the kernel's order (checked at each signature's first launch).
+
+    Args:
+        kernel: the ``@triton.jit`` function (an ``InterpretedFunction`` under
+            ``TRITON_INTERPRET=1``, which is then always launched as ``kernel[grid]``).
+
+    Example:
+        >>> _sigmoid = BoundKernel(sigmoid_forward_kernel)
+        >>> _sigmoid((n // 1024 + 1,), x, out, n, num_warps=4, BLOCK_SIZE=1024)
+    """
+
+    __slots__ = ("_cache", "_constexpr_names", "_key", "_n_params", "_usage_error", "compiled_mode", "kernel")
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.compiled_mode = isinstance(kernel, JITFunction)
+        self._cache: dict[tuple, tuple] = {}
+        # (name, is_constexpr) per parameter, read the way Triton reads the annotation.
+        params = [
+            (name, "constexpr" in str(param.annotation))
+            for name, param in inspect.signature(kernel.fn).parameters.items()
+        ]
+        self._n_params = sum(1 for _, is_constexpr in params if not is_constexpr)
+        self._constexpr_names = [name for name, is_constexpr in params if is_constexpr]
+        trailing = all(is_constexpr for _, is_constexpr in params[self._n_params :])
+        self._usage_error = (
+            f"{kernel.__name__}: pass the {self._n_params} runtime parameters positionally, then every "
+            f"constexpr {self._constexpr_names} by name, in order (constexprs must be the kernel's last parameters)"
+        )
+        if not trailing:
+            raise TypeError(self._usage_error)
+        self._key = None
+        if self.compiled_mode:
+            self._key = _make_key_function([p for p in kernel.params if not p.is_constexpr])
+
+    def _check_usage(self, args: tuple, constexprs: dict) -> None:
+        if len(args) != self._n_params or list(constexprs) != self._constexpr_names:
+            raise TypeError(self._usage_error)
+
+    @property
+    def __name__(self) -> str:
+        return self.kernel.__name__
+
+    def __call__(self, grid: tuple[int, ...], *args: Any, num_warps: int, **constexprs: Any) -> None:
+        if not self.compiled_mode:
+            # The interpreter takes milliseconds a launch: checking every call is free, and
+            # catches under test what a compiled launch checks at its first call.
+            self._check_usage(args, constexprs)
+            self.kernel[grid](*args, num_warps=num_warps, **constexprs)
+            return
+        active = driver.active
+        device = active.get_current_device()
+        stream = active.get_current_stream(device)
+        constants = tuple(constexprs.values())
+        try:
+            key = self._key(device, num_warps, constants, *args)
+        except TypeError:
+            # Wrong argument count: the first-launch path raises a clear error.
+            key = None
+        entry = self._cache.get(key)
+        if entry is None or self.kernel.pre_run_hooks or _runtime.add_stages_inspection_hook is not None:
+            self._first_launch(key, grid, args, num_warps, constexprs)
+            return
+        run, function, packed_metadata, compiled = entry
+        enter_hook = _runtime.launch_enter_hook
+        # JITFunction.run always builds launch_metadata; the launcher only hands it to the
+        # enter and exit hooks, so with no hook (an empty chain) it is skipped, unseen.
+        if enter_hook.__class__ is HookChain and not enter_hook.calls:
+            metadata = None
+        elif enter_hook is None:
+            metadata = None
+        else:
+            metadata = compiled.launch_metadata(grid, stream, *args, *constants)
+        if len(grid) == 1:
+            grid_1 = grid_2 = 1
+        else:
+            grid_1 = grid[1]
+            grid_2 = grid[2] if len(grid) > 2 else 1
+        run(
+            grid[0],
+            grid_1,
+            grid_2,
+            stream,
+            function,
+            packed_metadata,
+            metadata,
+            enter_hook,
+            _runtime.launch_exit_hook,
+            *args,
+            *constants,
+        )
+
+    def launch(self, programs: int, args: tuple, constants: tuple, num_warps: int) -> None:
+        """A 1-D launch of ``programs`` programs: ``__call__`` without its keyword arguments.
+
+        The hot launchers' form (no ``**constexprs`` dict, no grid tuple to inspect):
+        ``args`` are the runtime arguments, ``constants`` every constexpr's value, both in
+        the kernel's order. Same cache and same launch as ``__call__``.
+        """
+        if not self.compiled_mode:
+            self((programs,), *args, num_warps=num_warps, **dict(zip(self._constexpr_names, constants, strict=False)))
+            return
+        active = driver.active
+        device = active.get_current_device()
+        stream = active.get_current_stream(device)
+        try:
+            key = self._key(device, num_warps, constants, *args)
+        except TypeError:
+            key = None
+        entry = self._cache.get(key)
+        if entry is None or self.kernel.pre_run_hooks or _runtime.add_stages_inspection_hook is not None:
+            constexprs = dict(zip(self._constexpr_names, constants, strict=False))
+            if len(constants) != len(self._constexpr_names):
+                raise TypeError(self._usage_error)
+            self._first_launch(key, (programs,), args, num_warps, constexprs)
+            return
+        run, function, packed_metadata, compiled = entry
+        enter_hook = _runtime.launch_enter_hook
+        if (enter_hook.__class__ is HookChain and not enter_hook.calls) or enter_hook is None:
+            metadata = None
+        else:
+            metadata = compiled.launch_metadata((programs,), stream, *args, *constants)
+        run(
+            programs,
+            1,
+            1,
+            stream,
+            function,
+            packed_metadata,
+            metadata,
+            enter_hook,
+            _runtime.launch_exit_hook,
+            *args,
+            *constants,
+        )
+
+    def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constexprs: dict) -> None:
+        """Launch through Triton (compiling if needed) and remember the compiled kernel."""
+        self._check_usage(args, constexprs)
+        compiled = self.kernel[grid](*args, num_warps=num_warps, **constexprs)
+        if key is None:
+            return
+        # compiled.run is the driver's launcher, created when the kernel first ran.
+        self._cache[key] = (compiled.run, compiled.function, compiled.packed_metadata, compiled)
+
+    def cache_size(self) -> int:
+        """Signatures bound so far (for tests)."""
+        return len(self._cache)
+
+
+def next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2`` for host code (Triton's is a ConstexprFunction: ~3 µs a call)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0

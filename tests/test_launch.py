@@ -1,0 +1,161 @@
+"""Bound launches (kernels/_launch.py) pick the kernel Triton would, and launch it as Triton does.
+
+The cache only exists for compiled kernels, so these tests run a fresh process without
+``TRITON_INTERPRET``, on the stand-in CUDA driver (benchmarks/standin_driver.py): kernels
+compile for sm_90 and the launcher records its arguments instead of launching.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from fused_ops.kernels._launch import BoundKernel
+from fused_ops.kernels.activations import sigmoid_forward_kernel
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {benchmarks!r})
+    import torch
+    import triton
+    import triton.language as tl
+    import standin_driver
+    from standin_driver import standin_cuda_driver
+    from fused_ops.profiling import KernelTrace
+    from fused_ops.kernels._launch import BoundKernel
+    from fused_ops.kernels.activations import sigmoid_forward_kernel
+
+
+    @triton.jit(do_not_specialize=["scalar"], do_not_specialize_on_alignment=["y_ptr"])
+    def probe_kernel(x_ptr, y_ptr, n, scalar, eps, flag, FLAG: tl.constexpr, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        x = tl.load(x_ptr + offsets, mask=mask)
+        if FLAG:
+            x = x * eps + scalar
+        if flag:
+            x = -x
+        tl.store(y_ptr + offsets, x, mask=mask)
+
+
+    calls = []
+    original_call = standin_driver.StandinLauncher.__call__
+
+
+    def recording_call(self, gx, gy, gz, stream, function, packed, metadata, enter, exit_, *args):
+        calls.append((gx, gy, gz, stream, function, packed, enter, exit_, args))
+        return original_call(self, gx, gy, gz, stream, function, packed, metadata, enter, exit_, *args)
+
+
+    standin_driver.StandinLauncher.__call__ = recording_call
+
+
+    def same(a, b):
+        # Tensors by identity (the same objects reach the launcher), everything else by value.
+        assert len(a) == len(b), (a, b)
+        for x, y in zip(a, b):
+            if isinstance(x, tuple):
+                same(x, y)
+            elif isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+                assert x is y, (x, y)
+            else:
+                assert x == y and type(x) is type(y), (x, y)
+
+
+    def check(bound, grid, args, num_warps, constexprs):
+        # Triton's own launch first: it compiles, so the bound launch below is a cache hit
+        # whenever the key is right, and the two launcher calls must match exactly.
+        calls.clear()
+        bound.kernel[grid](*args, num_warps=num_warps, **constexprs)
+        bound(grid, *args, num_warps=num_warps, **constexprs)  # first bound launch: a miss or a hit
+        bound(grid, *args, num_warps=num_warps, **constexprs)  # surely a hit
+        expected, _, hit = calls[:3]
+        same(hit, expected)
+        if len(grid) == 1:
+            bound.launch(grid[0], args, tuple(constexprs.values()), num_warps)  # the positional form
+            same(calls[3], expected)
+
+
+    x = torch.randn(64)
+    y = torch.empty(64)
+    misaligned_x, misaligned_y = x[1:], y[1:]
+    assert misaligned_x.data_ptr() % 16 and not x.data_ptr() % 16
+
+    with standin_cuda_driver():
+        sigmoid = BoundKernel(sigmoid_forward_kernel)
+        assert sigmoid.compiled_mode
+        cases = [
+            (x, y, 64),  # aligned, n % 16 == 0
+            (x, y, 63),  # n not a multiple of 16
+            (x, y, 1),  # n == 1: Triton makes it a constexpr
+            (misaligned_x, y, 48),  # misaligned input
+            (x, misaligned_y, 48),  # misaligned output
+            (x, y, 2**31 + 16),  # int64 n (nothing runs: the launch is a no-op)
+            (x.half(), y.half(), 64),  # another dtype
+        ]
+        for args in cases:
+            check(sigmoid, (4,), args, 4, {{"BLOCK_SIZE": 16}})
+        check(sigmoid, (4, 2), (x, y, 64), 8, {{"BLOCK_SIZE": 16}})  # num_warps and a 2-D grid
+        check(sigmoid, (4, 2, 3), (x, y, 64), 4, {{"BLOCK_SIZE": 32}})  # constexpr value, 3-D grid
+        triton_kernels = len(sigmoid_forward_kernel.device_caches[standin_driver.STANDIN_DEVICE][0])
+        assert sigmoid.cache_size() == triton_kernels == 9, (sigmoid.cache_size(), triton_kernels)
+
+        probe = BoundKernel(probe_kernel)
+        probe_cases = [
+            (x, y, 64, 5, 0.5, True),
+            (x, y, 64, 1, 0.5, True),  # do_not_specialize: scalar == 1 stays an i32
+            (x, y, 64, 16, 1.0, False),  # ... and a multiple of 16 too; floats and bools by type
+            (x, misaligned_y, 64, 5, 0.5, True),  # do_not_specialize_on_alignment
+            (x, y, 64, 2**40, 0.5, True),  # an unspecialized int64 is still another kernel
+            (misaligned_x, y, 64, 5, 0.5, True),
+        ]
+        for args in probe_cases:
+            check(probe, (2,), args, 4, {{"FLAG": True, "BLOCK": 64}})
+        check(probe, (2,), (x, y, 64, 5, 0.5, True), 4, {{"FLAG": False, "BLOCK": 64}})
+        triton_kernels = len(probe_kernel.device_caches[standin_driver.STANDIN_DEVICE][0])
+        assert probe.cache_size() == 4 and triton_kernels == 4, (probe.cache_size(), triton_kernels)
+
+        # Launch hooks see bound launches, with Triton's launch metadata.
+        with KernelTrace() as trace:
+            sigmoid((1,), x, y, 64, num_warps=4, BLOCK_SIZE=16)
+            sigmoid((1,), x, y, 64, num_warps=4, BLOCK_SIZE=16)
+        names = [launch.kernel for launch in trace.launches]
+        assert names == ["sigmoid_forward_kernel"] * 2, names
+
+        # Constexprs out of order, or missing, are refused rather than passed misplaced.
+        for bad in ({{"BLOCK": 64, "FLAG": True}}, {{"FLAG": True}}):
+            try:
+                probe((1,), x, y, 64, 5, 0.5, True, num_warps=4, **bad)
+            except TypeError as error:
+                assert "constexpr" in str(error)
+            else:
+                raise AssertionError(f"accepted {{bad}}")
+    print("ok")
+    """
+)
+
+
+def test_bound_launch_matches_triton_on_the_standin_driver(tmp_path):
+    script = tmp_path / "bound_launch.py"
+    script.write_text(SCRIPT.format(benchmarks=str(BENCHMARKS)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_interpreted_kernels_launch_through_triton(kernel_launches):
+    # Under the interpreter every launch is kernel[grid](...), which KernelTrace counts.
+    bound = BoundKernel(sigmoid_forward_kernel)
+    assert not bound.compiled_mode
+    x = torch.randn(40)
+    y = torch.empty_like(x)
+    bound((3,), x, y, 40, num_warps=4, BLOCK_SIZE=16)
+    torch.testing.assert_close(y, torch.sigmoid(x))
+    assert kernel_launches.launch_count("sigmoid_forward_kernel") == 1
+    assert bound.cache_size() == 0
