@@ -166,7 +166,7 @@ def force_backend(backend: Backend) -> Iterator[None]:
     if backend is not Backend.REFERENCE and not TRITON_AVAILABLE:
         raise RuntimeError(f"cannot force the {backend.value} backend: Triton is not installed on this platform")
     if backend is Backend.TRITON and TRITON_INTERPRETED:
-        raise RuntimeError("cannot force the compiled triton backend: TRITON_INTERPRET=1 was set before import")
+        raise RuntimeError("cannot force the triton backend (compiled): TRITON_INTERPRET=1 was set before import")
     if backend is Backend.INTERPRETER and not TRITON_INTERPRETED:
         raise RuntimeError("cannot force the interpreter backend: TRITON_INTERPRET=1 was not set before import")
     token = _forced_backend.set(backend)

@@ -311,15 +311,12 @@ def _launch_gelu(kernel, inputs: tuple[torch.Tensor, ...], approximate_tanh: boo
     n_elements = output.numel()
     if n_elements == 0:
         return output
-    grid = (triton.cdiv(n_elements, ELEMENTWISE_BLOCK_SIZE),)
-    kernel[grid](
-        *inputs,
-        output,
-        n_elements,
-        APPROXIMATE_TANH=approximate_tanh,
-        BLOCK_SIZE=ELEMENTWISE_BLOCK_SIZE,
-        num_warps=ELEMENTWISE_NUM_WARPS,
-    )
+    bound = _bound.get(kernel)
+    if bound is None:
+        bound = _bound[kernel] = BoundKernel(kernel)
+    programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
+    constants = (approximate_tanh, ELEMENTWISE_BLOCK_SIZE)
+    bound.launch(programs, (*inputs, output, n_elements), constants, ELEMENTWISE_NUM_WARPS)
     return output
 
 
