@@ -178,3 +178,29 @@ class LiveBytes:
     def peak(self) -> int:
         """The most bytes live at once inside the block."""
         return self.peak_excluding([])
+
+
+def forward_backward(fn, *inputs: torch.Tensor, grad_output: torch.Tensor | None = None, wrt=None, **kwargs):
+    """``fn(*inputs, **kwargs)`` and its gradients, for a random (or the given) ``grad_output``.
+
+    The one forward/backward helper of the suite. Every floating-point input (or the inputs
+    at the indices in ``wrt``) becomes a fresh leaf that requires grad; the others (class
+    targets, say) pass as they are. The random ``grad_output`` is drawn in fp64 and rounded
+    to the output's dtype, so every dtype sees the same values.
+
+    Returns:
+        ``(output, *gradients, grad_output)``, one gradient per differentiated input, in order.
+
+    Example:
+        >>> y, grad_x, grad_output = forward_backward(fused_ops.sigmoid, x)
+        >>> loss, grad_input, grad_target, _ = forward_backward(fused_ops.mse_loss, input, target)
+    """
+    indices = [i for i, t in enumerate(inputs) if t.is_floating_point()] if wrt is None else list(wrt)
+    leaves = list(inputs)
+    for i in indices:
+        leaves[i] = inputs[i].detach().requires_grad_()
+    output = fn(*leaves, **kwargs)
+    if grad_output is None:
+        grad_output = torch.randn(output.shape, dtype=torch.float64).to(output.dtype)
+    grads = torch.autograd.grad(output, [leaves[i] for i in indices], grad_output)
+    return (output, *grads, grad_output)

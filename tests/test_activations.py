@@ -16,6 +16,7 @@ from helpers import (
     HostSyncError,
     assert_close,
     assert_compiled_matches_eager,
+    forward_backward,
     no_host_sync,
     reference_in_fp64,
     strided_variants,
@@ -50,15 +51,6 @@ SHAPES = [
 ]
 
 
-def _run_forward_backward(op, x, grad_output=None):
-    """Output and input gradient of ``op`` at ``x``, for a random (or the given) grad_output."""
-    x = x.detach().requires_grad_()
-    y = op(x)
-    grad_output = torch.randn_like(y) if grad_output is None else grad_output
-    y.backward(grad_output)
-    return y, x.grad, grad_output
-
-
 def _away_from_zero(*shape, dtype=torch.float64):
     """Random values with |x| in [0.1, 1.1]: finite differences never straddle relu's kink."""
     x = torch.randn(*shape, dtype=dtype)
@@ -78,8 +70,8 @@ def _ulp_error(actual: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
 def test_matches_torch(name, shape, dtype, kernel_launches):
     fused_op, torch_op = ACTIVATIONS[name]
     x = torch.randn(shape, dtype=dtype) * 4
-    y, grad, grad_output = _run_forward_backward(fused_op, x)
-    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    y, grad, grad_output = forward_backward(fused_op, x)
+    y_ref, grad_ref, _ = forward_backward(torch_op, x, grad_output=grad_output)
     assert_close(y, reference_in_fp64(torch_op, x))
     assert_close(y, y_ref)
     # The backward kernel sees the rounded forward output, exactly like torch's.
@@ -108,8 +100,8 @@ def test_nan_and_inf_follow_torch(name):
 def test_strided_inputs(name, layout, kernel_launches):
     fused_op, torch_op = ACTIVATIONS[name]
     x = strided_variants((37, 29))[layout]
-    y, grad, grad_output = _run_forward_backward(fused_op, x)
-    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    y, grad, grad_output = forward_backward(fused_op, x)
+    y_ref, grad_ref, _ = forward_backward(torch_op, x, grad_output=grad_output)
     assert_close(y, y_ref)
     assert_close(grad, grad_ref)
     assert kernel_launches.launch_count(f"{name}_forward_kernel") == 1
@@ -195,8 +187,8 @@ def test_property_random_shapes_and_strides(name, shape, dtype, transpose, step)
         x = x.transpose(0, 1)
     if x.dim() >= 1:
         x = x[::step]
-    y, grad, grad_output = _run_forward_backward(fused_op, x)
-    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    y, grad, grad_output = forward_backward(fused_op, x)
+    y_ref, grad_ref, _ = forward_backward(torch_op, x, grad_output=grad_output)
     assert_close(y, y_ref)
     assert_close(grad, grad_ref)
 
@@ -284,10 +276,10 @@ def test_reference_fallback_matches_torch(name, kernel_launches):
     fused_op, torch_op = ACTIVATIONS[name]
     x = torch.randn(3, 37, dtype=torch.float64)
     with reference_backend():
-        y, grad, grad_output = _run_forward_backward(fused_op, x)
+        y, grad, grad_output = forward_backward(fused_op, x)
         x_inplace = x[:, ::2].clone()
         relu_(x_inplace)
-    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    y_ref, grad_ref, _ = forward_backward(torch_op, x, grad_output=grad_output)
     assert_close(y, y_ref)
     assert_close(grad, grad_ref)
     assert torch.equal(x_inplace, torch.relu(x[:, ::2]))
@@ -342,8 +334,8 @@ def test_relu_gradient_at_zero_matches_torch():
     # torch's threshold_backward masks with output <= 0, so the gradient at 0 (and -0) is 0
     # and a NaN output passes the gradient through.
     x = torch.tensor([0.0, -0.0, 1.0, -1.0, float("nan")])
-    _, grad, grad_output = _run_forward_backward(fused_ops.relu, x, torch.full((5,), 3.0))
-    _, grad_ref, _ = _run_forward_backward(torch.relu, x, grad_output)
+    _, grad, grad_output = forward_backward(fused_ops.relu, x, grad_output=torch.full((5,), 3.0))
+    _, grad_ref, _ = forward_backward(torch.relu, x, grad_output=grad_output)
     assert torch.equal(grad, grad_ref)
     assert grad.tolist() == [0.0, 0.0, 3.0, 0.0, 3.0]
 
@@ -479,9 +471,9 @@ SMOOTH_NAMES = list(SMOOTH)
 def test_gelu_silu_match_torch(name, shape, dtype, kernel_launches):
     fused_op, torch_op, kernel = SMOOTH[name]
     x = torch.randn(shape, dtype=dtype) * 4
-    y, grad, grad_output = _run_forward_backward(fused_op, x)
-    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
-    _, grad_exact, _ = _run_forward_backward(torch_op, x.double(), grad_output.double())
+    y, grad, grad_output = forward_backward(fused_op, x)
+    y_ref, grad_ref, _ = forward_backward(torch_op, x, grad_output=grad_output)
+    _, grad_exact, _ = forward_backward(torch_op, x.double(), grad_output=grad_output.double())
     assert_close(y, reference_in_fp64(torch_op, x))
     assert_close(y, y_ref)
     assert_close(grad, grad_exact.to(dtype))
@@ -544,10 +536,10 @@ def test_silu_negative_tail_keeps_relative_precision():
     y = fused_ops.silu(x)
     exact = F.silu(x.double())
     torch.testing.assert_close(y.double(), exact, rtol=1e-6, atol=0)
-    _, grad, _ = _run_forward_backward(fused_ops.silu, x, torch.ones(4))
+    _, grad, _ = forward_backward(fused_ops.silu, x, grad_output=torch.ones(4))
     torch.testing.assert_close(
         grad.double(),
-        _run_forward_backward(F.silu, x.double(), torch.ones(4, dtype=torch.float64))[1],
+        forward_backward(F.silu, x.double(), grad_output=torch.ones(4, dtype=torch.float64))[1],
         rtol=1e-5,
         atol=0,
     )
@@ -558,8 +550,8 @@ def test_silu_negative_tail_keeps_relative_precision():
 def test_gelu_silu_strided_inputs(name, layout, kernel_launches):
     fused_op, torch_op, kernel = SMOOTH[name]
     x = strided_variants((37, 29))[layout]
-    y, grad, grad_output = _run_forward_backward(fused_op, x)
-    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    y, grad, grad_output = forward_backward(fused_op, x)
+    y_ref, grad_ref, _ = forward_backward(torch_op, x, grad_output=grad_output)
     assert_close(y, y_ref)
     assert_close(grad, grad_ref)
     assert kernel_launches.launch_count(f"{kernel}_forward_kernel") == 1
@@ -690,10 +682,10 @@ def test_gelu_silu_reference_fallback_matches_torch(name, kernel_launches):
     fused_op, torch_op, _ = SMOOTH[name]
     x = torch.randn(3, 37, dtype=torch.float64)
     with reference_backend():
-        y, grad, grad_output = _run_forward_backward(fused_op, x)
+        y, grad, grad_output = forward_backward(fused_op, x)
         x_inplace = x[:, ::2].clone()
         fused_ops.silu(x_inplace, inplace=True)
-    y_ref, grad_ref, _ = _run_forward_backward(torch_op, x, grad_output)
+    y_ref, grad_ref, _ = forward_backward(torch_op, x, grad_output=grad_output)
     assert_close(y, y_ref)
     assert_close(grad, grad_ref)
     assert_close(x_inplace, F.silu(x[:, ::2]))
@@ -716,8 +708,8 @@ def test_gelu_silu_property_random_shapes_and_strides(name, shape, dtype, transp
     if x.dim() >= 1:
         x = x[::step]
     before = x.clone()
-    y, grad, grad_output = _run_forward_backward(fused_op, x)
-    y_exact, grad_exact, _ = _run_forward_backward(torch_op, x.double(), grad_output.double())
+    y, grad, grad_output = forward_backward(fused_op, x)
+    y_exact, grad_exact, _ = forward_backward(torch_op, x.double(), grad_output=grad_output.double())
     # Against fp64, not torch in `dtype`: torch's vectorized CPU erf on large tensors is
     # itself ~2e-3 off in the far negative tail (-6.5847e-05 vs exact -6.5971e-05 at x=-3.9).
     assert_close(y, y_exact.to(dtype))

@@ -9,6 +9,7 @@ from helpers import (
     DTYPES,
     assert_close,
     assert_compiled_matches_eager,
+    forward_backward,
     no_host_sync,
     reference_in_fp64,
     strided_variants,
@@ -59,15 +60,6 @@ def looped_path(tile: int = 16):
         yield
 
 
-def _run_forward_backward(op, x, grad_output=None, **kwargs):
-    """Output and input gradient of ``op(x, **kwargs)`` for a random (or the given) grad_output."""
-    x = x.detach().requires_grad_()
-    y = op(x, **kwargs)
-    grad_output = torch.randn_like(y) if grad_output is None else grad_output
-    y.backward(grad_output)
-    return y, x.grad, grad_output
-
-
 TORCH_BACKWARD = {
     "softmax": torch.ops.aten._softmax_backward_data,
     "log_softmax": torch.ops.aten._log_softmax_backward_data,
@@ -85,7 +77,7 @@ def _compare_with_torch(name, x, dim, **kwargs):
     the cancellation in ``g - sum(g * y)`` would magnify that one ulp.
     """
     ours, theirs = OPS[name]
-    y, grad, grad_output = _run_forward_backward(ours, x, dim=dim, **kwargs)
+    y, grad, grad_output = forward_backward(ours, x, dim=dim, **kwargs)
     n = x.shape[dim] if x.dim() else 1
     cast = x.to(kwargs["dtype"]) if kwargs.get("dtype") else x
     assert_close(y, reference_in_fp64(theirs, cast, dim=dim), reduction_size=n)
@@ -267,8 +259,8 @@ def test_layout_without_an_outer_stride_is_copied_first(name, kernel_launches):
     x = torch.randn(5, 6, 8).permute(1, 0, 2)
     _compare_with_torch(name, x, 2)
     # The gradient of a sum is an expanded (all strides 0) grad_output, read in place.
-    _, grad, _ = _run_forward_backward(OPS[name][0], x, torch.ones(()).expand(6, 5, 8), dim=0)
-    _, grad_ref, _ = _run_forward_backward(OPS[name][1], x, torch.ones(()).expand(6, 5, 8), dim=0)
+    _, grad, _ = forward_backward(OPS[name][0], x, grad_output=torch.ones(()).expand(6, 5, 8), dim=0)
+    _, grad_ref, _ = forward_backward(OPS[name][1], x, grad_output=torch.ones(()).expand(6, 5, 8), dim=0)
     assert_close(grad, grad_ref, reduction_size=6)
 
 
