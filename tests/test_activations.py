@@ -252,6 +252,7 @@ def test_no_host_sync_detector_catches_item():
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_is_one_read_and_one_write_per_tensor(name, dtype):
     # Forward reads the input and writes the output; backward reads grad_output and the
     # saved output and writes grad_input: 2 and 3 tensor-sized accesses, nothing more.
@@ -659,6 +660,7 @@ def test_gelu_silu_have_no_host_sync(name, kernel_launches):
 
 @pytest.mark.parametrize("name", SMOOTH_NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.interpreter_only  # counts bytes
 def test_gelu_silu_traffic_is_8_bytes_forward_and_12_backward_in_fp32(name, dtype):
     # Forward reads x and writes y; backward reads grad_output and the saved INPUT and writes
     # grad_input: 2 and 3 tensor-sized accesses (8 and 12 B/elem in fp32), nothing more.
@@ -733,6 +735,7 @@ def test_silu_inplace_writes_into_its_input_with_autograd(kernel_launches):
     assert kernel_launches.launch_count("silu_backward_kernel") == 1
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_silu_inplace_without_grad_moves_only_its_tensor():
     # No gradient wanted: no saved copy of the input, one read and one write in place.
     x = torch.randn(2048)

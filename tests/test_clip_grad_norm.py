@@ -101,6 +101,7 @@ def test_fused_clip_and_step_match_clip_then_torchs_step(name, kernel_launches):
 
 
 @pytest.mark.parametrize(("name", "budget"), [("AdamW", 32.05), ("SGD", 24.05)])
+@pytest.mark.interpreter_only  # counts bytes
 def test_fused_clip_traffic(name, budget):
     """clip + AdamW: 4 B (norm) + 28 B (step); clip + SGD with momentum: 4 + 20 B per fp32 parameter."""
     n = 16384

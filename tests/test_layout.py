@@ -8,6 +8,7 @@
   CPU for a tensor, and interpreter-only tests re-run in a CPU subprocess on a GPU machine.
 """
 
+import ast
 import inspect
 import os
 import re
@@ -154,3 +155,43 @@ def test_interpreter_only_tests_report_their_outcome_from_one_cpu_subprocess():
 def test_a_deliberate_failure_for_the_subprocess_check():
     # Fails only inside the subprocess of the test above, which sets this variable.
     assert os.environ.get("FUSED_OPS_LAYOUT_DELIBERATE_FAILURE") != "1"
+
+
+# What only Triton's interpreter records: bytes per launch and grids (compiled launches
+# are seen by name only). A test that reads them must say it needs the interpreter.
+_INTERPRETER_ONLY_ATTRIBUTES = {"bytes_loaded", "bytes_stored", "bytes_moved", "grid"}
+
+
+def _marked_interpreter_only(node: ast.AST) -> bool:
+    return any("interpreter_only" in ast.unparse(decorator) for decorator in getattr(node, "decorator_list", []))
+
+
+def test_tests_that_count_bytes_are_marked_interpreter_only():
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        if any(
+            isinstance(node, ast.Assign)
+            and any(getattr(t, "id", None) == "pytestmark" for t in node.targets)
+            and "interpreter_only" in ast.unparse(node.value)
+            for node in tree.body
+        ):
+            continue
+        functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+        def reads_interpreter_records(node: ast.AST) -> bool:
+            return any(
+                isinstance(sub, ast.Attribute) and sub.attr in _INTERPRETER_ONLY_ATTRIBUTES for sub in ast.walk(node)
+            )
+
+        for name, node in functions.items():
+            if not name.startswith("test_") or _marked_interpreter_only(node):
+                continue
+            # The test itself, or a module-level helper it calls by name.
+            called = {
+                sub.func.id for sub in ast.walk(node) if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name)
+            }
+            helpers = [functions[c] for c in called if c in functions]
+            if reads_interpreter_records(node) or any(reads_interpreter_records(h) for h in helpers):
+                offenders.append(f"{path.name}::{name}")
+    assert not offenders, "mark these @pytest.mark.interpreter_only (they count bytes):\n" + "\n".join(offenders)

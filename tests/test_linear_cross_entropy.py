@@ -428,6 +428,7 @@ def test_extra_memory_is_below_1_percent_of_the_logits(kernel_launches):
     assert eager.peak_excluding(grads) >= 2 * logits_bytes
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_matches_the_tile_model():
     # The bytes KernelTrace counts (every load, no cache) are what modeled_traffic() says,
     # within the per-row scalars it omits, so the model can state the traffic of shapes

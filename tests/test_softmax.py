@@ -346,6 +346,7 @@ def test_modules_match_torch(kernel_launches):
     assert kernel_launches.launch_count(SINGLE[0]) == 10
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_single_tile_is_one_read_and_one_write():
     # Minimum traffic in fp32: forward reads x and writes y (8 bytes per element);
     # backward reads g and y and writes grad_input (12 bytes per element).
@@ -363,6 +364,7 @@ def test_traffic_single_tile_is_one_read_and_one_write():
 
 
 @pytest.mark.parametrize(("name", "backward_bytes"), [("softmax", 20), ("log_softmax", 16)])
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_looped_path(name, backward_bytes):
     # Long rows are read twice: forward 12 bytes per element (x twice, y once); backward
     # 20 for softmax (g and y twice, grad once) and 16 for log_softmax (pass 1 reads g only).
