@@ -103,3 +103,78 @@ def assert_compiled_matches_eager(fn, *inputs: torch.Tensor, backend: str = "ind
     assert_close(out_compiled, out_eager)
     for grad_compiled, grad_eager in zip(grads_compiled, grads_eager, strict=True):
         assert_close(grad_compiled, grad_eager)
+
+
+class LiveBytes:
+    """Peak bytes of CPU tensor memory allocated inside a ``with`` block, from the profiler.
+
+    The profiler's allocator events see every allocation, including those made inside
+    custom ops and by their kernels' launchers (a ``TorchDispatchMode`` would see only the
+    outputs of the ops it intercepts). Tensors that existed before the block do not count.
+
+        >>> with LiveBytes() as live:
+        ...     loss = f(x); grads = torch.autograd.grad(loss, params)
+        >>> live.peak_excluding(grads)   # the peak, not counting the returned grads
+
+    Allocations on every device are added together (CPU here; CUDA on a GPU machine).
+    """
+
+    def __init__(self) -> None:
+        self._events: list[tuple[int, int, int]] = []
+
+    def __enter__(self) -> LiveBytes:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(ProfilerActivity.CUDA)
+        self._profile = profile(activities=activities, profile_memory=True)
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        from torch._C._profiler import _EventType
+
+        self._profile.__exit__(*exc_info)
+        events = []
+
+        def walk(nodes):
+            for node in nodes:
+                if node.tag == _EventType.Allocation:
+                    fields = node.extra_fields
+                    events.append((node.start_time_ns, fields.ptr, fields.alloc_size))
+                walk(node.children)
+
+        walk(self._profile.profiler.kineto_results.experimental_event_tree())
+        self._events = sorted(events)
+
+    def peak_excluding(self, keep: list[torch.Tensor | None] = ()) -> int:
+        """The most bytes live at once inside the block, not counting the storages in ``keep``.
+
+        A storage in ``keep`` (typically the gradients the block returns) is excluded from
+        its last allocation on, wherever it is live; an earlier allocation at the same
+        address (a freed temporary) still counts.
+        """
+        keep_ptrs = {t.untyped_storage().data_ptr() for t in keep if t is not None}
+        last_alloc = {}
+        for index, (_, ptr, size) in enumerate(self._events):
+            if size > 0 and ptr in keep_ptrs:
+                last_alloc[ptr] = index
+        excluded = set(last_alloc.values())
+        live, peak = 0, 0
+        excluded_ptrs: set[int] = set()
+        for index, (_, ptr, size) in enumerate(self._events):
+            if index in excluded:
+                excluded_ptrs.add(ptr)
+                continue
+            if size < 0 and ptr in excluded_ptrs:
+                excluded_ptrs.discard(ptr)
+                continue
+            live += size
+            peak = max(peak, live)
+        return peak
+
+    @property
+    def peak(self) -> int:
+        """The most bytes live at once inside the block."""
+        return self.peak_excluding([])
