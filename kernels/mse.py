@@ -83,8 +83,9 @@ def mse_loss_partial_sums_kernel(
     )
     scale = tl.full((), 2.0, acc.dtype)
     if MEAN:
-        # torch's norm = 2. / numel: divided in fp64 (exact n past 2^24), rounded once.
-        scale = (tl.full((), 2.0, tl.float64) / n_elements).to(acc.dtype)
+        # torch's norm = 2. / numel: divided in fp64 (exact n past 2^24), rounded once
+        # (an empty input has no gradient to scale: max() spares the interpreter's 2 / 0).
+        scale = (tl.full((), 2.0, tl.float64) / tl.maximum(n_elements, 1)).to(acc.dtype)
     # Each lane keeps its own running sum across blocks; one tree sum at the end adds
     # the lanes, which rounds far less than summing one long sequence.
     for block_start in range(pid * BLOCK_SIZE, n_elements, stride):
