@@ -280,9 +280,7 @@ def _one_pass_forward_impl(
         reduction == _MEAN,
     )
     loss = torch.empty((), dtype=out_dtype, device=input.device)
-    kernels.cross_entropy_reduce(
-        row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target
-    )
+    kernels.cross_entropy_reduce(row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target)
     if inplace and not write_through:
         grad = input.copy_(grad)
     return loss, lse, coef, total_weight, grad
@@ -486,7 +484,9 @@ class CrossEntropyFunction(torch.autograd.Function):
                 input, target, weight, reduction, ignore_index, label_smoothing
             )
         else:
-            loss, lse, coef, total_weight = _forward_impl(input, target, weight, reduction, ignore_index, label_smoothing)
+            loss, lse, coef, total_weight = _forward_impl(
+                input, target, weight, reduction, ignore_index, label_smoothing
+            )
         ctx.save_for_backward(input, target, weight, lse, coef, total_weight)
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index

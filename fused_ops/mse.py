@@ -279,7 +279,6 @@ class MSELossOnePassFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        input_grad, target_grad = ctx.needs_input_grad[:2]
         if ctx.grads is not None and not torch.is_grad_enabled():
             (grad_input, grad_target), ctx.grads = ctx.grads, None
             _scale_grad_impl(grad_output, grad_input, grad_target)
