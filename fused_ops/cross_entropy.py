@@ -781,6 +781,9 @@ def _check_inplace(input: torch.Tensor) -> None:
     """torch's errors for an in-place write into ``input``."""
     if input.is_leaf:
         raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+    base = input._base
+    if base is not None and base.is_leaf and base.requires_grad:
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
     if torch._debug_has_internal_overlap(input) == 1:
         raise RuntimeError(
             "unsupported operation: more than one element of the written-to tensor refers to a single memory "

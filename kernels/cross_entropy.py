@@ -20,7 +20,12 @@ Maths, in natural units, for one row with logits ``x``, ``lse = logsumexp(x)``,
 - class probabilities ``t``: with ``a = w * ((1 - eps) t + eps / C)``,
   ``loss = sum_c a_c (lse - x_c)`` and ``dloss/dx = coef * p - a``, ``coef = sum_c a_c``.
 
-The forward saves ``lse`` and ``coef`` per row, so the backward is a single pass too.
+The forward saves ``lse`` and ``coef`` per row, so the backward is a single pass too. When
+the logits require grad ('mean' or 'sum'), the forward also writes ``dloss/dx`` for a
+``grad_output`` of 1, from the same registers when a row fits in one tile (up to 8192
+classes), after a prepass over the index targets that sums the mean's denominator; its
+backward (``cross_entropy_scale_grad_kernel``) then reads ``grad_output`` and ends when it
+is 1, or scales the gradient in place.
 Sums ``sum_c a_c x_c`` are accumulated relative to the running max, as the logsumexp is,
 so a loss that is a small difference of large logits keeps its precision.
 

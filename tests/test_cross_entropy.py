@@ -458,6 +458,8 @@ def test_cross_entropy_inplace_grad_limits():
     target = torch.tensor([0, 1, 2])
     with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place"):
         fused_ops.cross_entropy(h, target, inplace_grad=True)
+    with pytest.raises(RuntimeError, match="a view of a leaf Variable that requires grad is being used"):
+        fused_ops.cross_entropy(h.view(3, 4), target, inplace_grad=True)
     with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
         fused_ops.cross_entropy((h[:1] * 1).expand(3, 4), target, inplace_grad=True)
     loss = fused_ops.cross_entropy(h * 1, target, inplace_grad=True)
