@@ -771,37 +771,43 @@ def cross_entropy_forward(
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     g_strides = grad.stride() if grad is not None else (0, 0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    _forward(
-        _grid(outer, inner, block_i),
-        logits,
-        target,
-        weight if weight is not None else logits,
-        row_loss,
-        lse,
-        coef,
-        row_weight,
-        grad if grad is not None else logits,
-        target_ok if target_ok is not None else row_loss,
-        total_weight if total_weight is not None else row_loss,
-        C,
-        inner,
-        outer * inner,
-        *logits.stride(),
-        *t_strides,
-        *g_strides,
-        ignore_index,
-        eps_hi,
-        eps_lo,
-        HAS_WEIGHT=weight is not None,
-        PROB_TARGET=prob_target,
-        SMOOTHING=label_smoothing > 0,
-        GRAD=grad is not None,
-        GRAD_MEAN=grad_mean,
-        CHECK_TARGETS=target_ok is not None,
-        ONE_TILE=one_tile,
-        BLOCK_C=block_c,
-        BLOCK_I=block_i,
-        num_warps=warps,
+    # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, GRAD_MEAN,
+    # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I.
+    _forward.launch(
+        _grid(outer, inner, block_i)[0],
+        (
+            logits,
+            target,
+            weight if weight is not None else logits,
+            row_loss,
+            lse,
+            coef,
+            row_weight,
+            grad if grad is not None else logits,
+            target_ok if target_ok is not None else row_loss,
+            total_weight if total_weight is not None else row_loss,
+            C,
+            inner,
+            outer * inner,
+            *logits.stride(),
+            *t_strides,
+            *g_strides,
+            ignore_index,
+            eps_hi,
+            eps_lo,
+        ),
+        (
+            weight is not None,
+            prob_target,
+            label_smoothing > 0,
+            grad is not None,
+            grad_mean,
+            target_ok is not None,
+            one_tile,
+            block_c,
+            block_i,
+        ),
+        warps,
     )
 
 
@@ -815,20 +821,22 @@ def cross_entropy_total_weight(
 ) -> None:
     """The prepass over ``(outer, inner)`` index targets: fills 0-d ``total_weight`` and int8 ``all_ok``."""
     outer, inner = target.shape
-    _total_weight(
-        (1,),
-        target,
-        weight if weight is not None else total_weight,
-        total_weight,
-        all_ok,
-        n_classes,
-        max(inner, 1),
-        outer * inner,
-        *target.stride(),
-        ignore_index,
-        num_warps=4,
-        HAS_WEIGHT=weight is not None,
-        BLOCK_SIZE=CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
+    # Constexprs in the kernel's order: HAS_WEIGHT, BLOCK_SIZE.
+    _total_weight.launch(
+        1,
+        (
+            target,
+            weight if weight is not None else total_weight,
+            total_weight,
+            all_ok,
+            n_classes,
+            max(inner, 1),
+            outer * inner,
+            *target.stride(),
+            ignore_index,
+        ),
+        (weight is not None, CROSS_ENTROPY_REDUCE_BLOCK_SIZE),
+        4,
     )
 
 
@@ -850,22 +858,21 @@ def cross_entropy_reduce(
     ``total_weight``, which a mean divides by.
     """
     check = target_ok is not None
-    _reduce(
-        (1,),
-        row_loss,
-        row_weight if row_weight is not None else row_loss,
-        loss if loss is not None else row_loss,
-        total_weight,
-        target_ok if check else row_loss,
-        all_ok if check else row_loss,
-        row_loss.numel(),
-        target_ok.numel() if check else 0,
-        num_warps=4,  # Triton's default, which this launch always used
-        REDUCTION=reduction,
-        HAS_ROW_WEIGHT=row_weight is not None,
-        GIVEN_TOTAL_WEIGHT=given_total_weight,
-        CHECK_TARGETS=check,
-        BLOCK_SIZE=CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
+    # Constexprs in the kernel's order: REDUCTION, HAS_ROW_WEIGHT, GIVEN_TOTAL_WEIGHT, CHECK_TARGETS, BLOCK_SIZE.
+    _reduce.launch(
+        1,
+        (
+            row_loss,
+            row_weight if row_weight is not None else row_loss,
+            loss if loss is not None else row_loss,
+            total_weight,
+            target_ok if check else row_loss,
+            all_ok if check else row_loss,
+            row_loss.numel(),
+            target_ok.numel() if check else 0,
+        ),
+        (reduction, row_weight is not None, given_total_weight, check, CROSS_ENTROPY_REDUCE_BLOCK_SIZE),
+        4,
     )
 
 
@@ -891,32 +898,30 @@ def cross_entropy_backward(
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    _backward(
-        _grid(outer, inner, block_i),
-        grad_output,
-        logits,
-        target,
-        weight if weight is not None else logits,
-        lse,
-        coef,
-        total_weight,
-        grad,
-        C,
-        inner,
-        *dy_strides,
-        *logits.stride(),
-        *t_strides,
-        *grad.stride(),
-        ignore_index,
-        eps_hi,
-        eps_lo,
-        HAS_WEIGHT=weight is not None,
-        PROB_TARGET=prob_target,
-        SMOOTHING=label_smoothing > 0,
-        REDUCTION=reduction,
-        BLOCK_C=block_c,
-        BLOCK_I=block_i,
-        num_warps=CROSS_ENTROPY_NUM_WARPS,
+    # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, REDUCTION, BLOCK_C, BLOCK_I.
+    _backward.launch(
+        _grid(outer, inner, block_i)[0],
+        (
+            grad_output,
+            logits,
+            target,
+            weight if weight is not None else logits,
+            lse,
+            coef,
+            total_weight,
+            grad,
+            C,
+            inner,
+            *dy_strides,
+            *logits.stride(),
+            *t_strides,
+            *grad.stride(),
+            ignore_index,
+            eps_hi,
+            eps_lo,
+        ),
+        (weight is not None, prob_target, label_smoothing > 0, reduction, block_c, block_i),
+        CROSS_ENTROPY_NUM_WARPS,
     )
 
 
@@ -937,18 +942,10 @@ def cross_entropy_scale_grad(
         return
     block_c, block_i = _blocks(grad)
     t_strides = (0, 0) if prob_target else target.stride()
-    _scale_grad(
-        _grid(outer, inner, block_i),
-        grad_output,
-        target,
-        grad,
-        C,
-        inner,
-        *t_strides,
-        *grad.stride(),
-        ignore_index,
-        PROB_TARGET=prob_target,
-        BLOCK_C=block_c,
-        BLOCK_I=block_i,
-        num_warps=CROSS_ENTROPY_NUM_WARPS,
+    # Constexprs in the kernel's order: PROB_TARGET, BLOCK_C, BLOCK_I.
+    _scale_grad.launch(
+        _grid(outer, inner, block_i)[0],
+        (grad_output, target, grad, C, inner, *t_strides, *grad.stride(), ignore_index),
+        (prob_target, block_c, block_i),
+        CROSS_ENTROPY_NUM_WARPS,
     )

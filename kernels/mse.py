@@ -220,7 +220,7 @@ def mse_loss_forward(
         output = torch.empty_like(input, dtype=out_dtype)
         if n_elements > 0:
             grid = ((n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE,)
-            _mse_loss(grid, input, target, output, n_elements, num_warps=MSE_NUM_WARPS, BLOCK_SIZE=MSE_BLOCK_SIZE)
+            _mse_loss.launch(grid[0], (input, target, output, n_elements), (MSE_BLOCK_SIZE,), MSE_NUM_WARPS)
         return output
     mean = reduction == "mean"
     output = torch.empty((), dtype=out_dtype, device=input.device)
@@ -228,31 +228,17 @@ def mse_loss_forward(
     n_partials = max(1, min((n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE, MSE_MAX_PARTIALS))
     final = n_partials == 1
     partials = output if final else torch.empty(n_partials, dtype=_accumulation_dtype(out_dtype), device=input.device)
-    _partial_sums(
-        (n_partials,),
-        input,
-        target,
-        partials,
-        grad_input,
-        grad_target,
-        n_elements,
-        num_warps=MSE_NUM_WARPS,
-        FINAL=final,
-        MEAN=mean,
-        INPUT_GRAD=grad_input is not None,
-        TARGET_GRAD=grad_target is not None,
-        BLOCK_SIZE=MSE_BLOCK_SIZE,
+    # Constexprs in the kernel's order: FINAL, MEAN, INPUT_GRAD, TARGET_GRAD, BLOCK_SIZE.
+    _partial_sums.launch(
+        n_partials,
+        (input, target, partials, grad_input, grad_target, n_elements),
+        (final, mean, grad_input is not None, grad_target is not None, MSE_BLOCK_SIZE),
+        MSE_NUM_WARPS,
     )
     if not final:
-        _sum_partials(
-            (1,),
-            partials,
-            output,
-            n_partials,
-            n_elements,
-            num_warps=MSE_PARTIALS_NUM_WARPS,
-            MEAN=mean,
-            BLOCK_SIZE=MSE_MAX_PARTIALS,
+        # Constexprs in the kernel's order: MEAN, BLOCK_SIZE.
+        _sum_partials.launch(
+            1, (partials, output, n_partials, n_elements), (mean, MSE_MAX_PARTIALS), MSE_PARTIALS_NUM_WARPS
         )
     return output
 
@@ -279,20 +265,12 @@ def mse_loss_backward(
     n_elements = input.numel()
     if n_elements > 0 and (input_grad or target_grad):
         grid = ((n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE,)
-        _backward(
-            grid,
-            grad_output,
-            input,
-            target,
-            grad_input,
-            grad_target,
-            n_elements,
-            num_warps=MSE_NUM_WARPS,
-            SCALAR_GRAD_OUTPUT=scalar_grad_output,
-            MEAN=mean,
-            INPUT_GRAD=input_grad,
-            TARGET_GRAD=target_grad,
-            BLOCK_SIZE=MSE_BLOCK_SIZE,
+        # Constexprs in the kernel's order: SCALAR_GRAD_OUTPUT, MEAN, INPUT_GRAD, TARGET_GRAD, BLOCK_SIZE.
+        _backward.launch(
+            grid[0],
+            (grad_output, input, target, grad_input, grad_target, n_elements),
+            (scalar_grad_output, mean, input_grad, target_grad, MSE_BLOCK_SIZE),
+            MSE_NUM_WARPS,
         )
     return grad_input, grad_target
 
@@ -305,14 +283,10 @@ def mse_loss_scale_grad(
     n_elements = like.numel()
     if n_elements == 0:
         return
-    _scale_grad(
-        ((n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE,),
-        grad_output,
-        grad_input,
-        grad_target,
-        n_elements,
-        num_warps=MSE_NUM_WARPS,
-        INPUT_GRAD=grad_input is not None,
-        TARGET_GRAD=grad_target is not None,
-        BLOCK_SIZE=MSE_BLOCK_SIZE,
+    # Constexprs in the kernel's order: INPUT_GRAD, TARGET_GRAD, BLOCK_SIZE.
+    _scale_grad.launch(
+        (n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE,
+        (grad_output, grad_input, grad_target, n_elements),
+        (grad_input is not None, grad_target is not None, MSE_BLOCK_SIZE),
+        MSE_NUM_WARPS,
     )
