@@ -82,6 +82,10 @@ class OpCase:
         eager: ``eager(*inputs)`` runs torch's op.
         backward_reads: ``(inputs, output) -> tensors`` that the gradient formula must
             read besides ``grad_output`` (the saved output, or the inputs).
+        one_pass: the fused forward also writes the gradient (the losses, when their input
+            requires grad), so forward + backward can read each input once in all: its
+            *full* minimum is each input read once and the loss and each gradient written
+            once. (Forward and backward alone keep the minimums of separate passes.)
 
     Example:
         >>> case = OpCase("sigmoid", "sigmoid(x)", one_input, lambda x: fused_ops.sigmoid(x), torch.sigmoid,
@@ -94,6 +98,7 @@ class OpCase:
     fused: Callable[..., torch.Tensor]
     eager: Callable[..., torch.Tensor]
     backward_reads: Callable[..., Sequence[torch.Tensor]]
+    one_pass: bool = False
 
     def inputs(self, rows: int, cols: int, dtype: torch.dtype, device="cpu", seed: int = 0):
         """Fresh inputs of shape ``(rows, cols)`` (and targets), seeded, on ``device``."""
@@ -118,7 +123,8 @@ class OpCase:
         gradients = [t for t in inputs if t.requires_grad]
         # `output` stands for grad_output, which has its shape and dtype.
         backward = minimum_bytes([output, *self.backward_reads(inputs, output)], gradients)
-        return {"forward": forward, "backward": backward, "full": forward + backward}[mode]
+        full = minimum_bytes([*inputs, output], [output, *gradients]) if self.one_pass else forward + backward
+        return {"forward": forward, "backward": backward, "full": full}[mode]
 
 
 # Provider -> the torch.optim keyword that selects its implementation.

@@ -165,7 +165,12 @@ class OpTraffic:
 
 def _forward_backward(call: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Traced, Traced]:
     output, forward = trace(lambda: call(*inputs))
-    grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(1)).to(output.dtype)
+    # A loss is backpropagated as training does it, `loss.backward()` (grad_output 1); any
+    # other op with a random grad_output.
+    if output.dim() == 0:
+        grad_output = torch.ones((), dtype=output.dtype)
+    else:
+        grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(1)).to(output.dtype)
     _, backward = trace(lambda: output.backward(grad_output))
     return output, forward, backward
 

@@ -1,19 +1,22 @@
-"""Fused cross-entropy: log_softmax + nll_loss (and their backward) in one pass each.
+"""Fused cross-entropy: log_softmax + nll_loss and their backward, in one pass over the logits.
 
 The op has three layers, read top to bottom:
 
 - the functional (``cross_entropy``) reproduces :func:`torch.nn.functional.cross_entropy`
   up to the kernel call: legacy ``size_average``/``reduce``, the reduction name, and every
   shape, dtype and weight check, with torch's error types and messages, in torch's order;
-- two ``torch.autograd.Function``\\ s, which call the launchers: ``CrossEntropyFunction``
-  saves the logits, the per-row logsumexp and a per-row coefficient, so the backward is
-  one more pass over the logits; ``CrossEntropyGradInForwardFunction`` (opt-in) writes
-  the gradient during the forward into a buffer of its own and the backward only scales
-  it, in place. Without autograd the functional calls the launchers directly. Under
-  ``create_graph=True`` the backward applies ``_BackwardFunction``, whose backward is the
-  second derivative in eager ops, which is what makes double backward work;
-- under ``torch.compile``, ``torch.library`` custom ops (``fused_ops::cross_entropy_forward``,
-  ``_backward`` and ``_scale_grad_``) with fake implementations run the kernels, so
+- two ``torch.autograd.Function``\\ s, which call the launchers. ``CrossEntropyOnePassFunction``
+  (a 'mean' or 'sum' loss whose logits alone require grad, the common case) writes the
+  gradient in the forward, into a buffer of its own or (``inplace_grad``) into the logits;
+  its backward scales that buffer in place on the device, unless ``grad_output`` is 1.
+  ``CrossEntropyFunction`` (``'none'``, gradients for probability targets or weights)
+  saves the logits, the per-row logsumexp and a per-row coefficient, so its backward is
+  one more pass over the logits. Without autograd the functional calls the launchers
+  directly. Under ``create_graph=True`` either backward applies ``_BackwardFunction``,
+  whose backward is the second derivative in eager ops, which is what makes double
+  backward work;
+- under ``torch.compile``, ``torch.library`` custom ops (``fused_ops::cross_entropy_forward``
+  and ``_backward``) with fake implementations run the two-pass kernels, so
   ``torch.compile(fullgraph=True)`` traces them; the backward op has the same second
   derivative registered as its autograd.
 
@@ -145,36 +148,18 @@ def _forward_impl(
     reduction: int,
     ignore_index: int,
     label_smoothing: float,
-    grad_in_forward: bool,
-    placeholder: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(loss, lse, coef, total_weight, grad): the forward's outputs.
-
-    Without ``grad_in_forward``, grad is an empty placeholder (a custom op must return a
-    tensor), or None when not ``placeholder`` (the eager path, which drops it).
-    """
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, lse, coef, total_weight): the forward without a gradient (one read of the logits)."""
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
     out_dtype = _loss_dtype(input, target, weight)
     acc = reference.compute_dtype(input.dtype)
-    if grad_in_forward:
-        grad = _empty_grad(input)
-    else:
-        grad = input.new_empty((0,)) if placeholder else None
     if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
         if not prob_target:
             _check_target_bounds(target, n_classes, ignore_index)
-        loss, lse, coef, total_weight = reference.cross_entropy_forward_ref(
+        return reference.cross_entropy_forward_ref(
             input, target, weight, reduction, ignore_index, label_smoothing, out_dtype
         )
-        if grad_in_forward:
-            ones = torch.ones((), dtype=out_dtype, device=input.device)
-            grad.copy_(
-                reference.cross_entropy_backward_ref(
-                    ones, input, target, weight, lse, coef, ones, _SUM, ignore_index, label_smoothing
-                )
-            )
-        return loss, lse, coef, total_weight, grad
 
     layout = _layout(input)
     logits = _class_view(input, layout)
@@ -205,7 +190,7 @@ def _forward_impl(
         lse,
         coef,
         coef if row_weight is None else row_weight,
-        _class_view(grad, layout) if grad_in_forward else None,
+        None,
         target_ok,
         ignore_index,
         label_smoothing,
@@ -221,6 +206,84 @@ def _forward_impl(
     )
     if check_targets:
         _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
+    return loss, lse, coef, total_weight
+
+
+def _one_pass_forward_impl(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, lse, coef, total_weight, grad) for a 'mean' or 'sum' reduction, in one pass.
+
+    ``grad`` is ``dloss/dinput`` for a ``grad_output`` of 1, in a fresh buffer, or with
+    ``inplace`` in ``input`` itself (then returned as ``input``). Class-index targets
+    first go through a prepass that reads only them: the mean's denominator, which the
+    gradient needs, and the bounds check, asserted before anything of the caller's is
+    written.
+    """
+    prob_target = _is_prob_target(input, target)
+    n_classes = input.shape[0 if input.dim() == 1 else 1]
+    out_dtype = _loss_dtype(input, target, weight)
+    acc = reference.compute_dtype(input.dtype)
+    layout = _layout(input)
+    # In place needs the (outer, C, inner) view to alias the input (it does, except for
+    # spatial dims that cannot merge, where the gradient is copied in at the end).
+    write_through = inplace and (layout != "spatial" or _spatial_dims_merge(input))
+    if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
+        if not prob_target:
+            _check_target_bounds(target, n_classes, ignore_index)
+        loss, lse, coef, total_weight = reference.cross_entropy_forward_ref(
+            input, target, weight, reduction, ignore_index, label_smoothing, out_dtype
+        )
+        ones = torch.ones((), dtype=out_dtype, device=input.device)
+        grad = reference.cross_entropy_backward_ref(
+            ones, input, target, weight, lse, coef, total_weight, reduction, ignore_index, label_smoothing
+        ).to(input.dtype)
+        if inplace:
+            grad = input.copy_(grad)
+        return loss, lse, coef, total_weight, grad
+
+    logits = _class_view(input, layout)
+    target_view = _class_view(target, layout) if prob_target else _row_view(target, layout, logits)
+    outer, _, inner = logits.shape
+    n_rows = outer * inner
+    contiguous_weight = None if weight is None else weight.contiguous()
+    total_weight = torch.empty((), dtype=acc, device=input.device)
+    if not prob_target:
+        all_ok = torch.empty(1, dtype=torch.int8, device=input.device)
+        kernels.cross_entropy_total_weight(
+            target_view, contiguous_weight, total_weight, all_ok, n_classes, ignore_index
+        )
+        _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
+    grad = input if write_through else _empty_grad(input)
+    lse = torch.empty(n_rows, dtype=acc, device=input.device)
+    coef = torch.empty(n_rows, dtype=acc, device=input.device)
+    row_loss = torch.empty(n_rows, dtype=acc, device=input.device)
+    kernels.cross_entropy_forward(
+        logits,
+        target_view,
+        contiguous_weight,
+        row_loss,
+        lse,
+        coef,
+        coef,
+        _class_view(grad, layout),
+        None,
+        ignore_index,
+        label_smoothing,
+        prob_target,
+        total_weight,
+        reduction == _MEAN,
+    )
+    loss = torch.empty((), dtype=out_dtype, device=input.device)
+    kernels.cross_entropy_reduce(row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target)
+    if inplace and not write_through:
+        grad = input.copy_(grad)
     return loss, lse, coef, total_weight, grad
 
 
@@ -232,13 +295,12 @@ def _cross_entropy_forward(
     reduction: int,
     ignore_index: int,
     label_smoothing: float,
-    grad_in_forward: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward_impl(input, target, weight, reduction, ignore_index, label_smoothing, grad_in_forward)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward_impl(input, target, weight, reduction, ignore_index, label_smoothing)
 
 
 @_cross_entropy_forward.register_fake
-def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_in_forward):
+def _(input, target, weight, reduction, ignore_index, label_smoothing):
     out_dtype = _loss_dtype(input, target, weight)
     acc = reference.compute_dtype(input.dtype)
     n_rows = 1
@@ -250,7 +312,6 @@ def _(input, target, weight, reduction, ignore_index, label_smoothing, grad_in_f
         input.new_empty((n_rows,), dtype=acc),
         input.new_empty((n_rows,), dtype=acc),
         input.new_empty((), dtype=acc),
-        _empty_grad(input) if grad_in_forward else input.new_empty((0,)),
     )
 
 
@@ -392,49 +453,21 @@ class _BackwardFunction(torch.autograd.Function):
         return _cross_entropy_double_backward(ctx, grad_grad)
 
 
-def _scale_grad_impl(
-    grad: torch.Tensor,
-    grad_output: torch.Tensor,
-    total_weight: torch.Tensor,
-    target: torch.Tensor,
-    reduction: int,
-    ignore_index: int,
-) -> None:
-    """Scale the forward's gradient buffer in place by each row's factor."""
+def _scale_grad_impl(grad: torch.Tensor, grad_output: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+    """Scale the one-pass forward's gradient in place by the 0-d ``grad_output`` (nothing if it is 1)."""
     prob_target = _is_prob_target(grad, target)
     if not use_triton("cross_entropy", grad, grad_output):
-        scale = grad_output / total_weight if reduction == _MEAN else grad_output
-        if reduction == _NONE:
-            scale = scale.unsqueeze(0 if grad.dim() == 1 else 1)
-        scaled = grad * scale.to(grad.dtype)
+        scaled = grad * grad_output.to(grad.dtype)
         if not prob_target:
-            # Ignored rows stay 0 even when the scale is inf (a mean over no targets).
+            # Ignored rows stay 0 even for an inf or nan grad_output, as torch's.
             scaled = scaled.masked_fill((target == ignore_index).unsqueeze(0 if grad.dim() == 1 else 1), 0)
         grad.copy_(scaled)
         return
     layout = _layout(grad)
     grad_3d = _class_view(grad, layout)
     kernels.cross_entropy_scale_grad(
-        _row_view(grad_output, layout, grad_3d) if reduction == _NONE else grad_output,
-        total_weight,
-        target if prob_target else _row_view(target, layout, grad_3d),
-        grad_3d,
-        ignore_index,
-        prob_target,
-        reduction,
+        grad_output, target if prob_target else _row_view(target, layout, grad_3d), grad_3d, ignore_index, prob_target
     )
-
-
-@torch.library.custom_op("fused_ops::cross_entropy_scale_grad_", mutates_args=("grad",))
-def _cross_entropy_scale_grad_(
-    grad: torch.Tensor,
-    grad_output: torch.Tensor,
-    total_weight: torch.Tensor,
-    target: torch.Tensor,
-    reduction: int,
-    ignore_index: int,
-) -> None:
-    _scale_grad_impl(grad, grad_output, total_weight, target, reduction, ignore_index)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -448,12 +481,12 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, traced):
         if traced:
-            loss, lse, coef, total_weight, _ = torch.ops.fused_ops.cross_entropy_forward(
-                input, target, weight, reduction, ignore_index, label_smoothing, False
+            loss, lse, coef, total_weight = torch.ops.fused_ops.cross_entropy_forward(
+                input, target, weight, reduction, ignore_index, label_smoothing
             )
         else:
-            loss, lse, coef, total_weight, _ = _forward_impl(
-                input, target, weight, reduction, ignore_index, label_smoothing, False, False
+            loss, lse, coef, total_weight = _forward_impl(
+                input, target, weight, reduction, ignore_index, label_smoothing
             )
         ctx.save_for_backward(input, target, weight, lse, coef, total_weight)
         ctx.reduction = reduction
@@ -516,51 +549,65 @@ def _prob_target_and_weight_grads(grad_output, input, target, weight, total_weig
     return grad_target, grad_weight
 
 
-class CrossEntropyGradInForwardFunction(torch.autograd.Function):
-    """Opt-in variant: the forward also writes the (unscaled) gradient; backward scales it in place.
+class CrossEntropyOnePassFunction(torch.autograd.Function):
+    """'mean' or 'sum' cross-entropy whose forward also writes the gradient: one read of the logits.
 
-    Saves only that buffer, the mean's denominator and the targets, not the logits. Once
-    differentiable: a backward with ``create_graph=True`` raises. With ``traced`` (under
-    torch.compile) it runs the custom ops instead of the launchers.
+    The forward writes ``dloss/dinput`` for a ``grad_output`` of 1 into a buffer of its own
+    (or, with ``inplace``, into the input). The first backward hands that buffer to
+    autograd after one kernel that reads ``grad_output`` on the device and scales the
+    buffer in place unless it is 1 (then it moves nothing else). A later backward through
+    the same graph (``retain_graph=True``) never touches a buffer already handed out (it
+    may be someone's ``.grad`` by then): it computes a fresh gradient from the saved
+    logits, as does a backward with ``create_graph=True``, which is differentiable.
     """
 
     @staticmethod
-    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, traced):
-        forward = torch.ops.fused_ops.cross_entropy_forward if traced else _forward_impl
-        loss, _, _, total_weight, grad = forward(input, target, weight, reduction, ignore_index, label_smoothing, True)
-        ctx.save_for_backward(grad, total_weight, target)
+    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, inplace):
+        loss, lse, coef, total_weight, grad = _one_pass_forward_impl(
+            input, target, weight, reduction, ignore_index, label_smoothing, inplace
+        )
+        if inplace:
+            # The kernel's write is invisible to autograd: bump the version counter (shared
+            # with every view of the input), so a backward that saved these logits raises
+            # torch's in-place error instead of using the gradient as logits.
+            torch.autograd.graph.increment_version(input)
+            ctx.save_for_backward(None, target, weight, lse, coef, total_weight)
+            ctx.grad = grad.detach()
+        else:
+            # The logits are kept only for a second (or a differentiable) backward.
+            ctx.save_for_backward(input, target, weight, lse, coef, total_weight)
+            # Not a saved tensor: once handed out, the buffer may be changed in place (as
+            # .grad), which must not fail a later backward's saved-tensor version check.
+            ctx.grad = grad
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index
-        ctx.traced = traced
+        ctx.label_smoothing = label_smoothing
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        if torch.is_grad_enabled():
-            # create_graph=True: the buffer is a constant, so a gradient built from it
-            # would silently have no second derivative. Say so instead.
+        input, target, weight, lse, coef, total_weight = ctx.saved_tensors
+        create_graph = torch.is_grad_enabled()
+        if ctx.grad is not None and not create_graph:
+            grad, ctx.grad = ctx.grad, None
+            _scale_grad_impl(grad, grad_output, target, ctx.ignore_index)
+            return grad, None, None, None, None, None, None
+        if input is None:
             raise RuntimeError(
-                "cross_entropy(grad_in_forward=True) does not support double backward (create_graph=True); "
-                "use grad_in_forward=False"
+                "cross_entropy(inplace_grad=True) overwrote the logits with their gradient, so it supports "
+                "one backward only (no retain_graph second backward, no create_graph=True); "
+                "use inplace_grad=False"
             )
-        grad, total_weight, target = ctx.saved_tensors
-        # The buffer is ours alone, so it is scaled where it lies: no second logits-sized
-        # allocation. A second backward (retain_graph=True) then fails autograd's
-        # saved-tensor version check instead of reading an already scaled buffer.
-        if ctx.traced:
-            torch.ops.fused_ops.cross_entropy_scale_grad_(
-                grad, grad_output, total_weight, target, ctx.reduction, ctx.ignore_index
-            )
+        args = (grad_output, input, target, weight, lse, coef, total_weight, ctx.reduction)
+        if create_graph:
+            grad = _BackwardFunction.apply(*args, ctx.ignore_index, ctx.label_smoothing)
         else:
-            _scale_grad_impl(grad, grad_output, total_weight, target, ctx.reduction, ctx.ignore_index)
-            # The kernel's write is invisible to autograd: bump the version, as the
-            # custom op's declared mutation does, so that the check above holds.
-            torch.autograd.graph.increment_version(grad)
+            grad = _backward_impl(*args, ctx.ignore_index, ctx.label_smoothing)
         return grad, None, None, None, None, None, None
 
 
 _cross_entropy_apply = fast_apply(CrossEntropyFunction)
-_grad_in_forward_apply = fast_apply(CrossEntropyGradInForwardFunction)
+_one_pass_apply = fast_apply(CrossEntropyOnePassFunction)
 
 
 def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: float) -> None:
@@ -636,12 +683,21 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
-    grad_in_forward: bool = False,
+    inplace_grad: bool = False,
 ) -> torch.Tensor:
     """Drop-in for :func:`torch.nn.functional.cross_entropy`, without materialising the softmax.
 
-    One pass over the logits computes the loss (an online logsumexp), and one more pass in
-    the backward writes the gradient; vocabularies of 128k+ classes work at any row count.
+    With a 'mean' or 'sum' reduction and logits that require grad, one pass over the logits
+    computes the loss (an online logsumexp) and writes the gradient too, into a buffer of
+    its own; the backward then only reads ``grad_output`` on the device and scales that
+    buffer in place unless it is 1 (``loss.backward()``: nothing to do). That is 8 bytes
+    per fp32 logit for forward and backward together, against 12 for a separate backward
+    pass, with no host sync. Class-index targets first take a tiny pass over the targets
+    alone, for the mean's denominator. Rows of more than 8192 classes read the logits
+    twice in that forward. ``'none'``, and gradients for probability targets or their
+    weight, use a forward and a separate backward pass over the saved logits. Without
+    autograd the forward reads each logit once and writes no gradient. Vocabularies of
+    128k+ classes work at any row count.
 
     Args:
         input: unnormalized logits, float32/float64/float16/bfloat16 (computed in fp32,
@@ -662,18 +718,16 @@ def cross_entropy(
         label_smoothing: in ``[0, 1]``; mixes the target with the uniform distribution,
             with torch's exact formula (for class indices, the smoothing term is weighted
             by ``weight`` and is 0 for ignored targets).
-        grad_in_forward: keyword-only, fused_ops extension. When True, the forward also
-            writes the gradient into a buffer of its own (the input is never written) and
-            the backward only scales that buffer in place by ``grad_output``. The logits
-            are then not saved: if nothing else holds them they are freed after the
-            forward, and the backward allocates nothing logits-sized, so the peak memory of
-            the backward drops by one logits-sized tensor. The cost: the buffer is held
-            from forward to backward, and the forward reads the logits twice (it needs the
-            final logsumexp before any gradient), so total traffic grows from 3 to 5
-            logits-sized passes. Only ``input`` gets a gradient (targets and weight must
-            not require grad), double backward raises, and a second
-            backward with ``retain_graph=True`` raises. A per-row ``grad_output``
-            (``'none'``) works like a scalar one: each row is scaled by its own value.
+        inplace_grad: keyword-only, fused_ops extension (Liger's default). When the
+            forward also writes the gradient (above), it writes it into ``input`` itself,
+            so no logits-sized buffer is allocated: after the call ``input`` holds the
+            gradient, not the logits. The input's autograd version counter is bumped, so
+            another op that saved these logits for its backward raises torch's in-place
+            error ("modified by an inplace operation") rather than using the gradient as
+            logits. Like any in-place op it refuses a leaf that requires grad and
+            overlapping memory, and it supports one backward (no ``retain_graph`` second
+            backward, no ``create_graph=True``). Ignored in the other cases above and
+            under torch.compile, which always runs the two-pass custom ops.
 
     Returns:
         The loss: ``'none'`` gives one value per target (shape of ``input`` without the
@@ -707,16 +761,33 @@ def cross_entropy(
     _check_arguments(input, target, weight, ignore_index, label_smoothing)
     label_smoothing = float(label_smoothing)
     traced = torch.compiler.is_compiling()
-    if grad_in_forward:
-        if target.requires_grad or (weight is not None and weight.requires_grad):
-            raise RuntimeError("cross_entropy(grad_in_forward=True) computes only the input's gradient")
-        function, apply = CrossEntropyGradInForwardFunction, _grad_in_forward_apply
-    else:
-        function, apply = CrossEntropyFunction, _cross_entropy_apply
     if traced:
         # Dynamo traces Function.apply itself (fast_apply's C++ call would break the graph).
-        return function.apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, True)
+        return CrossEntropyFunction.apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, True)
     if needs_autograd(input, target, weight):
-        return apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
+        if (
+            reduction_enum != _NONE
+            and input.requires_grad
+            and not target.requires_grad
+            and (weight is None or not weight.requires_grad)
+        ):
+            if inplace_grad:
+                _check_inplace(input)
+            return _one_pass_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, inplace_grad)
+        return _cross_entropy_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
     # No autograd: the forward launches alone (no gradient buffer, which nothing would read).
-    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False, False)[0]
+    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing)[0]
+
+
+def _check_inplace(input: torch.Tensor) -> None:
+    """torch's errors for an in-place write into ``input``."""
+    if input.is_leaf:
+        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+    base = input._base
+    if base is not None and base.is_leaf and base.requires_grad:
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
+    if torch._debug_has_internal_overlap(input) == 1:
+        raise RuntimeError(
+            "unsupported operation: more than one element of the written-to tensor refers to a single memory "
+            "location. Please clone() the tensor before performing the operation."
+        )

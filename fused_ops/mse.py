@@ -6,11 +6,15 @@ The op has three layers, read top to bottom:
   kernel call: the size-mismatch warning, the legacy ``size_average``/``reduce``
   arguments, broadcasting (as differentiable ``expand`` views, so autograd sums each
   gradient back to its operand's shape), reduction and dtype checks;
-- the ``torch.autograd.Function`` (``MSELossFunction``) calls the launchers, saves input
-  and target with ``ctx.save_for_backward`` and asks for the gradients that autograd
-  needs, no more; without autograd the functional calls the launcher directly. The
-  backward writes grad_input and grad_target in one launch; under ``create_graph=True``
-  it applies ``_BackwardFunction``, whose backward is the second derivative in eager ops;
+- two ``torch.autograd.Function``\\ s call the launchers and ask for the gradients that
+  autograd needs, no more. ``MSELossOnePassFunction`` ('mean', 'sum') writes them in the
+  forward, in the same pass as the loss, and its backward scales them in place on the
+  device unless ``grad_output`` is 1; ``MSELossFunction`` ('none') saves input and target
+  and its backward writes grad_input and grad_target in one launch. A second backward
+  (``retain_graph=True``) through the one-pass Function computes fresh gradients from the
+  saved operands, and under ``create_graph=True`` either applies ``_BackwardFunction``,
+  whose backward is the second derivative in eager ops. Without autograd the functional
+  calls the launcher directly;
 - under ``torch.compile``, ``torch.library`` custom ops (``fused_ops::mse_loss_forward``
   and ``_backward``) with fake implementations run the kernels, so
   ``torch.compile(fullgraph=True)`` traces them; the backward op has the same second
@@ -41,6 +45,30 @@ def _forward_impl(input: torch.Tensor, target: torch.Tensor, reduction: str) -> 
     if use_triton("mse_loss", input, target):
         return kernels.mse_loss_forward(input, target, reduction)
     return reference.mse_loss_ref(input, target, reduction)
+
+
+def _one_pass_forward_impl(
+    input: torch.Tensor, target: torch.Tensor, reduction: str, input_grad: bool, target_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(loss, grad_input, grad_target) for 'mean' or 'sum': the gradients for a grad_output of 1."""
+    input, target = dense_layout(input, target)
+    if use_triton("mse_loss", input, target):
+        grad_input = torch.empty_like(input) if input_grad else None
+        grad_target = torch.empty_like(input, dtype=target.dtype) if target_grad else None
+        return kernels.mse_loss_forward(input, target, reduction, grad_input, grad_target), grad_input, grad_target
+    loss = reference.mse_loss_ref(input, target, reduction)
+    ones = torch.ones((), dtype=loss.dtype, device=loss.device)
+    return loss, *reference.mse_loss_backward_ref(ones, input, target, reduction, input_grad, target_grad)
+
+
+def _scale_grad_impl(grad_output: torch.Tensor, grad_input: torch.Tensor | None, grad_target: torch.Tensor | None):
+    """Scale the one-pass forward's gradients in place by the 0-d ``grad_output`` (nothing if it is 1)."""
+    if use_triton("mse_loss", grad_output, grad_input, grad_target):
+        kernels.mse_loss_scale_grad(grad_output, grad_input, grad_target)
+        return
+    for grad in (grad_input, grad_target):
+        if grad is not None:
+            grad.copy_(grad * grad_output.to(grad.dtype))
 
 
 def _backward_impl(
@@ -229,6 +257,36 @@ class MSELossFunction(torch.autograd.Function):
         return (grad_input if input_grad else None, grad_target if target_grad else None, None)
 
 
+class MSELossOnePassFunction(torch.autograd.Function):
+    """'mean' or 'sum' MSE whose forward also writes the gradients: one pass over the operands.
+
+    The first backward hands out the forward's buffers after one kernel that reads
+    ``grad_output`` on the device and scales them in place unless it is 1. A later
+    backward through the same graph (``retain_graph=True``) never touches buffers already
+    handed out (autograd may keep them as ``.grad``): it computes fresh gradients from the
+    saved operands, as does a backward with ``create_graph=True``.
+    """
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+        input_grad, target_grad = ctx.needs_input_grad[:2]
+        output, grad_input, grad_target = _one_pass_forward_impl(input, target, reduction, input_grad, target_grad)
+        ctx.save_for_backward(input, target)
+        ctx.reduction = reduction
+        # Not saved tensors: once handed out, a buffer may change in place (as .grad),
+        # which must not fail a later backward's saved-tensor version check.
+        ctx.grads = (grad_input, grad_target)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        if ctx.grads is not None and not torch.is_grad_enabled():
+            (grad_input, grad_target), ctx.grads = ctx.grads, None
+            _scale_grad_impl(grad_output, grad_input, grad_target)
+            return grad_input, grad_target, None
+        return MSELossFunction.backward(ctx, grad_output)
+
+
 class _MSELossTracedFunction(torch.autograd.Function):
     """MSELossFunction over the custom ops, for torch.compile."""
 
@@ -250,6 +308,7 @@ class _MSELossTracedFunction(torch.autograd.Function):
 
 
 _mse_loss_apply = fast_apply(MSELossFunction)
+_one_pass_apply = fast_apply(MSELossOnePassFunction)
 
 
 def mse_loss(
@@ -314,6 +373,8 @@ def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torc
     if torch.compiler.is_compiling():
         return _MSELossTracedFunction.apply(input, target, reduction)
     if needs_autograd(input, target):
+        if reduction != "none":
+            return _one_pass_apply(input, target, reduction)
         return _mse_loss_apply(input, target, reduction)
     return _forward_impl(input, target, reduction)
 

@@ -118,8 +118,8 @@ class CrossEntropyLoss(_Fused, torch.nn.CrossEntropyLoss):
     """Drop-in for :class:`torch.nn.CrossEntropyLoss` (same constructor), computed by :func:`fused_ops.cross_entropy`.
 
     A subclass, so ``isinstance(module, torch.nn.CrossEntropyLoss)`` still holds. The one
-    extra, keyword-only argument ``grad_in_forward`` selects the opt-in mode described in
-    :func:`fused_ops.cross_entropy`.
+    extra, keyword-only argument ``inplace_grad`` selects the opt-in mode described in
+    :func:`fused_ops.cross_entropy` (the gradient written over the logits).
     """
 
     def __init__(
@@ -131,10 +131,10 @@ class CrossEntropyLoss(_Fused, torch.nn.CrossEntropyLoss):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
-        grad_in_forward: bool = False,
+        inplace_grad: bool = False,
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
-        self.grad_in_forward = grad_in_forward
+        self.inplace_grad = inplace_grad
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return _cross_entropy_fn(
@@ -144,7 +144,7 @@ class CrossEntropyLoss(_Fused, torch.nn.CrossEntropyLoss):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
-            grad_in_forward=self.grad_in_forward,
+            inplace_grad=self.inplace_grad,
         )
 
 

@@ -99,3 +99,11 @@ LINEAR_CE_FORWARD_PROGRAMS = 528
 # for 1024 logits, so the partials are below 0.5% of the logits they stand for.
 LINEAR_CE_MIN_BLOCKS_PER_SPLIT = 16
 LINEAR_CE_FINALIZE_BLOCK = 1024
+
+# The forward that also writes the gradient (the default when the logits require grad)
+# keeps a whole row in registers between the logsumexp and the gradient, so each logit is
+# read once: rows of up to 8192 padded classes, over 16 warps when a tile passes
+# CROSS_ENTROPY_TILE_SIZE (16 fp32 per thread, as softmax's SOFTMAX_MAX_FUSED_SIZE).
+# Longer rows read the logits twice.
+CROSS_ENTROPY_ONE_PASS_MAX_C = 8192
+CROSS_ENTROPY_ONE_PASS_NUM_WARPS = 16

@@ -20,7 +20,12 @@ Maths, in natural units, for one row with logits ``x``, ``lse = logsumexp(x)``,
 - class probabilities ``t``: with ``a = w * ((1 - eps) t + eps / C)``,
   ``loss = sum_c a_c (lse - x_c)`` and ``dloss/dx = coef * p - a``, ``coef = sum_c a_c``.
 
-The forward saves ``lse`` and ``coef`` per row, so the backward is a single pass too.
+The forward saves ``lse`` and ``coef`` per row, so the backward is a single pass too. When
+the logits require grad ('mean' or 'sum'), the forward also writes ``dloss/dx`` for a
+``grad_output`` of 1, from the same registers when a row fits in one tile (up to 8192
+classes), after a prepass over the index targets that sums the mean's denominator; its
+backward (``cross_entropy_scale_grad_kernel``) then reads ``grad_output`` and ends when it
+is 1, or scales the gradient in place.
 Sums ``sum_c a_c x_c`` are accumulated relative to the running max, as the logsumexp is,
 so a loss that is a small difference of large logits keeps its precision.
 
@@ -43,6 +48,8 @@ from ._config import (
     CROSS_ENTROPY_MAX_BLOCK_C,
     CROSS_ENTROPY_MAX_BLOCK_I,
     CROSS_ENTROPY_NUM_WARPS,
+    CROSS_ENTROPY_ONE_PASS_MAX_C,
+    CROSS_ENTROPY_ONE_PASS_NUM_WARPS,
     CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
     CROSS_ENTROPY_TILE_SIZE,
 )
@@ -163,8 +170,10 @@ def cross_entropy_forward_kernel(
     row_weight_ptr,
     grad_ptr,
     target_ok_ptr,
+    total_weight_ptr,
     C,
     inner,
+    n_rows,
     stride_xo,
     stride_xc,
     stride_xi,
@@ -180,17 +189,29 @@ def cross_entropy_forward_kernel(
     HAS_WEIGHT: tl.constexpr,
     PROB_TARGET: tl.constexpr,
     SMOOTHING: tl.constexpr,
-    GRAD_IN_FORWARD: tl.constexpr,
+    GRAD: tl.constexpr,
+    GRAD_MEAN: tl.constexpr,
+    CHECK_TARGETS: tl.constexpr,
+    ONE_TILE: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
 ):
-    """Per-row loss, ``lse`` and ``coef`` (and, opt-in, the unscaled gradient) in one pass.
+    """Per-row loss, ``lse`` and ``coef``, and with ``GRAD`` the loss's gradient, in one pass.
 
     Shapes: logits and probability targets ``(outer, C, inner)`` strided; index targets
     ``(outer, inner)`` strided (``stride_tc`` unused); ``loss``, ``lse``, ``coef`` and
     ``row_weight`` contiguous ``(outer * inner,)``; ``grad`` ``(outer, C, inner)`` strided.
-    ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean.
-    ``target_ok`` (index targets) has one int8 per program: 1 if all its targets are valid.
+    ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean
+    (not written with ``GRAD``, whose prepass already summed it into ``total_weight``).
+    With ``CHECK_TARGETS``, ``target_ok`` has one int8 per program: 1 if all its index
+    targets are valid.
+
+    ``GRAD`` writes ``dloss/dx`` for a ``grad_output`` of 1: for ``GRAD_MEAN`` divided by
+    the mean's denominator, read from ``total_weight`` (index targets: computed on the
+    device by :func:`cross_entropy_total_weight_kernel`) or ``n_rows`` (probabilities).
+    ``ONE_TILE`` (``BLOCK_C >= C``): the row's logits stay in registers between the
+    logsumexp and the gradient, so they are read once; otherwise a second loop reads them
+    again (the logsumexp must be final before any gradient is written).
     """
     # int64 before any stride multiply (pid here, the class index c in the loops): offsets
     # pass 2^31 on large logits, e.g. c * stride_xc for (N, C, T) with C * T > 2^31.
@@ -215,8 +236,9 @@ def cross_entropy_forward_kernel(
         y = tl.load(target_ptr + offs_t_row, mask=row_mask, other=0).to(tl.int64)
         valid = row_mask & (y != ignore_index)
         in_bounds = (y >= 0) & (y < C)
-        n_bad = tl.sum((valid & ~in_bounds).to(tl.int32), axis=0)
-        tl.store(target_ok_ptr + pid, (n_bad == 0).to(tl.int8))
+        if CHECK_TARGETS:
+            n_bad = tl.sum((valid & ~in_bounds).to(tl.int32), axis=0)
+            tl.store(target_ok_ptr + pid, (n_bad == 0).to(tl.int8))
         valid = valid & in_bounds
 
     # The max stays in natural units so that x - m is exact for close values (as torch's
@@ -227,28 +249,48 @@ def cross_entropy_forward_kernel(
     a_sum = zero  # sum of the class coefficients a seen so far
     a_dot = zero  # sum of a * (x - m_shift) so far
     x_y = zero  # the target's logit, picked up as its tile goes by
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+    if ONE_TILE:
+        # The whole row in one tile, kept for the gradient below: the same sums without
+        # the running rescale.
+        c = tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (c < C)[:, None] & row_mask[None, :]
         x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf"))
         x = x.to(zero.dtype)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        m_shift_new = tl.where(m_new == float("-inf"), 0, m_new)
-        s = s * tl.exp2((m - m_shift_new) * log2e) + tl.sum(tl.exp2((x - m_shift_new[None, :]) * log2e), axis=0)
+        m = tl.max(x, axis=0)
+        m_shift = tl.where(m == float("-inf"), 0, m)
+        s = tl.sum(tl.exp2((x - m_shift[None, :]) * log2e), axis=0)
         if PROB_TARGET or SMOOTHING:
             offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
             a = _class_coefficients(
                 target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, zero
             )
-            # Re-reference the running sum to the new max, then add this tile.
-            a_dot = a_dot + a_sum * (m_shift - m_shift_new)
-            # Masked lanes hold x = -inf and a = 0: zero them before the product (0 * -inf).
-            a_dot = a_dot + tl.sum(a * tl.where(mask, x - m_shift_new[None, :], 0), axis=0)
-            a_sum = a_sum + tl.sum(a, axis=0)
+            a_dot = tl.sum(a * tl.where(mask, x - m_shift[None, :], 0), axis=0)
+            a_sum = tl.sum(a, axis=0)
         if not PROB_TARGET:
-            x_y = x_y + tl.sum(tl.where((c[:, None] == y[None, :]) & mask, x, 0), axis=0)
-        m = m_new
-        m_shift = m_shift_new
+            x_y = tl.sum(tl.where((c[:, None] == y[None, :]) & mask, x, 0), axis=0)
+    else:
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+            mask = (c < C)[:, None] & row_mask[None, :]
+            x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf"))
+            x = x.to(zero.dtype)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            m_shift_new = tl.where(m_new == float("-inf"), 0, m_new)
+            s = s * tl.exp2((m - m_shift_new) * log2e) + tl.sum(tl.exp2((x - m_shift_new[None, :]) * log2e), axis=0)
+            if PROB_TARGET or SMOOTHING:
+                offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+                a = _class_coefficients(
+                    target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, zero
+                )
+                # Re-reference the running sum to the new max, then add this tile.
+                a_dot = a_dot + a_sum * (m_shift - m_shift_new)
+                # Masked lanes hold x = -inf and a = 0: zero them before the product (0 * -inf).
+                a_dot = a_dot + tl.sum(a * tl.where(mask, x - m_shift_new[None, :], 0), axis=0)
+                a_sum = a_sum + tl.sum(a, axis=0)
+            if not PROB_TARGET:
+                x_y = x_y + tl.sum(tl.where((c[:, None] == y[None, :]) & mask, x, 0), axis=0)
+            m = m_new
+            m_shift = m_shift_new
 
     # lse = m_shift + log(s); rows past the end take log(1) rather than warn about log(0).
     log_s = tl.log2(tl.where(row_mask, s, 1)) * tl.full([], LN2, zero.dtype)
@@ -273,41 +315,66 @@ def cross_entropy_forward_kernel(
             coef = w_y
         loss = tl.where(valid, loss, 0)
         coef = tl.where(valid, coef, 0)
-        tl.store(row_weight_ptr + rows, w_y, mask=row_mask)
+        if not GRAD:
+            tl.store(row_weight_ptr + rows, w_y, mask=row_mask)
     tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
     tl.store(lse_ptr + rows, lse.to(lse_ptr.dtype.element_ty), mask=row_mask)
     tl.store(coef_ptr + rows, coef.to(coef_ptr.dtype.element_ty), mask=row_mask)
 
-    if GRAD_IN_FORWARD:
-        # A second pass: the gradient needs the final lse. Stored unscaled by grad_output,
-        # which the backward applies.
+    if GRAD:
+        if GRAD_MEAN:
+            if PROB_TARGET:
+                total_weight = tl.zeros([], zero.dtype) + n_rows
+            else:
+                total_weight = tl.load(total_weight_ptr).to(zero.dtype)
+            # 1 / 0 = inf when every target is ignored: those rows are zeroed after scaling.
+            scale = zero + 1 / total_weight
+        else:
+            scale = zero + 1
         offs_g_row = o * stride_go + i * stride_gi
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-            mask = (c < C)[:, None] & row_mask[None, :]
-            x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask).to(zero.dtype)
-            offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
-            grad = _grad_tile(
-                x,
-                c,
-                mask,
-                lse,
-                coef,
-                y,
-                w_y,
-                valid,
-                zero + 1,
-                target_ptr,
-                weight_ptr,
-                offs_t,
-                eps,
-                C,
-                HAS_WEIGHT,
-                PROB_TARGET,
-                SMOOTHING,
-            )
+        if ONE_TILE:
+            # From the registers: grad = scale * (coef * p - a), the module doc's formula.
+            grad = tl.exp2((x - lse[None, :]) * log2e) * coef[None, :]
+            if PROB_TARGET:
+                grad = grad - a
+            else:
+                onehot_w = tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
+                if SMOOTHING:
+                    grad = grad - (1 - eps) * onehot_w - eps / C * a
+                else:
+                    grad = grad - onehot_w
+            grad = tl.where(valid[None, :], grad * scale[None, :], 0)
             offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
             tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+        else:
+            # Rows longer than one tile: a second read of the logits (the gradient needs the
+            # final lse), still no second launch and no saved-logits backward pass.
+            for c0 in range(0, C, BLOCK_C):
+                c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+                mask = (c < C)[:, None] & row_mask[None, :]
+                x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask).to(zero.dtype)
+                offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+                grad = _grad_tile(
+                    x,
+                    c,
+                    mask,
+                    lse,
+                    coef,
+                    y,
+                    w_y,
+                    valid,
+                    scale,
+                    target_ptr,
+                    weight_ptr,
+                    offs_t,
+                    eps,
+                    C,
+                    HAS_WEIGHT,
+                    PROB_TARGET,
+                    SMOOTHING,
+                )
+                offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+                tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -405,13 +472,10 @@ def cross_entropy_backward_kernel(
 @triton.jit(do_not_specialize=["ignore_index"])
 def cross_entropy_scale_grad_kernel(
     grad_output_ptr,
-    total_weight_ptr,
     target_ptr,
     grad_ptr,
     C,
     inner,
-    stride_dyo,
-    stride_dyi,
     stride_to,
     stride_ti,
     stride_go,
@@ -419,34 +483,83 @@ def cross_entropy_scale_grad_kernel(
     stride_gi,
     ignore_index,
     PROB_TARGET: tl.constexpr,
-    REDUCTION: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
 ):
-    """In place, ``grad *= scale`` per row: the backward of the grad-in-forward mode.
+    """The backward of the one-pass forward: ``grad *= grad_output`` in place, unless it is 1.
 
-    Index targets are read again (one per row) so that ignored rows stay exactly 0.
+    ``grad_output`` is 0-d and read here, on the device: when it is 1 (``loss.backward()``)
+    each program reads that one value and ends, so the backward moves no logits-sized
+    data and the host never waits. Otherwise index targets are read (one per row) so that
+    ignored rows stay exactly 0, as torch leaves them, even for an inf or nan grad_output.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    blocks_per_outer = tl.cdiv(inner, BLOCK_I)
-    o = pid // blocks_per_outer
-    i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
-    row_mask = i < inner
-    offs_g_row = o * stride_go + i * stride_gi
-    zero = upcast(tl.zeros([BLOCK_I], grad_ptr.dtype.element_ty))
-    scale = _row_scale(grad_output_ptr, total_weight_ptr, o, i, row_mask, stride_dyo, stride_dyi, zero, REDUCTION)
-    if PROB_TARGET:
-        valid = row_mask
-    else:
+    g = tl.load(grad_output_ptr)
+    if g != 1:
+        pid = tl.program_id(0).to(tl.int64)
+        blocks_per_outer = tl.cdiv(inner, BLOCK_I)
+        o = pid // blocks_per_outer
+        i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
+        row_mask = i < inner
+        offs_g_row = o * stride_go + i * stride_gi
+        zero = upcast(tl.zeros([BLOCK_I], grad_ptr.dtype.element_ty))
+        scale = zero + g.to(zero.dtype)
+        if PROB_TARGET:
+            valid = row_mask
+        else:
+            y = tl.load(target_ptr + o * stride_to + i * stride_ti, mask=row_mask, other=0).to(tl.int64)
+            valid = row_mask & (y != ignore_index)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+            mask = (c < C)[:, None] & row_mask[None, :]
+            offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+            grad = tl.load(grad_ptr + offs_g, mask=mask).to(zero.dtype)
+            grad = tl.where(valid[None, :], grad * scale[None, :], 0)
+            tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["ignore_index"])
+def cross_entropy_total_weight_kernel(
+    target_ptr,
+    weight_ptr,
+    total_weight_ptr,
+    all_ok_ptr,
+    C,
+    inner,
+    n_rows,
+    stride_to,
+    stride_ti,
+    ignore_index,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """The prepass of the one-pass forward: reads only the ``(outer, inner)`` index targets.
+
+    Writes ``total_weight``, the weighted mean's denominator (the sum of ``weight[y]``, or
+    the count, over non-ignored targets; the gradient written by the forward needs it
+    before any row is done), and ``all_ok`` (one int8, 1 when every target is in
+    ``[0, C)`` or ``ignore_index``), checked on the host by ``torch._assert_async`` before
+    the forward writes anything. One program, in a fixed order: deterministic.
+    """
+    offsets = tl.arange(0, BLOCK_SIZE)
+    zero = upcast(tl.zeros([BLOCK_SIZE], total_weight_ptr.dtype.element_ty))
+    weight_acc = zero
+    n_bad = tl.zeros([BLOCK_SIZE], tl.int32)
+    for start in range(0, n_rows, BLOCK_SIZE):
+        rows = start + offsets.to(tl.int64)
+        row_mask = rows < n_rows
+        o = rows // inner
+        i = rows % inner
         y = tl.load(target_ptr + o * stride_to + i * stride_ti, mask=row_mask, other=0).to(tl.int64)
-        valid = row_mask & (y != ignore_index)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        mask = (c < C)[:, None] & row_mask[None, :]
-        offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
-        grad = tl.load(grad_ptr + offs_g, mask=mask).to(zero.dtype)
-        grad = tl.where(valid[None, :], grad * scale[None, :], 0)
-        tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+        counted = row_mask & (y != ignore_index)
+        in_bounds = (y >= 0) & (y < C)
+        n_bad += (counted & ~in_bounds).to(tl.int32)
+        valid = counted & in_bounds
+        if HAS_WEIGHT:
+            weight_acc += tl.load(weight_ptr + y, mask=valid, other=0).to(zero.dtype)
+        else:
+            weight_acc += tl.where(valid, 1, 0).to(zero.dtype)
+    tl.store(total_weight_ptr, tl.sum(weight_acc, axis=0).to(total_weight_ptr.dtype.element_ty))
+    tl.store(all_ok_ptr, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
 
 
 @triton.jit
@@ -458,6 +571,7 @@ def _reduce_rows(
     n_rows,
     REDUCTION: tl.constexpr,
     HAS_ROW_WEIGHT: tl.constexpr,
+    GIVEN_TOTAL_WEIGHT: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     """The loss and ``total_weight`` of :func:`cross_entropy_reduce_kernel`."""
@@ -471,17 +585,23 @@ def _reduce_rows(
         if HAS_ROW_WEIGHT:
             weight_acc += tl.load(row_weight_ptr + start + offsets, mask=mask, other=0).to(zero.dtype)
     loss = tl.sum(loss_acc, axis=0)
-    if REDUCTION == REDUCTION_MEAN:
-        if HAS_ROW_WEIGHT:
-            total_weight = tl.sum(weight_acc, axis=0)
-        else:
-            total_weight = tl.sum(zero, axis=0) + n_rows
-        # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
-        loss = loss / total_weight
+    if GIVEN_TOTAL_WEIGHT:
+        # Summed by the prepass (cross_entropy_total_weight_kernel), in the same order.
+        if REDUCTION == REDUCTION_MEAN:
+            loss = loss / tl.load(total_weight_ptr).to(zero.dtype)
+        tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
     else:
-        total_weight = tl.sum(zero, axis=0) + 1
-    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
-    tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
+        if REDUCTION == REDUCTION_MEAN:
+            if HAS_ROW_WEIGHT:
+                total_weight = tl.sum(weight_acc, axis=0)
+            else:
+                total_weight = tl.sum(zero, axis=0) + n_rows
+            # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
+            loss = loss / total_weight
+        else:
+            total_weight = tl.sum(zero, axis=0) + 1
+        tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+        tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -496,6 +616,7 @@ def cross_entropy_reduce_kernel(
     n_flags,
     REDUCTION: tl.constexpr,
     HAS_ROW_WEIGHT: tl.constexpr,
+    GIVEN_TOTAL_WEIGHT: tl.constexpr,
     CHECK_TARGETS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -505,7 +626,8 @@ def cross_entropy_reduce_kernel(
     ``row_weight`` for class-index targets, the row count otherwise; 1 for a sum or for
     ``REDUCTION_NONE``, which reduces no loss). With ``CHECK_TARGETS``, also writes
     ``all_ok`` (one int8): the minimum of the ``n_flags`` per-program ``target_ok`` flags
-    of the forward, 1 when every target is valid.
+    of the forward, 1 when every target is valid. With ``GIVEN_TOTAL_WEIGHT`` (the
+    one-pass forward) ``total_weight`` was written by the prepass and is only read.
     """
     offsets = tl.arange(0, BLOCK_SIZE)
     if CHECK_TARGETS:
@@ -518,7 +640,15 @@ def cross_entropy_reduce_kernel(
         tl.store(total_weight_ptr, tl.full([], 1, total_weight_ptr.dtype.element_ty))
     else:
         _reduce_rows(
-            row_loss_ptr, row_weight_ptr, loss_ptr, total_weight_ptr, n_rows, REDUCTION, HAS_ROW_WEIGHT, BLOCK_SIZE
+            row_loss_ptr,
+            row_weight_ptr,
+            loss_ptr,
+            total_weight_ptr,
+            n_rows,
+            REDUCTION,
+            HAS_ROW_WEIGHT,
+            GIVEN_TOTAL_WEIGHT,
+            BLOCK_SIZE,
         )
 
 
@@ -548,6 +678,26 @@ def _block_sizes(C: int, inner: int, classes_long: bool) -> tuple[int, int]:
     return min(c_pow2, tile // block_i), block_i
 
 
+@functools.lru_cache(maxsize=256)
+def _one_pass_plan(C: int, inner: int, classes_long: bool) -> tuple[int, int, int, bool]:
+    """(BLOCK_C, BLOCK_I, num_warps, one_tile) of the forward that also writes the gradient.
+
+    A row of up to CROSS_ENTROPY_ONE_PASS_MAX_C padded classes is one tile held in
+    registers, so the logits are read once; longer rows take the usual tiles and a second
+    read (``one_tile`` False).
+    """
+    c_pow2 = next_power_of_2(max(C, 1))
+    if c_pow2 > CROSS_ENTROPY_ONE_PASS_MAX_C:
+        return (*_block_sizes(C, inner, classes_long), CROSS_ENTROPY_NUM_WARPS, False)
+    i_pow2 = next_power_of_2(max(inner, 1))
+    max_i = max(1, CROSS_ENTROPY_TILE_SIZE // c_pow2)
+    if not classes_long:
+        max_i = min(max_i, CROSS_ENTROPY_MAX_BLOCK_I)
+    block_i = min(i_pow2, max_i)
+    warps = CROSS_ENTROPY_ONE_PASS_NUM_WARPS if c_pow2 * block_i > CROSS_ENTROPY_TILE_SIZE else CROSS_ENTROPY_NUM_WARPS
+    return c_pow2, block_i, warps, True
+
+
 def _grid(outer: int, inner: int, block_i: int) -> tuple[int]:
     return (outer * ((inner + block_i - 1) // block_i),)
 
@@ -563,6 +713,7 @@ _forward = BoundKernel(cross_entropy_forward_kernel)
 _reduce = BoundKernel(cross_entropy_reduce_kernel)
 _backward = BoundKernel(cross_entropy_backward_kernel)
 _scale_grad = BoundKernel(cross_entropy_scale_grad_kernel)
+_total_weight = BoundKernel(cross_entropy_total_weight_kernel)
 
 
 def _to_fp32(value: float) -> float:
@@ -589,22 +740,32 @@ def cross_entropy_forward(
     ignore_index: int,
     label_smoothing: float,
     prob_target: bool,
+    total_weight: torch.Tensor | None = None,
+    grad_mean: bool = False,
 ) -> None:
     """Launch the forward over 3-D ``logits`` ``(outer, C, inner)``; fills the given buffers.
 
     ``target`` is ``(outer, inner)`` (indices) or ``(outer, C, inner)`` (probabilities);
     ``row_loss``, ``lse``, ``coef``, ``row_weight`` are contiguous ``(outer * inner,)``;
-    ``grad``, when given, is ``(outer, C, inner)`` and receives the unscaled gradient;
-    ``target_ok`` (index targets only) is int8 ``(forward_program_count(logits),)``.
+    ``target_ok`` (index targets, no ``grad``) is int8 ``(forward_program_count(logits),)``.
+    ``grad``, when given, is ``(outer, C, inner)`` and receives ``dloss/dlogits`` for a
+    ``grad_output`` of 1; with ``grad_mean`` divided by the mean's denominator, the 0-d
+    ``total_weight`` of :func:`cross_entropy_total_weight` for index targets.
     """
     outer, C, inner = logits.shape
     if outer * inner == 0:
         return
-    block_c, block_i = _blocks(logits)
+    if grad is None:
+        block_c, block_i = _blocks(logits)
+        warps, one_tile = CROSS_ENTROPY_NUM_WARPS, False
+    else:
+        _, class_stride, row_stride = logits.stride()
+        block_c, block_i, warps, one_tile = _one_pass_plan(C, inner, class_stride == 1 or C == 1 or row_stride != 1)
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     g_strides = grad.stride() if grad is not None else (0, 0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD_IN_FORWARD, BLOCK_C, BLOCK_I.
+    # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, GRAD_MEAN,
+    # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I.
     _forward.launch(
         _grid(outer, inner, block_i)[0],
         (
@@ -617,8 +778,10 @@ def cross_entropy_forward(
             row_weight,
             grad if grad is not None else logits,
             target_ok if target_ok is not None else row_loss,
+            total_weight if total_weight is not None else row_loss,
             C,
             inner,
+            outer * inner,
             *logits.stride(),
             *t_strides,
             *g_strides,
@@ -631,10 +794,42 @@ def cross_entropy_forward(
             prob_target,
             label_smoothing > 0,
             grad is not None,
+            grad_mean,
+            target_ok is not None,
+            one_tile,
             block_c,
             block_i,
         ),
-        CROSS_ENTROPY_NUM_WARPS,
+        warps,
+    )
+
+
+def cross_entropy_total_weight(
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    total_weight: torch.Tensor,
+    all_ok: torch.Tensor,
+    n_classes: int,
+    ignore_index: int,
+) -> None:
+    """The prepass over ``(outer, inner)`` index targets: fills 0-d ``total_weight`` and int8 ``all_ok``."""
+    outer, inner = target.shape
+    # Constexprs in the kernel's order: HAS_WEIGHT, BLOCK_SIZE.
+    _total_weight.launch(
+        1,
+        (
+            target,
+            weight if weight is not None else total_weight,
+            total_weight,
+            all_ok,
+            n_classes,
+            max(inner, 1),
+            outer * inner,
+            *target.stride(),
+            ignore_index,
+        ),
+        (weight is not None, CROSS_ENTROPY_REDUCE_BLOCK_SIZE),
+        4,
     )
 
 
@@ -646,15 +841,17 @@ def cross_entropy_reduce(
     reduction: int,
     target_ok: torch.Tensor | None = None,
     all_ok: torch.Tensor | None = None,
+    given_total_weight: bool = False,
 ) -> None:
     """Sum (or weighted-mean) the per-row losses into 0-d ``loss``; fill 0-d ``total_weight``.
 
     For ``reduction`` none, ``loss`` is None and ``total_weight`` becomes 1. With
     ``target_ok`` (the forward's per-program flags), also writes their minimum into the
-    one-element int8 ``all_ok``.
+    one-element int8 ``all_ok``. With ``given_total_weight`` the prepass already wrote
+    ``total_weight``, which a mean divides by.
     """
     check = target_ok is not None
-    # Constexprs in the kernel's order: REDUCTION, HAS_ROW_WEIGHT, CHECK_TARGETS, BLOCK_SIZE.
+    # Constexprs in the kernel's order: REDUCTION, HAS_ROW_WEIGHT, GIVEN_TOTAL_WEIGHT, CHECK_TARGETS, BLOCK_SIZE.
     _reduce.launch(
         1,
         (
@@ -667,13 +864,8 @@ def cross_entropy_reduce(
             row_loss.numel(),
             target_ok.numel() if check else 0,
         ),
-        (
-            reduction,
-            row_weight is not None,
-            check,
-            CROSS_ENTROPY_REDUCE_BLOCK_SIZE,
-        ),
-        4,  # num_warps: Triton's default, which this launch always used
+        (reduction, row_weight is not None, given_total_weight, check, CROSS_ENTROPY_REDUCE_BLOCK_SIZE),
+        4,
     )
 
 
@@ -721,57 +913,32 @@ def cross_entropy_backward(
             eps_hi,
             eps_lo,
         ),
-        (
-            weight is not None,
-            prob_target,
-            label_smoothing > 0,
-            reduction,
-            block_c,
-            block_i,
-        ),
+        (weight is not None, prob_target, label_smoothing > 0, reduction, block_c, block_i),
         CROSS_ENTROPY_NUM_WARPS,
     )
 
 
 def cross_entropy_scale_grad(
     grad_output: torch.Tensor,
-    total_weight: torch.Tensor,
     target: torch.Tensor,
     grad: torch.Tensor,
     ignore_index: int,
     prob_target: bool,
-    reduction: int,
 ) -> None:
-    """Scale the 3-D gradient ``grad`` made by the forward, in place, by each row's factor.
+    """Scale the 3-D gradient ``grad`` made by the forward in place by the 0-d ``grad_output``.
 
-    ``target`` is the ``(outer, inner)`` index view (unused for probability targets).
+    Nothing is written when ``grad_output`` is 1 (decided on the device). ``target`` is the
+    ``(outer, inner)`` index view (unused for probability targets).
     """
     outer, C, inner = grad.shape
     if outer * inner * C == 0:
         return
     block_c, block_i = _blocks(grad)
-    dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
     t_strides = (0, 0) if prob_target else target.stride()
-    # Constexprs in the kernel's order: PROB_TARGET, REDUCTION, BLOCK_C, BLOCK_I.
+    # Constexprs in the kernel's order: PROB_TARGET, BLOCK_C, BLOCK_I.
     _scale_grad.launch(
         _grid(outer, inner, block_i)[0],
-        (
-            grad_output,
-            total_weight,
-            target,
-            grad,
-            C,
-            inner,
-            *dy_strides,
-            *t_strides,
-            *grad.stride(),
-            ignore_index,
-        ),
-        (
-            prob_target,
-            reduction,
-            block_c,
-            block_i,
-        ),
+        (grad_output, target, grad, C, inner, *t_strides, *grad.stride(), ignore_index),
+        (prob_target, block_c, block_i),
         CROSS_ENTROPY_NUM_WARPS,
     )

@@ -50,7 +50,17 @@ def mse_loss_kernel(input_ptr, target_ptr, output_ptr, n_elements, BLOCK_SIZE: t
 
 @triton.jit
 def mse_loss_partial_sums_kernel(
-    input_ptr, target_ptr, output_ptr, n_elements, FINAL: tl.constexpr, MEAN: tl.constexpr, BLOCK_SIZE: tl.constexpr
+    input_ptr,
+    target_ptr,
+    output_ptr,
+    grad_input_ptr,
+    grad_target_ptr,
+    n_elements,
+    FINAL: tl.constexpr,
+    MEAN: tl.constexpr,
+    INPUT_GRAD: tl.constexpr,
+    TARGET_GRAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
 ):
     """Stage 1: output[pid] = sum of (input - target)^2 over blocks pid, pid + num_programs, ...
 
@@ -59,6 +69,11 @@ def mse_loss_partial_sums_kernel(
     covers every element and so writes the loss itself into the 0-d output (divided by
     ``n_elements`` when ``MEAN``; for no elements, 0 or 0 / 0 = nan as torch): inputs of
     up to one block take a single launch.
+
+    With ``INPUT_GRAD``/``TARGET_GRAD`` it also writes the loss's gradients for a
+    ``grad_output`` of 1 (``scale * (input - target)`` and its negation, as
+    :func:`mse_loss_backward_kernel`) from the same loads: one pass over the operands for
+    the loss and its gradients (the one-pass forward; the backward only rescales them).
     """
     pid = tl.program_id(0).to(tl.int64)
     stride = tl.num_programs(0).to(tl.int64) * BLOCK_SIZE
@@ -66,6 +81,11 @@ def mse_loss_partial_sums_kernel(
     acc = upcast(tl.zeros([BLOCK_SIZE], input_ptr.dtype.element_ty)) - upcast(
         tl.zeros([BLOCK_SIZE], target_ptr.dtype.element_ty)
     )
+    scale = tl.full((), 2.0, acc.dtype)
+    if MEAN:
+        # torch's norm = 2. / numel: divided in fp64 (exact n past 2^24), rounded once
+        # (an empty input has no gradient to scale: max() spares the interpreter's 2 / 0).
+        scale = (tl.full((), 2.0, tl.float64) / tl.maximum(n_elements, 1)).to(acc.dtype)
     # Each lane keeps its own running sum across blocks; one tree sum at the end adds
     # the lanes, which rounds far less than summing one long sequence.
     for block_start in range(pid * BLOCK_SIZE, n_elements, stride):
@@ -76,6 +96,10 @@ def mse_loss_partial_sums_kernel(
         t = upcast(tl.load(target_ptr + offsets, mask=mask, other=0.0))
         diff = x - t
         acc += diff * diff
+        if INPUT_GRAD:
+            _store_as(grad_input_ptr + offsets, scale * diff, mask)
+        if TARGET_GRAD:
+            _store_as(grad_target_ptr + offsets, -(scale * diff), mask)
     total = tl.sum(acc, axis=0)
     if FINAL and MEAN:
         total = total / n_elements
@@ -136,11 +160,39 @@ def mse_loss_backward_kernel(
         _store_as(grad_target_ptr + offsets, -grad, mask)
 
 
+@triton.jit
+def mse_loss_scale_grad_kernel(
+    grad_output_ptr,
+    grad_input_ptr,
+    grad_target_ptr,
+    n_elements,
+    INPUT_GRAD: tl.constexpr,
+    TARGET_GRAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """The one-pass backward: the forward's gradients ``*= grad_output`` in place, unless it is 1.
+
+    ``grad_output`` is 0-d and read here, on the device: when it is 1 (``loss.backward()``)
+    each program reads that one value and ends, without a host sync.
+    """
+    g = tl.load(grad_output_ptr)
+    if g != 1:
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < n_elements
+        if INPUT_GRAD:
+            grad = upcast(tl.load(grad_input_ptr + offsets, mask=mask))
+            _store_as(grad_input_ptr + offsets, grad * upcast(g).to(grad.dtype), mask)
+        if TARGET_GRAD:
+            grad = upcast(tl.load(grad_target_ptr + offsets, mask=mask))
+            _store_as(grad_target_ptr + offsets, grad * upcast(g).to(grad.dtype), mask)
+
+
 # Launches bound once per signature (kernels/_launch.py).
 _mse_loss = BoundKernel(mse_loss_kernel)
 _partial_sums = BoundKernel(mse_loss_partial_sums_kernel)
 _sum_partials = BoundKernel(mse_loss_sum_partials_kernel)
 _backward = BoundKernel(mse_loss_backward_kernel)
+_scale_grad = BoundKernel(mse_loss_scale_grad_kernel)
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -148,11 +200,19 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+def mse_loss_forward(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    grad_input: torch.Tensor | None = None,
+    grad_target: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Squared error of two tensors sharing one dense layout, reduced by ``reduction``.
 
     Returns a tensor of dtype ``promote_types(input.dtype, target.dtype)``: with ``'none'``
-    it has the input's shape and layout, otherwise it is 0-d.
+    it has the input's shape and layout, otherwise it is 0-d. For 'mean' and 'sum', the
+    given ``grad_input``/``grad_target`` (the operands' layout and dtypes) receive the
+    loss's gradients for a ``grad_output`` of 1, in the same pass.
     """
     out_dtype = torch.promote_types(input.dtype, target.dtype)
     n_elements = input.numel()
@@ -168,20 +228,17 @@ def mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) 
     n_partials = max(1, min((n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE, MSE_MAX_PARTIALS))
     final = n_partials == 1
     partials = output if final else torch.empty(n_partials, dtype=_accumulation_dtype(out_dtype), device=input.device)
-    # Constexprs in the kernel's order: FINAL, MEAN, BLOCK_SIZE.
+    # Constexprs in the kernel's order: FINAL, MEAN, INPUT_GRAD, TARGET_GRAD, BLOCK_SIZE.
     _partial_sums.launch(
-        n_partials, (input, target, partials, n_elements), (final, mean, MSE_BLOCK_SIZE), MSE_NUM_WARPS
+        n_partials,
+        (input, target, partials, grad_input, grad_target, n_elements),
+        (final, mean, grad_input is not None, grad_target is not None, MSE_BLOCK_SIZE),
+        MSE_NUM_WARPS,
     )
     if not final:
-        _sum_partials(
-            (1,),
-            partials,
-            output,
-            n_partials,
-            n_elements,
-            num_warps=MSE_PARTIALS_NUM_WARPS,
-            MEAN=mean,
-            BLOCK_SIZE=MSE_MAX_PARTIALS,
+        # Constexprs in the kernel's order: MEAN, BLOCK_SIZE.
+        _sum_partials.launch(
+            1, (partials, output, n_partials, n_elements), (mean, MSE_MAX_PARTIALS), MSE_PARTIALS_NUM_WARPS
         )
     return output
 
@@ -216,3 +273,20 @@ def mse_loss_backward(
             MSE_NUM_WARPS,
         )
     return grad_input, grad_target
+
+
+def mse_loss_scale_grad(
+    grad_output: torch.Tensor, grad_input: torch.Tensor | None, grad_target: torch.Tensor | None
+) -> None:
+    """Scale the one-pass forward's gradients in place by the 0-d ``grad_output`` (nothing if it is 1)."""
+    like = grad_input if grad_input is not None else grad_target
+    n_elements = like.numel()
+    if n_elements == 0:
+        return
+    # Constexprs in the kernel's order: INPUT_GRAD, TARGET_GRAD, BLOCK_SIZE.
+    _scale_grad.launch(
+        (n_elements + MSE_BLOCK_SIZE - 1) // MSE_BLOCK_SIZE,
+        (grad_output, grad_input, grad_target, n_elements),
+        (grad_input is not None, grad_target is not None, MSE_BLOCK_SIZE),
+        MSE_NUM_WARPS,
+    )

@@ -3,11 +3,15 @@
 Kernels (kernels/cross_entropy.py; logits seen as (outer, C, inner), (N, C) as (1, C, N);
 tiles of (BLOCK_C, BLOCK_I) <= 4096 logits, long along the contiguous dim: BLOCK_C <= 4096
 when classes are contiguous, BLOCK_I <= 128 when rows are):
-- cross_entropy_forward_kernel: per-row loss, lse and coef in one pass over the logits
-  (plus a second pass writing the gradient when grad_in_forward=True);
+- cross_entropy_total_weight_kernel: with grad, 'mean'/'sum' and class indices, the prepass
+  over the targets (the mean's denominator, the bounds check);
+- cross_entropy_forward_kernel: per-row loss, lse and coef in one pass over the logits, and
+  with grad ('mean'/'sum') the gradient too (rows over 8192 classes read the logits twice);
 - cross_entropy_reduce_kernel: the 'mean'/'sum' second stage (one program, fixed order);
-- cross_entropy_backward_kernel: the gradient, one pass over the logits;
-- cross_entropy_scale_grad_kernel: grad_in_forward's backward, scaling the buffer in place.
+- cross_entropy_backward_kernel: the gradient of 'none' (and of a second or differentiable
+  backward), one pass over the saved logits;
+- cross_entropy_scale_grad_kernel: the one-pass backward, scaling the forward's gradient in
+  place unless grad_output is 1.
 """
 
 import pytest
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from helpers import (
     DTYPES,
     HostSyncError,
+    LiveBytes,
     assert_close,
     assert_compiled_matches_eager,
     no_host_sync,
@@ -32,6 +37,7 @@ FORWARD = "cross_entropy_forward_kernel"
 REDUCE = "cross_entropy_reduce_kernel"
 BACKWARD = "cross_entropy_backward_kernel"
 SCALE = "cross_entropy_scale_grad_kernel"
+PREPASS = "cross_entropy_total_weight_kernel"
 
 
 def _class_dim(x: torch.Tensor) -> int:
@@ -100,9 +106,13 @@ def test_cross_entropy_matches_torch(shape, dtype, kernel_launches):
     loss, grad = _check_against_torch(x, target)
     assert loss.dtype == dtype and grad.dtype == dtype
     rows = 0 if x.numel() == 0 else 1
+    # 'mean' with grad: the prepass, the forward writing the gradient, the reduction, and
+    # a backward that scales it (grad_output is random here), with no pass over the logits.
+    assert kernel_launches.launch_count(PREPASS) == 1
     assert kernel_launches.launch_count(FORWARD) == rows
     assert kernel_launches.launch_count(REDUCE) == 1
-    assert kernel_launches.launch_count(BACKWARD) == rows
+    assert kernel_launches.launch_count(SCALE) == rows
+    assert kernel_launches.launch_count(BACKWARD) == 0
 
 
 def test_cross_entropy_empty_batch_like_torch():
@@ -140,7 +150,10 @@ def test_cross_entropy_every_option_matches_torch(
     assert kernel_launches.launch_count(FORWARD) == 1
     # 'none' launches the reduce kernel too: it folds the target flags and writes total_weight.
     assert kernel_launches.launch_count(REDUCE) == 1
-    assert kernel_launches.launch_count(BACKWARD) == 1
+    # 'mean'/'sum': the forward wrote the gradient (index targets after the prepass).
+    one_pass = reduction != "none"
+    assert kernel_launches.launch_count(PREPASS) == (one_pass and target_kind == "index")
+    assert kernel_launches.launch_count(SCALE if one_pass else BACKWARD) == 1
 
 
 @pytest.mark.parametrize("ignore_index", [0, 3, -1])
@@ -187,12 +200,13 @@ def test_cross_entropy_unbatched_input(reduction, target_kind):
 
 
 def test_cross_entropy_large_vocabulary(kernel_launches):
-    # 131072 classes, 2 rows: 32 tiles of 4096 per row, nothing softmax-sized allocated.
+    # 131072 classes, 2 rows: 32 tiles of 4096 per row, nothing softmax-sized allocated;
+    # the forward writing the gradient reads them twice (the lse must be final first).
     x = torch.randn(2, 131072) * 4
     target = torch.tensor([5, 131071])
     _check_against_torch(x, target, label_smoothing=0.1)
     assert kernel_launches.launch_count(FORWARD) == 1
-    assert kernel_launches.launch_count(BACKWARD) == 1
+    assert kernel_launches.launch_count(SCALE) == 1
 
 
 def _layouts():
@@ -369,8 +383,8 @@ def test_cross_entropy_module_matches_torch(kernel_launches):
     target = _index_target(x)
     assert_close(module(x, target), torch.nn.CrossEntropyLoss(**kwargs)(x, target))
     assert kernel_launches.launch_count(FORWARD) == 1
-    gif = fused_ops.nn.CrossEntropyLoss(**kwargs, grad_in_forward=True)
-    assert_close(gif(x, target), module(x, target))
+    inplace = fused_ops.nn.CrossEntropyLoss(**kwargs, inplace_grad=True)
+    assert_close(inplace(x, target), module(x, target))
 
 
 def test_cross_entropy_reference_backend_matches_torch(kernel_launches):
@@ -381,55 +395,129 @@ def test_cross_entropy_reference_backend_matches_torch(kernel_launches):
         )
         _check_against_torch(x, _prob_target(x), reduction="none")
         target = _index_target(x, ignore_every=2)
-        loss, grad, grad_output = _loss_and_grad(fused_ops.cross_entropy, x, target, grad_in_forward=True)
-        loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, target, grad_output)
+        leaf = x.clone().requires_grad_()
+        logits = leaf * 1
+        loss = fused_ops.cross_entropy(logits, target, inplace_grad=True)
+        loss.backward(torch.tensor(2.0, dtype=torch.float64))
+        loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, target, torch.tensor(2.0, dtype=torch.float64))
         assert_close(loss, loss_ref)
-        assert_close(grad, grad_ref)
+        assert_close(leaf.grad, grad_ref)
+        assert_close(logits.detach(), grad_ref), "the gradient was written over the logits"
     assert kernel_launches.launch_count() == 0
 
 
-def _gif_cases():
+def _one_pass_cases():
     x2 = torch.randn(6, 9, dtype=torch.float64)
     x4 = torch.randn(2, 5, 3, 4, dtype=torch.float64)
     weight = torch.rand(9, dtype=torch.float64) + 0.5
     return {
         "index_mean": (x2, _index_target(x2, ignore_every=4), {}),
         "index_weight_smooth_sum": (x2, _index_target(x2, ignore_every=4), {"weight": weight, "label_smoothing": 0.3}),
-        "index_none_spatial": (x4, _index_target(x4, ignore_every=5), {"reduction": "none", "label_smoothing": 0.1}),
+        "index_spatial": (x4, _index_target(x4, ignore_every=5), {"label_smoothing": 0.1}),
+        # (2, 5, 1, 12) from a (2, 5, 12, 3) slice: spatial dims that do not merge (a copy-in).
+        "index_spatial_unmergeable": (
+            torch.randn(2, 5, 12, 3, dtype=torch.float64)[..., :1].transpose(2, 3),
+            torch.randint(0, 5, (2, 1, 12)),
+            {},
+        ),
         "prob_weight_smooth_mean": (x2, _prob_target(x2), {"weight": weight, "label_smoothing": 0.2}),
-        "prob_none_transposed": (x2.t().contiguous().t(), _prob_target(x2), {"reduction": "none"}),
+        "prob_transposed_sum": (x2.t().contiguous().t(), _prob_target(x2), {"reduction": "sum"}),
         "long_rows": (torch.randn(2, 9000, dtype=torch.float64), torch.tensor([3, 8999]), {}),
     }
 
 
-@pytest.mark.parametrize("case", list(_gif_cases()))
-def test_cross_entropy_grad_in_forward_equals_default(case, kernel_launches):
-    x, target, kwargs = _gif_cases()[case]
+@pytest.mark.parametrize("case", list(_one_pass_cases()))
+def test_cross_entropy_one_pass_and_inplace_grad_match_torch(case, kernel_launches):
+    # The default one-pass gradient (its own buffer) and inplace_grad (written over the
+    # logits) against torch, for a scaled backward; the default never writes the logits.
+    x, target, kwargs = _one_pass_cases()[case]
     before = x.clone()
-    loss, grad, grad_output = _loss_and_grad(fused_ops.cross_entropy, x, target, **kwargs)
-    assert kernel_launches.launch_count(BACKWARD) == 1 and kernel_launches.launch_count(SCALE) == 0
-    kernel_launches.clear()
-    loss_gif, grad_gif, _ = _loss_and_grad(
-        fused_ops.cross_entropy, x, target, grad_output, grad_in_forward=True, **kwargs
-    )
-    assert kernel_launches.launch_count(BACKWARD) == 0 and kernel_launches.launch_count(SCALE) == 1
-    assert torch.equal(loss_gif, loss)
-    assert_close(grad_gif, grad)
-    assert torch.equal(x, before), "the logits are never written"
+    loss, _ = _check_against_torch(x, target, reduction_size=x.numel(), **kwargs)
+    assert torch.equal(x, before), "the logits are never written by default"
+    assert kernel_launches.launch_count(SCALE) == 1 and kernel_launches.launch_count(BACKWARD) == 0
+    leaf = x.clone().requires_grad_()
+    logits = leaf * 1
+    loss_inplace = fused_ops.cross_entropy(logits, target, inplace_grad=True, **kwargs)
+    grad_output = torch.tensor(0.5, dtype=loss.dtype)
+    loss_inplace.backward(grad_output)
+    assert torch.equal(loss_inplace.detach(), loss.detach())
+    x64, t64, w64 = _in_fp64(x, target, kwargs.pop("weight", None))
+    _, grad_ref, _ = _loss_and_grad(F.cross_entropy, x64, t64, grad_output.double(), weight=w64, **kwargs)
+    assert_close(leaf.grad, grad_ref, reduction_size=x.numel())
+    assert_close(logits.detach(), grad_ref, reduction_size=x.numel()), "the gradient is in the logits' memory"
 
 
-def test_cross_entropy_grad_in_forward_limits():
-    x = torch.randn(3, 4, requires_grad=True)
+def test_cross_entropy_inplace_grad_limits():
+    h = torch.randn(3, 4, requires_grad=True)
     target = torch.tensor([0, 1, 2])
-    loss = fused_ops.cross_entropy(x, target, grad_in_forward=True)
-    with pytest.raises(RuntimeError, match="does not support double backward"):
-        torch.autograd.grad(loss, x, create_graph=True)
-    loss = fused_ops.cross_entropy(x, target, grad_in_forward=True)
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place"):
+        fused_ops.cross_entropy(h, target, inplace_grad=True)
+    with pytest.raises(RuntimeError, match="a view of a leaf Variable that requires grad is being used"):
+        fused_ops.cross_entropy(h.view(3, 4), target, inplace_grad=True)
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        fused_ops.cross_entropy((h[:1] * 1).expand(3, 4), target, inplace_grad=True)
+    loss = fused_ops.cross_entropy(h * 1, target, inplace_grad=True)
+    with pytest.raises(RuntimeError, match="supports one backward only"):
+        torch.autograd.grad(loss, h, create_graph=True)
+    loss = fused_ops.cross_entropy(h * 1, target, inplace_grad=True)
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    with pytest.raises(RuntimeError, match="supports one backward only"):
         loss.backward()
-    with pytest.raises(RuntimeError, match="computes only the input's gradient"):
-        fused_ops.cross_entropy(x, _prob_target(x).requires_grad_(), grad_in_forward=True)
+    # Cases without the one-pass forward ignore the option and leave the logits alone.
+    logits = h * 1
+    before = logits.detach().clone()
+    fused_ops.cross_entropy(logits, target, reduction="none", inplace_grad=True).sum().backward()
+    with torch.no_grad():
+        fused_ops.cross_entropy(logits, target, inplace_grad=True)
+    assert torch.equal(logits, before)
+
+
+def test_cross_entropy_inplace_grad_makes_other_users_of_the_logits_raise():
+    # Another op saved the logits for its backward (pow saves its input): once they are
+    # overwritten with the gradient, autograd's version check must refuse that backward
+    # rather than compute a silently wrong gradient (Liger's default writes silently).
+    h = torch.randn(4, 6, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3])
+    logits = h * 2
+    penalty = logits.pow(2).sum()
+    loss = fused_ops.cross_entropy(logits, target, inplace_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + penalty).backward()
+    # A view of the logits shares their version counter: the same refusal.
+    logits = h * 2
+    penalty = logits.view(-1).pow(2).sum()
+    loss = fused_ops.cross_entropy(logits, target, inplace_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + penalty).backward()
+    # Without the option the same graph is fine.
+    logits = h * 2
+    (fused_ops.cross_entropy(logits, target) + logits.pow(2).sum()).backward()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_second_backward_computes_a_fresh_gradient(reduction, kernel_launches):
+    # retain_graph=True: the first backward hands out the forward's buffer (scaled in
+    # place); a second one must compute a new gradient from the saved logits and never
+    # rescale or overwrite the first, which autograd may keep as .grad.
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, -100, 6, 2])
+    weight = torch.rand(7, dtype=torch.float64) + 0.5
+    kwargs = {"weight": weight, "reduction": reduction, "label_smoothing": 0.1}
+    loss = fused_ops.cross_entropy(x, target, **kwargs)
+    (first,) = torch.autograd.grad(loss, x, torch.tensor(2.0, dtype=torch.float64), retain_graph=True)
+    first_copy = first.clone()
+    (second,) = torch.autograd.grad(loss, x, torch.tensor(3.0, dtype=torch.float64), retain_graph=True)
+    assert torch.equal(first, first_copy), "the first gradient was rescaled or overwritten"
+    assert second.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+    (ref,) = torch.autograd.grad(F.cross_entropy(x, target, **kwargs), x)
+    assert_close(first, 2 * ref)
+    assert_close(second, 3 * ref)
+    assert kernel_launches.launch_count(SCALE) == 1 and kernel_launches.launch_count(BACKWARD) == 1
+    # .grad accumulation: the first backward's buffer becomes x.grad, the second adds to it.
+    loss = fused_ops.cross_entropy(x, target, **kwargs)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert_close(x.grad, 2 * ref)
 
 
 def _error_cases():
@@ -499,10 +587,13 @@ def test_cross_entropy_out_of_bounds_check_uses_no_host_sync_when_targets_are_va
         fused_ops.cross_entropy(x, torch.tensor([0, 1, 2, 4]), reduction=reduction)
     with pytest.raises(IndexError, match=r"Target 5 is out of bounds\."):
         fused_ops.cross_entropy(x, torch.tensor([0, 1, 2, 5]), reduction=reduction)
-    # grad_in_forward: the gradient buffer is the op's own, so nothing of the user's is written.
+    # inplace_grad: the prepass checks the targets before the forward overwrites anything.
+    logits = torch.randn(4, 5, requires_grad=True) * 1
+    before = logits.detach().clone()
     with pytest.raises(IndexError, match=r"Target -3 is out of bounds\."):
-        fused_ops.cross_entropy(x, torch.tensor([0, -3, 2, 5]), reduction=reduction, grad_in_forward=True)
-    assert kernel_launches.launch_count(FORWARD) == 3
+        fused_ops.cross_entropy(logits, torch.tensor([0, -3, 2, 5]), reduction=reduction, inplace_grad=True)
+    assert torch.equal(logits, before), "the logits are untouched on error"
+    assert kernel_launches.launch_count(FORWARD) == 2 + (reduction == "none")
 
 
 @pytest.mark.parametrize("tile", ["one_program", "many_programs"])
@@ -548,18 +639,19 @@ class TestLaunches:
         assert eager_trace.kernel_count() == 0
 
 
-@pytest.mark.parametrize("grad_in_forward", [False, True], ids=["default", "grad_in_forward"])
+@pytest.mark.parametrize("inplace_grad", [False, True], ids=["default", "inplace_grad"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_cross_entropy_has_no_host_sync(reduction, grad_in_forward, kernel_launches):
-    x = torch.randn(6, 7, requires_grad=True)
+def test_cross_entropy_has_no_host_sync(reduction, inplace_grad, kernel_launches):
+    h = torch.randn(6, 7, requires_grad=True)
     weight = torch.rand(7)
-    for target in (_index_target(x, ignore_every=3), _prob_target(x.detach())):
-        with no_host_sync():
-            loss = fused_ops.cross_entropy(
-                x, target, weight, reduction=reduction, label_smoothing=0.1, grad_in_forward=grad_in_forward
-            )
-            loss.backward(torch.ones_like(loss))
-    assert kernel_launches.launch_count(SCALE if grad_in_forward else BACKWARD) == 2
+    for target in (_index_target(h, ignore_every=3), _prob_target(h.detach())):
+        for grad_output in (1.0, 2.0):  # the backward's early end and its scaling
+            with no_host_sync():
+                loss = fused_ops.cross_entropy(
+                    h * 1, target, weight, reduction=reduction, label_smoothing=0.1, inplace_grad=inplace_grad
+                )
+                loss.backward(torch.full_like(loss, grad_output))
+    assert kernel_launches.launch_count(BACKWARD if reduction == "none" else SCALE) == 4
 
 
 def test_no_host_sync_detector_catches_a_bool_of_a_tensor():
@@ -586,16 +678,6 @@ def test_cross_entropy_under_torch_compile_fullgraph(backend, kernel_launches):
     for fn in (index_loss, prob_loss, module_loss):
         assert_compiled_matches_eager(fn, x, backend=backend)
     assert kernel_launches.launch_count(FORWARD) == 6  # eager + compiled, for each loss
-
-
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_cross_entropy_grad_in_forward_under_torch_compile(backend, kernel_launches):
-    x = torch.randn(5, 8, requires_grad=True)
-    target = _index_target(x)
-    assert_compiled_matches_eager(
-        lambda x: fused_ops.cross_entropy(x, target, label_smoothing=0.1, grad_in_forward=True), x, backend=backend
-    )
-    assert kernel_launches.launch_count(SCALE) == 2
 
 
 # n = 0 draws an empty batch, whose mean is nan
@@ -633,26 +715,109 @@ def _traffic(fn, *args, **kwargs):
     with KernelTrace() as forward:
         loss = fn(x, *args[1:], **kwargs)
     with KernelTrace() as backward:
-        loss.backward()
+        loss.backward(torch.ones_like(loss))
     return forward.bytes_moved, backward.bytes_moved
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_cross_entropy_traffic_is_within_5_percent_of_the_minimum():
     # Minimum for contiguous fp32 (N, C) with int64 targets: forward reads each logit and
     # target once; backward reads each logit once and writes each gradient once.
+    # ('none' keeps this two-pass design: the backward reads the saved logits.)
     n, c = 4, 3 * 4096
     x = torch.randn(n, c)
     target = _index_target(x)
-    forward, backward = _traffic(fused_ops.cross_entropy, x, target)
+    forward, backward = _traffic(fused_ops.cross_entropy, x, target, reduction="none")
     minimum_forward = 4 * n * c + 8 * n
     minimum_backward = 2 * 4 * n * c
     assert forward + backward < 1.05 * (minimum_forward + minimum_backward)
     assert forward < 1.01 * minimum_forward + 64 * n, "per row: a handful of scalars besides the logits"
-    # grad_in_forward: the forward reads the logits twice and writes the buffer; the
-    # backward reads and writes the buffer once.
-    forward_gif, backward_gif = _traffic(fused_ops.cross_entropy, x, target, grad_in_forward=True)
-    assert forward_gif < 1.01 * 3 * 4 * n * c + 64 * n
-    assert backward_gif < 1.01 * 2 * 4 * n * c + 64 * n
+
+
+# Options of the counted traffic cases. Class weights with smoothing or probability targets
+# are read per class for every row (4 B per logit more, cached in L2 on a GPU).
+TRAFFIC_OPTIONS = {
+    "weight_ignore_index": ({"weight": True}, 0),
+    "smoothing_ignore_index": ({"label_smoothing": 0.1}, 0),
+    "weight_smoothing_ignore_index": ({"weight": True, "label_smoothing": 0.1}, 4),
+}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("options", list(TRAFFIC_OPTIONS))
+@pytest.mark.interpreter_only  # counts bytes
+def test_cross_entropy_one_pass_traffic_is_8_bytes_per_fp32_logit(reduction, options):
+    # Forward and backward together: each logit read once and its gradient written once,
+    # 8.05 B per logit at most, with ignored targets and class weights or smoothing.
+    # loss.backward() (grad_output 1) then reads grad_output alone, one scalar per program.
+    n, c = 8, 4096
+    x = torch.randn(n, c)
+    kwargs, weight_bytes = TRAFFIC_OPTIONS[options]
+    kwargs = dict(kwargs, reduction=reduction, weight=torch.rand(c) if kwargs.get("weight") else None)
+    forward, backward = _traffic(fused_ops.cross_entropy, x, _index_target(x, ignore_every=3), **kwargs)
+    assert forward + backward <= (8.05 + weight_bytes) * n * c
+    assert backward <= 4 * n, "grad_output == 1: one scalar read per program, nothing written"
+    # Probability targets: a logits-sized input, read once more (and any weight per class).
+    forward, backward = _traffic(fused_ops.cross_entropy, x, _prob_target(x), **kwargs)
+    assert forward + backward <= (12.05 + 4 * (kwargs["weight"] is not None)) * n * c
+    # Rows longer than one 8192-class tile read the logits twice (12 B per logit).
+    long_rows = torch.randn(2, 9000)
+    forward, backward = _traffic(fused_ops.cross_entropy, long_rows, torch.tensor([0, 8999]))
+    assert forward + backward <= 12.05 * long_rows.numel()
+
+
+@pytest.mark.interpreter_only  # counts bytes
+def test_cross_entropy_scaled_backward_traffic():
+    # grad_output != 1: the backward reads and writes the gradient once, in place.
+    n, c = 4, 4096
+    x = torch.randn(n, c, requires_grad=True)
+    loss = fused_ops.cross_entropy(x, _index_target(x))
+    with KernelTrace() as backward:
+        loss.backward(torch.tensor(0.5))
+    assert 8 * n * c <= backward.bytes_moved <= 8.05 * n * c
+
+
+@pytest.mark.parametrize("options", ["weight_ignore_index", "smoothing_ignore_index"])
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["input_without_grad", "no_grad_mode"])
+@pytest.mark.interpreter_only  # counts bytes
+def test_cross_entropy_without_autograd_reads_each_logit_once(requires_grad, options):
+    n, c = 8, 4096
+    x = torch.randn(n, c, requires_grad=requires_grad)
+    target = _index_target(x, ignore_every=3)
+    kwargs, _ = TRAFFIC_OPTIONS[options]
+    kwargs = dict(kwargs, weight=torch.rand(c) if kwargs.get("weight") else None)
+    with torch.no_grad() if requires_grad else torch.enable_grad(), KernelTrace() as trace:
+        fused_ops.cross_entropy(x, target, **kwargs)
+    assert trace.bytes_stored < 64 * n, "no gradient written"
+    assert 4 * n * c <= trace.bytes_moved <= 4.05 * n * c
+
+
+def test_cross_entropy_one_pass_memory():
+    # LiveBytes (profiler allocator events): the one-pass default allocates nothing
+    # logits-sized but the gradient it returns (the two-pass design's peak too: its backward
+    # allocates the same gradient), and inplace_grad not even that.
+    n, c = 64, 1024
+    logits_bytes = 4 * n * c
+    h = torch.randn(n, c, requires_grad=True)
+    target = _index_target(h, ignore_every=5)
+    logits = h * 1
+    with LiveBytes() as live:
+        loss = fused_ops.cross_entropy(logits, target, label_smoothing=0.1)
+        (grad,) = torch.autograd.grad(loss, logits)
+    assert live.peak_excluding([grad]) < 0.05 * logits_bytes
+    assert live.peak < 1.05 * logits_bytes
+    logits = h * 1
+    with LiveBytes() as live_two_pass:
+        loss = fused_ops.cross_entropy(logits, target, label_smoothing=0.1, reduction="none")
+        torch.autograd.grad(loss.sum(), logits)
+    assert live.peak <= live_two_pass.peak + 0.05 * logits_bytes
+    logits = h * 1
+    with LiveBytes() as live_inplace:
+        loss = fused_ops.cross_entropy(logits, target, label_smoothing=0.1, inplace_grad=True)
+        (grad_inplace,) = torch.autograd.grad(loss, logits)
+    assert live_inplace.peak < 0.05 * logits_bytes, "the gradient lives in the logits' memory"
+    assert grad_inplace.untyped_storage().data_ptr() == logits.untyped_storage().data_ptr()
+    assert_close(grad_inplace, grad)
 
 
 def aot_workload():
@@ -670,32 +835,38 @@ def aot_workload():
             (spatial, _prob_target(spatial), {}),
         ]
         for x, target, kwargs in cases:
-            for grad_in_forward in (False, True):
+            # The default (one-pass for 'mean'/'sum'), inplace_grad, a second backward
+            # through the saved logits, and no autograd.
+            for inplace_grad in (False, True):
                 leaf = x.detach().requires_grad_()
-                loss = fused_ops.cross_entropy(leaf, target, grad_in_forward=grad_in_forward, **kwargs)
-                loss.backward(torch.ones_like(loss))
+                loss = fused_ops.cross_entropy(leaf * 1, target, inplace_grad=inplace_grad, **kwargs)
+                loss.backward(torch.full_like(loss, 2.0), retain_graph=not inplace_grad)
+                if not inplace_grad:
+                    loss.backward(torch.ones_like(loss))
+            fused_ops.cross_entropy(x, target, **kwargs)
+        # One tile of 8192 padded classes over 16 warps (one-pass forward).
+        x = torch.randn(2, 5000, dtype=dtype, requires_grad=True)
+        fused_ops.cross_entropy(x, torch.tensor([0, 4999]), label_smoothing=0.1).backward()
     x = torch.randn(4, 7, requires_grad=True)
     fused_ops.cross_entropy(x, torch.randint(0, 7, (4,), dtype=torch.uint8)).backward()
 
 
-@pytest.mark.parametrize("grad_in_forward", [False, True])
-def test_eager_calls_launch_without_torch_library_ops(grad_in_forward, kernel_launches):
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_eager_calls_launch_without_torch_library_ops(reduction, kernel_launches):
     # The host path: eager calls reach the launchers directly (the custom ops are for
-    # torch.compile only), with and without autograd (and double backward without
-    # grad_in_forward, which does not support it).
+    # torch.compile only), with and without autograd, and with double backward.
     logits = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 3, -100, 7])
     with torch.profiler.profile() as profile:
-        loss = fused_ops.cross_entropy(logits, target, grad_in_forward=grad_in_forward)
-        if grad_in_forward:
-            loss.backward()
-        else:
-            (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
-            grad.sum().backward()
+        loss = fused_ops.cross_entropy(logits, target, reduction=reduction)
+        loss.sum().backward(retain_graph=True)
+        (grad,) = torch.autograd.grad(loss.sum(), logits, create_graph=True)
+        grad.sum().backward()
         with torch.no_grad():
-            fused_ops.cross_entropy(logits, target, grad_in_forward=grad_in_forward)
+            fused_ops.cross_entropy(logits, target, reduction=reduction)
     ops = {event.name for event in profile.events()}
     assert not any(op.startswith("fused_ops::") for op in ops), ops
     assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 2
-    kernel = "cross_entropy_scale_grad_kernel" if grad_in_forward else "cross_entropy_backward_kernel"
-    assert kernel_launches.launch_count(kernel) == 1
+    one_pass = reduction != "none"
+    assert kernel_launches.launch_count("cross_entropy_scale_grad_kernel") == one_pass
+    assert kernel_launches.launch_count("cross_entropy_backward_kernel") == 1 + (not one_pass)

@@ -5,7 +5,11 @@ Kernels (kernels/mse.py, MSE_BLOCK_SIZE = 1024, MSE_MAX_PARTIALS = 1024):
 - 'mean'/'sum': mse_loss_partial_sums_kernel (one partial per program, at most
   MSE_MAX_PARTIALS programs striding over the blocks), then mse_loss_sum_partials_kernel;
   an input of at most one block (or empty) is one program that writes the loss itself;
-- backward, every reduction: mse_loss_backward_kernel, writing grad_input and/or grad_target.
+- with grad, 'mean' and 'sum': mse_loss_partial_sums_kernel also writes the gradients (for a
+  grad_output of 1) from the same loads, and the backward is mse_loss_scale_grad_kernel,
+  which scales them in place unless grad_output is 1;
+- backward of 'none' (and a second or differentiable backward of any reduction):
+  mse_loss_backward_kernel, writing grad_input and/or grad_target.
 """
 
 import contextlib
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 from fused_ops.kernels import mse as mse_kernels
 from helpers import (
     DTYPES,
+    LiveBytes,
     assert_close,
     assert_compiled_matches_eager,
     no_host_sync,
@@ -34,6 +39,13 @@ from fused_ops._dispatch import reference_backend
 from fused_ops.profiling import KernelTrace
 
 REDUCTIONS = ("none", "mean", "sum")
+# The backward kernel of each reduction: 'mean' and 'sum' scale the forward's gradients.
+BACKWARD = {
+    "none": "mse_loss_backward_kernel",
+    "mean": "mse_loss_scale_grad_kernel",
+    "sum": "mse_loss_scale_grad_kernel",
+}
+SCALE = "mse_loss_scale_grad_kernel"
 FORWARD_KERNELS = {
     "none": ("mse_loss_kernel",),
     "mean": ("mse_loss_partial_sums_kernel", "mse_loss_sum_partials_kernel"),
@@ -107,7 +119,7 @@ def test_mse_loss_matches_torch(shape, dtype, reduction, kernel_launches):
     else:
         # Up to one block (or empty: 0, or nan for the mean), stage 1 writes the loss alone.
         assert launches == {"mse_loss_partial_sums_kernel": 1, "mse_loss_sum_partials_kernel": 1 if n > 1024 else 0}
-    assert kernel_launches.launch_count("mse_loss_backward_kernel") == (1 if n else 0)
+    assert kernel_launches.launch_count(BACKWARD[reduction]) == (1 if n else 0)
 
 
 def test_mse_loss_empty_mean_is_nan_and_sum_is_zero(kernel_launches):
@@ -142,7 +154,7 @@ def test_mse_loss_mixed_float_dtypes_promote_like_torch(input_dtype, target_dtyp
     assert_close(loss, loss_torch, 1 if reduction == "none" else input.numel())
     assert_close(grad_input, grad_input_torch)
     assert_close(grad_target, grad_target_torch)
-    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+    assert kernel_launches.launch_count(BACKWARD[reduction]) == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64], ids=str)
@@ -157,7 +169,7 @@ def test_mse_loss_under_autocast_computes_in_fp32_like_torch(dtype, kernel_launc
     assert_close(loss, loss_torch, 63)
     assert_close(grad_input, grad_input_torch)
     assert_close(grad_target, grad_target_torch)
-    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+    assert kernel_launches.launch_count(SCALE) == 1
 
 
 @pytest.mark.parametrize(
@@ -295,7 +307,7 @@ def test_mse_loss_broadcasts_with_torchs_warning(input_shape, target_shape, redu
     assert grad_input.shape == input.shape and grad_target.shape == target.shape
     assert_close(grad_input, grad_input_torch, 100)
     assert_close(grad_target, grad_target_torch, 100)
-    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+    assert kernel_launches.launch_count(BACKWARD[reduction]) == 1
 
 
 def test_mse_loss_non_broadcastable_raises_torchs_runtime_error_after_the_warning():
@@ -359,7 +371,8 @@ def test_mse_loss_permuted_3d(permutation, kernel_launches):
         )
         assert_close(loss, loss_torch, 105)
         assert_close(grad_input, grad_input_torch)
-    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 3
+    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+    assert kernel_launches.launch_count(SCALE) == 2
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "expanded"])
@@ -378,6 +391,7 @@ def test_mse_loss_none_honours_a_per_element_grad_output(layout, kernel_launches
     assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_mse_loss_none_then_sum_reads_the_expanded_grad_output_once(kernel_launches):
     # loss.sum().backward() sends a 0-d gradient expanded with zero strides: the kernel
     # reads that one value per program, with no dense copy of n values.
@@ -402,22 +416,26 @@ def test_mse_loss_reads_the_0d_grad_output_on_the_device(reduction, kernel_launc
     assert_close(grad_input, expected)
     assert_close(grad_target, -expected)
     # The backward kernel receives grad_output as a pointer, not as a number.
-    (launch,) = [launch for launch in kernel_launches.launches if launch.kernel == "mse_loss_backward_kernel"]
+    (launch,) = [launch for launch in kernel_launches.launches if launch.kernel == SCALE]
     assert launch.args[0] == {"tensor": "float32", "aligned16": True}
 
 
 @pytest.mark.parametrize("needs", ["input", "target", "both"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.interpreter_only  # counts bytes
 def test_mse_loss_backward_writes_only_the_needed_gradients(needs, reduction, kernel_launches):
     input = torch.randn(1823, requires_grad=needs in ("input", "both"))
     target = torch.randn(1823, requires_grad=needs in ("target", "both"))
     fused_ops.mse_loss(input, target, reduction=reduction).backward(torch.ones(1823) if reduction == "none" else None)
     assert (input.grad is not None, target.grad is not None) == (needs != "target", needs != "input")
-    (launch,) = [launch for launch in kernel_launches.launches if launch.kernel == "mse_loss_backward_kernel"]
-    # ONE launch; a gradient nobody needs is never written (its pointer is None).
+    # ONE launch writes the gradients ('mean'/'sum': the forward's first stage, along with
+    # one partial sum per program); one nobody needs is never written (its pointer is None).
+    kernel = "mse_loss_backward_kernel" if reduction == "none" else "mse_loss_partial_sums_kernel"
+    (launch,) = [launch for launch in kernel_launches.launches if launch.kernel == kernel]
     assert (launch.args[3] is not None, launch.args[4] is not None) == (needs != "target", needs != "input")
     n_grads = 2 if needs == "both" else 1
-    assert launch.bytes_stored == n_grads * 1823 * 4
+    partials = 0 if reduction == "none" else 4 * launch.grid[0]
+    assert launch.bytes_stored == n_grads * 1823 * 4 + partials
     if input.grad is not None and target.grad is not None:
         assert torch.equal(target.grad, -input.grad)
 
@@ -443,6 +461,7 @@ def test_mse_loss_reduction_is_deterministic_and_uses_no_atomics(monkeypatch):
     assert "tl.atomic" not in inspect.getsource(mse_kernels)
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_mse_loss_partial_sums_loop_over_several_blocks_per_program(kernel_launches):
     # 9 blocks over 4 programs: programs 0 sums blocks 0, 4, 8; program 3 sums 3, 7.
     input, target = torch.randn(9 * 1024 - 5, dtype=torch.float64), torch.randn(9 * 1024 - 5, dtype=torch.float64)
@@ -467,7 +486,8 @@ def test_mse_loss_nan_and_inf_follow_torch(kernel_launches):
         assert_close(loss, loss_torch)
         assert_close(grad_input, grad_input_torch)
         assert_close(grad_target, grad_target_torch)
-    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 3
+    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+    assert kernel_launches.launch_count(SCALE) == 2
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -581,7 +601,7 @@ def test_mse_loss_property_random_shapes_strides_and_broadcasts(
             F.mse_loss, input, target, grad_output, reduction=reduction
         )
     broadcast_numel = torch.broadcast_shapes(input.shape, target.shape).numel()
-    assert trace.launch_count("mse_loss_backward_kernel") == (1 if broadcast_numel else 0)
+    assert trace.launch_count(BACKWARD[reduction]) == (1 if broadcast_numel else 0)
     n = max(input.numel(), target.numel())
     assert_close(loss, loss_torch, 1 if reduction == "none" else n)
     # A broadcast operand's gradient sums per-element gradients that torch and the kernel
@@ -610,7 +630,9 @@ def test_mse_loss_under_torch_compile_fullgraph(backend, kernel_launches):
     # Eager run + compiled run, each with both losses.
     for kernel in ("mse_loss_kernel", "mse_loss_partial_sums_kernel", "mse_loss_sum_partials_kernel"):
         assert kernel_launches.launch_count(kernel) == 2
-    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 4
+    # The eager mean's backward scales its forward's gradients; compiled, the custom ops.
+    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 3
+    assert kernel_launches.launch_count(SCALE) == 1
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -619,7 +641,9 @@ def test_mse_loss_has_no_host_sync(reduction, kernel_launches):
     with no_host_sync():
         loss = fused_ops.mse_loss(input, target, reduction=reduction)
         loss.backward(torch.ones_like(loss))
-    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+        loss = fused_ops.mse_loss(input, target, reduction=reduction)
+        loss.backward(torch.full_like(loss, 2.0))
+    assert kernel_launches.launch_count(BACKWARD[reduction]) == 2
 
 
 class _EagerTraffic(TorchDispatchMode):
@@ -644,6 +668,7 @@ class _EagerTraffic(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.interpreter_only  # counts bytes
 def test_mse_loss_traffic_is_within_5_percent_of_the_minimum(reduction):
     n = 5 * 1024 + 37  # six blocks, the last partial: six programs, six partials
     input, target = torch.randn(n, requires_grad=True), torch.randn(n, requires_grad=True)
@@ -653,18 +678,23 @@ def test_mse_loss_traffic_is_within_5_percent_of_the_minimum(reduction):
     with KernelTrace() as backward:
         loss.backward(grad_output)
 
-    # Minimum: read input and target once, write the loss (n values, or one).
-    output_bytes = 4 * n if reduction == "none" else 4
+    # Minimum: read input and target once, write the loss (n values, or one), and for
+    # 'mean'/'sum' (one pass) both gradients.
+    output_bytes = 4 * n if reduction == "none" else 4 + 8 * n
     assert forward.bytes_loaded >= 8 * n
     assert forward.bytes_moved <= 1.05 * (8 * n + output_bytes)
     if reduction != "none":
         (stage1,) = [launch for launch in forward.launches if launch.kernel == "mse_loss_partial_sums_kernel"]
-        assert (stage1.bytes_loaded, stage1.bytes_stored) == (8 * n, 4 * 6), "inputs read once, 6 partials"
-    # Minimum: read input, target (and a per-element grad_output), write both gradients.
-    grad_output_bytes = 4 * n if reduction == "none" else 4
-    assert backward.launch_count() == 1
-    assert backward.bytes_stored == 8 * n
-    assert backward.bytes_moved <= 1.05 * (8 * n + grad_output_bytes + 8 * n)
+        assert (stage1.bytes_loaded, stage1.bytes_stored) == (8 * n, 8 * n + 4 * 6), "read once, 6 partials"
+        # grad_output 1.5: the backward reads and writes each gradient once, in place.
+        assert backward.launch_count() == 1
+        assert backward.bytes_stored == 8 * n
+        assert backward.bytes_moved <= 1.05 * (16 * n)
+    else:
+        # Read input, target and grad_output, write both gradients.
+        assert backward.launch_count() == 1
+        assert backward.bytes_stored == 8 * n
+        assert backward.bytes_moved <= 1.05 * (12 * n + 8 * n)
 
     # Eager torch, per element, for the same forward and backward (measured per aten op).
     leaves = [input.detach().requires_grad_(), target.detach().requires_grad_()]
@@ -674,8 +704,11 @@ def test_mse_loss_traffic_is_within_5_percent_of_the_minimum(reduction):
         eager_loss.backward(grad_output)
     # torch computes grad_input and grad_target with two mse_loss_backward kernels.
     assert eager_backward.ops.count("aten.mse_loss_backward.default") == 2
-    assert backward.bytes_moved < eager_backward.bytes_moved
-    assert forward.bytes_moved + backward.bytes_moved < eager_forward.bytes_moved + eager_backward.bytes_moved
+    # A grad_output other than 1 (1.5 here) costs the one-pass design a read and a write
+    # of each gradient in the backward: 32 B per element, about eager torch's; with
+    # loss.backward() it is 16 B (test_mse_loss_one_pass_traffic_is_12_or_16_bytes_per_element).
+    if reduction == "none":
+        assert forward.bytes_moved + backward.bytes_moved < eager_forward.bytes_moved + eager_backward.bytes_moved
     print(
         f"\nmse_loss {reduction}: bytes/element fused forward {forward.bytes_moved / n:.2f}, "
         f"backward {backward.bytes_moved / n:.2f}; eager torch forward >= {eager_forward.bytes_moved / n:.2f}, "
@@ -683,14 +716,73 @@ def test_mse_loss_traffic_is_within_5_percent_of_the_minimum(reduction):
     )
 
 
-def test_mse_loss_backward_for_one_operand_moves_12_bytes_per_element():
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("needs", ["input", "both"])
+@pytest.mark.interpreter_only  # counts bytes
+def test_mse_loss_one_pass_traffic_is_12_or_16_bytes_per_element(needs, reduction):
+    # Forward and backward together, fp32, loss.backward() (grad_output 1): read input and
+    # target once, write each needed gradient once: 12 B per element with one gradient,
+    # 16 with both. The backward reads grad_output alone, one scalar per program.
     n = 3 * 1024
-    input, target = torch.randn(n, requires_grad=True), torch.randn(n)
-    loss = fused_ops.mse_loss(input, target)
+    input = torch.randn(n, requires_grad=True)
+    target = torch.randn(n, requires_grad=needs == "both")
+    with KernelTrace() as forward:
+        loss = fused_ops.mse_loss(input, target, reduction=reduction)
     with KernelTrace() as backward:
         loss.backward()
-    # Reads input and target, writes grad_input only; 4 bytes of grad_output per program.
-    assert (backward.bytes_loaded, backward.bytes_stored) == (8 * n + 4 * 3, 4 * n)
+    assert forward.bytes_moved + backward.bytes_moved <= (16.05 if needs == "both" else 12.05) * n
+    assert (backward.bytes_loaded, backward.bytes_stored) == (4 * 3, 0)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["operands_without_grad", "no_grad_mode"])
+@pytest.mark.interpreter_only  # counts bytes
+def test_mse_loss_without_autograd_reads_each_element_once(requires_grad):
+    n = 3 * 1024
+    input, target = torch.randn(n, requires_grad=requires_grad), torch.randn(n)
+    with torch.no_grad() if requires_grad else torch.enable_grad(), KernelTrace() as trace:
+        fused_ops.mse_loss(input, target)
+    assert trace.bytes_loaded == 8 * n + 4 * 3, "input, target, then 3 partials"
+    assert trace.bytes_stored == 4 * 3 + 4, "3 partials and the loss: no gradient"
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_loss_second_backward_computes_fresh_gradients(reduction, kernel_launches):
+    # retain_graph=True: the first backward hands out the forward's buffers (scaled in
+    # place); a second one computes new gradients from the saved operands and never
+    # rescales or overwrites the first, which autograd may keep as .grad.
+    input = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    loss = fused_ops.mse_loss(input, target, reduction=reduction)
+    first = torch.autograd.grad(loss, (input, target), torch.tensor(2.0, dtype=torch.float64), retain_graph=True)
+    copies = [g.clone() for g in first]
+    second = torch.autograd.grad(loss, (input, target), torch.tensor(3.0, dtype=torch.float64), retain_graph=True)
+    assert all(torch.equal(g, c) for g, c in zip(first, copies, strict=True)), "a first gradient was changed"
+    refs = torch.autograd.grad(F.mse_loss(input, target, reduction=reduction), (input, target))
+    for g1, g2, ref in zip(first, second, refs, strict=True):
+        assert g1.untyped_storage().data_ptr() != g2.untyped_storage().data_ptr()
+        assert_close(g1, 2 * ref)
+        assert_close(g2, 3 * ref)
+    assert kernel_launches.launch_count(SCALE) == 1
+    assert kernel_launches.launch_count("mse_loss_backward_kernel") == 1
+    # .grad accumulation: the first backward's buffers become the .grad, the second adds.
+    loss = fused_ops.mse_loss(input, target, reduction=reduction)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert_close(input.grad, 2 * refs[0])
+    assert_close(target.grad, 2 * refs[1])
+
+
+def test_mse_loss_one_pass_memory():
+    # LiveBytes (profiler allocator events): besides the gradients it returns, the one-pass
+    # forward and backward allocate only the loss and partial sums, as the two-pass one did.
+    n = 64 * 1024
+    input = torch.randn(n, requires_grad=True)
+    target = torch.randn(n, requires_grad=True)
+    with LiveBytes() as live:
+        loss = fused_ops.mse_loss(input, target)
+        grads = torch.autograd.grad(loss, (input, target))
+    assert live.peak_excluding(grads) <= 4 * 1024 + 64
+    assert live.peak <= 2 * 4 * n + 4 * 1024 + 64
 
 
 def aot_workload():
@@ -722,6 +814,15 @@ def aot_workload():
         with _few_partials(4):
             fused_ops.mse_loss(torch.randn(20_000), torch.randn(20_000))
             fused_ops.mse_loss(torch.randn(9 * 1024, dtype=torch.float64), torch.randn(9 * 1024, dtype=torch.float64))
+        # The one-pass backward's scaling (grad_output != 1) and a second backward through
+        # the saved operands, for every dtype pair of the gradients.
+        for dtype in DTYPES:
+            for needs in ((True, True), (True, False), (False, True)):
+                input = torch.randn(1823, dtype=dtype, requires_grad=needs[0])
+                target = torch.randn(1823, dtype=dtype, requires_grad=needs[1])
+                loss = fused_ops.mse_loss(input, target)
+                loss.backward(torch.tensor(2.0, dtype=dtype), retain_graph=True)
+                loss.backward(torch.tensor(0.5, dtype=dtype))
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])

@@ -178,7 +178,9 @@ def test_modeled_time_is_bytes_over_bandwidth_plus_launches():
 @pytest.mark.parametrize("case", traffic_report.OP_CASES, ids=lambda c: c.name)
 def test_fused_forward_and_backward_move_at_most_5_percent_over_the_minimum(case, dtype):
     traffic = traffic_report.measure_op(case, dtype, ROWS, COLS)
-    for mode in ("forward", "backward"):
+    # A one-pass loss writes its gradient in the forward: only forward + backward together
+    # can be held to a minimum (each input read once, each gradient written once).
+    for mode in ("full",) if case.one_pass else ("forward", "backward"):
         fused, minimum = traffic.fused[mode].traffic.bytes, traffic.minimum[mode]
         assert traffic.fused[mode].traffic.launches > 0, f"{case.name} {mode}: no Triton kernel ran"
         assert fused <= 1.05 * minimum, (
