@@ -23,6 +23,7 @@ from helpers import (
     LiveBytes,
     assert_close,
     assert_compiled_matches_eager,
+    forward_backward,
     no_host_sync,
 )
 from hypothesis import given, settings
@@ -57,16 +58,6 @@ def _prob_target(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
     return torch.randn(x.shape, dtype=torch.float64).softmax(_class_dim(x)).to(dtype or x.dtype)
 
 
-def _loss_and_grad(loss_fn, x, target, grad_output=None, **kwargs):
-    """Loss and input gradient of ``loss_fn``, for a random (or the given) grad_output."""
-    x = x.detach().requires_grad_()
-    loss = loss_fn(x, target, **kwargs)
-    if grad_output is None:
-        grad_output = torch.randn(loss.shape, dtype=torch.float64).to(loss.dtype)
-    (grad,) = torch.autograd.grad(loss, x, grad_output)
-    return loss, grad, grad_output
-
-
 def _in_fp64(x, target, weight=None):
     """torch's loss and input gradient in fp64 on the same (already rounded) values."""
     target = target.double() if target.is_floating_point() else target
@@ -76,9 +67,11 @@ def _in_fp64(x, target, weight=None):
 
 def _check_against_torch(x, target, weight=None, reduction_size=None, **kwargs):
     """Loss and gradient vs torch evaluated in fp64, rounded to our dtypes; returns both."""
-    loss, grad, grad_output = _loss_and_grad(fused_ops.cross_entropy, x, target, weight=weight, **kwargs)
+    loss, grad, grad_output = forward_backward(fused_ops.cross_entropy, x, target, wrt=(0,), weight=weight, **kwargs)
     x64, t64, w64 = _in_fp64(x, target, weight)
-    loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x64, t64, grad_output.double(), weight=w64, **kwargs)
+    loss_ref, grad_ref, _ = forward_backward(
+        F.cross_entropy, x64, t64, wrt=(0,), grad_output=grad_output.double(), weight=w64, **kwargs
+    )
     n = reduction_size if reduction_size is not None else max(x.shape[_class_dim(x)], 1)
     assert_close(loss, loss_ref.to(loss.dtype), reduction_size=n)
     assert_close(grad, grad_ref.to(grad.dtype), reduction_size=n)
@@ -171,8 +164,12 @@ def test_cross_entropy_all_targets_ignored_is_nan_like_torch(with_weight, label_
     x = torch.randn(4, 5, dtype=torch.float64)
     weight = torch.rand(5, dtype=torch.float64) if with_weight else None
     target = torch.full((4,), -100)
-    loss, grad, _ = _loss_and_grad(fused_ops.cross_entropy, x, target, weight=weight, label_smoothing=label_smoothing)
-    loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, target, weight=weight, label_smoothing=label_smoothing)
+    loss, grad, _ = forward_backward(
+        fused_ops.cross_entropy, x, target, wrt=(0,), weight=weight, label_smoothing=label_smoothing
+    )
+    loss_ref, grad_ref, _ = forward_backward(
+        F.cross_entropy, x, target, wrt=(0,), weight=weight, label_smoothing=label_smoothing
+    )
     assert torch.isnan(loss) and torch.isnan(loss_ref)
     assert_close(grad, grad_ref)
 
@@ -190,9 +187,13 @@ def test_cross_entropy_unbatched_input(reduction, target_kind):
     if target_kind == "index_1":
         # torch's forward takes a (1,) target here, but its backward raises "size
         # mismatch": compare the loss, and the gradient with that of the 0-d target.
-        loss, grad, grad_output = _loss_and_grad(fused_ops.cross_entropy, x, target, weight=weight, reduction=reduction)
+        loss, grad, grad_output = forward_backward(
+            fused_ops.cross_entropy, x, target, wrt=(0,), weight=weight, reduction=reduction
+        )
         assert_close(loss, F.cross_entropy(x, target, weight, reduction=reduction))
-        _, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, target[0], grad_output, weight=weight, reduction=reduction)
+        _, grad_ref, _ = forward_backward(
+            F.cross_entropy, x, target[0], wrt=(0,), grad_output=grad_output, weight=weight, reduction=reduction
+        )
         assert_close(grad, grad_ref)
     else:
         loss, _ = _check_against_torch(x, target, weight, reduction=reduction)
@@ -246,8 +247,12 @@ def test_cross_entropy_non_contiguous_targets_and_grad_output():
     prob = _prob_target(x.transpose(0, 2).contiguous()).transpose(0, 2)  # a permuted layout
     grad_output = torch.randn(3, 5, dtype=torch.float64).t()
     for t in (target, prob):
-        loss, grad, _ = _loss_and_grad(fused_ops.cross_entropy, x, t, grad_output, reduction="none")
-        loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, t, grad_output, reduction="none")
+        loss, grad, _ = forward_backward(
+            fused_ops.cross_entropy, x, t, wrt=(0,), grad_output=grad_output, reduction="none"
+        )
+        loss_ref, grad_ref, _ = forward_backward(
+            F.cross_entropy, x, t, wrt=(0,), grad_output=grad_output, reduction="none"
+        )
         assert_close(loss, loss_ref)
         assert_close(grad, grad_ref)
 
@@ -399,7 +404,9 @@ def test_cross_entropy_reference_backend_matches_torch(kernel_launches):
         logits = leaf * 1
         loss = fused_ops.cross_entropy(logits, target, inplace_grad=True)
         loss.backward(torch.tensor(2.0, dtype=torch.float64))
-        loss_ref, grad_ref, _ = _loss_and_grad(F.cross_entropy, x, target, torch.tensor(2.0, dtype=torch.float64))
+        loss_ref, grad_ref, _ = forward_backward(
+            F.cross_entropy, x, target, wrt=(0,), grad_output=torch.tensor(2.0, dtype=torch.float64)
+        )
         assert_close(loss, loss_ref)
         assert_close(leaf.grad, grad_ref)
         assert_close(logits.detach(), grad_ref), "the gradient was written over the logits"
@@ -442,7 +449,9 @@ def test_cross_entropy_one_pass_and_inplace_grad_match_torch(case, kernel_launch
     loss_inplace.backward(grad_output)
     assert torch.equal(loss_inplace.detach(), loss.detach())
     x64, t64, w64 = _in_fp64(x, target, kwargs.pop("weight", None))
-    _, grad_ref, _ = _loss_and_grad(F.cross_entropy, x64, t64, grad_output.double(), weight=w64, **kwargs)
+    _, grad_ref, _ = forward_backward(
+        F.cross_entropy, x64, t64, wrt=(0,), grad_output=grad_output.double(), weight=w64, **kwargs
+    )
     assert_close(leaf.grad, grad_ref, reduction_size=x.numel())
     assert_close(logits.detach(), grad_ref, reduction_size=x.numel()), "the gradient is in the logits' memory"
 

@@ -25,6 +25,7 @@ from helpers import (
     LiveBytes,
     assert_close,
     assert_compiled_matches_eager,
+    forward_backward,
     no_host_sync,
     reference_in_fp64,
     tolerance,
@@ -65,17 +66,6 @@ SHAPES = [
 ]
 
 
-def _loss_and_grads(loss_fn, input, target, grad_output=None, **kwargs):
-    """Loss of ``loss_fn`` and the gradients of both operands, for a random (or given) grad_output."""
-    input = input.detach().requires_grad_()
-    target = target.detach().requires_grad_()
-    loss = loss_fn(input, target, **kwargs)
-    if grad_output is None:
-        grad_output = torch.randn_like(loss)
-    grad_input, grad_target = torch.autograd.grad(loss, (input, target), grad_output)
-    return loss, grad_input, grad_target, grad_output
-
-
 @contextlib.contextmanager
 def _few_partials(count: int):
     """Cap stage 1 at ``count`` programs, so small inputs reach its loop over several blocks.
@@ -97,9 +87,11 @@ def _few_partials(count: int):
 def test_mse_loss_matches_torch(shape, dtype, reduction, kernel_launches):
     input = torch.randn(shape, dtype=dtype) * 2
     target = torch.randn(shape, dtype=dtype)
-    loss, grad_input, grad_target, grad_output = _loss_and_grads(fused_ops.mse_loss, input, target, reduction=reduction)
-    loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(
-        F.mse_loss, input, target, grad_output, reduction=reduction
+    loss, grad_input, grad_target, grad_output = forward_backward(
+        fused_ops.mse_loss, input, target, reduction=reduction
+    )
+    loss_torch, grad_input_torch, grad_target_torch, _ = forward_backward(
+        F.mse_loss, input, target, grad_output=grad_output, reduction=reduction
     )
     n = input.numel()
     reduction_size = 1 if reduction == "none" else n
@@ -145,9 +137,11 @@ def test_mse_loss_mixed_float_dtypes_promote_like_torch(input_dtype, target_dtyp
     # Each operand is loaded in its own dtype and upcast in the kernel: no conversion copy.
     input = torch.randn(781, dtype=input_dtype)
     target = torch.randn(781, dtype=target_dtype)
-    loss, grad_input, grad_target, grad_output = _loss_and_grads(fused_ops.mse_loss, input, target, reduction=reduction)
-    loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(
-        F.mse_loss, input, target, grad_output, reduction=reduction
+    loss, grad_input, grad_target, grad_output = forward_backward(
+        fused_ops.mse_loss, input, target, reduction=reduction
+    )
+    loss_torch, grad_input_torch, grad_target_torch, _ = forward_backward(
+        F.mse_loss, input, target, grad_output=grad_output, reduction=reduction
     )
     assert loss.dtype == loss_torch.dtype == torch.promote_types(input_dtype, target_dtype)
     assert (grad_input.dtype, grad_target.dtype) == (input_dtype, target_dtype)
@@ -162,8 +156,10 @@ def test_mse_loss_under_autocast_computes_in_fp32_like_torch(dtype, kernel_launc
     # torch's autocast lists mse_loss as a float32 op: half inputs give an fp32 loss.
     input, target = torch.randn(63, dtype=dtype), torch.randn(63, dtype=dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, grad_input, grad_target, grad_output = _loss_and_grads(fused_ops.mse_loss, input, target)
-        loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(F.mse_loss, input, target, grad_output)
+        loss, grad_input, grad_target, grad_output = forward_backward(fused_ops.mse_loss, input, target)
+        loss_torch, grad_input_torch, grad_target_torch, _ = forward_backward(
+            F.mse_loss, input, target, grad_output=grad_output
+        )
     assert loss.dtype == loss_torch.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert grad_input.dtype == grad_target.dtype == dtype
     assert_close(loss, loss_torch, 63)
@@ -295,11 +291,11 @@ def test_mse_loss_broadcasts_with_torchs_warning(input_shape, target_shape, redu
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loss, grad_input, grad_target, grad_output = _loss_and_grads(
+        loss, grad_input, grad_target, grad_output = forward_backward(
             fused_ops.mse_loss, input, target, reduction=reduction
         )
-        loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(
-            F.mse_loss, input, target, grad_output, reduction=reduction
+        loss_torch, grad_input_torch, grad_target_torch, _ = forward_backward(
+            F.mse_loss, input, target, grad_output=grad_output, reduction=reduction
         )
     assert loss.shape == loss_torch.shape
     assert_close(loss, loss_torch, loss_torch.numel() if reduction == "none" else 100)
@@ -346,9 +342,11 @@ def _layouts(shape):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_mse_loss_strided_operands(input_layout, target_layout, reduction, kernel_launches):
     input, target = _layouts((37, 29))[input_layout], _layouts((37, 29))[target_layout]
-    loss, grad_input, grad_target, grad_output = _loss_and_grads(fused_ops.mse_loss, input, target, reduction=reduction)
-    loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(
-        F.mse_loss, input, target, grad_output, reduction=reduction
+    loss, grad_input, grad_target, grad_output = forward_backward(
+        fused_ops.mse_loss, input, target, reduction=reduction
+    )
+    loss_torch, grad_input_torch, grad_target_torch, _ = forward_backward(
+        F.mse_loss, input, target, grad_output=grad_output, reduction=reduction
     )
     assert_close(loss, loss_torch, 1 if reduction == "none" else input.numel())
     assert_close(grad_input, grad_input_torch)
@@ -365,9 +363,9 @@ def test_mse_loss_permuted_3d(permutation, kernel_launches):
     input = torch.randn(3, 5, 7).permute(permutation)
     target = torch.randn(3, 5, 7).permute(permutation)
     for reduction in REDUCTIONS:
-        loss, grad_input, _, grad_output = _loss_and_grads(fused_ops.mse_loss, input, target, reduction=reduction)
-        loss_torch, grad_input_torch, _, _ = _loss_and_grads(
-            F.mse_loss, input, target, grad_output, reduction=reduction
+        loss, grad_input, _, grad_output = forward_backward(fused_ops.mse_loss, input, target, reduction=reduction)
+        loss_torch, grad_input_torch, _, _ = forward_backward(
+            F.mse_loss, input, target, grad_output=grad_output, reduction=reduction
         )
         assert_close(loss, loss_torch, 105)
         assert_close(grad_input, grad_input_torch)
@@ -384,7 +382,9 @@ def test_mse_loss_none_honours_a_per_element_grad_output(layout, kernel_launches
         "transposed": torch.linspace(-3, 3, 29 * 37).view(37, 29).t(),
         "expanded": torch.linspace(-3, 3, 37).expand(29, 37),  # what loss.sum(0).backward() sends
     }[layout]
-    _, grad_input, grad_target, _ = _loss_and_grads(fused_ops.mse_loss, input, target, grad_output, reduction="none")
+    _, grad_input, grad_target, _ = forward_backward(
+        fused_ops.mse_loss, input, target, grad_output=grad_output, reduction="none"
+    )
     expected = 2 * (input - target) * grad_output
     assert_close(grad_input, expected)
     assert_close(grad_target, -expected)
@@ -409,8 +409,8 @@ def test_mse_loss_reads_the_0d_grad_output_on_the_device(reduction, kernel_launc
     input, target = torch.randn(1823), torch.randn(1823)
     grad_output = torch.tensor(-3.5)
     with no_host_sync():
-        _, grad_input, grad_target, _ = _loss_and_grads(
-            fused_ops.mse_loss, input, target, grad_output, reduction=reduction
+        _, grad_input, grad_target, _ = forward_backward(
+            fused_ops.mse_loss, input, target, grad_output=grad_output, reduction=reduction
         )
     expected = 2 * (input - target) * -3.5 / (1823 if reduction == "mean" else 1)
     assert_close(grad_input, expected)
@@ -477,11 +477,11 @@ def test_mse_loss_nan_and_inf_follow_torch(kernel_launches):
     input = torch.tensor([float("nan"), float("inf"), 1.0, float("inf")])
     target = torch.tensor([0.0, float("inf"), float("-inf"), 2.0])
     for reduction in REDUCTIONS:
-        loss, grad_input, grad_target, grad_output = _loss_and_grads(
+        loss, grad_input, grad_target, grad_output = forward_backward(
             fused_ops.mse_loss, input, target, reduction=reduction
         )
-        loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(
-            F.mse_loss, input, target, grad_output, reduction=reduction
+        loss_torch, grad_input_torch, grad_target_torch, _ = forward_backward(
+            F.mse_loss, input, target, grad_output=grad_output, reduction=reduction
         )
         assert_close(loss, loss_torch)
         assert_close(grad_input, grad_input_torch)
@@ -546,13 +546,13 @@ def test_mse_loss_module_matches_torch(kwargs, kernel_launches):
 def test_mse_loss_reference_backend_matches_the_kernels(kernel_launches):
     input, target = torch.randn(781, dtype=torch.float16), torch.randn(781, dtype=torch.float32)
     for reduction in REDUCTIONS:
-        loss, grad_input, grad_target, grad_output = _loss_and_grads(
+        loss, grad_input, grad_target, grad_output = forward_backward(
             fused_ops.mse_loss, input, target, reduction=reduction
         )
         launches = kernel_launches.launch_count()
         with reference_backend():
-            loss_ref, grad_input_ref, grad_target_ref, _ = _loss_and_grads(
-                fused_ops.mse_loss, input, target, grad_output, reduction=reduction
+            loss_ref, grad_input_ref, grad_target_ref, _ = forward_backward(
+                fused_ops.mse_loss, input, target, grad_output=grad_output, reduction=reduction
             )
         assert kernel_launches.launch_count() == launches, "the reference launches no kernel"
         assert_close(loss_ref, loss, 781)
@@ -594,11 +594,11 @@ def test_mse_loss_property_random_shapes_strides_and_broadcasts(
         input, target = input[::step], target[::step] if target.shape[0] > 1 else target
     with warnings.catch_warnings(), KernelTrace() as trace:
         warnings.simplefilter("ignore")
-        loss, grad_input, grad_target, grad_output = _loss_and_grads(
+        loss, grad_input, grad_target, grad_output = forward_backward(
             fused_ops.mse_loss, input, target, reduction=reduction
         )
-        loss_torch, grad_input_torch, grad_target_torch, _ = _loss_and_grads(
-            F.mse_loss, input, target, grad_output, reduction=reduction
+        loss_torch, grad_input_torch, grad_target_torch, _ = forward_backward(
+            F.mse_loss, input, target, grad_output=grad_output, reduction=reduction
         )
     broadcast_numel = torch.broadcast_shapes(input.shape, target.shape).numel()
     assert trace.launch_count(BACKWARD[reduction]) == (1 if broadcast_numel else 0)
