@@ -6,6 +6,11 @@ import torch
 
 FLOATING_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+# torch's reduction enum (torch.nn._reduction.get_enum), which the loss kernels take as
+# their REDUCTION constexpr (kernels/_common.py): REDUCTIONS[enum] is its name.
+REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
+REDUCTIONS = ("none", "mean", "sum")
+
 
 def check_floating(op: str, tensor: torch.Tensor, name: str = "input") -> None:
     """Raise torch's NotImplementedError for dtypes that have no kernel (integers, complex)."""

@@ -33,13 +33,18 @@ import torch
 from . import reference
 from ._autocast import autocast_inputs
 from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
-from ._validation import check_floating, check_same_device, is_dense, legacy_reduction, scalar_type_name
+from ._validation import (
+    REDUCTION_MEAN,
+    REDUCTION_NONE,
+    check_floating,
+    check_same_device,
+    is_dense,
+    legacy_reduction,
+    scalar_type_name,
+)
 
 if TRITON_AVAILABLE:
     from .kernels import cross_entropy as kernels
-
-# torch's reduction enum (torch.nn._reduction.get_enum); the kernels use the same numbers.
-_NONE, _MEAN, _SUM = 0, 1, 2
 
 
 def _is_prob_target(input: torch.Tensor, target: torch.Tensor) -> bool:
@@ -169,7 +174,7 @@ def _forward_impl(
     lse = torch.empty(n_rows, dtype=acc, device=input.device)
     coef = torch.empty(n_rows, dtype=acc, device=input.device)
     row_weight = None if prob_target else torch.empty(n_rows, dtype=acc, device=input.device)
-    if reduction == _NONE:
+    if reduction == REDUCTION_NONE:
         loss = torch.empty(_loss_shape(input), dtype=out_dtype, device=input.device)
         row_loss = loss.view(-1)
     else:
@@ -196,13 +201,13 @@ def _forward_impl(
         label_smoothing,
         prob_target,
     )
-    if reduction != _NONE:
+    if reduction != REDUCTION_NONE:
         loss = torch.empty((), dtype=out_dtype, device=input.device)
     # With 'none' the reduce kernel only writes total_weight = 1 (and all_ok): the same
     # one launch as a torch.ones would be.
     total_weight = torch.empty((), dtype=acc, device=input.device)
     kernels.cross_entropy_reduce(
-        row_loss, row_weight, None if reduction == _NONE else loss, total_weight, reduction, target_ok, all_ok
+        row_loss, row_weight, None if reduction == REDUCTION_NONE else loss, total_weight, reduction, target_ok, all_ok
     )
     if check_targets:
         _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
@@ -278,7 +283,7 @@ def _one_pass_forward_impl(
         label_smoothing,
         prob_target,
         total_weight,
-        reduction == _MEAN,
+        reduction == REDUCTION_MEAN,
     )
     loss = torch.empty((), dtype=out_dtype, device=input.device)
     kernels.cross_entropy_reduce(row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target)
@@ -306,7 +311,7 @@ def _(input, target, weight, reduction, ignore_index, label_smoothing):
     n_rows = 1
     for size in _loss_shape(input):
         n_rows *= size
-    loss_shape = _loss_shape(input) if reduction == _NONE else ()
+    loss_shape = _loss_shape(input) if reduction == REDUCTION_NONE else ()
     return (
         input.new_empty(loss_shape, dtype=out_dtype),
         input.new_empty((n_rows,), dtype=acc),
@@ -338,7 +343,7 @@ def _backward_impl(
     logits = _class_view(input, layout)
     grad = _empty_grad(input)
     kernels.cross_entropy_backward(
-        _row_view(grad_output, layout, logits) if reduction == _NONE else grad_output,
+        _row_view(grad_output, layout, logits) if reduction == REDUCTION_NONE else grad_output,
         logits,
         _class_view(target, layout) if prob_target else _row_view(target, layout, logits),
         None if weight is None else weight.contiguous(),
@@ -399,9 +404,9 @@ def _cross_entropy_double_backward(ctx, grad_grad: torch.Tensor):
     p = torch.exp(x - lse.to(acc)[:, None])
     a, _, _, _ = reference.cross_entropy_coefficients_ref(input, target, weight, ctx.ignore_index, ctx.label_smoothing)
     coef = coef.to(acc)[:, None]
-    if ctx.reduction == _NONE:
+    if ctx.reduction == REDUCTION_NONE:
         scale = grad_output.to(acc).reshape(-1, 1)
-    elif ctx.reduction == _MEAN:
+    elif ctx.reduction == REDUCTION_MEAN:
         scale = grad_output.to(acc) / total_weight.to(acc)
     else:
         scale = grad_output.to(acc)
@@ -410,10 +415,12 @@ def _cross_entropy_double_backward(ctx, grad_grad: torch.Tensor):
     gg_dot_p = (gg * p).sum(-1, keepdim=True)
     if needs_grad_output:
         per_row = (gg * (coef * p - a)).sum(-1)
-        if ctx.reduction == _NONE:
+        if ctx.reduction == REDUCTION_NONE:
             grad_grad_output = per_row.reshape(grad_output.shape)
         else:
-            grad_grad_output = per_row.sum() / total_weight.to(acc) if ctx.reduction == _MEAN else per_row.sum()
+            grad_grad_output = (
+                per_row.sum() / total_weight.to(acc) if ctx.reduction == REDUCTION_MEAN else per_row.sum()
+            )
         grad_grad_output = grad_grad_output.to(grad_output.dtype)
     if needs_input:
         grad_input = reference._from_class_rows(scale * coef * p * (gg - gg_dot_p), input).to(input.dtype)
@@ -539,10 +546,10 @@ def _prob_target_and_weight_grads(grad_output, input, target, weight, total_weig
     n_classes = log_probs.shape[-1]
     eps = max(label_smoothing, 0.0)
     w = torch.ones(n_classes, dtype=acc, device=input.device) if weight is None else weight.to(acc)
-    if reduction == _NONE:
+    if reduction == REDUCTION_NONE:
         scale = grad_output.to(acc).reshape(-1, 1)
     else:
-        scale = grad_output.to(acc) / total_weight.to(acc) if reduction == _MEAN else grad_output.to(acc)
+        scale = grad_output.to(acc) / total_weight.to(acc) if reduction == REDUCTION_MEAN else grad_output.to(acc)
     grad_target = reference._from_class_rows(-(1 - eps) * scale * w * log_probs, target).to(target.dtype)
     smoothed = t * (1 - eps) + eps / n_classes if eps > 0 else t
     grad_weight = None if weight is None else (-(scale * smoothed * log_probs).sum(0)).to(weight.dtype)
@@ -766,7 +773,7 @@ def cross_entropy(
         return CrossEntropyFunction.apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, True)
     if needs_autograd(input, target, weight):
         if (
-            reduction_enum != _NONE
+            reduction_enum != REDUCTION_NONE
             and input.requires_grad
             and not target.requires_grad
             and (weight is None or not weight.requires_grad)

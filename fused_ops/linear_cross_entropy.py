@@ -22,18 +22,17 @@ import torch
 
 from . import reference
 from ._dispatch import TRITON_AVAILABLE, _log_fallback_once, use_triton
-from ._validation import check_floating, check_same_device, scalar_type_name
+from ._validation import (
+    REDUCTION_NONE,
+    check_floating,
+    check_same_device,
+    scalar_type_name,
+)
 
 if TRITON_AVAILABLE:
     from .kernels import linear_cross_entropy as kernels
 
-# torch's reduction enum (torch.nn._reduction.get_enum); the kernels use the same numbers.
-_NONE, _MEAN, _SUM = 0, 1, 2
 _OP = "linear_cross_entropy"
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _empty_grad(like: torch.Tensor, needed: bool) -> torch.Tensor:
@@ -75,9 +74,9 @@ def _forward_op(
         _assert_targets_in_bounds(in_bounds.all(), target, n_classes, ignore_index)
         return reference.linear_cross_entropy_forward_ref(input, linear_weight, linear_bias, target, weight, *args)
     n_rows = input.shape[0]
-    acc = _acc_dtype(input.dtype)
+    acc = reference.compute_dtype(input.dtype)
     device = input.device
-    loss = torch.empty((n_rows,) if reduction == _NONE else (), dtype=input.dtype, device=device)
+    loss = torch.empty((n_rows,) if reduction == REDUCTION_NONE else (), dtype=input.dtype, device=device)
     lse = torch.empty(n_rows, dtype=acc, device=device)
     coef = torch.empty(n_rows, dtype=acc, device=device)
     total_weight = torch.empty((), dtype=acc, device=device)
@@ -93,9 +92,9 @@ def _forward_op(
 @_forward_op.register_fake
 def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing):
     n_rows = input.shape[0]
-    acc = _acc_dtype(input.dtype)
+    acc = reference.compute_dtype(input.dtype)
     return (
-        input.new_empty((n_rows,) if reduction == _NONE else ()),
+        input.new_empty((n_rows,) if reduction == REDUCTION_NONE else ()),
         input.new_empty((n_rows,), dtype=acc),
         input.new_empty((n_rows,), dtype=acc),
         input.new_empty((), dtype=acc),
@@ -426,6 +425,6 @@ def linear_cross_entropy(
         # torch smooths only for a positive value: a negative one means none.
         max(float(label_smoothing), 0.0),
     )
-    if input.dim() == 1 and reduction_enum == _NONE:
+    if input.dim() == 1 and reduction_enum == REDUCTION_NONE:
         loss = loss.reshape(())
     return loss

@@ -30,12 +30,10 @@ import torch
 from . import reference
 from ._autocast import autocast_inputs
 from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
-from ._validation import FLOATING_DTYPES, check_floating, check_same_device, dense_layout, legacy_reduction
+from ._validation import FLOATING_DTYPES, REDUCTIONS, check_floating, check_same_device, dense_layout, legacy_reduction
 
 if TRITON_AVAILABLE:
     from .kernels import mse as kernels
-
-_REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
 
 
 def _forward_impl(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -355,7 +353,7 @@ def mse_loss(
         reduction = legacy_reduction(size_average, reduce)
     if weight is not None:
         return _weighted_mse_loss(input, target, weight, input_size, reduction)
-    return _mse_loss(input, target, _REDUCTIONS[torch.nn._reduction.get_enum(reduction)])
+    return _mse_loss(input, target, REDUCTIONS[torch.nn._reduction.get_enum(reduction)])
 
 
 def _mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:

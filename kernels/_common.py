@@ -16,11 +16,11 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-# torch's reduction enum (torch.nn._reduction.get_enum), as the REDUCTION constexpr of loss kernels.
+# torch's reduction enum (torch.nn._reduction.get_enum), as the REDUCTION constexpr of loss kernels
+# (fused_ops._validation.REDUCTIONS is the host side's name for each value).
 REDUCTION_NONE = tl.constexpr(0)
 REDUCTION_MEAN = tl.constexpr(1)
 REDUCTION_SUM = tl.constexpr(2)
-REDUCTIONS = ("none", "mean", "sum")  # REDUCTIONS[enum] is torch's reduction string
 
 
 @triton.jit

@@ -51,6 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import LN2, LOG2E, REDUCTION_MEAN, REDUCTION_NONE
 from ._config import (
     LINEAR_CE_BACKWARD_NUM_STAGES,
     LINEAR_CE_BLOCKS,
@@ -60,12 +61,6 @@ from ._config import (
     LINEAR_CE_MIN_BLOCKS_PER_SPLIT,
     LINEAR_CE_NUM_WARPS,
 )
-
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
-REDUCTION_NONE = tl.constexpr(0)
-REDUCTION_MEAN = tl.constexpr(1)
 
 # Per-row partial statistics written by the forward, one plane each of (splits, N).
 N_STATS = 5
