@@ -160,15 +160,17 @@ def _update_block(
         grad - (grad - exp_avg) * (1.0 - one_minus_beta1),
     )
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
-    tl.store(exp_avg_ptr + offsets, exp_avg.to(out_type), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+    # The moments in their own dtype: the parameter's, or bf16 (state_dtype=torch.bfloat16).
+    state_type: tl.constexpr = exp_avg_ptr.dtype.element_ty
+    tl.store(exp_avg_ptr + offsets, exp_avg.to(state_type), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(state_type), mask=mask)
     if ANY_AMSGRAD:
         # A uniform branch per program: groups with and without amsgrad share the launch.
         if amsgrad:
             max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
             # NaN propagates, as in torch.maximum.
             exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
-            tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+            tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(state_type), mask=mask)
     # fp16/bf16 use the fp32 moments directly, as torch's fused kernels do.
     # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
     if IS_FP64:
@@ -188,6 +190,7 @@ def adam_kernel(
     program_table_ptr,
     arrivals_ptr,
     element_type_ptr,
+    state_type_ptr,
     grad_scale_ptr,
     found_inf_ptr,
     skipped_ptr,
@@ -204,7 +207,8 @@ def adam_kernel(
     """One Adam(W) step for the chunk of one parameter that this program owns.
 
     ``element_type_ptr`` is any tensor of the parameters' dtype: its pointer type is the
-    type the table's addresses are cast to. ``grad_scale_ptr`` and ``found_inf_ptr`` are
+    type the table's p and g addresses are cast to; ``state_type_ptr`` likewise for the
+    moments (the same tensor, or a bf16 one for bf16 moments). ``grad_scale_ptr`` and ``found_inf_ptr`` are
     GradScaler's fp32 0-d tensors: gradients are divided by the scale, and a non-zero
     found_inf leaves p, m, v, max_exp_avg_sq and step untouched; with ``WRITE_SKIPPED``
     program 0 also stores ``found_inf != 0`` in the 0-d bool ``skipped_ptr``, so the
@@ -288,12 +292,12 @@ def adam_kernel(
 
     param_ptr = tl.load(row + _PARAM).to(element_type_ptr.dtype, bitcast=True)
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
-    exp_avg_ptr = tl.load(row + _EXP_AVG).to(element_type_ptr.dtype, bitcast=True)
-    exp_avg_sq_ptr = tl.load(row + _EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
-    max_exp_avg_sq_ptr = param_ptr  # a placeholder, never read without amsgrad
+    exp_avg_ptr = tl.load(row + _EXP_AVG).to(state_type_ptr.dtype, bitcast=True)
+    exp_avg_sq_ptr = tl.load(row + _EXP_AVG_SQ).to(state_type_ptr.dtype, bitcast=True)
+    max_exp_avg_sq_ptr = exp_avg_sq_ptr  # a placeholder, never read without amsgrad
     if ANY_AMSGRAD:
         if amsgrad:
-            max_exp_avg_sq_ptr = tl.load(row + _MAX_EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
+            max_exp_avg_sq_ptr = tl.load(row + _MAX_EXP_AVG_SQ).to(state_type_ptr.dtype, bitcast=True)
     if ALIGNED:
         # Addresses read from memory carry no alignment facts; the host checked them.
         param_ptr = tl.multiple_of(param_ptr, 16)
@@ -458,6 +462,7 @@ def adam_step(
     element_type: torch.Tensor,
     *,
     any_amsgrad: bool,
+    state_type: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     skipped: torch.Tensor | None = None,
@@ -475,6 +480,8 @@ def adam_step(
         arrivals: int32 [n_tensors] of zeros (the kernel leaves them zero).
         element_type: any tensor of the parameters' (real) dtype, on their device.
         any_amsgrad: some row's group has amsgrad.
+        state_type: any tensor of the moments' dtype on the device (None: the parameters'
+            dtype); bf16 moments halve the state's memory and traffic.
         grad_scale, found_inf: GradScaler's fp32 0-d tensors on the parameters' device.
         skipped: a 0-d bool tensor on the parameters' device, set to ``found_inf != 0``
             (requires found_inf).
@@ -498,6 +505,7 @@ def adam_step(
         program_table,
         arrivals,
         element_type,
+        element_type if state_type is None else state_type,
         grad_scale,
         found_inf,
         skipped,

@@ -131,7 +131,9 @@ def train_side_by_side(ours, theirs, steps=STEPS, rtol=RTOL, atol=ATOL, check_ev
 def test_constructors_take_torchs_arguments():
     for name in ("Adam", "AdamW"):
         ours, theirs = inspect.signature(OURS[name]), inspect.signature(TORCH[name])
-        assert list(ours.parameters) == list(theirs.parameters)
+        # torch's arguments in torch's order, then our one keyword-only addition.
+        assert list(ours.parameters) == [*theirs.parameters, "state_dtype"]
+        assert ours.parameters["state_dtype"].kind == inspect.Parameter.KEYWORD_ONLY
         for parameter in theirs.parameters.values():
             assert ours.parameters[parameter.name].default == parameter.default, parameter.name
             assert ours.parameters[parameter.name].kind == parameter.kind, parameter.name
@@ -887,6 +889,10 @@ def aot_workload():
                 if found_inf is not None:
                     optimizer.found_inf = torch.tensor(found_inf)
                 optimizer.step()
+    # Moments in another dtype than the parameters' (state_dtype): the moment pointers' type.
+    from test_adam_state_dtype import state_dtype_workload
+
+    state_dtype_workload()
 
 
 @pytest.mark.parametrize("name", ["AdamW", "SGD"])

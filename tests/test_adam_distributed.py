@@ -55,12 +55,16 @@ def _run_workers(setup: str, name: str) -> None:
         assert worker.returncode == 0, f"{setup} rank {rank} failed:\n{output[-6000:]}"
 
 
-OPTIMIZERS = ["AdamW", "SGD"]
+OPTIMIZERS = ["AdamW", "SGD", "AdamW-bf16"]
 KWARGS = {
     "AdamW": {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
     "SGD": {"lr": 1e-2, "weight_decay": 0.1, "momentum": 0.9, "nesterov": True},
+    "AdamW-bf16": {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
 }
-KERNELS = {"AdamW": "adam_kernel", "SGD": "sgd_kernel"}
+# Only ours gets these: bf16 moments, against torch's fp32 AdamW (hence TOLERANCES).
+OURS_ONLY = {"AdamW-bf16": {"state_dtype": torch.bfloat16}}
+TOLERANCES = {"AdamW-bf16": {"rtol": 1e-3, "atol": 1e-3}}
+KERNELS = {"AdamW": "adam_kernel", "SGD": "sgd_kernel", "AdamW-bf16": "adam_kernel"}
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -133,13 +137,15 @@ def _worker(setup: str, name: str, rank: int, port: int) -> None:
         timeout=timedelta(seconds=TIMEOUT_SECONDS // 2),
     )
     try:
-        expected = _train(setup, getattr(torch.optim, name), KWARGS[name], rank)
+        class_name = name.split("-")[0]
+        expected = _train(setup, getattr(torch.optim, class_name), KWARGS[name], rank)
         with KernelTrace() as trace:
-            actual = _train(setup, getattr(fused_ops.optim, name), KWARGS[name], rank)
+            ours_kwargs = {**KWARGS[name], **OURS_ONLY.get(name, {})}
+            actual = _train(setup, getattr(fused_ops.optim, class_name), ours_kwargs, rank)
         # ZeRO shards the optimizer: each rank steps only the parameters it owns.
         assert trace.launch_count(KERNELS[name]) == STEPS, trace.launch_count()
         for ours, theirs in zip(actual, expected, strict=True):
-            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(ours, theirs, **TOLERANCES.get(name, {"rtol": 1e-4, "atol": 1e-6}))
         if setup == "ddp":
             # Data parallel: every rank holds the same parameters after each step.
             gathered = [torch.empty_like(actual[0]) for _ in range(WORLD_SIZE)]

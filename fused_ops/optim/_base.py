@@ -361,7 +361,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         cache.param_ids = list(map(id, params))
         cache.has_grad = [g is not None for g in grads]
         cache.all_grads = all(cache.has_grad)
-        plans: dict[tuple[torch.device, torch.dtype], Plan] = {}
+        plans: dict[tuple[torch.device, torch.dtype, Any], Plan] = {}
         eager: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         position = 0
         for index, group in enumerate(self.param_groups):
@@ -393,9 +393,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                     # memory holds -g): one copy into the parameter's layout, per step.
                     g_view = torch.empty_like(p_view).copy_(g_view)
                     fast = False
-                plan = plans.get((p_view.device, p_view.dtype))
+                key = (p_view.device, p_view.dtype, self._plan_variant(group, p_view))
+                plan = plans.get(key)
                 if plan is None:
-                    plan = plans[(p_view.device, p_view.dtype)] = Plan(p_view.device, p_view.dtype)
+                    plan = plans[key] = Plan(p_view.device, p_view.dtype)
                     plan.element = p_view
                 plan.positions.append(position - 1)
                 plan.params.append(p)
@@ -459,6 +460,10 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _group_flags(self, plan: Plan) -> None:
         """Launch-wide specializations derived from the group rows (families override)."""
+
+    def _plan_variant(self, group: dict[str, Any], p: torch.Tensor) -> Any:
+        """What else than (device, dtype) separates launches (Adam: the moments' dtype)."""
+        return None
 
     def _sparse_gradient(self, group: dict[str, Any], p: torch.Tensor) -> None:
         """Raise torch's error for a sparse gradient, or return to step it on the eager reference."""
