@@ -147,7 +147,10 @@ class OptimizerCase:
         fused_kwargs: constructor arguments for fused_ops only (``state_dtype``); torch's
             providers run the same math with their own state.
         state_dtype: dtype of the state tensors besides the parameter (None: the
-            parameter's), for the minimum bytes: bf16 moments move half.
+            parameter's), for the minimum bytes: bf16 moments move half, uint8 codes a
+            quarter (their per-256 scales are left out of the minimum).
+        torch_class_name: the class torch's providers run when torch has no
+            ``class_name`` (AdamW for AdamW8bit); None: ``class_name``.
     """
 
     name: str
@@ -157,6 +160,7 @@ class OptimizerCase:
     clip_max_norm: float | None = None
     fused_kwargs: dict = dataclasses.field(default_factory=dict)
     state_dtype: torch.dtype | None = None
+    torch_class_name: str | None = None
 
     def build(self, provider: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The optimizer of ``provider`` (one of :data:`OPTIMIZER_PROVIDERS`) over ``params``."""
@@ -164,7 +168,7 @@ class OptimizerCase:
             import fused_ops.optim
 
             return getattr(fused_ops.optim, self.class_name)(params, **self.kwargs, **self.fused_kwargs)
-        torch_class = getattr(torch.optim, self.class_name)
+        torch_class = getattr(torch.optim, self.torch_class_name or self.class_name)
         return torch_class(params, **self.kwargs, **OPTIMIZER_PROVIDERS[provider])
 
     def step(self, provider: str, optimizer: torch.optim.Optimizer) -> Callable[[], None]:

@@ -134,12 +134,16 @@ class _AdamBase(FusedOptimizer):
                     step = step if isinstance(step, torch.Tensor) else torch.tensor(float(step))
                     p_state["step"] = step.to(dtype=torch.float32, device=p.device).reshape(())
                 if p_state:
-                    # A state saved with other moments' dtypes (torch's, fp32) is rounded
-                    # to this group's (torch's load_state_dict has cast it to p's dtype).
-                    dtype = group["state_dtype"] or p.dtype
-                    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                        if key in p_state and p_state[key].dtype != dtype and not p.is_complex():
-                            p_state[key] = p_state[key].to(dtype)
+                    self._load_moments(group, p, p_state)
+
+    def _load_moments(self, group: dict[str, Any], p: torch.Tensor, p_state: dict[str, Any]) -> None:
+        """Bring a loaded parameter's moments into the dtype the kernel reads."""
+        # A state saved with other moments' dtypes (torch's, fp32) is rounded to this
+        # group's (torch's load_state_dict has cast it to p's dtype).
+        dtype = group["state_dtype"] or p.dtype
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in p_state and p_state[key].dtype != dtype and not p.is_complex():
+                p_state[key] = p_state[key].to(dtype)
 
     def _check_loaded_state(self, state: dict[str, Any]) -> None:
         _check_loaded_state(state)
