@@ -132,8 +132,9 @@ def test_constructors_take_torchs_arguments():
     for name in ("Adam", "AdamW"):
         ours, theirs = inspect.signature(OURS[name]), inspect.signature(TORCH[name])
         # torch's arguments in torch's order, then our one keyword-only addition.
-        assert list(ours.parameters) == [*theirs.parameters, "state_dtype"]
+        assert list(ours.parameters) == [*theirs.parameters, "state_dtype", "stochastic_rounding"]
         assert ours.parameters["state_dtype"].kind == inspect.Parameter.KEYWORD_ONLY
+        assert ours.parameters["stochastic_rounding"].kind == inspect.Parameter.KEYWORD_ONLY
         for parameter in theirs.parameters.values():
             assert ours.parameters[parameter.name].default == parameter.default, parameter.name
             assert ours.parameters[parameter.name].kind == parameter.kind, parameter.name

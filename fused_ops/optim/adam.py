@@ -63,6 +63,7 @@ class _AdamBase(FusedOptimizer):
         fused: bool | None,
         decoupled_weight_decay: bool,
         state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         # torch's checks, in torch's order, with torch's messages (including its refusals
         # of tensor lr/betas with foreach=True, so code that fails with torch fails here).
@@ -112,6 +113,10 @@ class _AdamBase(FusedOptimizer):
         if state_dtype is not None:
             # Only when asked: a default optimizer's groups keep exactly torch's keys.
             defaults["state_dtype"] = state_dtype
+        if stochastic_rounding:
+            # Drawn from torch's default generator: torch.manual_seed(s) before the
+            # constructor makes the whole run reproducible.
+            defaults["stochastic_rounding_seed"] = int(torch.randint(0, 2**31 - 1, (), device="cpu"))
         super().__init__(params, defaults)
         if differentiable:
             name = type(self).__name__
@@ -252,12 +257,17 @@ class _AdamBase(FusedOptimizer):
             amsgrad=group["amsgrad"],
             maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
+            stochastic_rounding_seed=group.get("stochastic_rounding_seed"),
         )
 
     def _group_flags(self, plan: Plan) -> None:
         from ..kernels import adam as kernels
 
         plan.any_flags["amsgrad"] = any(row[kernels.FLAGS] & kernels.AMSGRAD_FLAG for row in plan.group_values)
+        # Only bf16 parameters round stochastically (fp32 and fp16 ones round to nearest).
+        plan.any_flags["stochastic"] = plan.dtype == torch.bfloat16 and any(
+            row[kernels.FLAGS] & kernels.STOCHASTIC_ROUNDING_FLAG for row in plan.group_values
+        )
 
     def _launch(
         self,
@@ -290,6 +300,7 @@ class _AdamBase(FusedOptimizer):
             any_amsgrad=plan.any_flags["amsgrad"],
             # Any moment of the plan: its dtype (the plan's one) types every moment address.
             state_type=plan.views[0][2],
+            any_stochastic_rounding=plan.any_flags["stochastic"],
             grad_scale=grad_scale,
             found_inf=found_inf,
             skipped=skipped,
@@ -388,6 +399,12 @@ class Adam(_AdamBase):
             state_dict holds the moments in this dtype, which ``torch.optim.Adam(W)``
             loads (it casts state to each parameter's dtype); a torch (or fp32) state_dict
             loads into this optimizer by rounding its moments to this dtype.
+        stochastic_rounding (bool): round updated bf16 parameters stochastically
+            instead of to nearest (default: False), so that updates under half a bf16
+            ulp still move them in expectation. Reproducible: the random stream comes
+            from a seed drawn from torch's default generator at construction (stored in
+            the param group as ``stochastic_rounding_seed``), the step and the element.
+            Parameters of other dtypes round to nearest; so does the eager fallback.
 
     Example:
         >>> optimizer = fused_ops.optim.Adam(model.parameters(), lr=1e-3)
@@ -411,6 +428,7 @@ class Adam(_AdamBase):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -426,6 +444,7 @@ class Adam(_AdamBase):
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
             state_dtype=state_dtype,
+            stochastic_rounding=stochastic_rounding,
         )
 
 
@@ -456,6 +475,7 @@ class AdamW(_AdamBase):
         differentiable: bool = False,
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -471,6 +491,7 @@ class AdamW(_AdamBase):
             fused=fused,
             decoupled_weight_decay=True,
             state_dtype=state_dtype,
+            stochastic_rounding=stochastic_rounding,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
