@@ -214,6 +214,24 @@ def test_skipped_steps_and_grad_scale(kernel_launches):
     assert kernel_launches.launch_count("adam8bit_kernel") == 3
 
 
+def test_clip_grad_norm_then_step(kernel_launches):
+    """The fused clip (a norm pass, the coefficient applied as the step reads the gradients)."""
+    params = _params()
+    ref_params = [p.detach().clone() for p in params]
+    optimizer = AdamW8bit(params, lr=1e-2)
+    states = _fresh_states(ref_params)
+    grads = [torch.randn_like(p) * 10 for p in params]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    total = optimizer.clip_grad_norm_(1.0)
+    optimizer.step()
+    expected = torch.linalg.vector_norm(torch.cat([g.view(-1) for g in grads]))
+    torch.testing.assert_close(total, expected)
+    _reference(ref_params, grads, states, optimizer.param_groups[0], clip_coef=(1.0 / (expected + 1e-6)).clamp(max=1))
+    _assert_matches(optimizer, params, ref_params, states)
+    assert kernel_launches.launch_count("adam8bit_kernel") == 1
+
+
 def _saved(state_dict):
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
@@ -310,3 +328,9 @@ def aot_workload():
                 optimizer.grad_scale = torch.tensor(grad_scale)
                 optimizer.found_inf = torch.tensor(found_inf)
             optimizer.step()
+    params = _params()
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer = AdamW8bit(params)
+    optimizer.clip_grad_norm_(1.0)  # test_clip_grad_norm_then_step: HAS_CLIP
+    optimizer.step()
