@@ -6,11 +6,20 @@
 
 import harness
 import pytest
+import torch
 
 CASES = (
     harness.OptimizerCase("Adam", "Adam", {"lr": 1e-3}),
     harness.OptimizerCase("AdamW", "AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
     harness.OptimizerCase("Adam (amsgrad)", "Adam", {"lr": 1e-3, "amsgrad": True}, state_tensors=4),
+    # bf16 moments (fused_ops only; torch's providers keep fp32 moments): 20 B per fp32 parameter.
+    harness.OptimizerCase(
+        "AdamW (bf16 moments)",
+        "AdamW",
+        {"lr": 1e-3, "weight_decay": 1e-2},
+        fused_kwargs={"state_dtype": torch.bfloat16},
+        state_dtype=torch.bfloat16,
+    ),
 )
 
 

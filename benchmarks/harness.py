@@ -150,6 +150,13 @@ class OptimizerCase:
         clip_max_norm: when set, every step is preceded by gradient clipping to this norm:
             torch's ``clip_grad_norm_`` for torch's providers, and the fused optimizer's
             own ``clip_grad_norm_`` (norm pass, coefficient applied inside the step).
+        fused_kwargs: constructor arguments for fused_ops only (``state_dtype``); torch's
+            providers run the same math with their own state.
+        state_dtype: dtype of the state tensors besides the parameter (None: the
+            parameter's), for the minimum bytes: bf16 moments move half, uint8 codes a
+            quarter (their per-256 scales are left out of the minimum).
+        torch_class_name: the class torch's providers run when torch has no
+            ``class_name`` (AdamW for AdamW8bit); None: ``class_name``.
     """
 
     name: str
@@ -157,14 +164,17 @@ class OptimizerCase:
     kwargs: dict
     state_tensors: int = 3
     clip_max_norm: float | None = None
+    fused_kwargs: dict = dataclasses.field(default_factory=dict)
+    state_dtype: torch.dtype | None = None
+    torch_class_name: str | None = None
 
     def build(self, provider: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The optimizer of ``provider`` (one of :data:`OPTIMIZER_PROVIDERS`) over ``params``."""
         if provider == "fused_ops":
             import fused_ops.optim
 
-            return getattr(fused_ops.optim, self.class_name)(params, **self.kwargs)
-        torch_class = getattr(torch.optim, self.class_name)
+            return getattr(fused_ops.optim, self.class_name)(params, **self.kwargs, **self.fused_kwargs)
+        torch_class = getattr(torch.optim, self.torch_class_name or self.class_name)
         return torch_class(params, **self.kwargs, **OPTIMIZER_PROVIDERS[provider])
 
     def step(self, provider: str, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
@@ -190,8 +200,13 @@ class OptimizerCase:
     def minimum(self, params: Sequence[torch.Tensor]) -> int:
         """Each parameter, gradient and state tensor read once, parameter and state written once;
         clipping must read every gradient once more, for the norm, before the step."""
-        reads = self.state_tensors + 1 + (1 if self.clip_max_norm is not None else 0)
-        return sum(minimum_bytes([p] * reads, [p] * self.state_tensors) for p in params)
+        reads = 2 + (1 if self.clip_max_norm is not None else 0)  # p and g (and g for the norm)
+        total = 0
+        for p in params:
+            state = p if self.state_dtype is None else torch.empty(p.shape, dtype=self.state_dtype, device="meta")
+            moments = [state] * (self.state_tensors - 1)
+            total += minimum_bytes([p] * reads + moments, [p, *moments])
+        return total
 
 
 def make_parameters(tensors: int, rows: int, cols: int, dtype: torch.dtype, device="cpu", seed: int = 0):

@@ -1,8 +1,8 @@
 """Host time of fused_ops' GPU path against eager torch, with or without a GPU.
 
     python benchmarks/host_time.py [--quick] [--out FILE.md] [--json FILE.json]
-    python benchmarks/host_time.py --only sigmoid,adamw  # some ops, and/or the optimizer
-    python benchmarks/host_time.py --profile sigmoid     # or softmax, ..., adamw64
+    python benchmarks/host_time.py --only sigmoid,adamw  # some ops, and/or the optimizers (adamw, sgd)
+    python benchmarks/host_time.py --profile sigmoid     # or softmax, ..., adamw64, sgd64
 
 On a GPU, an op costs its host time or its kernels' time, whichever is larger, and for
 the small and medium tensors of most models the host time wins. This measures it:
@@ -22,10 +22,11 @@ wall time with one (``--clock`` chooses).
 
 Ops: every op of ``fused_ops.__all__`` on a (4, 8) float32 tensor (cross_entropy: (4, 8)
 logits and int64 targets), no-grad forward and forward+backward. Optimizer:
-``fused_ops.optim.AdamW`` steps with 4, 64 and 256 parameters of 64 elements, with the
-same gradient tensors every step and with new ones (``zero_grad(set_to_none=True)``
-then new tensors), against ``torch.optim.AdamW`` with ``fused=True`` and ``foreach=True``
-(on the CPU, torch's steps include their arithmetic; the stand-in's do not). Only
+``fused_ops.optim.AdamW`` and ``fused_ops.optim.SGD`` (momentum 0.9) steps with 4, 64
+and 256 parameters of 64 elements, with the same gradient tensors every step and with
+new ones (``zero_grad(set_to_none=True)`` then new tensors), against torch's AdamW and
+SGD with ``fused=True`` and ``foreach=True`` (on the CPU, torch's steps include their
+arithmetic; the stand-in's do not). Only
 ``step()`` is timed. A least-squares line through the three sizes gives a fixed cost and
 a cost per parameter.
 
@@ -292,7 +293,15 @@ def measure_op(case: OpCase, settings: Settings, device, counting: bool) -> OpRe
     )
 
 
-OPTIMIZERS = ("fused_ops AdamW", "torch AdamW fused=True", "torch AdamW foreach=True")
+# Per family (the name ``--only`` takes): fused_ops' optimizer, then torch's fused and
+# foreach ones with the same hyperparameters. Ratios are against torch's fused step.
+FAMILIES = {
+    "adamw": ("fused_ops AdamW", "torch AdamW fused=True", "torch AdamW foreach=True"),
+    "sgd": ("fused_ops SGD", "torch SGD fused=True", "torch SGD foreach=True"),
+}
+OPTIMIZERS = tuple(name for names in FAMILIES.values() for name in names)
+# SGD with momentum: the variant with state (one momentum buffer), as models train with it.
+SGD_MOMENTUM = 0.9
 
 
 def _make_optimizer(name: str, params):
@@ -304,7 +313,13 @@ def _make_optimizer(name: str, params):
         return fused_ops.optim.AdamW(params, lr=1e-3)
     if name == "torch AdamW fused=True":
         return torch.optim.AdamW(params, lr=1e-3, fused=True)
-    return torch.optim.AdamW(params, lr=1e-3, foreach=True)
+    if name == "torch AdamW foreach=True":
+        return torch.optim.AdamW(params, lr=1e-3, foreach=True)
+    if name == "fused_ops SGD":
+        return fused_ops.optim.SGD(params, lr=1e-3, momentum=SGD_MOMENTUM)
+    if name == "torch SGD fused=True":
+        return torch.optim.SGD(params, lr=1e-3, momentum=SGD_MOMENTUM, fused=True)
+    return torch.optim.SGD(params, lr=1e-3, momentum=SGD_MOMENTUM, foreach=True)
 
 
 class _StepBench:
@@ -341,14 +356,17 @@ class _StepBench:
         return total_ns / steps / 1e3
 
 
-def measure_steps(n_params: int, new_grads: bool, settings: Settings, device, counting: bool) -> list[StepResult]:
-    """µs per ``step()`` of every optimizer over ``n_params`` parameters of PARAM_NUMEL elements.
+def measure_steps(
+    family: str, n_params: int, new_grads: bool, settings: Settings, device, counting: bool
+) -> list[StepResult]:
+    """µs per ``step()`` of every optimizer of ``family`` over ``n_params`` parameters of PARAM_NUMEL elements.
 
     The optimizers alternate repeat by repeat, so that a change in the machine's load
     affects them alike.
     """
-    benches = [_StepBench(name, n_params, new_grads, settings, device) for name in OPTIMIZERS]
-    launches = [_launches(b.optimizer.step, counting and b.name == OPTIMIZERS[0]) for b in benches]
+    names = FAMILIES[family]
+    benches = [_StepBench(name, n_params, new_grads, settings, device) for name in names]
+    launches = [_launches(b.optimizer.step, counting and b.name == names[0]) for b in benches]
     best = [float("inf")] * len(benches)
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -414,14 +432,20 @@ def render(mode: str, settings: Settings, ops: list[OpResult], steps: list[StepR
             f"{PARAM_NUMEL} float32 elements. `new` grads: `zero_grad(set_to_none=True)` and new gradient tensors "
             "before every step. Without a GPU, torch's steps include their CPU arithmetic.",
             "",
-            f"| optimizer | grads | params | µs / step | µs / param | vs {OPTIMIZERS[1]} | launches / step |",
+            "| optimizer | grads | params | µs / step | µs / param | vs torch's fused=True | launches / step |",
             "|---|---|--:|--:|--:|--:|--:|",
         ]
-        torch_fused = {(r.grads, r.n_params): r.us_per_step for r in steps if r.optimizer == OPTIMIZERS[1]}
+        torch_fused = {
+            (names[0], r.grads, r.n_params): r.us_per_step
+            for names in FAMILIES.values()
+            for r in steps
+            if r.optimizer == names[1]
+        }
         for r in steps:
+            family = next(names for names in FAMILIES.values() if r.optimizer in names)
             lines.append(
                 f"| {r.optimizer} | {r.grads} | {r.n_params} | {r.us_per_step:.1f} | {r.us_per_param:.2f} "
-                f"| {r.us_per_step / torch_fused[r.grads, r.n_params]:.2f}x | {_launch_text(r.launches)} |"
+                f"| {r.us_per_step / torch_fused[family[0], r.grads, r.n_params]:.2f}x | {_launch_text(r.launches)} |"
             )
     if fits:
         lines += [
@@ -434,7 +458,7 @@ def render(mode: str, settings: Settings, ops: list[OpResult], steps: list[StepR
             "|---|---|--:|--:|:-:|",
         ]
         for f in fits:
-            target = _yes(f.target) if f.optimizer == OPTIMIZERS[0] and f.grads == "new" else "-"
+            target = _yes(f.target) if f.optimizer.startswith("fused_ops") and f.grads == "new" else "-"
             lines.append(f"| {f.optimizer} | {f.grads} | {f.fixed_us:.1f} | {f.per_param_us:.2f} | {target} |")
     return "\n".join(lines) + "\n"
 
@@ -455,7 +479,7 @@ def _describe_mode(on_gpu: bool, arch: int) -> str:
 
 
 def run(settings: Settings, arch: int = 90, only: list[str] | None = None, clock: str | None = None) -> dict[str, Any]:
-    """Measure everything (or the ops, and ``adamw``, named in ``only``); the results and the Markdown report.
+    """Measure everything (or the ops, and ``adamw``/``sgd``, named in ``only``); the results and the Markdown report.
 
     ``clock`` is a key of :data:`CLOCKS`; by default CPU time without a GPU, wall time with one.
     """
@@ -481,10 +505,11 @@ def run(settings: Settings, arch: int = 90, only: list[str] | None = None, clock
         cases = [c for c in _op_cases(device) if only is None or c.name in only]
         ops = [measure_op(case, settings, device, counting=True) for case in cases]
         measured = [
-            measure_steps(n, new_grads, settings, device, counting=True)
+            measure_steps(family, n, new_grads, settings, device, counting=True)
+            for family in FAMILIES
             for new_grads in (True, False)
             for n in OPTIMIZER_SIZES
-            if only is None or "adamw" in only
+            if only is None or family in only
         ]
         steps = sorted(
             (r for results in measured for r in results),
@@ -494,7 +519,7 @@ def run(settings: Settings, arch: int = 90, only: list[str] | None = None, clock
         fit([s for s in steps if s.optimizer == name and s.grads == grads])
         for name in OPTIMIZERS
         for grads in ("new", "same")
-        if steps
+        if any(s.optimizer == name for s in steps)
     ]
     markdown = render(_describe_mode(on_gpu, arch), settings, ops, steps, fits)
     return {
@@ -508,13 +533,14 @@ def run(settings: Settings, arch: int = 90, only: list[str] | None = None, clock
 
 
 def _profiled_call(target: str, device) -> Callable[[], Any]:
-    """The fused call that ``--profile`` profiles: an op's forward+backward, or an AdamW step."""
+    """The fused call that ``--profile`` profiles: an op's forward+backward, or an AdamW or SGD step."""
     import torch
 
-    if target.startswith("adamw"):
-        n_params = int(target.removeprefix("adamw") or 64)
+    family = next((f for f in FAMILIES if target.startswith(f)), None)
+    if family is not None:
+        n_params = int(target.removeprefix(family) or 64)
         params = [torch.randn(PARAM_NUMEL, device=device, requires_grad=True) for _ in range(n_params)]
-        optimizer = _make_optimizer(OPTIMIZERS[0], params)
+        optimizer = _make_optimizer(FAMILIES[family][0], params)
 
         def step() -> None:
             # New gradient tensors every step, as after a backward (zero_grad(set_to_none=True)).
@@ -537,8 +563,9 @@ def profile(target: str, calls: int, arch: int = 90) -> str:
     """A profile of ``calls`` fused calls (pyinstrument if installed, else cProfile), as text.
 
     Args:
-        target: an op name (its forward+backward is profiled) or ``adamw<N>`` (an AdamW
-            step over N parameters with new gradients, N = 64 by default).
+        target: an op name (its forward+backward is profiled), ``adamw<N>`` or ``sgd<N>``
+            (an AdamW, or SGD with momentum, step over N parameters with new gradients,
+            N = 64 by default).
         calls: how many calls to profile, after a warm-up call.
     """
     import contextlib
@@ -591,13 +618,14 @@ def main(argv: list[str] | None = None) -> int:
         help="what to measure: process CPU time (default without a GPU) or wall time (default with one)",
     )
     parser.add_argument(
-        "--only", help="comma-separated op names, and adamw for the optimizer, to measure (default: everything)"
+        "--only",
+        help="comma-separated op names, and adamw and/or sgd for the optimizers, to measure (default: everything)",
     )
     parser.add_argument(
         "--profile",
         metavar="TARGET",
         help="instead of the table, profile an op's fused forward+backward (e.g. sigmoid) or an AdamW "
-        "step with new grads (adamw64: 64 parameters), with pyinstrument if installed, else cProfile",
+        "or SGD step with new grads (adamw64, sgd64: 64 parameters), with pyinstrument if installed, else cProfile",
     )
     parser.add_argument("--calls", type=int, default=2000, help="calls to profile with --profile")
     args = parser.parse_args(argv)

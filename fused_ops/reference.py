@@ -542,3 +542,106 @@ def linear_cross_entropy_backward_ref(
         (grad.t() @ input.to(acc)).to(linear_weight.dtype),
         grad.sum(0).to(input.dtype),
     )
+
+
+def dynamic_code_map(signed: bool) -> torch.Tensor:
+    """The 256 values of bitsandbytes' dynamic map (``create_dynamic_map(signed)``), fp32, increasing.
+
+    Computed in closed form as kernels/adam8bit.py decodes it (see its docstring), in the
+    same fp32 operations, so that the reference and the kernel decode to the same bits.
+    """
+    codes = torch.arange(256, dtype=torch.int32)
+    if signed:
+        p = torch.where(codes >= 128, codes - 128, 126 - codes)
+        i = torch.floor(torch.log2((p + 1).double())).int()
+        count = (1 << i).float()
+        k = (p + 1 - (1 << i)).float()
+        sign = torch.where(codes >= 128, 1.0, -1.0)
+        zero_code = 127
+    else:
+        p = codes - 1
+        i = torch.floor(torch.log2((p + 2).clamp(min=2).double())).int() - 1
+        count = (2 << i).float()
+        k = (p + 2 - (2 << i)).float()
+        sign = torch.ones(256)
+        zero_code = 0
+    pow10 = torch.tensor([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], dtype=torch.float32)[i.clamp(0, 6).long()]
+    value = sign * (pow10 * (0.1 + (k + 0.5) * 0.9 / count))
+    value = torch.where(codes == zero_code, 0.0, value)
+    return torch.where(codes == 255, 1.0, value)
+
+
+def quantize_blockwise_ref(values: torch.Tensor, signed: bool, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 codes, fp32 scales): each block of ``block`` flat elements scaled by its absmax, then
+    each value's nearest code of :func:`dynamic_code_map` (the lowest code on ties)."""
+    flat = values.reshape(-1).float()
+    code_map = dynamic_code_map(signed).to(flat.device)
+    padded = torch.nn.functional.pad(flat, (0, (-flat.numel()) % block)).view(-1, block)
+    scales = padded.abs().amax(dim=1)
+    normal = torch.where(scales[:, None] > 0, padded / torch.where(scales > 0, scales, 1.0)[:, None], 0.0)
+    codes = (normal.reshape(-1, 1) - code_map).abs().argmin(dim=1).to(torch.uint8)
+    return codes[: flat.numel()], scales
+
+
+def dequantize_blockwise_ref(codes: torch.Tensor, scales: torch.Tensor, signed: bool, block: int = 256) -> torch.Tensor:
+    """The fp32 values of :func:`quantize_blockwise_ref`'s codes and scales (flat)."""
+    code_map = dynamic_code_map(signed).to(codes.device)
+    index = torch.arange(codes.numel(), device=codes.device) // block
+    return code_map[codes.long()] * scales[index]
+
+
+def adam8bit_step_ref(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, torch.Tensor]],
+    *,
+    lr: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    clip_coef: torch.Tensor | None = None,
+) -> None:
+    """One Adam(W) step with 8-bit blockwise moments, in place: kernels/adam8bit.py's scheme in PyTorch.
+
+    Each state is a dict with ``step`` and either fp32 ``exp_avg``/``exp_avg_sq`` (small
+    tensors) or uint8 ``exp_avg_codes``/``exp_avg_sq_codes`` (flat) with fp32
+    ``exp_avg_scales``/``exp_avg_sq_scales`` (one per 256 elements). The moments are
+    dequantized, stepped by :func:`adam_step_ref`, and quantized again (unless skipped).
+    """
+    for p, g, state in zip(params, grads, states, strict=True):
+        quantized = "exp_avg_codes" in state
+        if quantized:
+            m = dequantize_blockwise_ref(state["exp_avg_codes"], state["exp_avg_scales"], True).view(p.shape)
+            v = dequantize_blockwise_ref(state["exp_avg_sq_codes"], state["exp_avg_sq_scales"], False).view(p.shape)
+        else:
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+        adam_step_ref(
+            [p],
+            [g],
+            [m],
+            [v],
+            [None],
+            [state["step"]],
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=False,
+            maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            clip_coef=clip_coef,
+        )
+        if quantized:
+            skip = None if found_inf is None else found_inf.to(p.device) != 0
+            for key, value, signed in (("exp_avg", m, True), ("exp_avg_sq", v, False)):
+                codes, scales = quantize_blockwise_ref(value, signed)
+                for target, new in ((state[f"{key}_codes"], codes), (state[f"{key}_scales"], scales)):
+                    target.copy_(new if skip is None else torch.where(skip, target, new))

@@ -63,10 +63,13 @@ TABLE_COLUMNS = 8
     EPS,
     WEIGHT_DECAY,
     FLAGS,
-) = range(13)
-GROUP_COLUMNS = 13
+    SEED,
+) = range(14)
+GROUP_COLUMNS = 14
 # ... and the bits of its FLAGS column. *_FP64: that tensor hyperparameter is fp64 (else fp32).
+# STOCHASTIC_ROUNDING: bf16 parameters are rounded stochastically, from the SEED column.
 AMSGRAD_FLAG, MAXIMIZE_FLAG, DECOUPLED_FLAG, LR_FP64_FLAG, BETAS_FP64_FLAG = 1, 2, 4, 8, 16
+STOCHASTIC_ROUNDING_FLAG = 32
 
 # The same numbers for the kernel.
 _COLUMNS: tl.constexpr = tl.constexpr(TABLE_COLUMNS)
@@ -92,6 +95,8 @@ _LOG_BETA2: tl.constexpr = tl.constexpr(LOG_BETA2)
 _EPS: tl.constexpr = tl.constexpr(EPS)
 _WEIGHT_DECAY: tl.constexpr = tl.constexpr(WEIGHT_DECAY)
 _FLAGS: tl.constexpr = tl.constexpr(FLAGS)
+_SEED: tl.constexpr = tl.constexpr(SEED)
+_STOCHASTIC_ROUNDING_FLAG: tl.constexpr = tl.constexpr(STOCHASTIC_ROUNDING_FLAG)
 _AMSGRAD_FLAG: tl.constexpr = tl.constexpr(AMSGRAD_FLAG)
 _MAXIMIZE_FLAG: tl.constexpr = tl.constexpr(MAXIMIZE_FLAG)
 _DECOUPLED_FLAG: tl.constexpr = tl.constexpr(DECOUPLED_FLAG)
@@ -121,9 +126,12 @@ def _update_block(
     bias_correction2_sqrt,
     eps,
     step_size,
+    stochastic,
+    seed,
     ANY_AMSGRAD: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_CLIP: tl.constexpr,
+    ANY_STOCHASTIC: tl.constexpr,
 ):
     """Adam(W) on one block of elements: read p, g, m, v (and max_exp_avg_sq) once, write each once.
 
@@ -160,15 +168,17 @@ def _update_block(
         grad - (grad - exp_avg) * (1.0 - one_minus_beta1),
     )
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
-    tl.store(exp_avg_ptr + offsets, exp_avg.to(out_type), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+    # The moments in their own dtype: the parameter's, or bf16 (state_dtype=torch.bfloat16).
+    state_type: tl.constexpr = exp_avg_ptr.dtype.element_ty
+    tl.store(exp_avg_ptr + offsets, exp_avg.to(state_type), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, exp_avg_sq.to(state_type), mask=mask)
     if ANY_AMSGRAD:
         # A uniform branch per program: groups with and without amsgrad share the launch.
         if amsgrad:
             max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
             # NaN propagates, as in torch.maximum.
             exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
-            tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(out_type), mask=mask)
+            tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(state_type), mask=mask)
     # fp16/bf16 use the fp32 moments directly, as torch's fused kernels do.
     # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
     if IS_FP64:
@@ -177,6 +187,17 @@ def _update_block(
     else:
         denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
         param = param - tl.div_rn(step_size * exp_avg, denom)
+    if ANY_STOCHASTIC:
+        # Stochastic rounding to bf16 (torchao's _fp32_to_bf16_sr, the same idea): add
+        # 16 random bits below bf16's mantissa, then truncate. A value between two bf16
+        # neighbours rounds up with probability proportional to its distance from the
+        # lower one, so updates under half an ulp still move the parameter in expectation.
+        # Philox from (seed, element offset): reproducible, independent of the launch.
+        if stochastic:
+            bits = param.to(tl.uint32, bitcast=True)
+            noise = (tl.randint(seed, offsets.to(tl.int32)) & 0xFFFF).to(tl.uint32)
+            rounded = ((bits + noise) & 0xFFFF0000).to(tl.float32, bitcast=True)
+            param = tl.where(param == param, rounded, param)  # NaN stays NaN
     tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
 
 
@@ -188,6 +209,7 @@ def adam_kernel(
     program_table_ptr,
     arrivals_ptr,
     element_type_ptr,
+    state_type_ptr,
     grad_scale_ptr,
     found_inf_ptr,
     skipped_ptr,
@@ -199,12 +221,14 @@ def adam_kernel(
     WRITE_SKIPPED: tl.constexpr,
     HAS_CLIP: tl.constexpr,
     ALIGNED: tl.constexpr,
+    ANY_STOCHASTIC: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     """One Adam(W) step for the chunk of one parameter that this program owns.
 
     ``element_type_ptr`` is any tensor of the parameters' dtype: its pointer type is the
-    type the table's addresses are cast to. ``grad_scale_ptr`` and ``found_inf_ptr`` are
+    type the table's p and g addresses are cast to; ``state_type_ptr`` likewise for the
+    moments (the same tensor, or a bf16 one for bf16 moments). ``grad_scale_ptr`` and ``found_inf_ptr`` are
     GradScaler's fp32 0-d tensors: gradients are divided by the scale, and a non-zero
     found_inf leaves p, m, v, max_exp_avg_sq and step untouched; with ``WRITE_SKIPPED``
     program 0 also stores ``found_inf != 0`` in the 0-d bool ``skipped_ptr``, so the
@@ -213,6 +237,8 @@ def adam_kernel(
     multiplied by it as they are read. ``ANY_AMSGRAD``: some group of the launch has
     amsgrad (the others skip it at run time). ``ALIGNED``: every p, g, m, v
     (, max_exp_avg_sq) address in the tables is a multiple of 16 bytes.
+    ``ANY_STOCHASTIC``: some group rounds its bf16 parameters stochastically
+    (the group row's flag and seed say which).
     """
     pid = tl.program_id(0).to(tl.int64)
     tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
@@ -271,6 +297,14 @@ def adam_kernel(
     amsgrad = (flags & _AMSGRAD_FLAG) != 0
     maximize = (flags & _MAXIMIZE_FLAG) != 0
     decoupled = (flags & _DECOUPLED_FLAG) != 0
+    stochastic = (flags & _STOCHASTIC_ROUNDING_FLAG) != 0
+    seed = 0
+    if ANY_STOCHASTIC:
+        if stochastic:
+            # A new random stream per step and per parameter, from the group's seed.
+            seed = ((tl.load(group + _SEED) + step.to(tl.int64) * 1000003 + tensor_index * 7919) & 0x7FFFFFFF).to(
+                tl.int32
+            )
 
     # Per-program scalars in double precision, as torch's for-loop computes them: near
     # step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only ~4 digits.
@@ -288,12 +322,12 @@ def adam_kernel(
 
     param_ptr = tl.load(row + _PARAM).to(element_type_ptr.dtype, bitcast=True)
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
-    exp_avg_ptr = tl.load(row + _EXP_AVG).to(element_type_ptr.dtype, bitcast=True)
-    exp_avg_sq_ptr = tl.load(row + _EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
-    max_exp_avg_sq_ptr = param_ptr  # a placeholder, never read without amsgrad
+    exp_avg_ptr = tl.load(row + _EXP_AVG).to(state_type_ptr.dtype, bitcast=True)
+    exp_avg_sq_ptr = tl.load(row + _EXP_AVG_SQ).to(state_type_ptr.dtype, bitcast=True)
+    max_exp_avg_sq_ptr = exp_avg_sq_ptr  # a placeholder, never read without amsgrad
     if ANY_AMSGRAD:
         if amsgrad:
-            max_exp_avg_sq_ptr = tl.load(row + _MAX_EXP_AVG_SQ).to(element_type_ptr.dtype, bitcast=True)
+            max_exp_avg_sq_ptr = tl.load(row + _MAX_EXP_AVG_SQ).to(state_type_ptr.dtype, bitcast=True)
     if ALIGNED:
         # Addresses read from memory carry no alignment facts; the host checked them.
         param_ptr = tl.multiple_of(param_ptr, 16)
@@ -342,9 +376,12 @@ def adam_kernel(
             bias_correction2_sqrt_c,
             eps_c,
             step_size_c,
+            stochastic,
+            seed,
             ANY_AMSGRAD,
             HAS_GRAD_SCALE,
             HAS_CLIP,
+            ANY_STOCHASTIC,
         )
     tail_start = chunk_start + n_full_blocks * BLOCK_SIZE
     if (tail_start < chunk_end) & proceed:
@@ -370,9 +407,12 @@ def adam_kernel(
             bias_correction2_sqrt_c,
             eps_c,
             step_size_c,
+            stochastic,
+            seed,
             ANY_AMSGRAD,
             HAS_GRAD_SCALE,
             HAS_CLIP,
+            ANY_STOCHASTIC,
         )
 
     # The last program of this parameter to get here writes the new step: every other
@@ -424,6 +464,7 @@ def group_row(
     amsgrad: bool,
     maximize: bool,
     decoupled_weight_decay: bool,
+    stochastic_rounding_seed: int | None = None,
 ) -> list[int]:
     """One row of the group table. Float hyperparameters as given; tensor ones by address.
 
@@ -436,12 +477,13 @@ def group_row(
         + DECOUPLED_FLAG * decoupled_weight_decay
         + LR_FP64_FLAG * lr_fp64
         + BETAS_FP64_FLAG * betas_fp64
+        + STOCHASTIC_ROUNDING_FLAG * (stochastic_rounding_seed is not None)
     )
     floats = [lr, 0.0, beta1, 0.0, beta2, 0.0, 1.0 - beta1, 1.0 - beta2, _log(beta1), _log(beta2), eps, weight_decay]
     row = [float_bits(float(x)) for x in floats]
     row[LR_ADDRESS] = lr_address
     row[BETA1_ADDRESS], row[BETA2_ADDRESS] = betas_address
-    return [*row, flags]
+    return [*row, flags, stochastic_rounding_seed or 0]
 
 
 def programs_for(numel: int, chunk_size: int = ADAM_CHUNK_SIZE) -> int:
@@ -458,6 +500,8 @@ def adam_step(
     element_type: torch.Tensor,
     *,
     any_amsgrad: bool,
+    state_type: torch.Tensor | None = None,
+    any_stochastic_rounding: bool = False,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     skipped: torch.Tensor | None = None,
@@ -475,6 +519,9 @@ def adam_step(
         arrivals: int32 [n_tensors] of zeros (the kernel leaves them zero).
         element_type: any tensor of the parameters' (real) dtype, on their device.
         any_amsgrad: some row's group has amsgrad.
+        state_type: any tensor of the moments' dtype on the device (None: the parameters'
+            dtype); bf16 moments halve the state's memory and traffic.
+        any_stochastic_rounding: some group rounds its (bf16) parameters stochastically.
         grad_scale, found_inf: GradScaler's fp32 0-d tensors on the parameters' device.
         skipped: a 0-d bool tensor on the parameters' device, set to ``found_inf != 0``
             (requires found_inf).
@@ -498,6 +545,7 @@ def adam_step(
         program_table,
         arrivals,
         element_type,
+        element_type if state_type is None else state_type,
         grad_scale,
         found_inf,
         skipped,
@@ -509,6 +557,7 @@ def adam_step(
         WRITE_SKIPPED=skipped is not None,
         HAS_CLIP=clip_coef is not None,
         ALIGNED=aligned,
+        ANY_STOCHASTIC=any_stochastic_rounding,
         BLOCK_SIZE=ADAM_BLOCK_SIZE,
         num_warps=ADAM_NUM_WARPS,
     )

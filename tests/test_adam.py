@@ -131,7 +131,10 @@ def train_side_by_side(ours, theirs, steps=STEPS, rtol=RTOL, atol=ATOL, check_ev
 def test_constructors_take_torchs_arguments():
     for name in ("Adam", "AdamW"):
         ours, theirs = inspect.signature(OURS[name]), inspect.signature(TORCH[name])
-        assert list(ours.parameters) == list(theirs.parameters)
+        # torch's arguments in torch's order, then our one keyword-only addition.
+        assert list(ours.parameters) == [*theirs.parameters, "state_dtype", "stochastic_rounding"]
+        assert ours.parameters["state_dtype"].kind == inspect.Parameter.KEYWORD_ONLY
+        assert ours.parameters["stochastic_rounding"].kind == inspect.Parameter.KEYWORD_ONLY
         for parameter in theirs.parameters.values():
             assert ours.parameters[parameter.name].default == parameter.default, parameter.name
             assert ours.parameters[parameter.name].kind == parameter.kind, parameter.name
@@ -887,6 +890,10 @@ def aot_workload():
                 if found_inf is not None:
                     optimizer.found_inf = torch.tensor(found_inf)
                 optimizer.step()
+    # Moments in another dtype than the parameters' (state_dtype): the moment pointers' type.
+    from test_adam_state_dtype import state_dtype_workload
+
+    state_dtype_workload()
 
 
 @pytest.mark.parametrize("name", ["AdamW", "SGD"])
@@ -906,3 +913,34 @@ def test_torch_compile_fullgraph_step_fails_naming_fused_ops(name, kernel_launch
     # Without fullgraph, the step runs (eagerly, through the kernel) at a graph break.
     torch.compile(train_step, backend="eager")()
     assert kernel_launches.launch_count() == 1
+
+
+def test_new_gradients_in_another_layout_never_reach_the_cached_grad_table(kernel_launches):
+    """Each step gives new gradient tensors (the cached path then only checks their layout).
+
+    Gradients that are transposed views, or lazily negated views (whose memory holds -g),
+    of the parameters' shape must not be read through the cached grad table as if they
+    were contiguous: ours must keep matching torch's AdamW, step after step.
+    """
+    ours, theirs = make_pair("AdamW", {"weight_decay": 0.1}, shapes=[(3, 4), (4, 3), (5,)])
+
+    def with_grads(make):
+        for p, q in zip(params_of(ours), params_of(theirs), strict=True):
+            grad = make(p)
+            p.grad, q.grad = grad, grad.clone()
+        ours.step()
+        theirs.step()
+        assert_same(ours, theirs)
+
+    def transposed(p):
+        return torch.randn(tuple(reversed(p.shape))).t() if p.dim() == 2 else torch.randn_like(p)
+
+    # Each kind of gradient right after a step whose tables were cached (new contiguous
+    # gradients): the cached path is the one that has to notice.
+    for make in (transposed, lambda p: torch._neg_view(torch.randn_like(p))):
+        with_grads(lambda p: torch.randn_like(p))  # builds the tables (again)
+        with_grads(lambda p: torch.randn_like(p))  # new contiguous grads: cached tables, new grad table
+        builds = ours.plan_builds
+        with_grads(make)
+        assert ours.plan_builds > builds  # seen, and copied into the parameter's layout
+    assert kernel_launches.launch_count("adam_kernel") == 6

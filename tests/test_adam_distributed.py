@@ -55,12 +55,23 @@ def _run_workers(setup: str, name: str) -> None:
         assert worker.returncode == 0, f"{setup} rank {rank} failed:\n{output[-6000:]}"
 
 
-OPTIMIZERS = ["AdamW", "SGD"]
+OPTIMIZERS = ["AdamW", "SGD", "AdamW-bf16", "AdamW8bit"]
 KWARGS = {
     "AdamW": {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
     "SGD": {"lr": 1e-2, "weight_decay": 0.1, "momentum": 0.9, "nesterov": True},
+    "AdamW-bf16": {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True},
+    "AdamW8bit": {"lr": 1e-2, "weight_decay": 0.1},
 }
-KERNELS = {"AdamW": "adam_kernel", "SGD": "sgd_kernel"}
+# torch's class for each (torch has no 8-bit AdamW: fp32 AdamW, within TOLERANCES).
+TORCH_CLASSES = {"AdamW8bit": "AdamW"}
+# Only ours gets these: bf16 moments, against torch's fp32 AdamW (hence TOLERANCES).
+OURS_ONLY = {"AdamW-bf16": {"state_dtype": torch.bfloat16}}
+TOLERANCES = {"AdamW-bf16": {"rtol": 1e-3, "atol": 1e-3}, "AdamW8bit": {"rtol": 0, "atol": 5e-3}}
+KERNELS = {"AdamW": "adam_kernel", "SGD": "sgd_kernel", "AdamW-bf16": "adam_kernel", "AdamW8bit": "adam8bit_kernel"}
+# 8-bit moments: an element whose v sits low in its block's range moves up to ~lr/10
+# away from fp32 AdamW's over 3 steps (lr = 1e-2; each parameter moves ~3e-2).
+# Models with a weight of 8,192 elements (4,096 per rank under FSDP2): quantized moments.
+WIDE = {"AdamW8bit"}
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -78,16 +89,20 @@ def test_zero_redundancy_optimizer(name):
     _run_workers("zero", name)
 
 
-def _model() -> torch.nn.Module:
+def _model(wide: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
+    if wide:
+        return torch.nn.Sequential(
+            torch.nn.Linear(4, 64), torch.nn.Tanh(), torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 3)
+        )
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
 
 
-def _wrap(setup: str, optimizer_class, kwargs):
+def _wrap(setup: str, optimizer_class, kwargs, wide: bool = False):
     """(model, optimizer) for one setup; the same initial weights on every rank and for both optimizers."""
     import torch.distributed as dist
 
-    model = _model()
+    model = _model(wide)
     if setup == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model)
         return model, optimizer_class(model.parameters(), **kwargs)
@@ -107,8 +122,8 @@ def _wrap(setup: str, optimizer_class, kwargs):
     raise ValueError(f"unknown setup {setup!r} (world size {dist.get_world_size()})")
 
 
-def _train(setup: str, optimizer_class, kwargs, rank: int) -> list[torch.Tensor]:
-    model, optimizer = _wrap(setup, optimizer_class, kwargs)
+def _train(setup: str, optimizer_class, kwargs, rank: int, wide: bool = False) -> list[torch.Tensor]:
+    model, optimizer = _wrap(setup, optimizer_class, kwargs, wide)
     torch.manual_seed(100 + rank)  # each rank its own batch, as in data-parallel training
     for _ in range(STEPS):
         x, y = torch.randn(6, 4), torch.randn(6, 3)
@@ -133,13 +148,17 @@ def _worker(setup: str, name: str, rank: int, port: int) -> None:
         timeout=timedelta(seconds=TIMEOUT_SECONDS // 2),
     )
     try:
-        expected = _train(setup, getattr(torch.optim, name), KWARGS[name], rank)
+        class_name = name.split("-")[0]
+        wide = name in WIDE
+        torch_class = getattr(torch.optim, TORCH_CLASSES.get(class_name, class_name))
+        expected = _train(setup, torch_class, KWARGS[name], rank, wide)
         with KernelTrace() as trace:
-            actual = _train(setup, getattr(fused_ops.optim, name), KWARGS[name], rank)
+            ours_kwargs = {**KWARGS[name], **OURS_ONLY.get(name, {})}
+            actual = _train(setup, getattr(fused_ops.optim, class_name), ours_kwargs, rank, wide)
         # ZeRO shards the optimizer: each rank steps only the parameters it owns.
         assert trace.launch_count(KERNELS[name]) == STEPS, trace.launch_count()
         for ours, theirs in zip(actual, expected, strict=True):
-            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(ours, theirs, **TOLERANCES.get(name, {"rtol": 1e-4, "atol": 1e-6}))
         if setup == "ddp":
             # Data parallel: every rank holds the same parameters after each step.
             gathered = [torch.empty_like(actual[0]) for _ in range(WORLD_SIZE)]

@@ -117,6 +117,10 @@ def test_quick_run_counts_one_optimizer_launch_per_step(quick_run, kernel_launch
             assert len(step["launches"]) == 1, step
             if here is not None:
                 assert step["launches"] == here
+    sgd = [step for step in results["steps"] if step["optimizer"] == "fused_ops SGD"]
+    assert len(sgd) == 2 * len(host_time.OPTIMIZER_SIZES)
+    for step in sgd:
+        assert step["launches"] == ["sgd_kernel"], step
 
 
 def test_standin_driver_compiles_for_sm90_and_calls_both_launch_hooks():

@@ -191,11 +191,12 @@ def test_fused_forward_and_backward_move_at_most_5_percent_over_the_minimum(case
 
 @pytest.mark.parametrize("case", traffic_report.OPTIMIZER_CASES, ids=lambda c: c.name)
 def test_fused_optimizer_step_moves_the_minimum_bytes_per_parameter(case):
-    # Per fp32 parameter: Adam(W) 28, amsgrad 36, SGD with momentum 20, plain SGD 12, and
+    # Per fp32 parameter: Adam(W) 28, amsgrad 36, bf16 moments 20, SGD with momentum 20, plain SGD 12, and
     # 4 more when the step is clipped (one read of each gradient for the norm).
     traced, minimum, params = traffic_report.measure_optimizer(case, "fused_ops", tensors=3, rows=2, cols=4096)
     expected = {"Adam": 28, "AdamW": 28, "Adam (amsgrad)": 36, "SGD (momentum)": 20, "SGD": 12}
-    expected.update({"AdamW + clip": 32, "SGD (momentum) + clip": 24})
+    expected.update({"AdamW + clip": 32, "SGD (momentum) + clip": 24, "AdamW (bf16 moments)": 20})
+    expected.update({"AdamW8bit": 16, "Adam8bit": 16})  # + 2 fp32 scales per 256 elements (0.0625)
     assert minimum / params == expected[case.name]
     assert traced.traffic.launches <= (2 if case.clip_max_norm is not None else 1)
     # Beyond the minimum only a few bytes per program: step counters and address tables.

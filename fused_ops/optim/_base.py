@@ -20,6 +20,7 @@ to encode a group (:meth:`_FusedOptimizer._group_row`), and how to launch
 
 from __future__ import annotations
 
+import array
 import operator
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -37,6 +38,8 @@ except ImportError:  # torch built without distributed
 _GRAD = operator.attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _STRIDE = torch.Tensor.stride
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
+_IS_NEG = torch.Tensor.is_neg
 
 _COMPILE_MESSAGE = (
     "fused_ops.optim optimizers launch their Triton kernel from launch tables cached in Python, "
@@ -99,6 +102,17 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def _int64_tensor(values: list[int]) -> torch.Tensor:
+    """A CPU int64 tensor of ``values``: through an array, 4x cheaper than torch.tensor(list)."""
+    # The tensor shares the array's memory and keeps it alive (frombuffer holds the buffer).
+    return torch.frombuffer(array.array("q", values), dtype=torch.int64)
+
+
+def _holds_tensor(value: Any) -> bool:
+    """True for a tensor hyperparameter, or a tuple of them (betas)."""
+    return isinstance(value, torch.Tensor) or (isinstance(value, tuple) and any(map(_holds_tensor, value)))
+
+
 def _misaligned(addresses: list[int]) -> bool:
     """True when some address is not a multiple of 16 bytes (C-level loop, no Python per address)."""
     return any(map((15).__and__, addresses))
@@ -114,11 +128,16 @@ class Plan:
         groups: the param-group index of each row.
         group_indices: the groups that have rows here, in order (the group table's rows).
         param_ptrs, grad_ptrs, grad_strides: what the tables were built from.
+        all_positions: the rows are the optimizer's flat parameter list, in order (the
+            step then reads the gradients without picking this plan's out).
+        contiguous: every parameter is contiguous (new gradients then need only
+            ``is_contiguous()``, a cached flag, instead of a stride comparison).
         fast: the tables can be revalidated with addresses only (no DTensor, complex or
             gradient that needed a layout copy).
         rows: per-row state as the family built it (its tensor-table rows, as a list).
         tensor_table, grad_table, program_table, arrivals: the device tables.
         group_values, group_table, group_keepalive: the group table and what it came from.
+        group_snapshot: the groups' values when they were last encoded (None: encode again).
         aligned_static, aligned_grads: 16-byte alignment of the state and grad addresses.
         element: a tensor of the bucket's dtype on its device (the kernel's pointer type).
         keepalive: tensors the tables point to that nothing else holds (gradient copies).
@@ -134,6 +153,8 @@ class Plan:
         self.grad_ptrs: list[int] = []
         self.grad_strides: list[tuple[int, ...]] = []
         self.fast = True
+        self.all_positions = False
+        self.contiguous = False
         self.group_indices: list[int] = []
         self.tensor_table: torch.Tensor | None = None
         self.grad_table: torch.Tensor | None = None
@@ -142,6 +163,7 @@ class Plan:
         self.group_values: list[Any] | None = None
         self.group_table: torch.Tensor | None = None
         self.group_keepalive: list[torch.Tensor] = []
+        self.group_snapshot: list[Any] | None = None
         self.any_flags: dict[str, bool] = {}
         self.aligned_static = True
         self.aligned_grads = True
@@ -160,6 +182,7 @@ class _Cache:
     def __init__(self) -> None:
         self.param_ids: list[int] = []
         self.has_grad: list[bool] = []
+        self.all_grads = False
         self.state_id = 0
         self.state_len = 0
         self.plans: list[Plan] = []
@@ -196,7 +219,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         self._reset_plans()
-        self.last_step_skipped = torch.tensor(False)
+        self._not_skipped = torch.tensor(False)
+        self.last_step_skipped = self._not_skipped
         self.plan_builds = 0
 
     def _reset_plans(self) -> None:
@@ -216,8 +240,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 group.setdefault(flag, default)
         self._after_load()
         self._reset_plans()
+        if "_not_skipped" not in self.__dict__:
+            self._not_skipped = torch.tensor(False)
         if "last_step_skipped" not in self.__dict__:
-            self.last_step_skipped = torch.tensor(False)
+            self.last_step_skipped = self._not_skipped
         if "plan_builds" not in self.__dict__:
             self.plan_builds = 0
 
@@ -272,8 +298,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             # Gradients were copied or viewed for this step only: look again next step.
             self._cache = None
         if found_inf is None:
-            # No step is skipped: a host constant, not a zeros() kernel per step.
-            self.last_step_skipped = torch.tensor(False)
+            # No step is skipped: one host constant per optimizer, not a tensor per step.
+            self.last_step_skipped = self._not_skipped
         else:
             self.last_step_skipped = skip_flags[0] if skip_flags else found_inf != 0
         return loss
@@ -290,26 +316,41 @@ class FusedOptimizer(torch.optim.Optimizer):
             cache is None
             or not cache.fast
             or list(map(id, params)) != cache.param_ids
-            or [g is not None for g in grads] != cache.has_grad
             or id(self.state) != cache.state_id
             or len(self.state) != cache.state_len
         ):
             return self._build(params, grads)
+        if not cache.all_grads and [g is not None for g in grads] != cache.has_grad:
+            return self._build(params, grads)
         for plan in cache.plans:
-            plan_grads = [grads[i] for i in plan.positions]
+            plan_grads = grads if plan.all_positions else [grads[i] for i in plan.positions]
+            try:
+                # One C-level pass per column. With every parameter holding a gradient last
+                # time, a None here raises TypeError: no separate pass looks for it.
+                grad_ptrs = list(map(_DATA_PTR, plan_grads))
+            except TypeError:
+                return self._build(params, grads)
             if list(map(_DATA_PTR, plan.params)) != plan.param_ptrs or not use_triton(self._family, plan.element):
                 return self._build(params, grads)
-            grad_ptrs = list(map(_DATA_PTR, plan_grads))
             if grad_ptrs != plan.grad_ptrs:
+                # New gradient tensors. torch's .grad setter already checked that each has
+                # its parameter's shape, dtype and device; only the layout can differ, and
+                # a wrong one would make the kernel read the wrong elements. Contiguous
+                # parameters (the usual case) need contiguous gradients: one cached flag
+                # each, read in C; other layouts compare strides.
                 try:
-                    strides = list(map(_STRIDE, plan_grads))
+                    if plan.contiguous:
+                        same_layout = all(map(_IS_CONTIGUOUS, plan_grads))
+                    else:
+                        same_layout = list(map(_STRIDE, plan_grads)) == plan.grad_strides
+                    same_layout = same_layout and not any(map(_IS_NEG, plan_grads))
                 except RuntimeError:  # a sparse gradient has no strides: the build raises torch's error
                     return self._build(params, grads)
-                if strides != plan.grad_strides:
+                if not same_layout:
                     return self._build(params, grads)
                 # Only gradient addresses moved: one new grad table, nothing else.
                 plan.grad_ptrs = grad_ptrs
-                plan.grad_table = host_to_device(torch.tensor(grad_ptrs, dtype=torch.int64), plan.device)
+                plan.grad_table = host_to_device(_int64_tensor(grad_ptrs), plan.device)
                 plan.aligned_grads = not _misaligned(grad_ptrs)
         return cache
 
@@ -319,7 +360,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         cache = _Cache()
         cache.param_ids = list(map(id, params))
         cache.has_grad = [g is not None for g in grads]
-        plans: dict[tuple[torch.device, torch.dtype], Plan] = {}
+        cache.all_grads = all(cache.has_grad)
+        plans: dict[tuple[torch.device, torch.dtype, Any], Plan] = {}
         eager: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         position = 0
         for index, group in enumerate(self.param_groups):
@@ -346,13 +388,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                     # The rows hold this step's gradients: build them again next step.
                     cache.fast = False
                     continue
-                if g_view.stride() != p_view.stride():
-                    # A gradient assigned in another layout: one copy into the parameter's, per step.
+                if g_view.stride() != p_view.stride() or g_view.is_neg():
+                    # A gradient assigned in another layout (or a lazily negated view, whose
+                    # memory holds -g): one copy into the parameter's layout, per step.
                     g_view = torch.empty_like(p_view).copy_(g_view)
                     fast = False
-                plan = plans.get((p_view.device, p_view.dtype))
+                key = (p_view.device, p_view.dtype, self._plan_variant(group, p_view))
+                plan = plans.get(key)
                 if plan is None:
-                    plan = plans[(p_view.device, p_view.dtype)] = Plan(p_view.device, p_view.dtype)
+                    plan = plans[key] = Plan(p_view.device, p_view.dtype)
                     plan.element = p_view
                 plan.positions.append(position - 1)
                 plan.params.append(p)
@@ -360,6 +404,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 plan.views.append((p_view, g_view, *state_views))
                 plan.fast &= fast
         for plan in plans.values():
+            plan.all_positions = plan.positions == list(range(len(params)))
             self._build_tables(plan)
             cache.fast &= plan.fast
         cache.plans = list(plans.values())
@@ -374,7 +419,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         grad_views = [views[1] for views in plan.views]
         plan.grad_ptrs = [g.data_ptr() for g in grad_views]
         plan.grad_strides = [p.grad.stride() for p in plan.params] if plan.fast else []
-        plan.grad_table = host_to_device(torch.tensor(plan.grad_ptrs, dtype=torch.int64), plan.device)
+        plan.contiguous = all(p.is_contiguous() for p in plan.params)
+        plan.grad_table = host_to_device(_int64_tensor(plan.grad_ptrs), plan.device)
         plan.aligned_grads = not _misaligned(plan.grad_ptrs)
         plan.keepalive = grad_views
         plan.group_indices = sorted(set(plan.groups))
@@ -385,11 +431,24 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _refresh_group_table(self, plan: Plan) -> None:
-        """Re-encode the plan's groups; copy the group table to the device only if a value changed."""
+        """Re-encode the plan's groups; copy the group table to the device only if a value changed.
+
+        When the groups hold the very same objects as at the last encoding (a scheduler that
+        changes lr assigns a new float), nothing is encoded: identity, checked in C, cannot
+        be fooled by a reused address, since the snapshot keeps the old objects alive.
+        Groups with tensor hyperparameters are encoded every step, because a tensor's
+        device copy (a CPU lr for CUDA parameters) must follow in-place changes.
+        """
+        groups = [self.param_groups[index] for index in plan.group_indices]
+        snapshot = [value for group in groups for value in group.values()]
+        previous = plan.group_snapshot
+        if previous is not None and len(previous) == len(snapshot) and all(map(operator.is_, snapshot, previous)):
+            return
         values = []
         keepalive: list[torch.Tensor] = []
-        for index in plan.group_indices:
-            values.append(self._group_row(self.param_groups[index], plan.device, keepalive))
+        for group in groups:
+            values.append(self._group_row(group, plan.device, keepalive))
+        plan.group_snapshot = None if any(map(_holds_tensor, snapshot)) else snapshot
         if values != plan.group_values:
             plan.group_values = values
             plan.group_table = host_to_device(torch.tensor(values, dtype=torch.int64), plan.device)
@@ -401,6 +460,10 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _group_flags(self, plan: Plan) -> None:
         """Launch-wide specializations derived from the group rows (families override)."""
+
+    def _plan_variant(self, group: dict[str, Any], p: torch.Tensor) -> Any:
+        """What else than (device, dtype) separates launches (Adam: the moments' dtype)."""
+        return None
 
     def _sparse_gradient(self, group: dict[str, Any], p: torch.Tensor) -> None:
         """Raise torch's error for a sparse gradient, or return to step it on the eager reference."""

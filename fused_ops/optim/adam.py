@@ -33,7 +33,12 @@ _OPTIONAL_FLAGS = {
     "differentiable": False,
     "fused": None,
     "decoupled_weight_decay": False,
+    "state_dtype": None,
 }
+# The moments' dtypes a group can ask for besides its parameters' own (None): bf16 halves
+# the state (4 B per parameter instead of 8 for fp32), fp32 keeps fp32 moments for
+# bf16/fp16 parameters. fp16 is refused: exp_avg_sq (squared gradients) leaves its range.
+STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 
 
 class _AdamBase(FusedOptimizer):
@@ -57,6 +62,8 @@ class _AdamBase(FusedOptimizer):
         differentiable: bool,
         fused: bool | None,
         decoupled_weight_decay: bool,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         # torch's checks, in torch's order, with torch's messages (including its refusals
         # of tensor lr/betas with foreach=True, so code that fails with torch fails here).
@@ -101,6 +108,15 @@ class _AdamBase(FusedOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype}")
+        if state_dtype is not None:
+            # Only when asked: a default optimizer's groups keep exactly torch's keys.
+            defaults["state_dtype"] = state_dtype
+        if stochastic_rounding:
+            # Drawn from torch's default generator: torch.manual_seed(s) before the
+            # constructor makes the whole run reproducible.
+            defaults["stochastic_rounding_seed"] = int(torch.randint(0, 2**31 - 1, (), device="cpu"))
         super().__init__(params, defaults)
         if differentiable:
             name = type(self).__name__
@@ -122,9 +138,30 @@ class _AdamBase(FusedOptimizer):
                     step = p_state["step"]
                     step = step if isinstance(step, torch.Tensor) else torch.tensor(float(step))
                     p_state["step"] = step.to(dtype=torch.float32, device=p.device).reshape(())
+                if p_state:
+                    self._load_moments(group, p, p_state)
+
+    def _load_moments(self, group: dict[str, Any], p: torch.Tensor, p_state: dict[str, Any]) -> None:
+        """Bring a loaded parameter's moments into the dtype the kernel reads."""
+        # A state saved with other moments' dtypes (torch's, fp32) is rounded to this
+        # group's (torch's load_state_dict has cast it to p's dtype).
+        dtype = group["state_dtype"] or p.dtype
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in p_state and p_state[key].dtype != dtype and not p.is_complex():
+                p_state[key] = p_state[key].to(dtype)
 
     def _check_loaded_state(self, state: dict[str, Any]) -> None:
         _check_loaded_state(state)
+        # A state_dict without state_dtype (torch's, or from a default optimizer) keeps the
+        # moments' dtype this optimizer was built with: loading it quantizes.
+        current = self.__dict__.get("param_groups", [])
+        for index, group in enumerate(state["param_groups"]):
+            if "state_dtype" not in group and index < len(current) and current[index].get("state_dtype"):
+                group["state_dtype"] = current[index]["state_dtype"]
+
+    def _plan_variant(self, group: dict[str, Any], p: torch.Tensor) -> Any:
+        # One launch has one moments' dtype.
+        return group.get("state_dtype") or p.dtype
 
     def _sparse_gradient(self, group: dict[str, Any], p: torch.Tensor) -> None:
         raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
@@ -133,13 +170,19 @@ class _AdamBase(FusedOptimizer):
         """(exp_avg, exp_avg_sq, max_exp_avg_sq | None, step), created on first use with torch's keys."""
         state = self.state[p]
         if len(state) == 0:
+            dtype = group.get("state_dtype")
+            if dtype is not None and p.is_complex():
+                raise ValueError(
+                    f"state_dtype={dtype} is not supported for complex parameters (there is no complex "
+                    "bfloat16); put them in a param group with state_dtype=None"
+                )
             # step is a float32 0-d tensor on the parameter's device, as in torch's
             # fused Adam, so the kernel reads and writes it without a host sync.
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
             if group["amsgrad"]:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         amsgrad = state["max_exp_avg_sq"] if group["amsgrad"] else None
         return state["exp_avg"], state["exp_avg_sq"], amsgrad, state["step"]
 
@@ -214,12 +257,17 @@ class _AdamBase(FusedOptimizer):
             amsgrad=group["amsgrad"],
             maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
+            stochastic_rounding_seed=group.get("stochastic_rounding_seed"),
         )
 
     def _group_flags(self, plan: Plan) -> None:
         from ..kernels import adam as kernels
 
         plan.any_flags["amsgrad"] = any(row[kernels.FLAGS] & kernels.AMSGRAD_FLAG for row in plan.group_values)
+        # Only bf16 parameters round stochastically (fp32 and fp16 ones round to nearest).
+        plan.any_flags["stochastic"] = plan.dtype == torch.bfloat16 and any(
+            row[kernels.FLAGS] & kernels.STOCHASTIC_ROUNDING_FLAG for row in plan.group_values
+        )
 
     def _launch(
         self,
@@ -250,6 +298,9 @@ class _AdamBase(FusedOptimizer):
             plan.arrivals,
             plan.element,
             any_amsgrad=plan.any_flags["amsgrad"],
+            # Any moment of the plan: its dtype (the plan's one) types every moment address.
+            state_type=plan.views[0][2],
+            any_stochastic_rounding=plan.any_flags["stochastic"],
             grad_scale=grad_scale,
             found_inf=found_inf,
             skipped=skipped,
@@ -339,6 +390,21 @@ class Adam(_AdamBase):
         differentiable (bool): must be False; differentiating through the step is not
             supported (``RuntimeError``).
         decoupled_weight_decay (bool): decay the parameter directly, as AdamW (default: False).
+        state_dtype (torch.dtype, optional): dtype of the moments (exp_avg, exp_avg_sq,
+            max_exp_avg_sq): None (default) for the parameters' own, as torch;
+            ``torch.bfloat16`` halves the state of fp32 parameters (4 B per parameter
+            instead of 8; a step moves 20 B per fp32 parameter instead of 28), computing in
+            fp32 and rounding the moments to bf16 as they are stored; ``torch.float32``
+            keeps fp32 moments for bf16/fp16 parameters. A group may set its own. The
+            state_dict holds the moments in this dtype, which ``torch.optim.Adam(W)``
+            loads (it casts state to each parameter's dtype); a torch (or fp32) state_dict
+            loads into this optimizer by rounding its moments to this dtype.
+        stochastic_rounding (bool): round updated bf16 parameters stochastically
+            instead of to nearest (default: False), so that updates under half a bf16
+            ulp still move them in expectation. Reproducible: the random stream comes
+            from a seed drawn from torch's default generator at construction (stored in
+            the param group as ``stochastic_rounding_seed``), the step and the element.
+            Parameters of other dtypes round to nearest; so does the eager fallback.
 
     Example:
         >>> optimizer = fused_ops.optim.Adam(model.parameters(), lr=1e-3)
@@ -361,6 +427,8 @@ class Adam(_AdamBase):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -375,6 +443,8 @@ class Adam(_AdamBase):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
+            state_dtype=state_dtype,
+            stochastic_rounding=stochastic_rounding,
         )
 
 
@@ -383,7 +453,8 @@ class AdamW(_AdamBase):
 
     Takes :class:`Adam`'s arguments except ``decoupled_weight_decay`` (always True), with
     ``weight_decay`` defaulting to 1e-2: each step first scales the parameter by
-    ``1 - lr * weight_decay``.
+    ``1 - lr * weight_decay``. ``state_dtype=torch.bfloat16`` keeps bf16 moments (see
+    :class:`Adam`).
 
     Example:
         >>> optimizer = fused_ops.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
@@ -403,6 +474,8 @@ class AdamW(_AdamBase):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -417,6 +490,8 @@ class AdamW(_AdamBase):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            state_dtype=state_dtype,
+            stochastic_rounding=stochastic_rounding,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -1,0 +1,465 @@
+"""Adam and AdamW with 8-bit blockwise moments: one kernel launch updates every parameter of a (device, dtype).
+
+The tables follow kernels/adam.py (same group table, grad table, program table and step
+protocol); the tensor table has one row per parameter:
+
+    PARAM, EXP_AVG, EXP_AVG_SQ, EXP_AVG_SCALES, EXP_AVG_SQ_SCALES, STEP, NUMEL,
+    FIRST_PROGRAM, GROUP, QUANTIZED
+
+A quantized row (QUANTIZED = 1) holds each moment as uint8 codes, one per element, and
+one fp32 scale per block of 256 elements (bitsandbytes and torchao use 256 too): a
+moment's value is ``code_value[code] * scale``, and after the update each block's scale
+is its new absolute maximum and each code the nearest code value to ``moment / scale``.
+A row with QUANTIZED = 0 (tensors under ``MIN_8BIT_NUMEL`` elements, whose scales would
+cost more than they save; bitsandbytes and torchao keep tensors under 4,096 elements in
+32-bit too) holds fp32 moments at EXP_AVG/EXP_AVG_SQ, and shares the launch.
+
+The code map is bitsandbytes' dynamic (tree) map, ``create_dynamic_map`` in
+bitsandbytes/functional.py (Dettmers 2015, "8-bit approximations for parallelism in deep
+learning"; torchao's AdamW8bit uses the same maps): signed for exp_avg, unsigned for
+exp_avg_sq. Its values are decimal-exponent groups with linear fractions, so it keeps
+relative precision over 7 decades. A block of squared gradients spans many decades, and
+a linear map would round its small entries to 0, making ``m / (sqrt(v) + eps)`` blow
+up. Here the map is computed, not looked up: the code's group and fraction follow from
+its index in closed form, so decoding and encoding are arithmetic on registers, with no
+gathers from a table (which would move more bytes than the codes themselves).
+
+Signed map (exp_avg), in increasing order: 127 negative values, 0 (code 127), 127
+positive values, 1.0 (code 255). Positive value number ``p`` (0..126, code 128 + p;
+negative: code 126 - p) lies in group ``i = floor(log2(p + 1))`` (0..6), fraction
+``k = p + 1 - 2**i``: ``10**(i - 6) * (0.1 + (k + 0.5) * 0.9 / 2**i)``.
+Unsigned map (exp_avg_sq): 0 (code 0), 254 positive values, 1.0 (code 255). Value
+number ``p`` (0..253, code 1 + p) lies in group ``i = floor(log2(p + 2)) - 1``, fraction
+``k = p + 2 - 2**(i + 1)``: ``10**(i - 6) * (0.1 + (k + 0.5) * 0.9 / 2**(i + 1))``.
+
+Traffic per fp32 parameter: p read and written (8), g read (4), two codes read and
+written (4), two scales per 256 elements read and written (0.0625): 16.06 B; with bf16
+parameters and gradients 10.06 B.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import ADAM_NUM_WARPS
+from .adam import (
+    _BETA2,
+    _DECOUPLED_FLAG,
+    _EPS,
+    _FLAGS,
+    _GROUP_COLUMNS,
+    _LOG_BETA1,
+    _LOG_BETA2,
+    _LR,
+    _LR_ADDRESS,
+    _LR_FP64_FLAG,
+    _MAXIMIZE_FLAG,
+    _ONE_MINUS_BETA1,
+    _ONE_MINUS_BETA2,
+    _WEIGHT_DECAY,
+)
+
+# Columns of the tensor table.
+PARAM, EXP_AVG, EXP_AVG_SQ, EXP_AVG_SCALES, EXP_AVG_SQ_SCALES, STEP, NUMEL, FIRST_PROGRAM, GROUP, QUANTIZED = range(10)
+TABLE_COLUMNS = 10
+# Elements per scale, and per program (16 quantization blocks).
+QUANT_BLOCK = 256
+CHUNK_SIZE = 16 * QUANT_BLOCK
+# Tensors with fewer elements keep fp32 moments (bitsandbytes' and torchao's threshold).
+MIN_8BIT_NUMEL = 4096
+# The codes of 0 in the signed and unsigned maps (what a new state holds).
+SIGNED_ZERO, UNSIGNED_ZERO = 127, 0
+
+_COLUMNS: tl.constexpr = tl.constexpr(TABLE_COLUMNS)
+_PARAM: tl.constexpr = tl.constexpr(PARAM)
+_EXP_AVG: tl.constexpr = tl.constexpr(EXP_AVG)
+_EXP_AVG_SQ: tl.constexpr = tl.constexpr(EXP_AVG_SQ)
+_EXP_AVG_SCALES: tl.constexpr = tl.constexpr(EXP_AVG_SCALES)
+_EXP_AVG_SQ_SCALES: tl.constexpr = tl.constexpr(EXP_AVG_SQ_SCALES)
+_STEP: tl.constexpr = tl.constexpr(STEP)
+_NUMEL: tl.constexpr = tl.constexpr(NUMEL)
+_FIRST_PROGRAM: tl.constexpr = tl.constexpr(FIRST_PROGRAM)
+_GROUP: tl.constexpr = tl.constexpr(GROUP)
+_QUANTIZED: tl.constexpr = tl.constexpr(QUANTIZED)
+_QUANT_BLOCK: tl.constexpr = tl.constexpr(QUANT_BLOCK)
+
+
+@triton.jit
+def _pow10(i):
+    """10**(i - 6) for the integer group i in 0..6, exact in fp32's rounding of each literal."""
+    return tl.where(
+        i <= 0,
+        1e-6,
+        tl.where(
+            i == 1,
+            1e-5,
+            tl.where(i == 2, 1e-4, tl.where(i == 3, 1e-3, tl.where(i == 4, 1e-2, tl.where(i == 5, 1e-1, 1.0)))),
+        ),
+    )
+
+
+@triton.jit
+def _floor_log2(q):
+    """floor(log2(q)) for integers 1 <= q <= 255, by comparisons (exact, no float log)."""
+    return (
+        (q >= 2).to(tl.int32)
+        + (q >= 4).to(tl.int32)
+        + (q >= 8).to(tl.int32)
+        + (q >= 16).to(tl.int32)
+        + (q >= 32).to(tl.int32)
+        + (q >= 64).to(tl.int32)
+        + (q >= 128).to(tl.int32)
+    )
+
+
+@triton.jit
+def _decode(code, SIGNED: tl.constexpr):
+    """The dynamic map's value of each int32 code (0..255), in fp32."""
+    if SIGNED:
+        p = tl.where(code >= 128, code - 128, 126 - code)
+        i = _floor_log2(p + 1)
+        count = (1 << i).to(tl.float32)
+        k = (p + 1 - (1 << i)).to(tl.float32)
+        sign = tl.where(code >= 128, 1.0, -1.0)
+        zero_code = 127
+    else:
+        p = code - 1
+        i = _floor_log2(tl.maximum(p + 2, 2)) - 1
+        count = (2 << i).to(tl.float32)
+        k = (p + 2 - (2 << i)).to(tl.float32)
+        sign = 1.0
+        zero_code = 0
+    value = sign * (_pow10(i) * (0.1 + (k + 0.5) * 0.9 / count))
+    return tl.where(code == 255, 1.0, tl.where(code == zero_code, 0.0, value))
+
+
+@triton.jit
+def _encode(x, SIGNED: tl.constexpr):
+    """The code of the dynamic map's value nearest to each x (|x| <= 1), lowest code on ties.
+
+    The value's decimal group and the linear bin within it give a candidate; its two
+    neighbours cover the group boundaries and the special codes 0 and 1.0.
+    """
+    a = tl.abs(x)
+    i = (
+        (a >= 1e-6).to(tl.int32)
+        + (a >= 1e-5).to(tl.int32)
+        + (a >= 1e-4).to(tl.int32)
+        + (a >= 1e-3).to(tl.int32)
+        + (a >= 1e-2).to(tl.int32)
+        + (a >= 1e-1).to(tl.int32)
+    )
+    if SIGNED:
+        count = 1 << i
+    else:
+        count = 2 << i
+    k = tl.floor((a / _pow10(i) - 0.1) / (0.9 / count.to(tl.float32))).to(tl.int32)
+    k = tl.minimum(tl.maximum(k, 0), count - 1)
+    if SIGNED:
+        p = count - 1 + k
+        code = tl.where(x < 0, 126 - p, 128 + p)
+    else:
+        code = count - 1 + k
+    best = code
+    best_error = tl.abs(_decode(code, SIGNED) - x)
+    below = tl.maximum(code - 1, 0)
+    below_error = tl.abs(_decode(below, SIGNED) - x)
+    best = tl.where(below_error <= best_error, below, best)
+    best_error = tl.minimum(below_error, best_error)
+    above = tl.minimum(code + 1, 255)
+    above_error = tl.abs(_decode(above, SIGNED) - x)
+    best = tl.where(above_error < best_error, above, best)
+    return best
+
+
+@triton.jit
+def _adam_math(
+    param,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    grad_scale,
+    clip_coef,
+    maximize,
+    decoupled,
+    weight_decay,
+    decay,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    bias_correction2_sqrt,
+    eps,
+    step_size,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+):
+    """kernels/adam.py's update in fp32 (the same order and roundings): new (param, exp_avg, exp_avg_sq)."""
+    if HAS_GRAD_SCALE:
+        grad = tl.div_rn(grad, grad_scale)
+    if HAS_CLIP:
+        grad = grad * clip_coef
+    if maximize:
+        grad = -grad
+    if decoupled:
+        param = param * decay
+    else:
+        grad = tl.where(weight_decay != 0, grad + weight_decay * param, grad)
+    exp_avg = tl.where(
+        one_minus_beta1 < 0.5,
+        exp_avg + one_minus_beta1 * (grad - exp_avg),
+        grad - (grad - exp_avg) * (1.0 - one_minus_beta1),
+    )
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
+    denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
+    param = param - tl.div_rn(step_size * exp_avg, denom)
+    return param, exp_avg, exp_avg_sq
+
+
+@triton.jit
+def adam8bit_kernel(
+    tensor_table_ptr,
+    grad_table_ptr,
+    group_table_ptr,
+    program_table_ptr,
+    arrivals_ptr,
+    element_type_ptr,
+    codes_type_ptr,
+    grad_scale_ptr,
+    found_inf_ptr,
+    skipped_ptr,
+    clip_coef_ptr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    WRITE_SKIPPED: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """One Adam(W) step with 8-bit blockwise moments for the chunk of one parameter this program owns.
+
+    ``element_type_ptr``: any tensor of the parameters' dtype; ``codes_type_ptr``: any
+    uint8 tensor (the codes' pointer type). A program owns ``CHUNK`` elements (whole
+    quantization blocks, so each block's absmax is its own program's). GradScaler,
+    found_inf/skipped and the clip coefficient work as in kernels/adam.py.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
+    row = tensor_table_ptr + tensor_index * _COLUMNS
+    numel = tl.load(row + _NUMEL)
+    chunk_start = (pid - tl.load(row + _FIRST_PROGRAM)) * CHUNK
+    chunk_end = tl.minimum(chunk_start + CHUNK, numel)
+    n_chunks = tl.maximum((numel + CHUNK - 1) // CHUNK, 1)
+    step_ptr = tl.load(row + _STEP).to(tl.pointer_type(tl.float32), bitcast=True)
+    step = tl.load(step_ptr) + 1.0
+
+    proceed = True
+    if HAS_FOUND_INF:
+        found_inf = tl.load(found_inf_ptr)
+        proceed = found_inf == 0
+        if WRITE_SKIPPED:
+            tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
+
+    group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
+    flags = tl.load(group + _FLAGS)
+    lr = tl.load(group + _LR).to(tl.float64, bitcast=True)
+    lr_address = tl.load(group + _LR_ADDRESS)
+    if lr_address != 0:
+        if (flags & _LR_FP64_FLAG) != 0:
+            lr = tl.load(lr_address.to(tl.pointer_type(tl.float64), bitcast=True))
+        else:
+            lr = tl.load(lr_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
+    # Float betas only (the optimizer refuses tensor betas for 8-bit states).
+    beta2 = tl.load(group + _BETA2).to(tl.float64, bitcast=True)
+    one_minus_beta1 = tl.load(group + _ONE_MINUS_BETA1).to(tl.float64, bitcast=True)
+    one_minus_beta2 = tl.load(group + _ONE_MINUS_BETA2).to(tl.float64, bitcast=True)
+    log_beta1 = tl.load(group + _LOG_BETA1).to(tl.float64, bitcast=True)
+    log_beta2 = tl.load(group + _LOG_BETA2).to(tl.float64, bitcast=True)
+    eps = tl.load(group + _EPS).to(tl.float64, bitcast=True)
+    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
+    maximize = (flags & _MAXIMIZE_FLAG) != 0
+    decoupled = (flags & _DECOUPLED_FLAG) != 0
+    step64 = step.to(tl.float64)
+    bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
+    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * log_beta2)).to(tl.float32)
+    step_size = (lr / bias_correction1).to(tl.float32)
+    decay = (1.0 - lr * weight_decay).to(tl.float32)
+    weight_decay_c = weight_decay.to(tl.float32)
+    one_minus_beta1_c = one_minus_beta1.to(tl.float32)
+    beta2_c = beta2.to(tl.float32)
+    one_minus_beta2_c = one_minus_beta2.to(tl.float32)
+    eps_c = eps.to(tl.float32)
+    grad_scale = 1.0
+    if HAS_GRAD_SCALE:
+        grad_scale = tl.load(grad_scale_ptr)
+    clip_coef = 1.0
+    if HAS_CLIP:
+        clip_coef = tl.load(clip_coef_ptr)
+
+    param_ptr = tl.load(row + _PARAM).to(element_type_ptr.dtype, bitcast=True)
+    grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
+    out_type: tl.constexpr = element_type_ptr.dtype.element_ty
+    quantized = tl.load(row + _QUANTIZED) != 0
+    n_blocks = tl.where(proceed, (chunk_end - chunk_start + _QUANT_BLOCK - 1) // _QUANT_BLOCK, 0)
+    if quantized:
+        m_codes = tl.load(row + _EXP_AVG).to(codes_type_ptr.dtype, bitcast=True)
+        v_codes = tl.load(row + _EXP_AVG_SQ).to(codes_type_ptr.dtype, bitcast=True)
+        m_scales = tl.load(row + _EXP_AVG_SCALES).to(tl.pointer_type(tl.float32), bitcast=True)
+        v_scales = tl.load(row + _EXP_AVG_SQ_SCALES).to(tl.pointer_type(tl.float32), bitcast=True)
+        for block in range(0, n_blocks):
+            start = chunk_start + block * _QUANT_BLOCK
+            offsets = start + tl.arange(0, _QUANT_BLOCK)
+            mask = offsets < chunk_end
+            scale_index = start // _QUANT_BLOCK
+            param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+            grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+            exp_avg = _decode(tl.load(m_codes + offsets, mask=mask).to(tl.int32), True) * tl.load(
+                m_scales + scale_index
+            )
+            exp_avg_sq = _decode(tl.load(v_codes + offsets, mask=mask).to(tl.int32), False) * tl.load(
+                v_scales + scale_index
+            )
+            param, exp_avg, exp_avg_sq = _adam_math(
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                grad_scale,
+                clip_coef,
+                maximize,
+                decoupled,
+                weight_decay_c,
+                decay,
+                one_minus_beta1_c,
+                beta2_c,
+                one_minus_beta2_c,
+                bias_correction2_sqrt,
+                eps_c,
+                step_size,
+                HAS_GRAD_SCALE,
+                HAS_CLIP,
+            )
+            tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
+            # The block's new scales: its absolute maxima (masked lanes count as 0).
+            m_absmax = tl.max(tl.where(mask, tl.abs(exp_avg), 0.0), axis=0)
+            v_absmax = tl.max(tl.where(mask, exp_avg_sq, 0.0), axis=0)
+            m_normal = tl.where(m_absmax > 0, exp_avg / tl.where(m_absmax > 0, m_absmax, 1.0), 0.0)
+            v_normal = tl.where(v_absmax > 0, exp_avg_sq / tl.where(v_absmax > 0, v_absmax, 1.0), 0.0)
+            tl.store(m_codes + offsets, _encode(m_normal, True).to(tl.uint8), mask=mask)
+            tl.store(v_codes + offsets, _encode(v_normal, False).to(tl.uint8), mask=mask)
+            tl.store(m_scales + scale_index, m_absmax)
+            tl.store(v_scales + scale_index, v_absmax)
+    else:
+        m_ptr = tl.load(row + _EXP_AVG).to(tl.pointer_type(tl.float32), bitcast=True)
+        v_ptr = tl.load(row + _EXP_AVG_SQ).to(tl.pointer_type(tl.float32), bitcast=True)
+        for block in range(0, n_blocks):
+            offsets = chunk_start + block * _QUANT_BLOCK + tl.arange(0, _QUANT_BLOCK)
+            mask = offsets < chunk_end
+            param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+            grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+            exp_avg = tl.load(m_ptr + offsets, mask=mask)
+            exp_avg_sq = tl.load(v_ptr + offsets, mask=mask)
+            param, exp_avg, exp_avg_sq = _adam_math(
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                grad_scale,
+                clip_coef,
+                maximize,
+                decoupled,
+                weight_decay_c,
+                decay,
+                one_minus_beta1_c,
+                beta2_c,
+                one_minus_beta2_c,
+                bias_correction2_sqrt,
+                eps_c,
+                step_size,
+                HAS_GRAD_SCALE,
+                HAS_CLIP,
+            )
+            tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
+            tl.store(m_ptr + offsets, exp_avg, mask=mask)
+            tl.store(v_ptr + offsets, exp_avg_sq, mask=mask)
+
+    # The step counter: as in kernels/adam.py, the last program of the parameter writes it.
+    arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=(n_chunks > 1) & proceed, sem="acq_rel")
+    if ((n_chunks == 1) | (arrived == n_chunks - 1)) & proceed:
+        tl.store(step_ptr, step)
+        if n_chunks > 1:
+            tl.store(arrivals_ptr + tensor_index, 0)
+
+
+def table_row(param, exp_avg, exp_avg_sq, exp_avg_scales, exp_avg_sq_scales, step, first_program, group) -> list[int]:
+    """One tensor-table row: codes and scales (quantized), or fp32 moments and no scales."""
+    quantized = exp_avg_scales is not None
+    return [
+        param.data_ptr(),
+        exp_avg.data_ptr(),
+        exp_avg_sq.data_ptr(),
+        exp_avg_scales.data_ptr() if quantized else 0,
+        exp_avg_sq_scales.data_ptr() if quantized else 0,
+        step.data_ptr(),
+        param.numel(),
+        first_program,
+        group,
+        int(quantized),
+    ]
+
+
+def programs_for(numel: int) -> int:
+    """Programs that update one parameter (at least one, for its step)."""
+    return max(1, -(-numel // CHUNK_SIZE))
+
+
+def adam8bit_step(
+    tensor_table: torch.Tensor,
+    grad_table: torch.Tensor,
+    group_table: torch.Tensor,
+    program_table: torch.Tensor,
+    arrivals: torch.Tensor,
+    element_type: torch.Tensor,
+    codes_type: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    skipped: torch.Tensor | None = None,
+    clip_coef: torch.Tensor | None = None,
+) -> None:
+    """Launch one 8-bit Adam(W) step over every parameter listed in the tables.
+
+    Args:
+        tensor_table: int64 [n_tensors, TABLE_COLUMNS] built from :func:`table_row`.
+        grad_table: int64 [n_tensors], the gradient addresses.
+        group_table: int64 [n_groups, GROUP_COLUMNS] from :func:`fused_ops.kernels.adam.group_row`
+            (float betas; amsgrad off).
+        program_table: int32 [n_programs], the row each program updates
+            (:func:`programs_for` per row).
+        arrivals: int32 [n_tensors] of zeros (the kernel leaves them zero).
+        element_type: any tensor of the parameters' dtype on their device.
+        codes_type: any uint8 tensor on the device.
+        grad_scale, found_inf, skipped, clip_coef: as :func:`fused_ops.kernels.adam.adam_step`.
+
+    Example:
+        See :class:`fused_ops.optim.AdamW8bit`, which builds the tables and calls this.
+    """
+    if skipped is not None and found_inf is None:
+        raise ValueError("skipped is written from found_inf, which is None")
+    adam8bit_kernel[(program_table.numel(),)](
+        tensor_table,
+        grad_table,
+        group_table,
+        program_table,
+        arrivals,
+        element_type,
+        codes_type,
+        grad_scale,
+        found_inf,
+        skipped,
+        clip_coef,
+        HAS_GRAD_SCALE=grad_scale is not None,
+        HAS_FOUND_INF=found_inf is not None,
+        WRITE_SKIPPED=skipped is not None,
+        HAS_CLIP=clip_coef is not None,
+        CHUNK=CHUNK_SIZE,
+        num_warps=ADAM_NUM_WARPS,
+    )
