@@ -158,6 +158,11 @@ PROBES = (
     Probe("optim.Adam", _optimizer_probe(torch.optim.Adam)),
     Probe("optim.AdamW", _optimizer_probe(torch.optim.AdamW)),
     Probe("optim.SGD", _optimizer_probe(torch.optim.SGD, momentum=0.9)),
+    # The probe's 165-element parameter is under the 4,096 elements below which the 8-bit
+    # optimizers keep fp32 moments, so they match torch exactly; docs/lowmem.md has their
+    # 8-bit accuracy.
+    Probe("optim.Adam8bit", _optimizer_probe(torch.optim.Adam)),
+    Probe("optim.AdamW8bit", _optimizer_probe(torch.optim.AdamW)),
     Probe("optim.clip_grad_norm_", _clip_probe),
 )
 

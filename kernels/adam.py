@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from ._config import ADAM_BLOCK_SIZE, ADAM_CHUNK_SIZE, ADAM_NUM_WARPS
+from ._launch import BoundKernel
 
 # Columns of the tensor table (Python side) ...
 PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, STEP, NUMEL, FIRST_PROGRAM, GROUP = range(8)
@@ -538,7 +539,8 @@ def adam_step(
     if skipped is not None and found_inf is None:
         raise ValueError("skipped is written from found_inf, which is None")
     grid = (program_table.numel(),)
-    adam_kernel[grid](
+    _bound_adam_kernel(
+        grid,
         tensor_table,
         grad_table,
         group_table,
@@ -578,3 +580,7 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _log(beta: float) -> float:
     # beta = 0 is valid (no averaging): 0**step = 0, which exp(-inf) gives exactly.
     return math.log(beta) if beta > 0 else -math.inf
+
+
+# Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
+_bound_adam_kernel = BoundKernel(adam_kernel)

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from ._config import ADAM_NUM_WARPS
+from ._launch import BoundKernel
 from .adam import (
     _BETA2,
     _DECOUPLED_FLAG,
@@ -444,7 +445,8 @@ def adam8bit_step(
     """
     if skipped is not None and found_inf is None:
         raise ValueError("skipped is written from found_inf, which is None")
-    adam8bit_kernel[(program_table.numel(),)](
+    _bound_adam8bit_kernel(
+        (program_table.numel(),),
         tensor_table,
         grad_table,
         group_table,
@@ -463,3 +465,7 @@ def adam8bit_step(
         CHUNK=CHUNK_SIZE,
         num_warps=ADAM_NUM_WARPS,
     )
+
+
+# Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
+_bound_adam8bit_kernel = BoundKernel(adam8bit_kernel)

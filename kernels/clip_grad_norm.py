@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ._config import CLIP_BLOCK_SIZE, CLIP_CHUNK_SIZE, CLIP_NUM_WARPS, CLIP_REDUCE_BLOCK_SIZE
+from ._launch import BoundKernel
 
 # NORM constexpr values: which p-norm.
 NORM_L1, NORM_L2, NORM_INF, NORM_P = 1, 2, 0, 3
@@ -182,7 +183,8 @@ def grad_norm(
         program_offset: this launch's first slot in ``partials``.
         columns: (columns of ``table``, its NUMEL column, its FIRST_PROGRAM column).
     """
-    grad_norm_kernel[(program_table.numel(),)](
+    _bound_grad_norm_kernel(
+        (program_table.numel(),),
         table,
         grad_table,
         program_table,
@@ -217,7 +219,8 @@ def grad_scale(
     chunk_size: int = CLIP_CHUNK_SIZE,
 ) -> None:
     """Launch the in-place scaling of the gradients in the tables by ``clip_coef`` (fp32 0-d)."""
-    grad_scale_kernel[(program_table.numel(),)](
+    _bound_grad_scale_kernel(
+        (program_table.numel(),),
         table,
         grad_table,
         program_table,
@@ -227,3 +230,11 @@ def grad_scale(
         BLOCK_SIZE=CLIP_BLOCK_SIZE,
         num_warps=CLIP_NUM_WARPS,
     )
+
+
+# Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
+_bound_grad_norm_kernel = BoundKernel(grad_norm_kernel)
+
+
+# Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
+_bound_grad_scale_kernel = BoundKernel(grad_scale_kernel)

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from ._config import SGD_BLOCK_SIZE, SGD_CHUNK_SIZE, SGD_NUM_WARPS
+from ._launch import BoundKernel
 from .adam import float_bits
 
 # Columns of the tensor table (Python side) ...
@@ -362,7 +363,8 @@ def sgd_step(
         raise ValueError(f"chunk_size must be a multiple of {SGD_BLOCK_SIZE}, got {chunk_size}")
     if skipped is not None and found_inf is None:
         raise ValueError("skipped is written from found_inf, which is None")
-    sgd_kernel[(program_table.numel(),)](
+    _bound_sgd_kernel(
+        (program_table.numel(),),
         tensor_table,
         grad_table,
         group_table,
@@ -383,3 +385,7 @@ def sgd_step(
         BLOCK_SIZE=SGD_BLOCK_SIZE,
         num_warps=SGD_NUM_WARPS,
     )
+
+
+# Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
+_bound_sgd_kernel = BoundKernel(sgd_kernel)

@@ -237,6 +237,7 @@ def test_odd_sizes(kernel_launches):
     assert kernel_launches.launch_count("adam_kernel") == STEPS
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_parameters_longer_than_one_chunk(monkeypatch, kernel_launches):
     # Several programs per parameter: the last one to read step writes it (atomic count).
     monkeypatch.setattr(adam_kernels, "ADAM_CHUNK_SIZE", 2 * adam_kernels.ADAM_BLOCK_SIZE)
@@ -312,6 +313,7 @@ def test_property_random_params_and_flags(shapes, transposed, dtype, name, amsgr
         assert p.stride() == b.stride()
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_one_launch_per_device_and_dtype_for_60_params(kernel_launches):
     """Each step is exactly one adam_kernel per dtype and nothing else: no aten kernel either.
 
@@ -404,6 +406,7 @@ def test_a_step_with_unchanged_tensors_does_no_per_parameter_work(monkeypatch):
 
 
 @pytest.mark.parametrize(("amsgrad", "bytes_per_element"), [(False, 28), (True, 36)])
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_is_one_read_and_one_write_of_each_tensor(amsgrad, bytes_per_element):
     """fp32: read p, g, m, v (+ max_exp_avg_sq), write p, m, v (+ max_exp_avg_sq), once each.
 
@@ -436,6 +439,7 @@ def test_traffic_is_one_read_and_one_write_of_each_tensor(amsgrad, bytes_per_ele
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_against_torchs_implementations(amsgrad):
     """Bytes per fp32 element per step: ours against torch's for-loop, foreach and fused AdamW.
 

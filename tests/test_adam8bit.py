@@ -153,6 +153,7 @@ def test_moment_quantization_error_after_one_step():
 
 
 @pytest.mark.parametrize(("dtype", "per_element"), [(torch.float32, 16.0625), (torch.bfloat16, 10.0625)])
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_is_16_bytes_per_fp32_parameter(dtype, per_element):
     """p read and written, g read, two uint8 codes read and written, two fp32 scales per 256 elements.
 

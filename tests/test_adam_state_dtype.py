@@ -119,6 +119,7 @@ def test_bf16_moments_stay_close_to_torchs_fp32_adamw():
 
 
 @pytest.mark.parametrize(("amsgrad", "fp32_bytes", "bf16_bytes"), [(False, 20, 14), (True, 24, 18)])
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_is_20_bytes_per_fp32_parameter(amsgrad, fp32_bytes, bf16_bytes):
     """fp32 p (read+write 8) + g (4) + bf16 m and v (read+write 8): 20 B; amsgrad +4.
 

@@ -114,6 +114,7 @@ def test_matches_torch_on_torchs_own_configs(desc, kwargs, kernel_launches):
     assert ours.param_groups[0].keys() == theirs.param_groups[0].keys()
 
 
+@pytest.mark.interpreter_only  # counts bytes
 def test_odd_sizes_several_chunks_and_tensor_weight_decay(monkeypatch, kernel_launches):
     # Several programs per parameter: the last one clears the first-step flag (atomic count).
     monkeypatch.setattr(sgd_kernels, "SGD_CHUNK_SIZE", 2 * sgd_kernels.SGD_BLOCK_SIZE)
@@ -171,6 +172,7 @@ def test_one_launch_for_groups_with_and_without_momentum(kernel_launches):
 
 
 @pytest.mark.parametrize(("momentum", "bytes_per_element"), [(0.0, 12), (0.9, 20)])
+@pytest.mark.interpreter_only  # counts bytes
 def test_traffic_is_one_read_and_one_write_of_each_tensor(momentum, bytes_per_element):
     """Read p, g (, buf), write p (, buf): 12 B per fp32 parameter, 20 with momentum (16 on the first step)."""
     n = 4096
