@@ -539,7 +539,7 @@ def adam_step(
     if skipped is not None and found_inf is None:
         raise ValueError("skipped is written from found_inf, which is None")
     grid = (program_table.numel(),)
-    _bound_adam_kernel(
+    _adam_launch(
         grid,
         tensor_table,
         grad_table,
@@ -583,4 +583,4 @@ def _log(beta: float) -> float:
 
 
 # Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
-_bound_adam_kernel = BoundKernel(adam_kernel)
+_adam_launch = BoundKernel(adam_kernel)

@@ -445,7 +445,7 @@ def adam8bit_step(
     """
     if skipped is not None and found_inf is None:
         raise ValueError("skipped is written from found_inf, which is None")
-    _bound_adam8bit_kernel(
+    _adam8bit_launch(
         (program_table.numel(),),
         tensor_table,
         grad_table,
@@ -468,4 +468,4 @@ def adam8bit_step(
 
 
 # Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
-_bound_adam8bit_kernel = BoundKernel(adam8bit_kernel)
+_adam8bit_launch = BoundKernel(adam8bit_kernel)

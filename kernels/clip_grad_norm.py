@@ -183,7 +183,7 @@ def grad_norm(
         program_offset: this launch's first slot in ``partials``.
         columns: (columns of ``table``, its NUMEL column, its FIRST_PROGRAM column).
     """
-    _bound_grad_norm_kernel(
+    _grad_norm_launch(
         (program_table.numel(),),
         table,
         grad_table,
@@ -219,7 +219,7 @@ def grad_scale(
     chunk_size: int = CLIP_CHUNK_SIZE,
 ) -> None:
     """Launch the in-place scaling of the gradients in the tables by ``clip_coef`` (fp32 0-d)."""
-    _bound_grad_scale_kernel(
+    _grad_scale_launch(
         (program_table.numel(),),
         table,
         grad_table,
@@ -233,8 +233,8 @@ def grad_scale(
 
 
 # Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
-_bound_grad_norm_kernel = BoundKernel(grad_norm_kernel)
+_grad_norm_launch = BoundKernel(grad_norm_kernel)
 
 
 # Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
-_bound_grad_scale_kernel = BoundKernel(grad_scale_kernel)
+_grad_scale_launch = BoundKernel(grad_scale_kernel)

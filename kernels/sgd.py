@@ -363,7 +363,7 @@ def sgd_step(
         raise ValueError(f"chunk_size must be a multiple of {SGD_BLOCK_SIZE}, got {chunk_size}")
     if skipped is not None and found_inf is None:
         raise ValueError("skipped is written from found_inf, which is None")
-    _bound_sgd_kernel(
+    _sgd_launch(
         (program_table.numel(),),
         tensor_table,
         grad_table,
@@ -388,4 +388,4 @@ def sgd_step(
 
 
 # Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
-_bound_sgd_kernel = BoundKernel(sgd_kernel)
+_sgd_launch = BoundKernel(sgd_kernel)
