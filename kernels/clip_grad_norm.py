@@ -234,7 +234,4 @@ def grad_scale(
 
 # Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
 _grad_norm_launch = BoundKernel(grad_norm_kernel)
-
-
-# Launched through BoundKernel: the compiled kernel is looked up once per signature (kernels/_launch.py).
 _grad_scale_launch = BoundKernel(grad_scale_kernel)
