@@ -1,147 +1,311 @@
-"""Fused elementwise activations: sigmoid, tanh and relu (and in-place relu_).
+"""Fused elementwise activations: sigmoid, tanh, relu (and relu_), gelu and silu (and in place).
 
-Each op reads top to bottom:
+Each activation is one :class:`_Activation`: its two launchers, its eager reference, what
+its backward needs (the output for sigmoid, tanh and relu; the input for gelu and silu,
+whose derivatives cannot be read off the output) and the derivative of its backward, in
+eager ops. From those parts it builds every path a call can take:
 
-- the functional (``sigmoid``) validates arguments like torch. Without autograd (no_grad,
-  or an input that does not require grad) it calls the launcher directly; otherwise it
-  applies the one ``torch.autograd.Function`` (``SigmoidFunction``), which calls the
-  launchers and saves what backward needs with ``ctx.save_for_backward`` (so a second
-  backward through a freed graph raises). This eager path has no ``torch.library``
-  machinery on it: each layer of it costs microseconds of host time per call.
-- When backward runs with ``create_graph=True``, it applies ``_BackwardFunction``, whose
-  own backward is the derivative of the backward in eager ops: double backward
-  (``gradgradcheck``) works.
-- Under ``torch.compile`` the functional applies a Function over ``torch.library`` custom
-  ops (``fused_ops::sigmoid_forward`` and ``_backward``) with fake implementations, so
+- without autograd (no_grad, or an input that does not require grad), the forward
+  launcher is called directly: no autograd machinery at all;
+- with autograd, one ``torch.autograd.Function`` per activation, whose forward and
+  backward call the launchers and save what backward needs with ``ctx.save_for_backward``
+  (so a second backward through a freed graph raises). This eager path has no
+  ``torch.library`` machinery on it: each layer costs microseconds of host time per call;
+- when backward runs with ``create_graph=True``, it applies ``_BackwardFunction``, whose
+  own backward is the derivative of the backward in eager ops, so double backward
+  (``gradgradcheck``) works;
+- under ``torch.compile``, a Function over ``torch.library`` custom ops
+  (``fused_ops::<name>_forward`` and ``_backward``) with fake implementations, so
   ``torch.compile(fullgraph=True)`` traces without a graph break. The backward op has the
   same double-backward formula registered as its autograd.
+
+The public functions validate their arguments like torch, then call their activation.
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 
 import torch
 
 from . import reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
+from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, needs_autograd, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_to_floating
 
 if TRITON_AVAILABLE:
     from .kernels import activations as kernels
 
 _is_compiling = torch.compiler.is_compiling
+_is_grad_enabled = torch.is_grad_enabled
+_is_autocast_enabled = torch._C._is_any_autocast_enabled
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
-def _sigmoid_forward_impl(input: torch.Tensor) -> torch.Tensor:
-    if use_triton("sigmoid", input):
-        (input,) = dense_layout(input)
-        return kernels.sigmoid_forward(input)
-    return reference.sigmoid_ref(input)
+def _float_input(op: str, input: torch.Tensor) -> torch.Tensor:
+    """``input`` as a float op takes it: autocast, then integers promoted, complex refused."""
+    # The common case (no autocast, a float dtype) costs two checks, not three calls.
+    if _is_autocast_enabled():
+        (input,) = autocast_inputs(op, input)
+    if input.dtype not in FLOATING_DTYPES:
+        input = promote_to_floating(input)
+        check_floating(op, input)
+    return input
 
 
-def _sigmoid_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("sigmoid", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.sigmoid_backward(grad_output, output)
-    return reference.sigmoid_backward_ref(grad_output, output)
-
-
-@torch.library.custom_op("fused_ops::sigmoid_forward", mutates_args=())
-def _sigmoid_forward(input: torch.Tensor) -> torch.Tensor:
-    return _sigmoid_forward_impl(input)
-
-
-@_sigmoid_forward.register_fake
-def _(input: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("fused_ops::sigmoid_backward", mutates_args=())
-def _sigmoid_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    return _sigmoid_backward_impl(grad_output, output)
-
-
-@_sigmoid_backward.register_fake
-def _(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(output)
-
-
-def _save_backward_inputs(ctx, inputs, output) -> None:
-    # Every backward op here takes (grad_output, output); their derivatives need both.
-    ctx.save_for_backward(*inputs)
+def _kernel(name: str) -> Callable | None:
+    """The launcher ``kernels.<name>``, or None where Triton is not installed."""
+    return getattr(kernels, name) if TRITON_AVAILABLE else None
 
 
 class _BackwardFunction(torch.autograd.Function):
     """An activation's backward as a differentiable op: applied only under ``create_graph=True``.
 
-    ``forward(grad_output, output, backward_impl, double_backward)`` launches the backward
-    kernel; its own backward is ``double_backward``, the derivative in eager ops (which
-    autograd can differentiate again).
+    ``forward(grad_output, saved, activation, *args)`` launches the backward kernel; its
+    own backward is ``activation.double_backward``, in eager ops (which autograd can
+    differentiate again).
     """
 
     @staticmethod
-    def forward(ctx, grad_output, output, backward_impl, double_backward):
-        ctx.save_for_backward(grad_output, output)
-        ctx.double_backward = double_backward
-        return backward_impl(grad_output, output)
+    def forward(ctx, grad_output, saved, activation, *args):
+        ctx.save_for_backward(grad_output, saved)
+        ctx.activation = activation
+        ctx.args = args
+        return activation.backward(grad_output, saved, *args)
 
     @staticmethod
     def backward(ctx, grad_grad_input):
-        return (*ctx.double_backward(ctx, grad_grad_input), None, None)
+        grad_output, saved = ctx.saved_tensors
+        grads = ctx.activation.double_backward(grad_output, saved, grad_grad_input, *ctx.args)
+        return (*grads, None, *(None for _ in ctx.args))
 
 
-def _backward(grad_output, output, backward_impl, double_backward):
-    """The input gradient from the saved output: a plain launch unless autograd records it."""
-    if torch.is_grad_enabled():
-        # create_graph=True: the gradient must itself be differentiable.
-        return _BackwardFunction.apply(grad_output, output, backward_impl, double_backward)
-    return backward_impl(grad_output, output)
+class _Activation:
+    """One elementwise activation: its kernels and reference, and the paths built from them.
+
+    Args:
+        name: the op's name, also the prefix of its kernels and custom ops.
+        forward_ref, backward_ref: the eager references, ``forward_ref(input, *args)`` and
+            ``backward_ref(grad_output, saved, *args)``.
+        double_backward: ``(grad_output, saved, grad_grad_input, *args)`` -> the gradients
+            of the backward with respect to ``grad_output`` and ``saved``, in eager ops.
+        saves_input: backward needs the input (else the output).
+        arg_schema: the torch.library schema of the op's non-tensor arguments, ``args``
+            everywhere above (gelu's ``", str approximate"``); empty for none.
+
+    ``activation.call(input, *args)`` takes the path described in the module docstring;
+    ``forward``, ``backward`` and ``differentiable_backward`` are its steps.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        forward_ref: Callable,
+        backward_ref: Callable,
+        double_backward: Callable,
+        *,
+        saves_input: bool,
+        arg_schema: str = "",
+    ) -> None:
+        self.name = name
+        self.forward_launch = _kernel(f"{name}_forward")
+        self.backward_launch = _kernel(f"{name}_backward")
+        self.forward_ref = forward_ref
+        self.backward_ref = backward_ref
+        self.double_backward = double_backward
+        self.saves_input = saves_input
+        self._build_paths()
+        self.function = self._eager_function()
+        self.forward_op, self.backward_op = self._custom_ops(arg_schema)
+        self.traced_function = self._traced_function()
+        self._build_call()
+
+    def _build_paths(self) -> None:
+        # Closures over locals, not methods reading self: each attribute lookup and bound
+        # method on this path is paid on every call (issue 9's host-time budget).
+        name, forward_launch, backward_launch = self.name, self.forward_launch, self.backward_launch
+        forward_ref, backward_ref = self.forward_ref, self.backward_ref
+
+        def forward(input: torch.Tensor, *args) -> torch.Tensor:
+            """The activation of ``input``: the kernel (on a dense layout) or the reference."""
+            if use_triton(name, input):
+                if not input.is_contiguous():
+                    (input,) = dense_layout(input)
+                return forward_launch(input, *args)
+            return forward_ref(input, *args)
+
+        def backward(grad_output: torch.Tensor, saved: torch.Tensor, *args) -> torch.Tensor:
+            """The input gradient from ``grad_output`` and the saved output or input."""
+            if use_triton(name, grad_output, saved):
+                # dense_layout's common case inline: this runs in every backward.
+                if not (grad_output.is_contiguous() and saved.is_contiguous()):
+                    grad_output, saved = dense_layout(grad_output, saved)
+                return backward_launch(grad_output, saved, *args)
+            return backward_ref(grad_output, saved, *args)
+
+        activation = self
+
+        def differentiable_backward(grad_output: torch.Tensor, saved: torch.Tensor, *args) -> torch.Tensor:
+            """``backward``, recorded by autograd when it records (``create_graph=True``)."""
+            if _is_grad_enabled():
+                return _BackwardFunction.apply(grad_output, saved, activation, *args)
+            return backward(grad_output, saved, *args)
+
+        self.forward, self.backward, self.differentiable_backward = forward, backward, differentiable_backward
+
+    def _build_call(self) -> None:
+        traced_apply, eager_apply, forward = self.traced_function.apply, self.function.apply, self.forward
+        # fast_apply's check inline (one frame less): the C++ apply unless functorch transforms.
+        c_apply = super(torch.autograd.Function, self.function).apply
+
+        def call(input: torch.Tensor, *args) -> torch.Tensor:
+            """Apply the activation: traced under torch.compile, eager Function with autograd, else the launch."""
+            if _is_compiling():
+                return traced_apply(input, *args)
+            # needs_autograd(input), inline.
+            if (_is_grad_enabled() and input.requires_grad) or _forward_ad._current_level >= 0:
+                if _functorch_active():
+                    return eager_apply(input, *args)
+                return c_apply(input, *args)
+            return forward(input, *args)
+
+        self.call = call
+
+    def _eager_function(self) -> type[torch.autograd.Function]:
+        run_forward, run_backward = self.forward, self.backward
+        differentiable_backward, saves_input = self.differentiable_backward, self.saves_input
+
+        def forward(ctx, input, *args):
+            output = run_forward(input, *args)
+            ctx.save_for_backward(input if saves_input else output)
+            if args:
+                ctx.args = args
+            return output
+
+        def backward(ctx, grad_output):
+            (saved,) = ctx.saved_tensors
+            if hasattr(ctx, "args"):
+                return (differentiable_backward(grad_output, saved, *ctx.args), *(None for _ in ctx.args))
+            if _is_grad_enabled():
+                return differentiable_backward(grad_output, saved)
+            return run_backward(grad_output, saved)
+
+        # type() rather than a class statement, so that autograd names the node
+        # (SigmoidFunctionBackward) after the op.
+        doc = f"{self.name} whose forward and backward are Triton kernels."
+        namespace = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": doc}
+        return type(f"{_camel(self.name)}Function", (torch.autograd.Function,), namespace)
+
+    def _custom_ops(self, arg_schema: str):
+        activation = self
+        forward_op = torch.library.custom_op(
+            f"fused_ops::{self.name}_forward",
+            lambda input, *args: activation.forward(input, *args),
+            mutates_args=(),
+            schema=f"(Tensor input{arg_schema}) -> Tensor",
+        )
+        forward_op.register_fake(lambda input, *args: torch.empty_like(input))
+        backward_op = torch.library.custom_op(
+            f"fused_ops::{self.name}_backward",
+            lambda grad_output, saved, *args: activation.backward(grad_output, saved, *args),
+            mutates_args=(),
+            schema=f"(Tensor grad_output, Tensor saved{arg_schema}) -> Tensor",
+        )
+        backward_op.register_fake(lambda grad_output, saved, *args: torch.empty_like(saved))
+
+        def setup_context(ctx, inputs, output) -> None:
+            grad_output, saved, *args = inputs
+            ctx.save_for_backward(grad_output, saved)
+            ctx.args = args
+
+        def double_backward(ctx, grad_grad_input):
+            grad_output, saved = ctx.saved_tensors
+            grads = activation.double_backward(grad_output, saved, grad_grad_input, *ctx.args)
+            return (*grads, *(None for _ in ctx.args))
+
+        backward_op.register_autograd(double_backward, setup_context=setup_context)
+        return forward_op, backward_op
+
+    def _traced_function(self) -> type[torch.autograd.Function]:
+        activation = self
+
+        def forward(ctx, input, *args):
+            output = activation.forward_op(input, *args)
+            ctx.save_for_backward(input if activation.saves_input else output)
+            ctx.args = args
+            return output
+
+        def backward(ctx, grad_output):
+            (saved,) = ctx.saved_tensors
+            grad_input = activation.backward_op(grad_output, saved, *ctx.args)
+            return (grad_input, *(None for _ in ctx.args))
+
+        doc = f"{self.name}'s Function over its custom ops, for torch.compile."
+        namespace = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": doc}
+        return type(f"_{_camel(self.name)}TracedFunction", (torch.autograd.Function,), namespace)
 
 
-def _sigmoid_double_backward(ctx, grad_grad_input: torch.Tensor):
+def _camel(name: str) -> str:
+    return {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU"}.get(name, name.capitalize())
+
+
+# The derivatives of each backward, for double backward: (grad_output, saved,
+# grad_grad_input) -> (d/d grad_output, d/d saved), each times grad_grad_input.
+
+
+def _sigmoid_double_backward(grad_output, output, grad_grad_input):
     # grad_input = g * y * (1 - y), so d/dg = y * (1 - y) and d/dy = g * (1 - 2y).
-    grad_output, output = ctx.saved_tensors
-    grad_grad_output = grad_grad_input * output * (1 - output)
-    grad_output_saved = grad_grad_input * grad_output * (1 - 2 * output)
-    return grad_grad_output, grad_output_saved
+    return grad_grad_input * output * (1 - output), grad_grad_input * grad_output * (1 - 2 * output)
 
 
-_sigmoid_backward.register_autograd(_sigmoid_double_backward, setup_context=_save_backward_inputs)
+def _tanh_double_backward(grad_output, output, grad_grad_input):
+    # grad_input = g * (1 - y^2), so d/dg = 1 - y^2 and d/dy = -2 g y.
+    return grad_grad_input * (1 - output * output), grad_grad_input * grad_output * (-2 * output)
 
 
-class SigmoidFunction(torch.autograd.Function):
-    """Sigmoid whose forward and backward are Triton kernels; backward uses the saved output."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        output = _sigmoid_forward_impl(input)
-        ctx.save_for_backward(output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (output,) = ctx.saved_tensors
-        return _backward(grad_output, output, _sigmoid_backward_impl, _sigmoid_double_backward)
+def _relu_double_backward(grad_output, output, grad_grad_input):
+    # grad_input = output <= 0 ? 0 : g is linear in g with the same mask, and piecewise
+    # constant in output, so d/dg is the mask and d/d(output) is 0.
+    grad_grad_output = torch.where(output <= 0, torch.zeros_like(grad_grad_input), grad_grad_input)
+    return grad_grad_output, torch.zeros_like(output)
 
 
-class _SigmoidTracedFunction(torch.autograd.Function):
-    """SigmoidFunction over the custom ops, for torch.compile."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        output = torch.ops.fused_ops.sigmoid_forward(input)
-        ctx.save_for_backward(output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (output,) = ctx.saved_tensors
-        return torch.ops.fused_ops.sigmoid_backward(grad_output, output)
+def _gelu_double_backward(grad_output, input, grad_grad_input, approximate):
+    # grad_input = g * gelu'(x): d/dg = gelu'(x), d/dx = g * gelu''(x). Eager ops, so that
+    # the third order is differentiable too.
+    first, second = reference.gelu_derivatives(input, approximate)
+    return grad_grad_input * first, grad_grad_input * grad_output * second
 
 
-_sigmoid_apply = fast_apply(SigmoidFunction)
+def _silu_double_backward(grad_output, input, grad_grad_input):
+    # grad_input = g * silu'(x): d/dg = silu'(x), d/dx = g * silu''(x).
+    first, second = reference.silu_derivatives(input)
+    return grad_grad_input * first, grad_grad_input * grad_output * second
+
+
+_SIGMOID = _Activation(
+    "sigmoid", reference.sigmoid_ref, reference.sigmoid_backward_ref, _sigmoid_double_backward, saves_input=False
+)
+_TANH = _Activation("tanh", reference.tanh_ref, reference.tanh_backward_ref, _tanh_double_backward, saves_input=False)
+_RELU = _Activation("relu", reference.relu_ref, reference.relu_backward_ref, _relu_double_backward, saves_input=False)
+# GELU and SiLU backward need the INPUT, and their kernels recompute the derivative from
+# it: 8 B/elem forward, 12 B/elem backward in fp32.
+_GELU = _Activation(
+    "gelu",
+    reference.gelu_ref,
+    reference.gelu_backward_ref,
+    _gelu_double_backward,
+    saves_input=True,
+    arg_schema=", str approximate",
+)
+_SILU = _Activation("silu", reference.silu_ref, reference.silu_backward_ref, _silu_double_backward, saves_input=True)
+
+# Public names of the Functions, for readers and tracebacks.
+SigmoidFunction = _SIGMOID.function
+TanhFunction = _TANH.function
+ReLUFunction = _RELU.function
+GELUFunction = _GELU.function
+SiLUFunction = _SILU.function
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
@@ -162,92 +326,8 @@ def sigmoid(input: torch.Tensor) -> torch.Tensor:
         >>> fused_ops.sigmoid(torch.tensor([-80.0, 0.0, 3.0]))
         tensor([1.8049e-35, 5.0000e-01, 9.5257e-01])
     """
-    (input,) = autocast_inputs("sigmoid", input)
-    input = promote_to_floating(input)
-    check_floating("sigmoid", input)
-    if _is_compiling():
-        return _SigmoidTracedFunction.apply(input)
-    if needs_autograd(input):
-        return _sigmoid_apply(input)
-    return _sigmoid_forward_impl(input)
-
-
-def _tanh_forward_impl(input: torch.Tensor) -> torch.Tensor:
-    if use_triton("tanh", input):
-        (input,) = dense_layout(input)
-        return kernels.tanh_forward(input)
-    return reference.tanh_ref(input)
-
-
-def _tanh_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("tanh", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.tanh_backward(grad_output, output)
-    return reference.tanh_backward_ref(grad_output, output)
-
-
-@torch.library.custom_op("fused_ops::tanh_forward", mutates_args=())
-def _tanh_forward(input: torch.Tensor) -> torch.Tensor:
-    return _tanh_forward_impl(input)
-
-
-@_tanh_forward.register_fake
-def _(input: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("fused_ops::tanh_backward", mutates_args=())
-def _tanh_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    return _tanh_backward_impl(grad_output, output)
-
-
-@_tanh_backward.register_fake
-def _(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(output)
-
-
-def _tanh_double_backward(ctx, grad_grad_input: torch.Tensor):
-    # grad_input = g * (1 - y^2), so d/dg = 1 - y^2 and d/dy = -2 g y.
-    grad_output, output = ctx.saved_tensors
-    grad_grad_output = grad_grad_input * (1 - output * output)
-    grad_output_saved = grad_grad_input * grad_output * (-2 * output)
-    return grad_grad_output, grad_output_saved
-
-
-_tanh_backward.register_autograd(_tanh_double_backward, setup_context=_save_backward_inputs)
-
-
-class TanhFunction(torch.autograd.Function):
-    """Tanh whose forward and backward are Triton kernels; backward uses the saved output."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        output = _tanh_forward_impl(input)
-        ctx.save_for_backward(output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (output,) = ctx.saved_tensors
-        return _backward(grad_output, output, _tanh_backward_impl, _tanh_double_backward)
-
-
-class _TanhTracedFunction(torch.autograd.Function):
-    """TanhFunction over the custom ops, for torch.compile."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        output = torch.ops.fused_ops.tanh_forward(input)
-        ctx.save_for_backward(output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (output,) = ctx.saved_tensors
-        return torch.ops.fused_ops.tanh_backward(grad_output, output)
-
-
-_tanh_apply = fast_apply(TanhFunction)
+    input = _float_input("sigmoid", input)
+    return _SIGMOID.call(input)
 
 
 def tanh(input: torch.Tensor) -> torch.Tensor:
@@ -269,14 +349,8 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
         >>> fused_ops.tanh(torch.tensor([1e-8, 0.5, -30.0]))
         tensor([ 1.0000e-08,  4.6212e-01, -1.0000e+00])
     """
-    (input,) = autocast_inputs("tanh", input)
-    input = promote_to_floating(input)
-    check_floating("tanh", input)
-    if _is_compiling():
-        return _TanhTracedFunction.apply(input)
-    if needs_autograd(input):
-        return _tanh_apply(input)
-    return _tanh_forward_impl(input)
+    input = _float_input("tanh", input)
+    return _TANH.call(input)
 
 
 # torch.relu takes floats and these integer dtypes (and returns them unchanged in dtype).
@@ -291,142 +365,6 @@ def _check_relu_dtype(input: torch.Tensor) -> None:
             f'"relu" not implemented for {input.dtype}: fused_ops.relu takes float32, float64, float16, '
             "bfloat16, uint8, int8, int16, int32 or int64"
         )
-
-
-def _relu_forward_impl(input: torch.Tensor) -> torch.Tensor:
-    if use_triton("relu", input):
-        (input,) = dense_layout(input)
-        return kernels.relu_forward(input)
-    return reference.relu_ref(input)
-
-
-def _relu_forward_inplace_impl(input: torch.Tensor) -> None:
-    if use_triton("relu", input):
-        (dense,) = dense_layout(input)
-        if dense is input:
-            kernels.relu_forward(input, out=input)
-            return
-        # Not walkable flat (a slice with gaps): compute on a dense copy and write back.
-        # copy_ raises torch's own error for overlapping memory (an expanded tensor).
-        input.copy_(kernels.relu_forward(dense))
-        return
-    input.copy_(reference.relu_ref(input))
-
-
-def _relu_backward_impl(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if use_triton("relu", grad_output, output):
-        grad_output, output = dense_layout(grad_output, output)
-        return kernels.relu_backward(grad_output, output)
-    return reference.relu_backward_ref(grad_output, output)
-
-
-@torch.library.custom_op("fused_ops::relu_forward", mutates_args=())
-def _relu_forward(input: torch.Tensor) -> torch.Tensor:
-    return _relu_forward_impl(input)
-
-
-@_relu_forward.register_fake
-def _(input: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("fused_ops::relu_forward_", mutates_args=("input",))
-def _relu_forward_inplace(input: torch.Tensor) -> None:
-    _relu_forward_inplace_impl(input)
-
-
-@_relu_forward_inplace.register_fake
-def _(input: torch.Tensor) -> None:
-    return None
-
-
-@torch.library.custom_op("fused_ops::relu_backward", mutates_args=())
-def _relu_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    return _relu_backward_impl(grad_output, output)
-
-
-@_relu_backward.register_fake
-def _(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(output)
-
-
-def _relu_double_backward(ctx, grad_grad_input: torch.Tensor):
-    # grad_input = output <= 0 ? 0 : g is linear in g with the same mask, and piecewise
-    # constant in output, so d/dg is the mask and d/d(output) is 0.
-    _, output = ctx.saved_tensors
-    grad_grad_output = torch.where(output <= 0, torch.zeros_like(grad_grad_input), grad_grad_input)
-    return grad_grad_output, torch.zeros_like(output)
-
-
-_relu_backward.register_autograd(_relu_double_backward, setup_context=_save_backward_inputs)
-
-
-class ReLUFunction(torch.autograd.Function):
-    """Relu whose forward and backward are Triton kernels; backward uses the saved output."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        output = _relu_forward_impl(input)
-        ctx.save_for_backward(output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (output,) = ctx.saved_tensors
-        return _backward(grad_output, output, _relu_backward_impl, _relu_double_backward)
-
-
-class _ReLUTracedFunction(torch.autograd.Function):
-    """ReLUFunction over the custom ops, for torch.compile."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        output = torch.ops.fused_ops.relu_forward(input)
-        ctx.save_for_backward(output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (output,) = ctx.saved_tensors
-        return torch.ops.fused_ops.relu_backward(grad_output, output)
-
-
-class ReLUInplaceFunction(torch.autograd.Function):
-    """Relu written into its input. ``mark_dirty`` tells autograd, which bumps the input's
-    version (so earlier saves of it are caught) and rejects leaves that require grad."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        _relu_forward_inplace_impl(input)
-        ctx.mark_dirty(input)
-        # The input now holds the output, which is all backward needs.
-        ctx.save_for_backward(input)
-        return input
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (output,) = ctx.saved_tensors
-        return _backward(grad_output, output, _relu_backward_impl, _relu_double_backward)
-
-
-class _ReLUInplaceTracedFunction(torch.autograd.Function):
-    """ReLUInplaceFunction over the custom ops, for torch.compile."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        torch.ops.fused_ops.relu_forward_(input)
-        ctx.mark_dirty(input)
-        ctx.save_for_backward(input)
-        return input
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (output,) = ctx.saved_tensors
-        return torch.ops.fused_ops.relu_backward(grad_output, output)
-
-
-_relu_apply = fast_apply(ReLUFunction)
-_relu_inplace_apply = fast_apply(ReLUInplaceFunction)
 
 
 def relu(input: torch.Tensor) -> torch.Tensor:
@@ -450,14 +388,101 @@ def relu(input: torch.Tensor) -> torch.Tensor:
     """
     (input,) = autocast_inputs("relu", input)
     _check_relu_dtype(input)
-    if _is_compiling():
-        if not input.is_floating_point():
-            return torch.ops.fused_ops.relu_forward(input)
-        return _ReLUTracedFunction.apply(input)
-    # Integers carry no gradient: the launch alone, with no autograd node.
-    if needs_autograd(input):
-        return _relu_apply(input)
-    return _relu_forward_impl(input)
+    if not input.is_floating_point():
+        # Integers carry no gradient: the launch alone, with no autograd node.
+        return _RELU.forward_op(input) if _is_compiling() else _RELU.forward(input)
+    return _RELU.call(input)
+
+
+# In-place relu and silu: the kernel writes into the input. Their Functions call
+# ``mark_dirty``, which bumps the input's version (so earlier saves of it are caught).
+
+
+def _forward_inplace(activation: _Activation, input: torch.Tensor) -> None:
+    """Write ``activation(input)`` into ``input``: the kernel in place, or a dense copy written back."""
+    if use_triton(activation.name, input):
+        (dense,) = dense_layout(input)
+        if dense is input:
+            activation.forward_launch(input, out=input)
+            return
+        # Not walkable flat (a slice with gaps): compute on a dense copy and write back.
+        # copy_ raises torch's own error for overlapping memory (an expanded tensor).
+        input.copy_(activation.forward_launch(dense))
+        return
+    input.copy_(activation.forward_ref(input))
+
+
+@torch.library.custom_op("fused_ops::relu_forward_", mutates_args=("input",))
+def _relu_forward_inplace_op(input: torch.Tensor) -> None:
+    _forward_inplace(_RELU, input)
+
+
+@_relu_forward_inplace_op.register_fake
+def _(input: torch.Tensor) -> None:
+    return None
+
+
+@torch.library.custom_op("fused_ops::silu_forward_", mutates_args=("input",))
+def _silu_forward_inplace_op(input: torch.Tensor) -> None:
+    _forward_inplace(_SILU, input)
+
+
+@_silu_forward_inplace_op.register_fake
+def _(input: torch.Tensor) -> None:
+    return None
+
+
+class ReLUInplaceFunction(torch.autograd.Function):
+    """Relu written into its input. ``mark_dirty`` tells autograd, which bumps the input's
+    version (so earlier saves of it are caught) and rejects leaves that require grad."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        if _is_compiling():
+            _relu_forward_inplace_op(input)
+        else:
+            _forward_inplace(_RELU, input)
+        ctx.mark_dirty(input)
+        # The input now holds the output, which is all backward needs.
+        ctx.save_for_backward(input)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        if _is_compiling():
+            return _RELU.backward_op(grad_output, output)
+        return _RELU.differentiable_backward(grad_output, output)
+
+
+class SiLUInplaceFunction(torch.autograd.Function):
+    """SiLU written into its input, with ``mark_dirty`` (see :class:`ReLUInplaceFunction`).
+
+    The backward needs the input that the kernel overwrites, so when a gradient is needed
+    the forward keeps a copy of it first (torch's ``silu_`` saves the original the same
+    way); without grad nothing is copied.
+    """
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        original = input.clone() if ctx.needs_input_grad[0] else None
+        if _is_compiling():
+            _silu_forward_inplace_op(input)
+        else:
+            _forward_inplace(_SILU, input)
+        ctx.mark_dirty(input)
+        ctx.save_for_backward(original)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (original,) = ctx.saved_tensors
+        if _is_compiling():
+            return _SILU.backward_op(grad_output, original)
+        return _SILU.differentiable_backward(grad_output, original)
+
+
+_relu_inplace_apply = fast_apply(ReLUInplaceFunction)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -485,16 +510,16 @@ def relu_(input: torch.Tensor) -> torch.Tensor:
     _check_relu_dtype(input)
     if _is_compiling():
         if not input.is_floating_point():
-            torch.ops.fused_ops.relu_forward_(input)
+            _relu_forward_inplace_op(input)
             return input
         _check_inplace_allowed(input)
-        return _ReLUInplaceTracedFunction.apply(input)
+        return ReLUInplaceFunction.apply(input)
     if needs_autograd(input):
         _check_inplace_allowed(input)
         return _relu_inplace_apply(input)
     # No autograd: the write alone. Under no_grad torch.relu_ bumps the version counter
     # too, which the kernel's write does not do by itself.
-    _relu_forward_inplace_impl(input)
+    _forward_inplace(_RELU, input)
     torch.autograd.graph.increment_version(input)
     return input
 
@@ -510,10 +535,6 @@ def _check_inplace_allowed(input: torch.Tensor) -> None:
             raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
 
 
-# GELU and SiLU. Unlike sigmoid, tanh and relu, their backward needs the INPUT (neither
-# can be inverted from its output), so the Functions save the input and the backward
-# kernels recompute the derivative from it: 8 B/elem forward, 12 B/elem backward in fp32.
-
 _GELU_APPROXIMATIONS = ("none", "tanh")
 
 
@@ -523,102 +544,6 @@ def _check_gelu_approximate(approximate: str) -> None:
         raise TypeError(f"gelu(): argument 'approximate' must be str, not {type(approximate).__name__}")
     if approximate not in _GELU_APPROXIMATIONS:
         raise RuntimeError("approximate argument must be either none or tanh.")
-
-
-def _gelu_forward_impl(input: torch.Tensor, approximate: str) -> torch.Tensor:
-    if use_triton("gelu", input):
-        (input,) = dense_layout(input)
-        return kernels.gelu_forward(input, approximate)
-    return reference.gelu_ref(input, approximate)
-
-
-def _gelu_backward_impl(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
-    if use_triton("gelu", grad_output, input):
-        grad_output, input = dense_layout(grad_output, input)
-        return kernels.gelu_backward(grad_output, input, approximate)
-    return reference.gelu_backward_ref(grad_output, input, approximate)
-
-
-@torch.library.custom_op("fused_ops::gelu_forward", mutates_args=())
-def _gelu_forward(input: torch.Tensor, approximate: str) -> torch.Tensor:
-    return _gelu_forward_impl(input, approximate)
-
-
-@_gelu_forward.register_fake
-def _(input: torch.Tensor, approximate: str) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("fused_ops::gelu_backward", mutates_args=())
-def _gelu_backward(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
-    return _gelu_backward_impl(grad_output, input, approximate)
-
-
-@_gelu_backward.register_fake
-def _(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-def _gelu_backward_setup_context(ctx, inputs, output) -> None:
-    grad_output, input, approximate = inputs
-    ctx.save_for_backward(grad_output, input)
-    ctx.approximate = approximate
-
-
-def _gelu_second_order(ctx, grad_grad_input: torch.Tensor, approximate: str):
-    # grad_input = g * gelu'(x): d/dg = gelu'(x), d/dx = g * gelu''(x). Eager ops, so that
-    # the third order is differentiable too.
-    grad_output, input = ctx.saved_tensors
-    first, second = reference.gelu_derivatives(input, approximate)
-    return grad_grad_input * first, grad_grad_input * grad_output * second
-
-
-def _gelu_double_backward(ctx, grad_grad_input: torch.Tensor):
-    return (*_gelu_second_order(ctx, grad_grad_input, ctx.approximate), None)
-
-
-_gelu_backward.register_autograd(_gelu_double_backward, setup_context=_gelu_backward_setup_context)
-
-
-class GELUFunction(torch.autograd.Function):
-    """GELU whose forward and backward are Triton kernels; backward recomputes from the saved input."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor, approximate: str) -> torch.Tensor:
-        output = _gelu_forward_impl(input, approximate)
-        ctx.save_for_backward(input)
-        ctx.approximate = approximate
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (input,) = ctx.saved_tensors
-        approximate = ctx.approximate
-        if torch.is_grad_enabled():
-            # create_graph=True: the gradient must itself be differentiable.
-            backward_impl = functools.partial(_gelu_backward_impl, approximate=approximate)
-            second_order = functools.partial(_gelu_second_order, approximate=approximate)
-            return _BackwardFunction.apply(grad_output, input, backward_impl, second_order), None
-        return _gelu_backward_impl(grad_output, input, approximate), None
-
-
-class _GELUTracedFunction(torch.autograd.Function):
-    """GELUFunction over the custom ops, for torch.compile."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor, approximate: str) -> torch.Tensor:
-        output = torch.ops.fused_ops.gelu_forward(input, approximate)
-        ctx.save_for_backward(input)
-        ctx.approximate = approximate
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (input,) = ctx.saved_tensors
-        return torch.ops.fused_ops.gelu_backward(grad_output, input, ctx.approximate), None
-
-
-_gelu_apply = fast_apply(GELUFunction)
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -646,138 +571,7 @@ def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     (input,) = autocast_inputs("gelu", input)
     _check_gelu_approximate(approximate)
     check_floating("gelu", input)
-    if _is_compiling():
-        return _GELUTracedFunction.apply(input, approximate)
-    if needs_autograd(input):
-        return _gelu_apply(input, approximate)
-    return _gelu_forward_impl(input, approximate)
-
-
-def _silu_forward_impl(input: torch.Tensor) -> torch.Tensor:
-    if use_triton("silu", input):
-        (input,) = dense_layout(input)
-        return kernels.silu_forward(input)
-    return reference.silu_ref(input)
-
-
-def _silu_forward_inplace_impl(input: torch.Tensor) -> None:
-    if use_triton("silu", input):
-        (dense,) = dense_layout(input)
-        if dense is input:
-            kernels.silu_forward(input, out=input)
-            return
-        # Not walkable flat (a slice with gaps): compute on a dense copy and write back.
-        # copy_ raises torch's own error for overlapping memory (an expanded tensor).
-        input.copy_(kernels.silu_forward(dense))
-        return
-    input.copy_(reference.silu_ref(input))
-
-
-def _silu_backward_impl(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
-    if use_triton("silu", grad_output, input):
-        grad_output, input = dense_layout(grad_output, input)
-        return kernels.silu_backward(grad_output, input)
-    return reference.silu_backward_ref(grad_output, input)
-
-
-@torch.library.custom_op("fused_ops::silu_forward", mutates_args=())
-def _silu_forward(input: torch.Tensor) -> torch.Tensor:
-    return _silu_forward_impl(input)
-
-
-@_silu_forward.register_fake
-def _(input: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-@torch.library.custom_op("fused_ops::silu_forward_", mutates_args=("input",))
-def _silu_forward_inplace(input: torch.Tensor) -> None:
-    _silu_forward_inplace_impl(input)
-
-
-@_silu_forward_inplace.register_fake
-def _(input: torch.Tensor) -> None:
-    return None
-
-
-@torch.library.custom_op("fused_ops::silu_backward", mutates_args=())
-def _silu_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
-    return _silu_backward_impl(grad_output, input)
-
-
-@_silu_backward.register_fake
-def _(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(input)
-
-
-def _silu_double_backward(ctx, grad_grad_input: torch.Tensor):
-    # grad_input = g * silu'(x): d/dg = silu'(x), d/dx = g * silu''(x).
-    grad_output, input = ctx.saved_tensors
-    first, second = reference.silu_derivatives(input)
-    return grad_grad_input * first, grad_grad_input * grad_output * second
-
-
-_silu_backward.register_autograd(_silu_double_backward, setup_context=_save_backward_inputs)
-
-
-class SiLUFunction(torch.autograd.Function):
-    """SiLU whose forward and backward are Triton kernels; backward recomputes from the saved input."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        output = _silu_forward_impl(input)
-        ctx.save_for_backward(input)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (input,) = ctx.saved_tensors
-        return _backward(grad_output, input, _silu_backward_impl, _silu_double_backward)
-
-
-class _SiLUTracedFunction(torch.autograd.Function):
-    """SiLUFunction over the custom ops, for torch.compile."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        output = torch.ops.fused_ops.silu_forward(input)
-        ctx.save_for_backward(input)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (input,) = ctx.saved_tensors
-        return torch.ops.fused_ops.silu_backward(grad_output, input)
-
-
-class SiLUInplaceFunction(torch.autograd.Function):
-    """SiLU written into its input, with ``mark_dirty`` (see :class:`ReLUInplaceFunction`).
-
-    The backward needs the input that the kernel overwrites, so when a gradient is needed
-    the forward keeps a copy of it first (torch's ``silu_`` saves the original the same
-    way); without grad nothing is copied.
-    """
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
-        original = input.clone() if ctx.needs_input_grad[0] else None
-        if _is_compiling():
-            torch.ops.fused_ops.silu_forward_(input)
-        else:
-            _silu_forward_inplace_impl(input)
-        ctx.mark_dirty(input)
-        ctx.save_for_backward(original)
-        return input
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (original,) = ctx.saved_tensors
-        if _is_compiling():
-            return torch.ops.fused_ops.silu_backward(grad_output, original)
-        return _backward(grad_output, original, _silu_backward_impl, _silu_double_backward)
-
-
-_silu_apply = fast_apply(SiLUFunction)
+    return _GELU.call(input, approximate)
 
 
 def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -813,11 +607,7 @@ def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if _is_compiling() or needs_autograd(input):
             return SiLUInplaceFunction.apply(input)
         # No autograd: the write alone, with the version bump torch's silu_ makes.
-        _silu_forward_inplace_impl(input)
+        _forward_inplace(_SILU, input)
         torch.autograd.graph.increment_version(input)
         return input
-    if _is_compiling():
-        return _SiLUTracedFunction.apply(input)
-    if needs_autograd(input):
-        return _silu_apply(input)
-    return _silu_forward_impl(input)
+    return _SILU.call(input)

@@ -59,8 +59,13 @@ _UNALIGNED = (
 )
 
 
-def _make_key_function(params) -> Any:
-    """``key(device, num_warps, constexprs, *args)``: the cache key of one launch of a kernel."""
+def _make_launcher(bound: BoundKernel, params) -> Any:
+    """Generate ``launch(programs, args, constants, num_warps, grid_1=1, grid_2=1)`` for one kernel.
+
+    Generated, with the specialization key inlined, because every Python call, nested
+    tuple and attribute lookup on this path is paid on every launch (about 1 µs saved
+    against a key function called from a generic launch method).
+    """
     names = [f"a{i}" for i in range(len(params))]
     parts = []
     for name, param in zip(names, params, strict=True):
@@ -71,20 +76,59 @@ def _make_key_function(params) -> Any:
         else:
             template = _SPECIALIZED
         parts.append(template.format(a=name))
-    source = f"def key(device, num_warps, constexprs, {', '.join(names)}):\n"
-    source += f"    return (device, num_warps, constexprs, {''.join(p + ', ' for p in parts)})\n"
-    namespace = {"Tensor": torch.Tensor}
+    unpack = "".join(f"{name}, " for name in names)
+    source = f"""
+def launch(programs, args, constants, num_warps, grid_1=1, grid_2=1):
+    try:
+        ({unpack}) = args
+    except ValueError:
+        raise TypeError(usage_error) from None
+    active = driver.active
+    device = active.get_current_device()
+    key = (device, num_warps, constants, {"".join(p + ", " for p in parts)})
+    entry = cache_get(key)
+    if entry is None or kernel.pre_run_hooks or runtime.add_stages_inspection_hook is not None:
+        return first_launch(key, (programs, grid_1, grid_2), args, num_warps, constants)
+    run, function, packed_metadata, compiled = entry
+    stream = active.get_current_stream(device)
+    enter_hook = runtime.launch_enter_hook
+    exit_hook = runtime.launch_exit_hook
+    if (enter_hook is None or (enter_hook.__class__ is HookChain and not enter_hook.calls)) and (
+        exit_hook is None or (exit_hook.__class__ is HookChain and not exit_hook.calls)
+    ):
+        # No hook to call: Triton's launcher skips None hooks, and launch_metadata exists
+        # only for hooks (JITFunction.run builds it on every launch, for nothing).
+        run(programs, grid_1, grid_2, stream, function, packed_metadata, None, None, None, {unpack}*constants)
+        return
+    metadata = compiled.launch_metadata((programs, grid_1, grid_2), stream, *args, *constants)
+    run(
+        programs, grid_1, grid_2, stream, function, packed_metadata, metadata, enter_hook, exit_hook,
+        {unpack}*constants,
+    )
+"""
+    namespace = {
+        "Tensor": torch.Tensor,
+        "HookChain": HookChain,
+        "driver": driver,
+        "runtime": _runtime,
+        "kernel": bound.kernel,
+        "cache_get": bound._cache.get,
+        "first_launch": bound._first_launch,
+        "usage_error": bound._usage_error,
+    }
     # The source is built from the kernel's parameter list only.
     exec(source, namespace)
-    return namespace["key"]
+    return namespace["launch"]
 
 
 class BoundKernel:
     """A ``@triton.jit`` kernel launched through a per-signature cache of compiled kernels.
 
-    Call it as ``bound(grid, *args, num_warps=..., **constexprs)``: ``args`` are the
-    kernel's runtime parameters in order, and ``constexprs`` its trailing ``tl.constexpr``
-    parameters, by name, in the kernel's order (checked at each signature's first launch).
+    Call it as ``bound(grid, *args, num_warps=..., **constexprs)``, or, on hot paths, as
+    ``bound.launch(programs, args, constants, num_warps)`` (no keyword arguments):
+    ``args`` are the kernel's runtime parameters in order, and the constexprs its
+    trailing ``tl.constexpr`` parameters, by name in the kernel's order or as a tuple of
+    values in that order (checked at each signature's first launch).
 
     Args:
         kernel: the ``@triton.jit`` function (an ``InterpretedFunction`` under
@@ -93,9 +137,8 @@ class BoundKernel:
     Example:
         >>> _sigmoid = BoundKernel(sigmoid_forward_kernel)
         >>> _sigmoid((n // 1024 + 1,), x, out, n, num_warps=4, BLOCK_SIZE=1024)
+        >>> _sigmoid.launch(n // 1024 + 1, (x, out, n), (1024,), 4)
     """
-
-    __slots__ = ("_cache", "_constexpr_names", "_key", "_n_params", "_usage_error", "compiled_mode", "kernel")
 
     def __init__(self, kernel) -> None:
         self.kernel = kernel
@@ -115,9 +158,9 @@ class BoundKernel:
         )
         if not trailing:
             raise TypeError(self._usage_error)
-        self._key = None
         if self.compiled_mode:
-            self._key = _make_key_function([p for p in kernel.params if not p.is_constexpr])
+            # An instance attribute, which takes precedence over the method below.
+            self.launch = _make_launcher(self, [p for p in kernel.params if not p.is_constexpr])
 
     def _check_usage(self, args: tuple, constexprs: dict) -> None:
         if len(args) != self._n_params or list(constexprs) != self._constexpr_names:
@@ -134,98 +177,32 @@ class BoundKernel:
             self._check_usage(args, constexprs)
             self.kernel[grid](*args, num_warps=num_warps, **constexprs)
             return
-        active = driver.active
-        device = active.get_current_device()
-        stream = active.get_current_stream(device)
-        constants = tuple(constexprs.values())
-        try:
-            key = self._key(device, num_warps, constants, *args)
-        except TypeError:
-            # Wrong argument count: the first-launch path raises a clear error.
-            key = None
-        entry = self._cache.get(key)
-        if entry is None or self.kernel.pre_run_hooks or _runtime.add_stages_inspection_hook is not None:
-            self._first_launch(key, grid, args, num_warps, constexprs)
-            return
-        run, function, packed_metadata, compiled = entry
-        enter_hook = _runtime.launch_enter_hook
-        # JITFunction.run always builds launch_metadata; the launcher only hands it to the
-        # enter and exit hooks, so with no hook (an empty chain) it is skipped, unseen.
-        if enter_hook.__class__ is HookChain and not enter_hook.calls:
-            metadata = None
-        elif enter_hook is None:
-            metadata = None
-        else:
-            metadata = compiled.launch_metadata(grid, stream, *args, *constants)
-        if len(grid) == 1:
-            grid_1 = grid_2 = 1
-        else:
-            grid_1 = grid[1]
-            grid_2 = grid[2] if len(grid) > 2 else 1
-        run(
-            grid[0],
-            grid_1,
-            grid_2,
-            stream,
-            function,
-            packed_metadata,
-            metadata,
-            enter_hook,
-            _runtime.launch_exit_hook,
-            *args,
-            *constants,
-        )
+        if list(constexprs) != self._constexpr_names:
+            raise TypeError(self._usage_error)
+        grid_1 = grid[1] if len(grid) > 1 else 1
+        grid_2 = grid[2] if len(grid) > 2 else 1
+        self.launch(grid[0], args, tuple(constexprs.values()), num_warps, grid_1, grid_2)
 
-    def launch(self, programs: int, args: tuple, constants: tuple, num_warps: int) -> None:
-        """A 1-D launch of ``programs`` programs: ``__call__`` without its keyword arguments.
+    def launch(
+        self, programs: int, args: tuple, constants: tuple, num_warps: int, grid_1: int = 1, grid_2: int = 1
+    ) -> None:
+        """Launch a (``programs``, ``grid_1``, ``grid_2``) grid: ``__call__`` without keywords.
 
-        The hot launchers' form (no ``**constexprs`` dict, no grid tuple to inspect):
-        ``args`` are the runtime arguments, ``constants`` every constexpr's value, both in
-        the kernel's order. Same cache and same launch as ``__call__``.
+        This method serves interpreted kernels; compiled ones get a generated function of
+        the same signature (``_make_launcher``).
         """
-        if not self.compiled_mode:
-            self((programs,), *args, num_warps=num_warps, **dict(zip(self._constexpr_names, constants, strict=False)))
-            return
-        active = driver.active
-        device = active.get_current_device()
-        stream = active.get_current_stream(device)
-        try:
-            key = self._key(device, num_warps, constants, *args)
-        except TypeError:
-            key = None
-        entry = self._cache.get(key)
-        if entry is None or self.kernel.pre_run_hooks or _runtime.add_stages_inspection_hook is not None:
-            constexprs = dict(zip(self._constexpr_names, constants, strict=False))
-            if len(constants) != len(self._constexpr_names):
-                raise TypeError(self._usage_error)
-            self._first_launch(key, (programs,), args, num_warps, constexprs)
-            return
-        run, function, packed_metadata, compiled = entry
-        enter_hook = _runtime.launch_enter_hook
-        if (enter_hook.__class__ is HookChain and not enter_hook.calls) or enter_hook is None:
-            metadata = None
-        else:
-            metadata = compiled.launch_metadata((programs,), stream, *args, *constants)
-        run(
-            programs,
-            1,
-            1,
-            stream,
-            function,
-            packed_metadata,
-            metadata,
-            enter_hook,
-            _runtime.launch_exit_hook,
-            *args,
-            *constants,
-        )
+        if len(constants) != len(self._constexpr_names):
+            raise TypeError(self._usage_error)
+        constexprs = dict(zip(self._constexpr_names, constants, strict=True))
+        self((programs, grid_1, grid_2), *args, num_warps=num_warps, **constexprs)
 
-    def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constexprs: dict) -> None:
+    def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constants: tuple) -> None:
         """Launch through Triton (compiling if needed) and remember the compiled kernel."""
+        if len(constants) != len(self._constexpr_names):
+            raise TypeError(self._usage_error)
+        constexprs = dict(zip(self._constexpr_names, constants, strict=True))
         self._check_usage(args, constexprs)
         compiled = self.kernel[grid](*args, num_warps=num_warps, **constexprs)
-        if key is None:
-            return
         # compiled.run is the driver's launcher, created when the kernel first ran.
         self._cache[key] = (compiled.run, compiled.function, compiled.packed_metadata, compiled)
 

@@ -5,6 +5,8 @@ any tensor whose memory is dense and non-overlapping (contiguous, or a permutati
 contiguous such as a transpose); the PyTorch side copies other layouts first.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -141,11 +143,34 @@ def relu_backward_kernel(grad_output_ptr, output_ptr, grad_input_ptr, n_elements
     tl.store(grad_input_ptr + offsets, grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
 
 
-# One BoundKernel per kernel, made at its first launch: launches skip Triton's binder.
-_bound: dict = {}
+def _launch_unary(bound: BoundKernel, input: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch a forward kernel ``(input, output, n_elements)``, into ``out`` if given (may be ``input``)."""
+    output = torch.empty_like(input) if out is None else out
+    n_elements = output.numel()
+    if n_elements:
+        programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
+        bound.launch(programs, (input, output, n_elements), _ELEMENTWISE_CONSTANTS, ELEMENTWISE_NUM_WARPS)
+    return output
 
 
-def _launch_elementwise(kernel, inputs: tuple[torch.Tensor, ...], output: torch.Tensor | None = None) -> torch.Tensor:
+def _launch_binary(bound: BoundKernel, grad_output: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """Launch a backward kernel ``(grad_output, saved, grad_input, n_elements)``."""
+    grad_input = torch.empty_like(saved)
+    n_elements = grad_input.numel()
+    if n_elements:
+        programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
+        bound.launch(
+            programs, (grad_output, saved, grad_input, n_elements), _ELEMENTWISE_CONSTANTS, ELEMENTWISE_NUM_WARPS
+        )
+    return grad_input
+
+
+def _launch_elementwise(
+    bound: BoundKernel,
+    inputs: tuple[torch.Tensor, ...],
+    output: torch.Tensor | None = None,
+    constants: tuple = (ELEMENTWISE_BLOCK_SIZE,),
+) -> torch.Tensor:
     """Launch ``kernel(*inputs, output, n_elements)`` over inputs that share one dense layout.
 
     The output is allocated with the first input's layout (``empty_like``), which for a
@@ -156,43 +181,10 @@ def _launch_elementwise(kernel, inputs: tuple[torch.Tensor, ...], output: torch.
     n_elements = output.numel()
     if n_elements == 0:
         return output
-    bound = _bound.get(kernel)
-    if bound is None:
-        bound = _bound[kernel] = BoundKernel(kernel)
     # Integer ceil-division: triton.cdiv costs ~2.5 µs from Python, `//` 0.04 µs.
     programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
-    bound.launch(programs, (*inputs, output, n_elements), (ELEMENTWISE_BLOCK_SIZE,), ELEMENTWISE_NUM_WARPS)
+    bound.launch(programs, (*inputs, output, n_elements), constants, ELEMENTWISE_NUM_WARPS)
     return output
-
-
-def sigmoid_forward(input: torch.Tensor) -> torch.Tensor:
-    """Sigmoid of a dense tensor; the output has the input's layout."""
-    return _launch_elementwise(sigmoid_forward_kernel, (input,))
-
-
-def sigmoid_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """Gradient of sigmoid from the saved output; both tensors must share one dense layout."""
-    return _launch_elementwise(sigmoid_backward_kernel, (grad_output, output))
-
-
-def tanh_forward(input: torch.Tensor) -> torch.Tensor:
-    """Tanh of a dense tensor; the output has the input's layout."""
-    return _launch_elementwise(tanh_forward_kernel, (input,))
-
-
-def tanh_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """Gradient of tanh from the saved output; both tensors must share one dense layout."""
-    return _launch_elementwise(tanh_backward_kernel, (grad_output, output))
-
-
-def relu_forward(input: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Relu of a dense float or integer tensor, into ``out`` (may be ``input`` itself) or a new tensor."""
-    return _launch_elementwise(relu_forward_kernel, (input,), out)
-
-
-def relu_backward(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """Gradient of relu from the saved output; both tensors must share one dense layout."""
-    return _launch_elementwise(relu_backward_kernel, (grad_output, output))
 
 
 # GELU and SiLU. Their backward kernels recompute from the saved INPUT (neither function
@@ -305,36 +297,48 @@ def silu_backward_kernel(grad_output_ptr, input_ptr, grad_input_ptr, n_elements,
     tl.store(grad_input_ptr + offsets, grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_gelu(kernel, inputs: tuple[torch.Tensor, ...], approximate_tanh: bool) -> torch.Tensor:
-    """``_launch_elementwise`` for the GELU kernels, which take the form as a constexpr."""
-    output = torch.empty_like(inputs[0])
-    n_elements = output.numel()
-    if n_elements == 0:
-        return output
-    bound = _bound.get(kernel)
-    if bound is None:
-        bound = _bound[kernel] = BoundKernel(kernel)
-    programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
-    constants = (approximate_tanh, ELEMENTWISE_BLOCK_SIZE)
-    bound.launch(programs, (*inputs, output, n_elements), constants, ELEMENTWISE_NUM_WARPS)
-    return output
-
-
 def gelu_forward(input: torch.Tensor, approximate: str) -> torch.Tensor:
     """GELU of a dense tensor (``approximate`` is "none" or "tanh"); the output has the input's layout."""
-    return _launch_gelu(gelu_forward_kernel, (input,), approximate == "tanh")
+    return _launch_elementwise(_gelu_forward_launch, (input,), None, (approximate == "tanh", ELEMENTWISE_BLOCK_SIZE))
 
 
 def gelu_backward(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
     """Gradient of GELU from the saved input; both tensors must share one dense layout."""
-    return _launch_gelu(gelu_backward_kernel, (grad_output, input), approximate == "tanh")
+    constants = (approximate == "tanh", ELEMENTWISE_BLOCK_SIZE)
+    return _launch_elementwise(_gelu_backward_launch, (grad_output, input), None, constants)
 
 
-def silu_forward(input: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """SiLU of a dense tensor, into ``out`` (may be ``input`` itself) or a new tensor."""
-    return _launch_elementwise(silu_forward_kernel, (input,), out)
+_ELEMENTWISE_CONSTANTS = (ELEMENTWISE_BLOCK_SIZE,)
+
+# Bound once at import: launches skip Triton's binder (kernels/_launch.py).
+_gelu_backward_launch = BoundKernel(gelu_backward_kernel)
+_gelu_forward_launch = BoundKernel(gelu_forward_kernel)
+_relu_backward_launch = BoundKernel(relu_backward_kernel)
+_relu_forward_launch = BoundKernel(relu_forward_kernel)
+_sigmoid_backward_launch = BoundKernel(sigmoid_backward_kernel)
+_sigmoid_forward_launch = BoundKernel(sigmoid_forward_kernel)
+_silu_backward_launch = BoundKernel(silu_backward_kernel)
+_silu_forward_launch = BoundKernel(silu_forward_kernel)
+_tanh_backward_launch = BoundKernel(tanh_backward_kernel)
+_tanh_forward_launch = BoundKernel(tanh_forward_kernel)
 
 
-def silu_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
-    """Gradient of SiLU from the saved input; both tensors must share one dense layout."""
-    return _launch_elementwise(silu_backward_kernel, (grad_output, input))
+# The launchers: one call from the op to the bound launch (a partial adds no Python frame).
+sigmoid_forward = functools.partial(_launch_unary, _sigmoid_forward_launch)
+sigmoid_forward.__doc__ = "Sigmoid of a dense tensor; the output has the input's layout."
+sigmoid_backward = functools.partial(_launch_binary, _sigmoid_backward_launch)
+sigmoid_backward.__doc__ = "Gradient of sigmoid from the saved output; both tensors must share one dense layout."
+tanh_forward = functools.partial(_launch_unary, _tanh_forward_launch)
+tanh_forward.__doc__ = "Tanh of a dense tensor; the output has the input's layout."
+tanh_backward = functools.partial(_launch_binary, _tanh_backward_launch)
+tanh_backward.__doc__ = "Gradient of tanh from the saved output; both tensors must share one dense layout."
+relu_forward = functools.partial(_launch_unary, _relu_forward_launch)
+relu_forward.__doc__ = (
+    "Relu of a dense float or integer tensor, into ``out`` (may be ``input`` itself) or a new tensor."
+)
+relu_backward = functools.partial(_launch_binary, _relu_backward_launch)
+relu_backward.__doc__ = "Gradient of relu from the saved output; both tensors must share one dense layout."
+silu_forward = functools.partial(_launch_unary, _silu_forward_launch)
+silu_forward.__doc__ = "SiLU of a dense tensor, into ``out`` (may be ``input`` itself) or a new tensor."
+silu_backward = functools.partial(_launch_binary, _silu_backward_launch)
+silu_backward.__doc__ = "Gradient of SiLU from the saved input; both tensors must share one dense layout."
