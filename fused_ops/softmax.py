@@ -30,8 +30,8 @@ import torch
 
 from . import reference
 from ._autocast import autocast_dtype
-from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
-from ._validation import check_floating, normalize_dim
+from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, use_triton
+from ._validation import FLOATING_DTYPES, check_floating, normalize_dim
 
 if TRITON_AVAILABLE:
     from .kernels import softmax as kernels
@@ -179,12 +179,13 @@ class _BackwardFunction(torch.autograd.Function):
         return grad_grad_output, grad_saved_output, None, None, None
 
 
-def _function_backward(ctx, grad_output: torch.Tensor, log: bool) -> torch.Tensor:
+def _function_backward(ctx, grad_output: torch.Tensor, op: str, log: bool):
+    """SoftmaxFunction's and LogSoftmaxFunction's backward: the input gradient, then None, None."""
     (output,) = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    if _is_grad_enabled():
         # create_graph=True: the gradient must itself be differentiable.
-        return _BackwardFunction.apply(grad_output, output, ctx.dim, ctx.input_dtype, log)
-    return _backward("log_softmax" if log else "softmax", grad_output, output, ctx.dim, ctx.input_dtype, log)
+        return _BackwardFunction.apply(grad_output, output, ctx.dim, ctx.input_dtype, log), None, None
+    return _backward(op, grad_output, output, ctx.dim, ctx.input_dtype, log), None, None
 
 
 class SoftmaxFunction(torch.autograd.Function):
@@ -199,7 +200,7 @@ class SoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        return _function_backward(ctx, grad_output, log=False), None, None
+        return _function_backward(ctx, grad_output, "softmax", False)
 
 
 class LogSoftmaxFunction(torch.autograd.Function):
@@ -214,7 +215,7 @@ class LogSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        return _function_backward(ctx, grad_output, log=True), None, None
+        return _function_backward(ctx, grad_output, "log_softmax", True)
 
 
 class _SoftmaxTracedFunction(torch.autograd.Function):
@@ -254,6 +255,8 @@ _FUNCTIONS = {
     "softmax": (fast_apply(SoftmaxFunction), _SoftmaxTracedFunction, False),
     "log_softmax": (fast_apply(LogSoftmaxFunction), _LogSoftmaxTracedFunction, True),
 }
+_is_compiling = torch.compiler.is_compiling
+_is_grad_enabled = torch.is_grad_enabled
 
 
 def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
@@ -263,15 +266,19 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
             dim = operator.index(dim)
         except TypeError:
             raise TypeError(f"{op}(): argument 'dim' (position 2) must be int, not {type(dim).__name__}") from None
-    dim = normalize_dim(dim, input.dim())
+    ndim = input.dim()
+    # normalize_dim's common case inline (a dim in range of a tensor with dims).
+    dim = dim % ndim if -ndim <= dim < ndim else normalize_dim(dim, ndim)
     if dtype is not None and dtype != input.dtype and (input.dtype, dtype) not in _CAST_IN_KERNEL:
         input = input.to(dtype)
-    check_floating(op, input)
+    if input.dtype not in FLOATING_DTYPES:
+        check_floating(op, input)
     apply, traced_function, log = _FUNCTIONS[op]
     output_dtype = dtype or input.dtype
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         return traced_function.apply(input, dim, output_dtype)
-    if needs_autograd(input):
+    # needs_autograd(input), inline.
+    if (_is_grad_enabled() and input.requires_grad) or _forward_ad._current_level >= 0:
         return apply(input, dim, output_dtype)
     return _forward(op, input, dim, output_dtype, log)
 
