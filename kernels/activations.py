@@ -310,35 +310,24 @@ def gelu_backward(grad_output: torch.Tensor, input: torch.Tensor, approximate: s
 
 _ELEMENTWISE_CONSTANTS = (ELEMENTWISE_BLOCK_SIZE,)
 
-# Bound once at import: launches skip Triton's binder (kernels/_launch.py).
-_gelu_backward_launch = BoundKernel(gelu_backward_kernel)
 _gelu_forward_launch = BoundKernel(gelu_forward_kernel)
-_relu_backward_launch = BoundKernel(relu_backward_kernel)
-_relu_forward_launch = BoundKernel(relu_forward_kernel)
-_sigmoid_backward_launch = BoundKernel(sigmoid_backward_kernel)
-_sigmoid_forward_launch = BoundKernel(sigmoid_forward_kernel)
-_silu_backward_launch = BoundKernel(silu_backward_kernel)
-_silu_forward_launch = BoundKernel(silu_forward_kernel)
-_tanh_backward_launch = BoundKernel(tanh_backward_kernel)
-_tanh_forward_launch = BoundKernel(tanh_forward_kernel)
+_gelu_backward_launch = BoundKernel(gelu_backward_kernel)
 
 
-# The launchers: one call from the op to the bound launch (a partial adds no Python frame).
-sigmoid_forward = functools.partial(_launch_unary, _sigmoid_forward_launch)
-sigmoid_forward.__doc__ = "Sigmoid of a dense tensor; the output has the input's layout."
-sigmoid_backward = functools.partial(_launch_binary, _sigmoid_backward_launch)
-sigmoid_backward.__doc__ = "Gradient of sigmoid from the saved output; both tensors must share one dense layout."
-tanh_forward = functools.partial(_launch_unary, _tanh_forward_launch)
-tanh_forward.__doc__ = "Tanh of a dense tensor; the output has the input's layout."
-tanh_backward = functools.partial(_launch_binary, _tanh_backward_launch)
-tanh_backward.__doc__ = "Gradient of tanh from the saved output; both tensors must share one dense layout."
-relu_forward = functools.partial(_launch_unary, _relu_forward_launch)
-relu_forward.__doc__ = (
-    "Relu of a dense float or integer tensor, into ``out`` (may be ``input`` itself) or a new tensor."
-)
-relu_backward = functools.partial(_launch_binary, _relu_backward_launch)
-relu_backward.__doc__ = "Gradient of relu from the saved output; both tensors must share one dense layout."
-silu_forward = functools.partial(_launch_unary, _silu_forward_launch)
-silu_forward.__doc__ = "SiLU of a dense tensor, into ``out`` (may be ``input`` itself) or a new tensor."
-silu_backward = functools.partial(_launch_binary, _silu_backward_launch)
-silu_backward.__doc__ = "Gradient of SiLU from the saved input; both tensors must share one dense layout."
+def _launcher(launch, kernel):
+    """``launch`` bound to ``kernel``, bound once at import (kernels/_launch.py): a partial,
+    so the op's call reaches the shared launch with no Python frame of its own."""
+    launcher = functools.partial(launch, BoundKernel(kernel))
+    kind = "forward: (input, out=None)" if launch is _launch_unary else "backward: (grad_output, saved)"
+    launcher.__doc__ = f"{kernel.__name__}'s launch, {kind} of one dense layout. {kernel.fn.__doc__}"
+    return launcher
+
+
+sigmoid_forward = _launcher(_launch_unary, sigmoid_forward_kernel)
+sigmoid_backward = _launcher(_launch_binary, sigmoid_backward_kernel)
+tanh_forward = _launcher(_launch_unary, tanh_forward_kernel)
+tanh_backward = _launcher(_launch_binary, tanh_backward_kernel)
+relu_forward = _launcher(_launch_unary, relu_forward_kernel)
+relu_backward = _launcher(_launch_binary, relu_backward_kernel)
+silu_forward = _launcher(_launch_unary, silu_forward_kernel)
+silu_backward = _launcher(_launch_binary, silu_backward_kernel)
