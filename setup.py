@@ -17,11 +17,14 @@ setup(
     # folder is installed inside this package, as fused_ops.kernels.
     packages=["fused_ops", "fused_ops.optim", "fused_ops.kernels"],
     package_dir={"fused_ops.kernels": "kernels"},
+    # The C++ autograd node's source, compiled on first use (fused_ops/_native.py).
+    package_data={"fused_ops": ["csrc/*.cpp"]},
     install_requires=[
         "torch>=2.6",
         # Triton ships Linux wheels only; elsewhere the library runs on its eager reference.
         "triton>=3.3; platform_system == 'Linux'",
         "numpy",  # Triton's interpreter needs it
+        "ninja",  # torch.utils.cpp_extension builds the C++ autograd node with it
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "hypothesis", "scikit-learn", "tqdm", "transformers"],

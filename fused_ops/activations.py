@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import reference
+from . import _native, reference
 from ._autocast import autocast_inputs
 from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, needs_autograd, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_to_floating
@@ -157,17 +157,29 @@ class _Activation:
         traced_apply, eager_apply, forward = self.traced_function.apply, self.function.apply, self.forward
         # fast_apply's check inline (one frame less): the C++ apply unless functorch transforms.
         c_apply = super(torch.autograd.Function, self.function).apply
+        name, forward_launch, differentiable_backward = self.name, self.forward_launch, self.differentiable_backward
+        save_output, node_name = not self.saves_input, f"Fused{_camel(self.name)}Backward"
 
         def call(input: torch.Tensor, *args) -> torch.Tensor:
-            """Apply the activation: traced under torch.compile, eager Function with autograd, else the launch."""
+            """Apply the activation: traced under torch.compile, with autograd a C++ node (else the
+            eager Function), without autograd the launch alone."""
             if _is_compiling():
                 return traced_apply(input, *args)
-            # needs_autograd(input), inline.
-            if (_is_grad_enabled() and input.requires_grad) or _forward_ad._current_level >= 0:
-                if _functorch_active():
-                    return eager_apply(input, *args)
-                return c_apply(input, *args)
-            return forward(input, *args)
+            if _is_grad_enabled() and input.requires_grad and _forward_ad._current_level < 0:
+                attach = _native._attach
+                if attach is _native.UNLOADED:
+                    attach = _native.attach()
+                if attach is not None and not _functorch_active() and use_triton(name, input):
+                    # The kernel, then the node that records it (see fused_ops/_native.py).
+                    dense = input if input.is_contiguous() else dense_layout(input.detach())[0]
+                    output = forward_launch(dense, *args)
+                    return attach(output, input, save_output, differentiable_backward, args, node_name)
+            elif _forward_ad._current_level < 0:
+                return forward(input, *args)
+            # A dual tensor, a functorch transform, the reference, or no C++ node.
+            if _functorch_active():
+                return eager_apply(input, *args)
+            return c_apply(input, *args)
 
         self.call = call
 

@@ -30,7 +30,7 @@ import torch
 
 import fused_ops
 import fused_ops.optim
-from fused_ops import _dispatch
+from fused_ops import _dispatch, _native
 from fused_ops.profiling import KernelTrace
 
 REEXEC_MESSAGE = (
@@ -201,6 +201,9 @@ def _run_check() -> int:
         backends["cuda"] = _dispatch.choose_backend("check", torch.empty(0, device=device))
     for device_type, backend in backends.items():
         print(f"backend for {device_type} tensors: {backend.value} ({BACKEND_DESCRIPTIONS[backend]})")
+    # Builds the extension now if it was never built on this machine (about a minute).
+    node = "C++ (fused_ops/csrc)" if _native.attach() is not None else "Python Functions (C++ node not built)"
+    print(f"autograd node of the eager path: {node}")
     backend = backends[device.type]
     # Only interpreted launches can be traced; compiled kernels leave the trace empty.
     traced = backend is _dispatch.Backend.INTERPRETER

@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from . import reference
+from . import _native, reference
 from ._autocast import autocast_dtype
 from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, normalize_dim
@@ -188,6 +188,18 @@ def _function_backward(ctx, grad_output: torch.Tensor, op: str, log: bool):
     return _backward(op, grad_output, output, ctx.dim, ctx.input_dtype, log), None, None
 
 
+def _node_backward(op: str, log: bool):
+    """The backward the C++ node calls (fused_ops/_native.py): ``(grad_output, output, dim, input_dtype)``."""
+
+    def backward(grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype) -> torch.Tensor:
+        if _is_grad_enabled():
+            # create_graph=True: the gradient must itself be differentiable.
+            return _BackwardFunction.apply(grad_output, output, dim, input_dtype, log)
+        return _backward(op, grad_output, output, dim, input_dtype, log)
+
+    return backward
+
+
 class SoftmaxFunction(torch.autograd.Function):
     """Softmax over ``dim`` by Triton kernels; the backward uses only the saved output."""
 
@@ -250,13 +262,27 @@ class _LogSoftmaxTracedFunction(torch.autograd.Function):
         return torch.ops.fused_ops.log_softmax_backward(grad_output, output, ctx.dim, ctx.input_dtype), None, None
 
 
-# (eager Function's apply, Function over custom ops) per op, and whether the op is log_softmax.
+# Per op: the eager Function's apply, the Function over custom ops, whether the op is
+# log_softmax, the C++ node's backward and the node's name.
 _FUNCTIONS = {
-    "softmax": (fast_apply(SoftmaxFunction), _SoftmaxTracedFunction, False),
-    "log_softmax": (fast_apply(LogSoftmaxFunction), _LogSoftmaxTracedFunction, True),
+    "softmax": (
+        fast_apply(SoftmaxFunction),
+        _SoftmaxTracedFunction,
+        False,
+        _node_backward("softmax", False),
+        "FusedSoftmaxBackward",
+    ),
+    "log_softmax": (
+        fast_apply(LogSoftmaxFunction),
+        _LogSoftmaxTracedFunction,
+        True,
+        _node_backward("log_softmax", True),
+        "FusedLogSoftmaxBackward",
+    ),
 }
 _is_compiling = torch.compiler.is_compiling
 _is_grad_enabled = torch.is_grad_enabled
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
@@ -273,12 +299,21 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
         input = input.to(dtype)
     if input.dtype not in FLOATING_DTYPES:
         check_floating(op, input)
-    apply, traced_function, log = _FUNCTIONS[op]
+    apply, traced_function, log, node_backward, node_name = _FUNCTIONS[op]
     output_dtype = dtype or input.dtype
     if _is_compiling():
         return traced_function.apply(input, dim, output_dtype)
-    # needs_autograd(input), inline.
-    if (_is_grad_enabled() and input.requires_grad) or _forward_ad._current_level >= 0:
+    if _is_grad_enabled() and input.requires_grad and _forward_ad._current_level < 0:
+        attach = _native._attach
+        if attach is _native.UNLOADED:
+            attach = _native.attach()
+        # Contiguous inputs only: the strided path returns a view, which the node must not own.
+        if attach is not None and input.is_contiguous() and not _functorch_active() and use_triton(op, input):
+            # The kernel, then the C++ node that records it (see fused_ops/_native.py).
+            output = _forward(op, input, dim, output_dtype, log)
+            return attach(output, input, True, node_backward, (dim, input.dtype), node_name)
+        return apply(input, dim, output_dtype)
+    if _forward_ad._current_level >= 0:
         return apply(input, dim, output_dtype)
     return _forward(op, input, dim, output_dtype, log)
 

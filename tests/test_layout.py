@@ -102,6 +102,7 @@ def test_the_wheel_ships_no_instrument(tmp_path):
     [wheel] = tmp_path.glob("fused_ops-*.whl")
     shipped = [name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")]
     assert "fused_ops/kernels/softmax.py" in shipped and "fused_ops/profiling.py" in shipped
+    assert "fused_ops/csrc/autograd_node.cpp" in zipfile.ZipFile(wheel).namelist(), "the C++ node's source"
     for name in shipped:
         assert name.startswith("fused_ops/"), name
         assert Path(name).stem not in INSTRUMENTS, name
