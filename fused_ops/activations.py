@@ -158,7 +158,7 @@ class _Activation:
         # fast_apply's check inline (one frame less): the C++ apply unless functorch transforms.
         c_apply = super(torch.autograd.Function, self.function).apply
         name, forward_launch, differentiable_backward = self.name, self.forward_launch, self.differentiable_backward
-        save_output, node_name = not self.saves_input, f"Fused{_camel(self.name)}Backward"
+        saves_input, node_name = self.saves_input, f"Fused{_camel(self.name)}Backward"
 
         def call(input: torch.Tensor, *args) -> torch.Tensor:
             """Apply the activation: traced under torch.compile, with autograd a C++ node (else the
@@ -173,7 +173,8 @@ class _Activation:
                     # The kernel, then the node that records it (see fused_ops/_native.py).
                     dense = input if input.is_contiguous() else dense_layout(input.detach())[0]
                     output = forward_launch(dense, *args)
-                    return attach(output, input, save_output, differentiable_backward, args, node_name)
+                    saved = input if saves_input else output
+                    return attach(output, input, saved, differentiable_backward, args, node_name)
             elif _forward_ad._current_level < 0:
                 return forward(input, *args)
             # A dual tensor, a functorch transform, the reference, or no C++ node.

@@ -311,7 +311,7 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
         if attach is not None and input.is_contiguous() and not _functorch_active() and use_triton(op, input):
             # The kernel, then the C++ node that records it (see fused_ops/_native.py).
             output = _forward(op, input, dim, output_dtype, log)
-            return attach(output, input, True, node_backward, (dim, input.dtype), node_name)
+            return attach(output, input, output, node_backward, (dim, input.dtype), node_name)
         return apply(input, dim, output_dtype)
     if _forward_ad._current_level >= 0:
         return apply(input, dim, output_dtype)

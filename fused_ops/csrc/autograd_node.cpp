@@ -67,11 +67,12 @@ struct PythonBackward : public Node {
 
 // Record `output = op(input)` in the autograd graph: `output`, a fresh tensor that does
 // not require grad, gets a PythonBackward node whose next edge is `input`'s gradient
-// edge, saving `output` (save_output) or `input` for the backward.
+// edge, saving `saved` for the backward: `output` itself, `input`, or another tensor the
+// forward made (a gradient computed in the forward, say).
 at::Tensor attach(
     const at::Tensor& output,
     const at::Tensor& input,
-    bool save_output,
+    const at::Tensor& saved,
     pybind11::object backward,
     pybind11::tuple args,
     std::string name) {
@@ -84,7 +85,8 @@ at::Tensor attach(
   torch::autograd::set_history(output, node);
   // After set_history, so that a saved output knows this node is its grad_fn and is
   // stored without a reference cycle (as torch's own nodes save their results).
-  node->saved_ = save_output ? SavedVariable(output, true) : SavedVariable(input, false);
+  const bool saved_is_output = saved.is_same(output);
+  node->saved_ = SavedVariable(saved_is_output ? output : saved, saved_is_output);
   return output;
 }
 
