@@ -3,10 +3,12 @@
 A Python ``torch.autograd.Function`` costs about 3 µs of host time per forward and
 backward beyond a C++ autograd node: more than a whole small eager op, and the largest
 part of fused_ops' host time on activation-sized tensors. ``attach(output, input,
-saved, backward, args, name)`` records an op whose forward kernel already ran in the
-autograd graph the way torch's own ops are recorded: ``output`` gets a node named
-``name`` with ``input``'s gradient edge, which saves ``saved`` (``output``, ``input`` or
-another tensor) and calls ``backward(grad_output, saved, *args)``.
+saved, backward, differentiable_backward, args, name)`` records an op whose forward
+kernel already ran in the autograd graph the way torch's own ops are recorded:
+``output`` gets a node named ``name`` with ``input``'s gradient edge, which saves
+``saved`` (``output``, ``input`` or another tensor) and calls
+``backward(grad_output, saved, *args)``, or ``differentiable_backward`` (same
+arguments) when the backward runs with ``create_graph=True``.
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` the first time an op
 needs it (about a minute, once per machine: torch caches the build in

@@ -157,7 +157,8 @@ class _Activation:
         traced_apply, eager_apply, forward = self.traced_function.apply, self.function.apply, self.forward
         # fast_apply's check inline (one frame less): the C++ apply unless functorch transforms.
         c_apply = super(torch.autograd.Function, self.function).apply
-        name, forward_launch, differentiable_backward = self.name, self.forward_launch, self.differentiable_backward
+        name, forward_launch, backward = self.name, self.forward_launch, self.backward
+        differentiable_backward = self.differentiable_backward
         saves_input, node_name = self.saves_input, f"Fused{_camel(self.name)}Backward"
 
         def call(input: torch.Tensor, *args) -> torch.Tensor:
@@ -174,7 +175,7 @@ class _Activation:
                     dense = input if input.is_contiguous() else dense_layout(input.detach())[0]
                     output = forward_launch(dense, *args)
                     saved = input if saves_input else output
-                    return attach(output, input, saved, differentiable_backward, args, node_name)
+                    return attach(output, input, saved, backward, differentiable_backward, args, node_name)
             elif _forward_ad._current_level < 0:
                 return forward(input, *args)
             # A dual tensor, a functorch transform, the reference, or no C++ node.

@@ -188,16 +188,17 @@ def _function_backward(ctx, grad_output: torch.Tensor, op: str, log: bool):
     return _backward(op, grad_output, output, ctx.dim, ctx.input_dtype, log), None, None
 
 
-def _node_backward(op: str, log: bool):
-    """The backward the C++ node calls (fused_ops/_native.py): ``(grad_output, output, dim, input_dtype)``."""
+def _node_backwards(op: str, log: bool):
+    """The backwards the C++ node calls (fused_ops/_native.py), ``(grad_output, output, dim, input_dtype)``:
+    the launch, and the same recorded by autograd (``create_graph=True``)."""
 
     def backward(grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype) -> torch.Tensor:
-        if _is_grad_enabled():
-            # create_graph=True: the gradient must itself be differentiable.
-            return _BackwardFunction.apply(grad_output, output, dim, input_dtype, log)
         return _backward(op, grad_output, output, dim, input_dtype, log)
 
-    return backward
+    def differentiable_backward(grad_output, output, dim, input_dtype) -> torch.Tensor:
+        return _BackwardFunction.apply(grad_output, output, dim, input_dtype, log)
+
+    return backward, differentiable_backward
 
 
 class SoftmaxFunction(torch.autograd.Function):
@@ -263,20 +264,20 @@ class _LogSoftmaxTracedFunction(torch.autograd.Function):
 
 
 # Per op: the eager Function's apply, the Function over custom ops, whether the op is
-# log_softmax, the C++ node's backward and the node's name.
+# log_softmax, the C++ node's two backwards and the node's name.
 _FUNCTIONS = {
     "softmax": (
         fast_apply(SoftmaxFunction),
         _SoftmaxTracedFunction,
         False,
-        _node_backward("softmax", False),
+        _node_backwards("softmax", False),
         "FusedSoftmaxBackward",
     ),
     "log_softmax": (
         fast_apply(LogSoftmaxFunction),
         _LogSoftmaxTracedFunction,
         True,
-        _node_backward("log_softmax", True),
+        _node_backwards("log_softmax", True),
         "FusedLogSoftmaxBackward",
     ),
 }
@@ -299,7 +300,7 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
         input = input.to(dtype)
     if input.dtype not in FLOATING_DTYPES:
         check_floating(op, input)
-    apply, traced_function, log, node_backward, node_name = _FUNCTIONS[op]
+    apply, traced_function, log, (node_backward, node_differentiable_backward), node_name = _FUNCTIONS[op]
     output_dtype = dtype or input.dtype
     if _is_compiling():
         return traced_function.apply(input, dim, output_dtype)
@@ -311,7 +312,8 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
         if attach is not None and input.is_contiguous() and not _functorch_active() and use_triton(op, input):
             # The kernel, then the C++ node that records it (see fused_ops/_native.py).
             output = _forward(op, input, dim, output_dtype, log)
-            return attach(output, input, output, node_backward, (dim, input.dtype), node_name)
+            args = (dim, input.dtype)
+            return attach(output, input, output, node_backward, node_differentiable_backward, args, node_name)
         return apply(input, dim, output_dtype)
     if _forward_ad._current_level >= 0:
         return apply(input, dim, output_dtype)

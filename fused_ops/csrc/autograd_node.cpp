@@ -10,7 +10,9 @@
 
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/autograd/node.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/extension.h>
 
@@ -22,8 +24,10 @@ using torch::autograd::variable_list;
 
 struct PythonBackward : public Node {
   std::string name_;
-  // backward_(grad_output, saved, *args) -> grad_input; both owned references.
+  // backward_(grad_output, saved, *args) -> grad_input, and the same recorded by autograd
+  // (for create_graph=True); args_ is a tuple. Owned references.
   PyObject* backward_ = nullptr;
+  PyObject* differentiable_backward_ = nullptr;
   PyObject* args_ = nullptr;
   SavedVariable saved_;
 
@@ -32,6 +36,7 @@ struct PythonBackward : public Node {
     if (Py_IsInitialized()) {
       pybind11::gil_scoped_acquire gil;
       Py_XDECREF(backward_);
+      Py_XDECREF(differentiable_backward_);
       Py_XDECREF(args_);
     }
   }
@@ -48,16 +53,33 @@ struct PythonBackward : public Node {
     // Raises torch's "backward through the graph a second time" error once released,
     // and the in-place error if the saved tensor was modified.
     at::Tensor saved = saved_.unpack(getptr());
-    try {
-      pybind11::tuple extra = pybind11::reinterpret_borrow<pybind11::tuple>(args_);
-      pybind11::object result = pybind11::reinterpret_borrow<pybind11::object>(backward_)(
-          grads[0], saved, *extra);
-      return {result.cast<at::Tensor>()};
-    } catch (pybind11::error_already_set& error) {
-      // Keep the Python exception (its type and traceback) for the caller of backward().
-      error.restore();
+    // The Python C API rather than pybind11's call: this runs once per backward of every op.
+    const Py_ssize_t n_args = PyTuple_GET_SIZE(args_);
+    PyObject* call_args = PyTuple_New(2 + n_args);
+    if (call_args == nullptr) {
       throw python_error();
     }
+    PyTuple_SET_ITEM(call_args, 0, THPVariable_Wrap(grads[0]));
+    PyTuple_SET_ITEM(call_args, 1, THPVariable_Wrap(saved));
+    for (Py_ssize_t i = 0; i < n_args; ++i) {
+      PyObject* arg = PyTuple_GET_ITEM(args_, i);
+      Py_INCREF(arg);
+      PyTuple_SET_ITEM(call_args, 2 + i, arg);
+    }
+    PyObject* function = at::GradMode::is_enabled() ? differentiable_backward_ : backward_;
+    PyObject* result = PyObject_Call(function, call_args, nullptr);
+    Py_DECREF(call_args);
+    if (result == nullptr) {
+      // Keeps the Python exception (its type and traceback) for the caller of backward().
+      throw python_error();
+    }
+    if (!THPVariable_Check(result)) {
+      Py_DECREF(result);
+      throw std::runtime_error(name_ + ": the backward returned something other than a Tensor");
+    }
+    at::Tensor grad_input = THPVariable_Unpack(result);
+    Py_DECREF(result);
+    return {grad_input};
   }
 
   void release_variables() override {
@@ -68,18 +90,22 @@ struct PythonBackward : public Node {
 // Record `output = op(input)` in the autograd graph: `output`, a fresh tensor that does
 // not require grad, gets a PythonBackward node whose next edge is `input`'s gradient
 // edge, saving `saved` for the backward: `output` itself, `input`, or another tensor the
-// forward made (a gradient computed in the forward, say).
+// forward made (a gradient computed in the forward, say). The node calls
+// `backward(grad_output, saved, *args)`, or `differentiable_backward` with the same
+// arguments when grad mode is on in the backward (create_graph=True).
 at::Tensor attach(
     const at::Tensor& output,
     const at::Tensor& input,
     const at::Tensor& saved,
     pybind11::object backward,
+    pybind11::object differentiable_backward,
     pybind11::tuple args,
     std::string name) {
   TORCH_CHECK(!output.requires_grad(), "attach: the output already requires grad");
   auto node = c10::make_intrusive<PythonBackward>();
   node->name_ = std::move(name);
   node->backward_ = backward.release().ptr();
+  node->differentiable_backward_ = differentiable_backward.release().ptr();
   node->args_ = args.release().ptr();
   node->set_next_edges(torch::autograd::collect_next_edges(input));
   torch::autograd::set_history(output, node);
