@@ -310,8 +310,9 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
             attach = _native.attach()
         # Contiguous inputs only: the strided path returns a view, which the node must not own.
         if attach is not None and input.is_contiguous() and not _functorch_active() and use_triton(op, input):
-            # The kernel, then the C++ node that records it (see fused_ops/_native.py).
-            output = _forward(op, input, dim, output_dtype, log)
+            # The kernel (_forward's contiguous case), then the C++ node that records it
+            # (see fused_ops/_native.py).
+            output = kernels.softmax_forward(input, output_dtype, log, _three_d(input.shape, dim))
             args = (dim, input.dtype)
             return attach(output, input, output, node_backward, node_differentiable_backward, args, node_name)
         return apply(input, dim, output_dtype)
