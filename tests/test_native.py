@@ -186,3 +186,22 @@ def test_an_unbuildable_extension_falls_back_with_a_warning(monkeypatch, caplog)
     assert "could not build the C++ autograd node" in caplog.text and "no C++ compiler" in caplog.text
     monkeypatch.setenv(_native.ENVIRONMENT_VARIABLE, "0")
     assert _native._load() is None
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "silu", "softmax"])
+def test_outputs_and_saved_tensors_are_freed_without_the_garbage_collector(name):
+    # No reference cycle through the node (a saved output is held as torch holds its own
+    # ops' results): dropping the output frees it, and its graph, at once.
+    import gc
+    import weakref
+
+    fused, _, _ = OPS[name]
+    x = torch.randn(64, requires_grad=True)
+    gc.disable()
+    try:
+        y = fused(x)
+        output = weakref.ref(y)
+        del y
+        assert output() is None
+    finally:
+        gc.enable()
