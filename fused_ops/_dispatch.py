@@ -18,7 +18,8 @@ import enum
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.autograd import forward_ad as _forward_ad
@@ -179,3 +180,24 @@ def force_backend(backend: Backend) -> Iterator[None]:
 def reference_backend() -> contextlib.AbstractContextManager[None]:
     """Run every fused op on the eager reference inside this block (tests and benchmarks)."""
     return force_backend(Backend.REFERENCE)
+
+
+def kernel_op(name: str, *, fake: Callable[..., torch.Tensor]) -> Callable[[Callable], Any]:
+    """Decorator: the ``torch.library`` op that torch.compile records for a launcher.
+
+    Where kernels are compiled (a GPU, or a stand-in driver), a ``torch.library.triton_op``:
+    torch.compile traces through it to the Triton kernels themselves (the launches go
+    through ``wrap_triton``, see kernels/_launch.py), so the graph holds the kernels,
+    inductor launches them and CUDA graphs can capture them. Under Triton's interpreter,
+    which cannot trace a kernel, a ``custom_op`` with ``fake`` as its fake implementation.
+    The decorated function's annotations give the op's schema; it mutates nothing.
+    """
+
+    def define(implementation: Callable) -> Any:
+        if TRITON_AVAILABLE and not TRITON_INTERPRETED:
+            return torch.library.triton_op(name, implementation, mutates_args=())
+        op = torch.library.custom_op(name, implementation, mutates_args=())
+        op.register_fake(fake)
+        return op
+
+    return define

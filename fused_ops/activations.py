@@ -24,13 +24,14 @@ The public functions validate their arguments like torch, then call their activa
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 
 from . import _native, reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, needs_autograd, use_triton
+from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, kernel_op, needs_autograd, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, dense_layout, promote_to_floating
 
 if TRITON_AVAILABLE:
@@ -90,8 +91,8 @@ class _Activation:
         double_backward: ``(grad_output, saved, grad_grad_input, *args)`` -> the gradients
             of the backward with respect to ``grad_output`` and ``saved``, in eager ops.
         saves_input: backward needs the input (else the output).
-        arg_schema: the torch.library schema of the op's non-tensor arguments, ``args``
-            everywhere above (gelu's ``", str approximate"``); empty for none.
+        extra_parameters: the op's non-tensor arguments as (name, type), ``args``
+            everywhere above (gelu's ``(("approximate", str),)``); none by default.
 
     ``activation.call(input, *args)`` takes the path described in the module docstring;
     ``forward``, ``backward`` and ``differentiable_backward`` are its steps.
@@ -105,7 +106,7 @@ class _Activation:
         double_backward: Callable,
         *,
         saves_input: bool,
-        arg_schema: str = "",
+        extra_parameters: tuple[tuple[str, type], ...] = (),
     ) -> None:
         self.name = name
         self.forward_launch = _kernel(f"{name}_forward")
@@ -116,7 +117,7 @@ class _Activation:
         self.saves_input = saves_input
         self._build_paths()
         self.function = self._eager_function()
-        self.forward_op, self.backward_op = self._custom_ops(arg_schema)
+        self.forward_op, self.backward_op = self._custom_ops(extra_parameters)
         self.traced_function = self._traced_function()
         self._build_call()
 
@@ -210,22 +211,20 @@ class _Activation:
         namespace = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": doc}
         return type(f"{_camel(self.name)}Function", (torch.autograd.Function,), namespace)
 
-    def _custom_ops(self, arg_schema: str):
+    def _custom_ops(self, extra_parameters: tuple[tuple[str, type], ...]):
         activation = self
-        forward_op = torch.library.custom_op(
+        forward_op = _define_op(
             f"fused_ops::{self.name}_forward",
             lambda input, *args: activation.forward(input, *args),
-            mutates_args=(),
-            schema=f"(Tensor input{arg_schema}) -> Tensor",
+            (("input", torch.Tensor), *extra_parameters),
+            lambda input, *args: torch.empty_like(input),
         )
-        forward_op.register_fake(lambda input, *args: torch.empty_like(input))
-        backward_op = torch.library.custom_op(
+        backward_op = _define_op(
             f"fused_ops::{self.name}_backward",
             lambda grad_output, saved, *args: activation.backward(grad_output, saved, *args),
-            mutates_args=(),
-            schema=f"(Tensor grad_output, Tensor saved{arg_schema}) -> Tensor",
+            (("grad_output", torch.Tensor), ("saved", torch.Tensor), *extra_parameters),
+            lambda grad_output, saved, *args: torch.empty_like(saved),
         )
-        backward_op.register_fake(lambda grad_output, saved, *args: torch.empty_like(saved))
 
         def setup_context(ctx, inputs, output) -> None:
             grad_output, saved, *args = inputs
@@ -257,6 +256,20 @@ class _Activation:
         doc = f"{self.name}'s Function over its custom ops, for torch.compile."
         namespace = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": doc}
         return type(f"_{_camel(self.name)}TracedFunction", (torch.autograd.Function,), namespace)
+
+
+def _define_op(name: str, implementation: Callable, parameters: tuple[tuple[str, type], ...], fake: Callable):
+    """``kernel_op`` (fused_ops/_dispatch.py) for a generic implementation: ``parameters``
+    are the op's (name, type) in order, from which its signature, and so the schema, is set."""
+
+    def op_implementation(*args):
+        return implementation(*args)
+
+    op_implementation.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t) for n, t in parameters],
+        return_annotation=torch.Tensor,
+    )
+    return kernel_op(name, fake=fake)(op_implementation)
 
 
 def _camel(name: str) -> str:
@@ -310,7 +323,7 @@ _GELU = _Activation(
     reference.gelu_backward_ref,
     _gelu_double_backward,
     saves_input=True,
-    arg_schema=", str approximate",
+    extra_parameters=(("approximate", str),),
 )
 _SILU = _Activation("silu", reference.silu_ref, reference.silu_backward_ref, _silu_double_backward, saves_input=True)
 

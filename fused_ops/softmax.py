@@ -30,7 +30,7 @@ import torch
 
 from . import _native, reference
 from ._autocast import autocast_dtype
-from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, use_triton
+from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, kernel_op, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, normalize_dim
 
 if TRITON_AVAILABLE:
@@ -82,48 +82,36 @@ def _empty_output(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(input.shape, dtype=dtype, device=input.device)
 
 
-@torch.library.custom_op("fused_ops::softmax_forward", mutates_args=())
+def _empty_forward_fake(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
+    return _empty_output(input, output_dtype)
+
+
+def _empty_backward_fake(grad_output, output: torch.Tensor, dim: int, input_dtype: torch.dtype) -> torch.Tensor:
+    return _empty_output(output, input_dtype)
+
+
+@kernel_op("fused_ops::softmax_forward", fake=_empty_forward_fake)
 def _softmax_forward(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
     return _forward("softmax", input, dim, output_dtype, log=False)
 
 
-@_softmax_forward.register_fake
-def _(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
-    return _empty_output(input, output_dtype)
-
-
-@torch.library.custom_op("fused_ops::log_softmax_forward", mutates_args=())
+@kernel_op("fused_ops::log_softmax_forward", fake=_empty_forward_fake)
 def _log_softmax_forward(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
     return _forward("log_softmax", input, dim, output_dtype, log=True)
 
 
-@_log_softmax_forward.register_fake
-def _(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
-    return _empty_output(input, output_dtype)
-
-
-@torch.library.custom_op("fused_ops::softmax_backward", mutates_args=())
+@kernel_op("fused_ops::softmax_backward", fake=_empty_backward_fake)
 def _softmax_backward(
     grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype
 ) -> torch.Tensor:
     return _backward("softmax", grad_output, output, dim, input_dtype, log=False)
 
 
-@_softmax_backward.register_fake
-def _(grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype) -> torch.Tensor:
-    return _empty_output(output, input_dtype)
-
-
-@torch.library.custom_op("fused_ops::log_softmax_backward", mutates_args=())
+@kernel_op("fused_ops::log_softmax_backward", fake=_empty_backward_fake)
 def _log_softmax_backward(
     grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype
 ) -> torch.Tensor:
     return _backward("log_softmax", grad_output, output, dim, input_dtype, log=True)
-
-
-@_log_softmax_backward.register_fake
-def _(grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype) -> torch.Tensor:
-    return _empty_output(output, input_dtype)
 
 
 def _backward_setup_context(ctx, inputs, output) -> None:

@@ -85,7 +85,12 @@ def launch(programs, args, constants, num_warps, grid_1=1, grid_2=1):
         raise TypeError(usage_error) from None
     active = driver.active
     device = active.get_current_device()
-    key = (device, num_warps, constants, {"".join(p + ", " for p in parts)})
+    try:
+        key = (device, num_warps, constants, {"".join(p + ", " for p in parts)})
+    except RuntimeError:
+        # A tensor without storage (data_ptr raises): torch.compile is tracing a
+        # torch.library.triton_op, which must see the kernel through wrap_triton.
+        return traced_launch((programs, grid_1, grid_2), args, num_warps, constants)
     entry = cache_get(key)
     if entry is None or kernel.pre_run_hooks or runtime.add_stages_inspection_hook is not None:
         return first_launch(key, (programs, grid_1, grid_2), args, num_warps, constants)
@@ -114,6 +119,7 @@ def launch(programs, args, constants, num_warps, grid_1=1, grid_2=1):
         "kernel": bound.kernel,
         "cache_get": bound._cache.get,
         "first_launch": bound._first_launch,
+        "traced_launch": bound._traced_launch,
         "usage_error": bound._usage_error,
     }
     # The source is built from the kernel's parameter list only.
@@ -205,6 +211,11 @@ class BoundKernel:
         compiled = self.kernel[grid](*args, num_warps=num_warps, **constexprs)
         # compiled.run is the driver's launcher, created when the kernel first ran.
         self._cache[key] = (compiled.run, compiled.function, compiled.packed_metadata, compiled)
+
+    def _traced_launch(self, grid, args: tuple, num_warps: int, constants: tuple) -> None:
+        """The launch as torch.compile records it inside a ``torch.library.triton_op``."""
+        constexprs = dict(zip(self._constexpr_names, constants, strict=True))
+        torch.library.wrap_triton(self.kernel)[grid](*args, num_warps=num_warps, **constexprs)
 
     def cache_size(self) -> int:
         """Signatures bound so far (for tests)."""

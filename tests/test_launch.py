@@ -170,3 +170,54 @@ def test_interpreted_kernels_launch_through_triton(kernel_launches):
     torch.testing.assert_close(y, torch.sigmoid(x))
     assert kernel_launches.launch_count("sigmoid_forward_kernel") == 1
     assert bound.cache_size() == 0
+
+
+COMPILE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {benchmarks!r})
+    import torch
+    import torch.nn.functional as F
+    from torch._dynamo.testing import AotEagerAndRecordGraphs
+    from standin_driver import standin_cuda_driver
+    import fused_ops
+
+    OPS = {{
+        "sigmoid": fused_ops.sigmoid,
+        "tanh": fused_ops.tanh,
+        "relu": fused_ops.relu,
+        "gelu": lambda t: fused_ops.gelu(t, approximate="tanh"),
+        "silu": fused_ops.silu,
+        "softmax": lambda t: fused_ops.softmax(t, -1),
+        "log_softmax": lambda t: fused_ops.log_softmax(t, 0),
+    }}
+    with standin_cuda_driver():
+        for name, op in OPS.items():
+            torch._dynamo.reset()
+            backend = AotEagerAndRecordGraphs()
+            compiled = torch.compile(lambda t: op(t) * 2, backend=backend, fullgraph=True)
+            x = torch.randn(4, 8, requires_grad=True)
+            compiled(x).sum().backward()  # the stand-in launches nothing: values are not checked
+            (forward,), (backward,) = backend.fw_graphs, backend.bw_graphs
+            for graph, kernel in ((forward, "input_ptr"), (backward, "grad_output_ptr")):
+                code = graph.code
+                # The kernel itself, as a Triton kernel node inductor can launch, not an opaque op.
+                assert "triton_kernel_wrapper_functional" in code and kernel in code, (name, code)
+                assert "fused_ops" not in code, (name, code)
+            print(name, "ok")
+    print("ok")
+    """
+)
+
+
+def test_compiled_graphs_hold_the_triton_kernels_on_the_standin_driver(tmp_path):
+    # Where kernels are compiled (a GPU, or here the stand-in driver) the ops are
+    # torch.library.triton_ops: torch.compile's graph holds their Triton kernels. Under the
+    # interpreter they are custom ops instead (wrap_triton needs compiled kernels), which
+    # the compile tests of each family check for equality with eager.
+    script = tmp_path / "compiled_graphs.py"
+    script.write_text(COMPILE_SCRIPT.format(benchmarks=str(BENCHMARKS)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("ok")
