@@ -29,7 +29,7 @@ import torch
 
 from . import reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
+from ._dispatch import TRITON_AVAILABLE, fast_apply, kernel_op, needs_autograd, use_triton
 from ._validation import FLOATING_DTYPES, REDUCTIONS, check_floating, check_same_device, dense_layout, legacy_reduction
 
 if TRITON_AVAILABLE:
@@ -90,18 +90,17 @@ def _backward_impl(
     return reference.mse_loss_backward_ref(grad_output, input, target, reduction, input_grad, target_grad)
 
 
-@torch.library.custom_op("fused_ops::mse_loss_forward", mutates_args=())
-def _mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
-    return _forward_impl(input, target, reduction)
-
-
-@_mse_loss_forward.register_fake
-def _(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+def _forward_fake(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
     out_dtype = torch.promote_types(input.dtype, target.dtype)
     if reduction == "none":
         input, _ = dense_layout(input, target)
         return torch.empty_like(input, dtype=out_dtype)
     return input.new_empty((), dtype=out_dtype)
+
+
+@kernel_op("fused_ops::mse_loss_forward", fake=_forward_fake)
+def _mse_loss_forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    return _forward_impl(input, target, reduction)
 
 
 def _one_value(grad_output: torch.Tensor) -> bool:
@@ -117,24 +116,7 @@ def _placeholder(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((0,))
 
 
-@torch.library.custom_op("fused_ops::mse_loss_backward", mutates_args=())
-def _mse_loss_backward(
-    grad_output: torch.Tensor,
-    input: torch.Tensor,
-    target: torch.Tensor,
-    reduction: str,
-    input_grad: bool,
-    target_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_input, grad_target = _backward_impl(grad_output, input, target, reduction, input_grad, target_grad)
-    return (
-        _placeholder(input) if grad_input is None else grad_input,
-        _placeholder(target) if grad_target is None else grad_target,
-    )
-
-
-@_mse_loss_backward.register_fake
-def _(
+def _backward_fake(
     grad_output: torch.Tensor,
     input: torch.Tensor,
     target: torch.Tensor,
@@ -149,6 +131,22 @@ def _(
     grad_input = torch.empty_like(layout, dtype=input.dtype) if input_grad else _placeholder(input)
     grad_target = torch.empty_like(layout, dtype=target.dtype) if target_grad else _placeholder(target)
     return grad_input, grad_target
+
+
+@kernel_op("fused_ops::mse_loss_backward", fake=_backward_fake)
+def _mse_loss_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    input_grad: bool,
+    target_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_input, grad_target = _backward_impl(grad_output, input, target, reduction, input_grad, target_grad)
+    return (
+        _placeholder(input) if grad_input is None else grad_input,
+        _placeholder(target) if grad_target is None else grad_target,
+    )
 
 
 def _mse_loss_backward_setup_context(ctx, inputs, output) -> None:
