@@ -200,7 +200,8 @@ class BoundKernel:
         if len(constants) != len(self._constexpr_names):
             raise TypeError(self._usage_error)
         constexprs = dict(zip(self._constexpr_names, constants, strict=True))
-        self((programs, grid_1, grid_2), *args, num_warps=num_warps, **constexprs)
+        grid = (programs,) if grid_1 == grid_2 == 1 else (programs, grid_1, grid_2)
+        self(grid, *args, num_warps=num_warps, **constexprs)
 
     def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constants: tuple) -> None:
         """Launch through Triton (compiling if needed) and remember the compiled kernel."""
