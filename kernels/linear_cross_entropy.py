@@ -594,60 +594,54 @@ def forward_splits(n_rows: int, n_classes: int, dtype: torch.dtype) -> tuple[int
     return triton.cdiv(v_blocks, per_split), per_split
 
 
-def linear_cross_entropy_forward(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    b: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    loss: torch.Tensor,
-    lse: torch.Tensor,
-    coef: torch.Tensor,
-    total_weight: torch.Tensor,
-    ok: torch.Tensor,
-    reduction: int,
-    ignore_index: int,
-    label_smoothing: float,
-) -> None:
-    """Fill ``loss``, ``lse``, ``coef``, ``total_weight`` and the int8 flag ``ok`` (two launches).
+def _operands(inputs: tuple, label_smoothing: float, num_stages: int) -> tuple[tuple, tuple, dict]:
+    """What every launch but the finalize's shares: tensors, strides and constants.
 
-    ``x`` ``(N, D)``, ``w`` ``(V, D)``, ``b`` ``(V,)``, ``target`` ``(N,)`` strided;
-    ``class_weight`` contiguous ``(V,)``; ``lse`` and ``coef`` contiguous ``(N,)`` in the
-    compute dtype; ``loss`` ``(N,)`` for reduction none, else 0-d.
+    Returns the kernels' first five tensor arguments (a missing bias or class weight is
+    passed as ``w``, which the kernel never reads in its place), the strides of x, W, b and
+    the targets, and the constexpr and launch options that depend on the inputs only.
     """
+    x, w, b, target, class_weight = inputs
+    tensors = (x, w, w if b is None else b, target, w if class_weight is None else class_weight)
+    strides = (*x.stride(), *w.stride(), 0 if b is None else b.stride(0), target.stride(0))
+    block_n, block_v, block_d = _blocks(x.dtype)
+    constants = dict(
+        HAS_BIAS=b is not None,
+        HAS_WEIGHT=class_weight is not None,
+        SMOOTHING=label_smoothing > 0,
+        ALLOW_TF32=allow_tf32(x.dtype),
+        BLOCK_N=block_n,
+        BLOCK_V=block_v,
+        BLOCK_D=block_d,
+        num_warps=LINEAR_CE_NUM_WARPS,
+        num_stages=num_stages,
+    )
+    return tensors, strides, constants
+
+
+def linear_cross_entropy_forward(inputs: tuple, options: tuple[int, int, float], outputs: tuple) -> None:
+    """Fill the outputs ``(loss, lse, coef, total_weight, ok)`` (two launches).
+
+    ``inputs`` is ``(x, w, b, target, class_weight)``: ``x`` ``(N, D)``, ``w`` ``(V, D)``,
+    ``b`` ``(V,)`` or None, ``target`` ``(N,)`` strided; ``class_weight`` contiguous ``(V,)``
+    or None. ``options`` is ``(reduction, ignore_index, label_smoothing)``, ``reduction``
+    torch's enum. ``lse`` and ``coef`` are contiguous ``(N,)`` in the compute dtype,
+    ``loss`` ``(N,)`` for reduction none, else 0-d; ``total_weight`` 0-d and ``ok`` one int8
+    (1 when every target is in bounds).
+    """
+    x, w, _, target, class_weight = inputs
+    reduction, ignore_index, label_smoothing = options
+    loss, lse, coef, total_weight, ok = outputs
     N, D = x.shape
     V = w.shape[0]
-    block_n, block_v, block_d = _blocks(x.dtype)
     n_splits, per_split = forward_splits(N, V, x.dtype)
     smoothing = label_smoothing > 0
     # Without smoothing only the first 3 statistics exist: no memory for the other planes.
     part = torch.empty((N_STATS if smoothing else 3, n_splits, N), dtype=lse.dtype, device=x.device)
     if N > 0:
-        linear_cross_entropy_forward_kernel[(triton.cdiv(N, block_n), n_splits)](
-            x,
-            w,
-            b if b is not None else w,
-            target,
-            class_weight if class_weight is not None else w,
-            part,
-            N,
-            V,
-            D,
-            per_split,
-            *x.stride(),
-            *w.stride(),
-            b.stride(0) if b is not None else 0,
-            target.stride(0),
-            HAS_BIAS=b is not None,
-            HAS_WEIGHT=class_weight is not None,
-            SMOOTHING=smoothing,
-            ALLOW_TF32=allow_tf32(x.dtype),
-            BLOCK_N=block_n,
-            BLOCK_V=block_v,
-            BLOCK_D=block_d,
-            num_warps=LINEAR_CE_NUM_WARPS,
-            num_stages=LINEAR_CE_FORWARD_NUM_STAGES,
-        )
+        tensors, strides, constants = _operands(inputs, label_smoothing, LINEAR_CE_FORWARD_NUM_STAGES)
+        grid = (triton.cdiv(N, constants["BLOCK_N"]), n_splits)
+        linear_cross_entropy_forward_kernel[grid](*tensors, part, N, V, D, per_split, *strides, **constants)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     linear_cross_entropy_finalize_kernel[(1,)](
         part,
@@ -673,71 +667,34 @@ def linear_cross_entropy_forward(
 
 
 def linear_cross_entropy_backward(
-    grad_output: torch.Tensor,
-    x: torch.Tensor,
-    w: torch.Tensor,
-    b: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    lse: torch.Tensor,
-    coef: torch.Tensor,
-    total_weight: torch.Tensor,
-    reduction: int,
-    ignore_index: int,
-    label_smoothing: float,
-    grad_x: torch.Tensor | None,
-    grad_w: torch.Tensor | None,
-    grad_b: torch.Tensor | None,
+    grad_output: torch.Tensor, saved: tuple, options: tuple[int, int, float], grads: tuple
 ) -> None:
-    """Write the requested gradients: ``grad_x`` ``(N, D)``, ``grad_w`` ``(V, D)`` contiguous, ``grad_b`` ``(V,)``.
+    """Write the requested gradients ``grads = (grad_x, grad_w, grad_b)``, each None when not needed.
 
+    ``saved`` is the forward's ``inputs`` (see :func:`linear_cross_entropy_forward`)
+    followed by its ``(lse, coef, total_weight)``; ``options`` as there. ``grad_x``
+    ``(N, D)``, ``grad_w`` ``(V, D)`` and ``grad_b`` ``(V,)`` are contiguous;
     ``grad_output`` is ``(N,)`` for reduction none, else 0-d. Accumulates in the compute
-    dtype: in the gradient itself when it has that dtype, else in a scratch buffer.
-    N and V must be positive (the caller handles empty shapes).
+    dtype: in the gradient itself when it has that dtype, else in a scratch buffer. N and
+    V must be positive (the caller handles empty shapes).
     """
+    x, w = saved[:2]
+    lse, coef, total_weight = saved[5:]
+    reduction, ignore_index, label_smoothing = options
+    grad_x, grad_w, grad_b = grads
     N, D = x.shape
     V = w.shape[0]
     acc = lse.dtype
-    block_n, block_v, block_d = _blocks(x.dtype)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    common = dict(
-        HAS_BIAS=b is not None,
-        HAS_WEIGHT=class_weight is not None,
-        SMOOTHING=label_smoothing > 0,
-        REDUCTION=reduction,
-        ALLOW_TF32=allow_tf32(x.dtype),
-        BLOCK_N=block_n,
-        BLOCK_V=block_v,
-        BLOCK_D=block_d,
-        num_warps=LINEAR_CE_NUM_WARPS,
-        num_stages=LINEAR_CE_BACKWARD_NUM_STAGES,
-    )
-    inputs = (
-        x,
-        w,
-        b if b is not None else w,
-        target,
-        class_weight if class_weight is not None else w,
-        lse,
-        coef,
-        grad_output,
-        total_weight,
-    )
-    strides = (
-        *x.stride(),
-        *w.stride(),
-        b.stride(0) if b is not None else 0,
-        target.stride(0),
-        grad_output.stride(0) if grad_output.dim() == 1 else 0,
-        ignore_index,
-        eps_hi,
-        eps_lo,
-    )
+    tensors, strides, common = _operands(saved[:5], label_smoothing, LINEAR_CE_BACKWARD_NUM_STAGES)
+    common["REDUCTION"] = reduction
+    inputs = (*tensors, lse, coef, grad_output, total_weight)
+    scalars = (*strides, grad_output.stride(0) if grad_output.dim() == 1 else 0, ignore_index, eps_hi, eps_lo)
     if grad_x is not None:
         # Accumulate in the gradient itself when it already has the compute dtype.
         grad_x_acc = grad_x if grad_x.dtype == acc else torch.empty((N, D), dtype=acc, device=x.device)
-        linear_cross_entropy_grad_input_kernel[(triton.cdiv(N, block_n),)](
-            *inputs, grad_x_acc, grad_x, N, V, D, *strides, **common
+        linear_cross_entropy_grad_input_kernel[(triton.cdiv(N, common["BLOCK_N"]),)](
+            *inputs, grad_x_acc, grad_x, N, V, D, *scalars, **common
         )
     if grad_w is not None or grad_b is not None:
         if grad_w is None:
@@ -745,7 +702,7 @@ def linear_cross_entropy_backward(
         else:
             grad_w_out = grad_w
             grad_w_acc = grad_w if grad_w.dtype == acc else torch.empty((V, D), dtype=acc, device=x.device)
-        linear_cross_entropy_grad_weight_kernel[(triton.cdiv(V, block_v),)](
+        linear_cross_entropy_grad_weight_kernel[(triton.cdiv(V, common["BLOCK_V"]),)](
             *inputs,
             grad_w_acc,
             grad_w_out,
@@ -753,7 +710,7 @@ def linear_cross_entropy_backward(
             N,
             V,
             D,
-            *strides,
+            *scalars,
             GRAD_W=grad_w is not None,
             GRAD_B=grad_b is not None,
             **common,
