@@ -444,7 +444,7 @@ def linear_cross_entropy_grad_input_kernel(
     zero = _compute_zeros(x_ptr, BLOCK_N)
     eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
     g = _grad_output_scale(grad_output_ptr, total_weight_ptr, REDUCTION, zero.dtype)
-    y, valid, lse, a, b, s = _grad_row_factors(
+    y, valid, lse, coef_a, coef_b, coef_s = _grad_row_factors(
         row_inputs, rows, row_mask, class_weight_ptr, g, V, ignore_index, eps, HAS_WEIGHT, REDUCTION
     )
 
@@ -454,7 +454,9 @@ def linear_cross_entropy_grad_input_kernel(
         logits = _logits_tile(x_mat, rows, row_mask, w_mat, cols, col_mask, bias, HAS_BIAS, ALLOW_TF32, BLOCK_D)
         # Class weights are read only for smoothing, the one term that uses them here.
         w = _class_weights(class_weight_ptr, cols, col_mask, HAS_WEIGHT & SMOOTHING, zero.dtype)
-        grad = _grad_tile(logits, y, valid, lse, a, b, s, cols, col_mask, w, SMOOTHING).to(x_ptr.dtype.element_ty)
+        grad = _grad_tile(logits, y, valid, lse, coef_a, coef_b, coef_s, cols, col_mask, w, SMOOTHING).to(
+            x_ptr.dtype.element_ty
+        )
         last = v0 + BLOCK_V >= V
         _add_product(
             grad, w_mat, cols, col_mask, rows, row_mask, grad_x_acc_ptr, grad_x_ptr, v0 > 0, last, ALLOW_TF32, BLOCK_D
@@ -522,14 +524,14 @@ def linear_cross_entropy_grad_weight_kernel(
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         row_mask = rows < N
-        y, valid, lse, a, b, s = _grad_row_factors(
+        y, valid, lse, coef_a, coef_b, coef_s = _grad_row_factors(
             row_inputs, rows, row_mask, class_weight_ptr, g, V, ignore_index, eps, HAS_WEIGHT, REDUCTION
         )
         # The bias was read above: the tile leaves it out (HAS_BIAS=False) and it is added here.
         logits = _logits_tile(x_mat, rows, row_mask, w_mat, cols, col_mask, bias, False, ALLOW_TF32, BLOCK_D)
         if HAS_BIAS:
             logits += b_cols[None, :]
-        grad = _grad_tile(logits, y, valid, lse, a, b, s, cols, col_mask, w, SMOOTHING)
+        grad = _grad_tile(logits, y, valid, lse, coef_a, coef_b, coef_s, cols, col_mask, w, SMOOTHING)
         if GRAD_B:
             grad_b += tl.sum(grad, axis=0)
         if GRAD_W:
