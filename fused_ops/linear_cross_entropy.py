@@ -24,6 +24,7 @@ from . import reference
 from ._dispatch import TRITON_AVAILABLE, _log_fallback_once, use_triton
 from ._validation import (
     REDUCTION_NONE,
+    REDUCTIONS,
     check_floating,
     check_same_device,
     scalar_type_name,
@@ -42,6 +43,13 @@ def _empty_grad(like: torch.Tensor, needed: bool) -> torch.Tensor:
     return like.new_empty((0,))
 
 
+def _grad_buffers(input, linear_weight, linear_bias, needs_input, needs_weight, needs_bias):
+    """The backward op's three outputs: a buffer for each needed gradient, else a placeholder."""
+    has_bias = needs_bias and linear_bias is not None
+    grad_bias = _empty_grad(linear_bias, True) if has_bias else input.new_empty((0,))
+    return _empty_grad(input, needs_input), _empty_grad(linear_weight, needs_weight), grad_bias
+
+
 def _assert_targets_in_bounds(ok: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
     """torch's ``IndexError: Target 5 is out of bounds.`` unless ``ok``, without a host sync.
 
@@ -52,7 +60,7 @@ def _assert_targets_in_bounds(ok: torch.Tensor, target: torch.Tensor, n_classes:
     try:
         torch._assert_async(ok, "linear_cross_entropy: a target is out of bounds")
     except RuntimeError:
-        bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
+        bad = ~reference.linear_ce_targets_in_bounds(target, n_classes, ignore_index)
         raise IndexError(f"Target {int(target[bad][0])} is out of bounds.") from None
 
 
@@ -67,12 +75,12 @@ def _forward_op(
     ignore_index: int,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (reduction, ignore_index, label_smoothing)
+    options = (reduction, ignore_index, label_smoothing)
     n_classes = linear_weight.shape[0]
     if not use_triton(_OP, input, linear_weight, linear_bias, target, weight):
-        in_bounds = (target == ignore_index) | ((target >= 0) & (target < n_classes))
+        in_bounds = reference.linear_ce_targets_in_bounds(target, n_classes, ignore_index)
         _assert_targets_in_bounds(in_bounds.all(), target, n_classes, ignore_index)
-        return reference.linear_cross_entropy_forward_ref(input, linear_weight, linear_bias, target, weight, *args)
+        return reference.linear_cross_entropy_forward_ref((input, linear_weight, linear_bias, target, weight), options)
     n_rows = input.shape[0]
     acc = reference.compute_dtype(input.dtype)
     device = input.device
@@ -83,7 +91,7 @@ def _forward_op(
     ok = torch.empty(1, dtype=torch.int8, device=device)
     weight = None if weight is None else weight.contiguous()
     kernels.linear_cross_entropy_forward(
-        input, linear_weight, linear_bias, target, weight, loss, lse, coef, total_weight, ok, *args
+        (input, linear_weight, linear_bias, target, weight), options, (loss, lse, coef, total_weight, ok)
     )
     _assert_targets_in_bounds(ok, target, n_classes, ignore_index)
     return loss, lse, coef, total_weight
@@ -119,17 +127,12 @@ def _backward_op(
     needs_weight: bool,
     needs_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    needs_bias = needs_bias and linear_bias is not None
-    grad_input = _empty_grad(input, needs_input)
-    grad_weight = _empty_grad(linear_weight, needs_weight)
-    grad_bias = _empty_grad(linear_bias, True) if needs_bias else input.new_empty((0,))
-    grads = (grad_input, grad_weight, grad_bias)
-    needed = (needs_input, needs_weight, needs_bias)
-    args = (lse, coef, total_weight, reduction, ignore_index, label_smoothing)
+    needed = (needs_input, needs_weight, needs_bias and linear_bias is not None)
+    grads = _grad_buffers(input, linear_weight, linear_bias, *needed)
+    options = (reduction, ignore_index, label_smoothing)
     if not use_triton(_OP, grad_output, input, linear_weight, linear_bias, target, weight):
-        refs = reference.linear_cross_entropy_backward_ref(
-            grad_output, input, linear_weight, linear_bias, target, weight, *args
-        )
+        saved = (input, linear_weight, linear_bias, target, weight, lse, coef, total_weight)
+        refs = reference.linear_cross_entropy_backward_ref(grad_output, saved, options)
         for grad, ref, need in zip(grads, refs, needed, strict=True):
             if need:
                 grad.copy_(ref)
@@ -139,43 +142,16 @@ def _backward_op(
             grad.zero_()
     else:
         weight = None if weight is None else weight.contiguous()
-        kernels.linear_cross_entropy_backward(
-            grad_output,
-            input,
-            linear_weight,
-            linear_bias,
-            target,
-            weight,
-            *args,
-            *(grad if need else None for grad, need in zip(grads, needed, strict=True)),
-        )
+        saved = (input, linear_weight, linear_bias, target, weight, lse, coef, total_weight)
+        outputs = tuple(grad if need else None for grad, need in zip(grads, needed, strict=True))
+        kernels.linear_cross_entropy_backward(grad_output, saved, options, outputs)
     return grads
 
 
 @_backward_op.register_fake
-def _(
-    grad_output,
-    input,
-    linear_weight,
-    linear_bias,
-    target,
-    weight,
-    lse,
-    coef,
-    total_weight,
-    reduction,
-    ignore_index,
-    label_smoothing,
-    needs_input,
-    needs_weight,
-    needs_bias,
-):
-    has_bias = needs_bias and linear_bias is not None
-    return (
-        _empty_grad(input, needs_input),
-        _empty_grad(linear_weight, needs_weight),
-        _empty_grad(linear_bias, True) if has_bias else input.new_empty((0,)),
-    )
+def _(grad_output, input, linear_weight, linear_bias, *args):
+    # args end with needs_input, needs_weight, needs_bias.
+    return _grad_buffers(input, linear_weight, linear_bias, *args[-3:])
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
@@ -187,47 +163,27 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing):
-        loss, lse, coef, total_weight = torch.ops.fused_ops.linear_cross_entropy_forward(
-            input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing
+        ctx.options = (reduction, ignore_index, label_smoothing)
+        loss, *stats = torch.ops.fused_ops.linear_cross_entropy_forward(
+            input, linear_weight, linear_bias, target, weight, *ctx.options
         )
-        ctx.save_for_backward(input, linear_weight, linear_bias, target, weight, lse, coef, total_weight)
-        ctx.reduction = reduction
-        ctx.ignore_index = ignore_index
-        ctx.label_smoothing = label_smoothing
+        # In the backward op's argument order: the forward's inputs, then lse, coef, total_weight.
+        ctx.save_for_backward(input, linear_weight, linear_bias, target, weight, *stats)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, linear_weight, linear_bias, target, weight, lse, coef, total_weight = ctx.saved_tensors
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        if not (needs_input or needs_weight or needs_bias):
+        needs = ctx.needs_input_grad[:3]
+        if not any(needs):
             return (None,) * 8
         if torch.is_grad_enabled():
             # create_graph=True: a gradient that can be differentiated again. The kernels'
             # gradient would be a constant to autograd, so the eager reference (which holds
             # the logits) builds this rare graph instead, and double backward is exact.
-            return _differentiable_backward(ctx, grad_output, input, linear_weight, linear_bias, target, weight)
-        grad_input, grad_weight, grad_bias = torch.ops.fused_ops.linear_cross_entropy_backward(
-            grad_output,
-            input,
-            linear_weight,
-            linear_bias,
-            target,
-            weight,
-            lse,
-            coef,
-            total_weight,
-            ctx.reduction,
-            ctx.ignore_index,
-            ctx.label_smoothing,
-            needs_input,
-            needs_weight,
-            needs_bias,
-        )
+            return _differentiable_backward(ctx, grad_output, *ctx.saved_tensors[:5])
+        grads = torch.ops.fused_ops.linear_cross_entropy_backward(grad_output, *ctx.saved_tensors, *ctx.options, *needs)
         return (
-            grad_input if needs_input else None,
-            grad_weight if needs_weight else None,
-            grad_bias if needs_bias else None,
+            *(grad if need else None for grad, need in zip(grads, needs, strict=True)),
             None,
             None,
             None,
@@ -240,16 +196,10 @@ def _differentiable_backward(ctx, grad_output, input, linear_weight, linear_bias
     """The gradients as a differentiable function of the saved inputs (eager reference)."""
     needed = ctx.needs_input_grad[:3]
     leaves = [t for t, need in zip((input, linear_weight, linear_bias), needed, strict=True) if need]
+    reduction, ignore_index, label_smoothing = ctx.options
     with torch.enable_grad():
         loss = reference.linear_cross_entropy_ref(
-            input,
-            linear_weight,
-            target,
-            linear_bias,
-            weight,
-            ("none", "mean", "sum")[ctx.reduction],
-            ctx.ignore_index,
-            ctx.label_smoothing,
+            input, linear_weight, target, linear_bias, weight, REDUCTIONS[reduction], ignore_index, label_smoothing
         )
         grads = iter(torch.autograd.grad(loss, leaves, grad_output, create_graph=True))
     return (*(next(grads) if need else None for need in needed), None, None, None, None, None)
@@ -400,16 +350,15 @@ def linear_cross_entropy(
     if out_features or prob_target:
         reason = "K-dimensional linear weights" if out_features else "probability targets"
         _log_fallback_once(_OP, f"{reason} have no kernel")
-        return reference.linear_cross_entropy_ref(
-            input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing
-        )
-    check_same_device(_OP, input, linear_weight, linear_bias, target, weight)
-    _check_linear_dtypes(input, linear_weight, linear_bias)
-    _check_cross_entropy(input, target, weight, num_classes, label_smoothing)
-    reduction_enum = torch.nn._reduction.get_enum(reduction)
-    if num_classes == 0:
-        # No class at all: every target is out of bounds unless ignored; torch's own path
-        # raises or returns the empty loss, so take it.
+    else:
+        check_same_device(_OP, input, linear_weight, linear_bias, target, weight)
+        _check_linear_dtypes(input, linear_weight, linear_bias)
+        _check_cross_entropy(input, target, weight, num_classes, label_smoothing)
+        reduction_enum = torch.nn._reduction.get_enum(reduction)
+    if out_features or prob_target or num_classes == 0:
+        # Those two have no kernel (torch's own checks run there). With no class at all,
+        # every target is out of bounds unless ignored: torch's own path raises or returns
+        # the empty loss, so take it.
         return reference.linear_cross_entropy_ref(
             input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing
         )

@@ -455,43 +455,48 @@ def linear_cross_entropy_ref(
     )
 
 
-def _linear_logits(input, linear_weight, linear_bias) -> torch.Tensor:
+def linear_ce_targets_in_bounds(target: torch.Tensor, n_classes: int, ignore_index: int) -> torch.Tensor:
+    """Per target: True when it is ``ignore_index`` or a class in ``[0, n_classes)``."""
+    return (target == ignore_index) | ((target >= 0) & (target < n_classes))
+
+
+def _linear_ce_rows(inputs, ignore_index, label_smoothing):
+    """The logits in the compute dtype and, per row, what the linear cross-entropy kernels use.
+
+    Returns ``(logits, valid, y, w_y, coef, w, eps)``: ``valid`` rows have an in-bounds,
+    not ignored target ``y`` (0 elsewhere), ``w_y`` its class weight, ``coef`` the row's
+    softmax coefficient; ``w`` the class weights (ones without), ``eps`` the smoothing.
+    """
+    input, linear_weight, linear_bias, target, weight = inputs
     acc = compute_dtype(input.dtype)
     bias = None if linear_bias is None else linear_bias.to(acc)
-    return torch.nn.functional.linear(input.to(acc), linear_weight.to(acc), bias)
-
-
-def _linear_ce_rows(target, weight, n_classes, ignore_index, label_smoothing, acc):
-    """Per row: (valid, w_y, coef) and the class weights ``w`` of the linear cross-entropy kernels."""
+    logits = torch.nn.functional.linear(input.to(acc), linear_weight.to(acc), bias)
+    n_classes = linear_weight.shape[0]
     eps = max(label_smoothing, 0.0)
     w = torch.ones(n_classes, dtype=acc, device=target.device) if weight is None else weight.to(acc)
-    valid = (target != ignore_index) & (target >= 0) & (target < n_classes)
+    valid = linear_ce_targets_in_bounds(target, n_classes, ignore_index) & (target != ignore_index)
     y = torch.where(valid, target, 0).long()
     w_y = torch.where(valid, w[y], 0)
     coef = torch.where(valid, (1 - eps) * w_y + eps / n_classes * w.sum(), 0)
-    return valid, y, w_y, coef, w, eps
+    return logits, valid, y, w_y, coef, w, eps
 
 
 def linear_cross_entropy_forward_ref(
-    input: torch.Tensor,
-    linear_weight: torch.Tensor,
-    linear_bias: torch.Tensor | None,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    reduction: int,
-    ignore_index: int,
-    label_smoothing: float,
+    inputs: tuple[torch.Tensor | None, ...], options: tuple[int, int, float]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, lse, coef, total_weight) of the linear cross-entropy kernels, with eager ops.
 
-    ``input`` ``(N, D)``, ``linear_weight`` ``(V, D)``, ``target`` ``(N,)`` class indices
-    (out-of-bounds ones count as ignored; the caller raises for them). Holds the logits in
-    the compute dtype: the fallback where Triton cannot run.
+    ``inputs`` is ``(input, linear_weight, linear_bias, target, weight)``: ``input``
+    ``(N, D)``, ``linear_weight`` ``(V, D)``, ``target`` ``(N,)`` class indices
+    (out-of-bounds ones count as ignored; the caller raises for them). ``options`` is
+    ``(reduction, ignore_index, label_smoothing)``, ``reduction`` torch's enum. Holds the
+    logits in the compute dtype: the fallback where Triton cannot run.
     """
+    reduction, ignore_index, label_smoothing = options
+    input, linear_weight = inputs[:2]
     acc = compute_dtype(input.dtype)
-    logits = _linear_logits(input, linear_weight, linear_bias)
+    logits, valid, y, w_y, coef, w, eps = _linear_ce_rows(inputs, ignore_index, label_smoothing)
     n_classes = linear_weight.shape[0]
-    valid, y, w_y, coef, w, eps = _linear_ce_rows(target, weight, n_classes, ignore_index, label_smoothing, acc)
     lse = torch.logsumexp(logits, dim=-1)
     nll = lse - logits.gather(1, y[:, None])[:, 0]
     loss = (1 - eps) * w_y * nll
@@ -505,28 +510,22 @@ def linear_cross_entropy_forward_ref(
 
 
 def linear_cross_entropy_backward_ref(
-    grad_output: torch.Tensor,
-    input: torch.Tensor,
-    linear_weight: torch.Tensor,
-    linear_bias: torch.Tensor | None,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    lse: torch.Tensor,
-    coef: torch.Tensor,
-    total_weight: torch.Tensor,
-    reduction: int,
-    ignore_index: int,
-    label_smoothing: float,
+    grad_output: torch.Tensor, saved: tuple[torch.Tensor | None, ...], options: tuple[int, int, float]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_input, grad_linear_weight, grad_linear_bias) from the logits' gradient ``G``.
 
+    ``saved`` is the forward's inputs followed by its ``(lse, coef, total_weight)``, as
+    ``LinearCrossEntropyFunction`` saves them; ``options`` as for
+    :func:`linear_cross_entropy_forward_ref`.
     ``G = s * (coef * softmax - (1 - eps) w_y onehot(y) - eps / V * w)`` per valid row, 0
     for ignored rows; ``s`` is the row's grad_output, or ``g / total_weight`` for a mean.
     """
+    reduction, ignore_index, label_smoothing = options
+    input, linear_weight = saved[:2]
+    lse, coef, total_weight = saved[5:]
     acc = compute_dtype(input.dtype)
-    logits = _linear_logits(input, linear_weight, linear_bias)
+    logits, valid, y, w_y, _, w, eps = _linear_ce_rows(saved[:5], ignore_index, label_smoothing)
     n_classes = linear_weight.shape[0]
-    valid, y, w_y, _, w, eps = _linear_ce_rows(target, weight, n_classes, ignore_index, label_smoothing, acc)
     if reduction == 0:
         scale = grad_output.to(acc).reshape(-1)
     else:

@@ -70,10 +70,146 @@ STAT_TARGET = tl.constexpr(2)
 STAT_WDOT = tl.constexpr(3)
 STAT_WSUM = tl.constexpr(4)
 
-# Under Triton's interpreter each call of a nested @triton.jit function costs milliseconds
-# (it re-patches triton.language), and these kernels run thousands of tiles, so the logits
-# tile and the dot products are written out in each kernel rather than factored into
-# helpers. On a GPU helpers would be inlined either way.
+# The kernels share their tile arithmetic through the @triton.jit helpers below, which the
+# compiler inlines. A strided ``(*, D)`` matrix travels as one tuple ``(ptr, row stride,
+# column stride, D)``. Under Triton's interpreter each helper call re-patches
+# triton.language (about 0.7 ms), so helpers run once per tile, or once per D step for
+# loads, never per element.
+
+
+@triton.jit
+def _compute_zeros(ptr, BLOCK: tl.constexpr):
+    """``(BLOCK,)`` zeros in the compute dtype of ``ptr``'s elements: fp64 for fp64, else fp32."""
+    if ptr.dtype.element_ty == tl.float64:
+        zero = tl.zeros([BLOCK], tl.float64)
+    else:
+        zero = tl.zeros([BLOCK], tl.float32)
+    return zero
+
+
+@triton.jit
+def _tile(mat, idx, idx_mask, d, d_mask):
+    """``mat[idx, d]`` as an ``(len(idx), len(d))`` tile in the storage dtype; 0 where masked."""
+    ptr, stride_i, stride_d, _ = mat
+    return tl.load(
+        ptr + idx[:, None] * stride_i + d[None, :] * stride_d,
+        mask=idx_mask[:, None] & d_mask[None, :],
+        other=0,
+    )
+
+
+@triton.jit
+def _class_weights(class_weight_ptr, idx, mask, HAS_WEIGHT: tl.constexpr, dtype: tl.constexpr):
+    """The weights of classes ``idx`` in ``dtype`` (1 without class weights: nothing read); 0 where masked."""
+    if HAS_WEIGHT:
+        w = tl.load(class_weight_ptr + idx, mask=mask, other=0).to(dtype)
+    else:
+        w = tl.where(mask, 1, 0).to(dtype)
+    return w
+
+
+@triton.jit
+def _logits_tile(x_mat, rows, row_mask, w_mat, cols, col_mask, bias, HAS_BIAS, ALLOW_TF32, BLOCK_D: tl.constexpr):
+    """``x[rows] @ W[cols].T + b[cols]`` in the compute dtype, over D in BLOCK_D steps.
+
+    ``bias`` is ``(b_ptr, stride)``, read only if ``HAS_BIAS``. Masked lanes hold 0 (plus
+    nothing from the bias). The dot's inputs stay in the storage dtype; fp32 inputs use
+    TF32 only when ``ALLOW_TF32``.
+    """
+    x_ptr = x_mat[0]
+    D = x_mat[3]
+    if x_ptr.dtype.element_ty == tl.float64:
+        logits = tl.zeros([rows.shape[0], cols.shape[0]], tl.float64)
+    else:
+        logits = tl.zeros([rows.shape[0], cols.shape[0]], tl.float32)
+    d_range = tl.arange(0, BLOCK_D).to(tl.int64)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + d_range
+        d_mask = d < D
+        xt = _tile(x_mat, rows, row_mask, d, d_mask)
+        wt = _tile(w_mat, cols, col_mask, d, d_mask)
+        logits = tl.dot(xt, tl.trans(wt), logits, input_precision="tf32" if ALLOW_TF32 else "ieee")
+    if HAS_BIAS:
+        b_ptr, stride_b = bias
+        logits += tl.load(b_ptr + cols * stride_b, mask=col_mask, other=0).to(logits.dtype)[None, :]
+    return logits
+
+
+@triton.jit
+def _grad_output_scale(grad_output_ptr, total_weight_ptr, REDUCTION: tl.constexpr, dtype: tl.constexpr):
+    """Every row's scale of the loss gradient: ``g``, or ``g / total_weight`` for a mean.
+
+    0 (nothing read) for ``REDUCTION_NONE``, whose scale is per row.
+    """
+    if REDUCTION == REDUCTION_NONE:
+        g = tl.zeros([], dtype)
+    else:
+        g = tl.load(grad_output_ptr).to(dtype)
+        if REDUCTION == REDUCTION_MEAN:
+            g = g / tl.load(total_weight_ptr).to(dtype)
+    return g
+
+
+@triton.jit
+def _grad_row_factors(row_inputs, rows, row_mask, class_weight_ptr, g, V, ignore_index, eps, HAS_WEIGHT, REDUCTION):
+    """Per row of ``G = A p - B onehot(y) - S w``, with the row's scale folded in once.
+
+    ``row_inputs`` is ``(target_ptr, stride_t, lse_ptr, coef_ptr, grad_output_ptr,
+    stride_dy)``, ``g`` from :func:`_grad_output_scale`, ``eps`` in the compute dtype.
+    Returns ``(y, valid, lse, A, B, S)``; ``valid`` is off for ignored and out-of-bounds
+    targets.
+    """
+    target_ptr, stride_t, lse_ptr, coef_ptr, grad_output_ptr, stride_dy = row_inputs
+    y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
+    valid = row_mask & (y != ignore_index) & (y >= 0) & (y < V)
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0)
+    if REDUCTION == REDUCTION_NONE:
+        scale = tl.load(grad_output_ptr + rows * stride_dy, mask=row_mask, other=0).to(lse.dtype)
+    else:
+        scale = tl.zeros_like(lse) + g
+    w_y = _class_weights(class_weight_ptr, y, valid, HAS_WEIGHT, lse.dtype)
+    coef_a = tl.load(coef_ptr + rows, mask=row_mask, other=0) * scale
+    coef_b = (1 - eps) * w_y * scale
+    coef_s = eps / V * scale
+    return y, valid, lse, coef_a, coef_b, coef_s
+
+
+@triton.jit
+def _grad_tile(logits, y, valid, lse, coef_a, coef_b, coef_s, cols, col_mask, w, SMOOTHING: tl.constexpr):
+    """The logits' gradient ``G = A p - B onehot(y) - S w`` on one tile, from the tile's logits.
+
+    ``w`` are the classes' weights (used only with smoothing). Ignored rows and masked
+    classes are 0, even when the scale is inf (a mean over no targets).
+    """
+    p = tl.exp2((logits - lse[:, None]) * tl.full([], LOG2E, logits.dtype))
+    grad = coef_a[:, None] * p - tl.where(cols[None, :] == y[:, None], coef_b[:, None], 0)
+    if SMOOTHING:
+        grad -= coef_s[:, None] * w[None, :]
+    return tl.where(valid[:, None] & col_mask[None, :], grad, 0)
+
+
+@triton.jit
+def _add_product(a, b_mat, b_idx, b_mask, out_idx, out_mask, acc_ptr, out_ptr, started, last, ALLOW_TF32, BLOCK_D):
+    """One step of an owner's running sum: ``acc[out_idx] + a @ b_mat[b_idx]``, over D in BLOCK_D steps.
+
+    ``acc`` (compute dtype) and ``out`` (output dtype, possibly the same tensor) are
+    contiguous ``(*, D)``. The sum starts from 0 unless ``started`` (the buffer is never
+    zero-filled), and goes to ``out``, converted, when ``last``, else back to ``acc``.
+    """
+    D = b_mat[3]
+    d_range = tl.arange(0, BLOCK_D).to(tl.int64)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + d_range
+        d_mask = d < D
+        mask = out_mask[:, None] & d_mask[None, :]
+        offs = out_idx[:, None] * D + d[None, :]
+        acc = tl.load(acc_ptr + offs, mask=mask & started, other=0)
+        bt = _tile(b_mat, b_idx, b_mask, d, d_mask)
+        acc = tl.dot(a, bt, acc, input_precision="tf32" if ALLOW_TF32 else "ieee")
+        if last:
+            tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(acc_ptr + offs, acc, mask=mask)
 
 
 @triton.jit
@@ -112,12 +248,9 @@ def linear_cross_entropy_forward_kernel(
     n_splits = tl.num_programs(1).to(tl.int64)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_mask = rows < N
-    d_range = tl.arange(0, BLOCK_D).to(tl.int64)
+    x_mat, w_mat, bias = (x_ptr, stride_xn, stride_xd, D), (w_ptr, stride_wv, stride_wd, D), (b_ptr, stride_b)
     y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
-    if x_ptr.dtype.element_ty == tl.float64:
-        zero = tl.zeros([BLOCK_N], tl.float64)
-    else:
-        zero = tl.zeros([BLOCK_N], tl.float32)
+    zero = _compute_zeros(x_ptr, BLOCK_N)
     log2e = tl.full([], LOG2E, zero.dtype)
 
     m = zero - float("inf")  # running max
@@ -131,26 +264,7 @@ def linear_cross_entropy_forward_kernel(
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         col_mask = cols < v_end
-        logits = tl.zeros([BLOCK_N, BLOCK_V], zero.dtype)
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + d_range
-            d_mask = d < D
-            xt = tl.load(
-                x_ptr + rows[:, None] * stride_xn + d[None, :] * stride_xd,
-                mask=row_mask[:, None] & d_mask[None, :],
-                other=0,
-            )
-            wt = tl.load(
-                w_ptr + cols[:, None] * stride_wv + d[None, :] * stride_wd,
-                mask=col_mask[:, None] & d_mask[None, :],
-                other=0,
-            )
-            if ALLOW_TF32:
-                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="tf32")
-            else:
-                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="ieee")
-        if HAS_BIAS:
-            logits += tl.load(b_ptr + cols * stride_b, mask=col_mask, other=0).to(zero.dtype)[None, :]
+        logits = _logits_tile(x_mat, rows, row_mask, w_mat, cols, col_mask, bias, HAS_BIAS, ALLOW_TF32, BLOCK_D)
         mask = row_mask[:, None] & col_mask[None, :]
         logits = tl.where(mask, logits, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, axis=1))
@@ -159,10 +273,7 @@ def linear_cross_entropy_forward_kernel(
         s = s * tl.exp2((m - m_shift_new) * log2e) + tl.sum(p, axis=1)
         x_y += tl.sum(tl.where(mask & (cols[None, :] == y[:, None]), logits, 0), axis=1)
         if SMOOTHING:
-            if HAS_WEIGHT:
-                w = tl.load(class_weight_ptr + cols, mask=col_mask, other=0).to(zero.dtype)
-            else:
-                w = tl.where(col_mask, 1, 0).to(zero.dtype)
+            w = _class_weights(class_weight_ptr, cols, col_mask, HAS_WEIGHT, zero.dtype)
             # Re-reference the running sum to the new max, then add this tile; masked
             # lanes hold -inf logits and w = 0, so they are zeroed before the product.
             w_dot = w_dot + w_sum * (m_shift - m_shift_new)
@@ -210,10 +321,7 @@ def linear_cross_entropy_finalize_kernel(
     denominator, 1 otherwise); ``ok`` is one int8, 1 when every target is in ``[0, V)`` or
     ``ignore_index``.
     """
-    if part_ptr.dtype.element_ty == tl.float64:
-        zero = tl.zeros([BLOCK_R], tl.float64)
-    else:
-        zero = tl.zeros([BLOCK_R], tl.float32)
+    zero = _compute_zeros(part_ptr, BLOCK_R)
     # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
     eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
     log2e = tl.full([], LOG2E, zero.dtype)
@@ -255,10 +363,7 @@ def linear_cross_entropy_finalize_kernel(
             m_shift = m_shift_new
         log_s = tl.log2(tl.where(row_mask, s, 1)) * tl.full([], LN2, zero.dtype)
         lse = m_shift + log_s
-        if HAS_WEIGHT:
-            w_y = tl.load(class_weight_ptr + y, mask=valid, other=0).to(zero.dtype)
-        else:
-            w_y = tl.where(valid, 1, 0).to(zero.dtype)
+        w_y = _class_weights(class_weight_ptr, y, valid, HAS_WEIGHT, zero.dtype)
         nll = (m_shift - x_y) + log_s
         if SMOOTHING:
             loss = (1 - eps) * w_y * nll + eps / V * (w_sum * log_s - w_dot)
@@ -334,87 +439,28 @@ def linear_cross_entropy_grad_input_kernel(
     pid_n = tl.program_id(0).to(tl.int64)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_mask = rows < N
-    d_range = tl.arange(0, BLOCK_D).to(tl.int64)
-    if x_ptr.dtype.element_ty == tl.float64:
-        zero = tl.zeros([BLOCK_N], tl.float64)
-    else:
-        zero = tl.zeros([BLOCK_N], tl.float32)
+    x_mat, w_mat, bias = (x_ptr, stride_xn, stride_xd, D), (w_ptr, stride_wv, stride_wd, D), (b_ptr, stride_b)
+    row_inputs = (target_ptr, stride_t, lse_ptr, coef_ptr, grad_output_ptr, stride_dy)
+    zero = _compute_zeros(x_ptr, BLOCK_N)
     eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
-    log2e = tl.full([], LOG2E, zero.dtype)
-
-    # Per-row factors of G = A p - B onehot(y) - S w: the row scale folded in once.
-    y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
-    valid = row_mask & (y != ignore_index) & (y >= 0) & (y < V)
-    if REDUCTION == REDUCTION_NONE:
-        scale = tl.load(grad_output_ptr + rows * stride_dy, mask=row_mask, other=0).to(zero.dtype)
-    else:
-        g = tl.load(grad_output_ptr).to(zero.dtype)
-        if REDUCTION == REDUCTION_MEAN:
-            g = g / tl.load(total_weight_ptr).to(zero.dtype)
-        scale = zero + g
-    if HAS_WEIGHT:
-        w_y = tl.load(class_weight_ptr + y, mask=valid, other=0).to(zero.dtype)
-    else:
-        w_y = tl.where(valid, 1, 0).to(zero.dtype)
-    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0)
-    coef_a = tl.load(coef_ptr + rows, mask=row_mask, other=0) * scale
-    coef_b = (1 - eps) * w_y * scale
-    coef_s = eps / V * scale
+    g = _grad_output_scale(grad_output_ptr, total_weight_ptr, REDUCTION, zero.dtype)
+    y, valid, lse, coef_a, coef_b, coef_s = _grad_row_factors(
+        row_inputs, rows, row_mask, class_weight_ptr, g, V, ignore_index, eps, HAS_WEIGHT, REDUCTION
+    )
 
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         col_mask = cols < V
-        logits = tl.zeros([BLOCK_N, BLOCK_V], zero.dtype)
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + d_range
-            d_mask = d < D
-            xt = tl.load(
-                x_ptr + rows[:, None] * stride_xn + d[None, :] * stride_xd,
-                mask=row_mask[:, None] & d_mask[None, :],
-                other=0,
-            )
-            wt = tl.load(
-                w_ptr + cols[:, None] * stride_wv + d[None, :] * stride_wd,
-                mask=col_mask[:, None] & d_mask[None, :],
-                other=0,
-            )
-            if ALLOW_TF32:
-                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="tf32")
-            else:
-                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="ieee")
-        if HAS_BIAS:
-            logits += tl.load(b_ptr + cols * stride_b, mask=col_mask, other=0).to(zero.dtype)[None, :]
-        p = tl.exp2((logits - lse[:, None]) * log2e)
-        grad = coef_a[:, None] * p - tl.where(cols[None, :] == y[:, None], coef_b[:, None], 0)
-        if SMOOTHING:
-            if HAS_WEIGHT:
-                w = tl.load(class_weight_ptr + cols, mask=col_mask, other=0).to(zero.dtype)
-            else:
-                w = tl.where(col_mask, 1, 0).to(zero.dtype)
-            grad -= coef_s[:, None] * w[None, :]
-        # Ignored rows are 0 even when the scale is inf (a mean over no targets).
-        grad = tl.where(valid[:, None] & col_mask[None, :], grad, 0).to(x_ptr.dtype.element_ty)
+        logits = _logits_tile(x_mat, rows, row_mask, w_mat, cols, col_mask, bias, HAS_BIAS, ALLOW_TF32, BLOCK_D)
+        # Class weights are read only for smoothing, the one term that uses them here.
+        w = _class_weights(class_weight_ptr, cols, col_mask, HAS_WEIGHT & SMOOTHING, zero.dtype)
+        grad = _grad_tile(logits, y, valid, lse, coef_a, coef_b, coef_s, cols, col_mask, w, SMOOTHING).to(
+            x_ptr.dtype.element_ty
+        )
         last = v0 + BLOCK_V >= V
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + d_range
-            d_mask = d < D
-            out_mask = row_mask[:, None] & d_mask[None, :]
-            offs = rows[:, None] * D + d[None, :]
-            # The first class block starts from 0: the buffer is never zero-filled.
-            acc = tl.load(grad_x_acc_ptr + offs, mask=out_mask & (v0 > 0), other=0)
-            wt = tl.load(
-                w_ptr + cols[:, None] * stride_wv + d[None, :] * stride_wd,
-                mask=col_mask[:, None] & d_mask[None, :],
-                other=0,
-            )
-            if ALLOW_TF32:
-                acc = tl.dot(grad, wt, acc, input_precision="tf32")
-            else:
-                acc = tl.dot(grad, wt, acc, input_precision="ieee")
-            if last:
-                tl.store(grad_x_ptr + offs, acc.to(grad_x_ptr.dtype.element_ty), mask=out_mask)
-            else:
-                tl.store(grad_x_acc_ptr + offs, acc, mask=out_mask)
+        _add_product(
+            grad, w_mat, cols, col_mask, rows, row_mask, grad_x_acc_ptr, grad_x_ptr, v0 > 0, last, ALLOW_TF32, BLOCK_D
+        )
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -464,92 +510,47 @@ def linear_cross_entropy_grad_weight_kernel(
     pid_v = tl.program_id(0).to(tl.int64)
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
     col_mask = cols < V
-    d_range = tl.arange(0, BLOCK_D).to(tl.int64)
-    if x_ptr.dtype.element_ty == tl.float64:
-        zero = tl.zeros([BLOCK_N], tl.float64)
-    else:
-        zero = tl.zeros([BLOCK_N], tl.float32)
+    x_mat, w_mat, bias = (x_ptr, stride_xn, stride_xd, D), (w_ptr, stride_wv, stride_wd, D), (b_ptr, stride_b)
+    row_inputs = (target_ptr, stride_t, lse_ptr, coef_ptr, grad_output_ptr, stride_dy)
+    zero = _compute_zeros(x_ptr, BLOCK_N)
     eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
-    log2e = tl.full([], LOG2E, zero.dtype)
+    # What depends only on the class block is read once, outside the loop over row blocks.
     if HAS_BIAS:
-        bias = tl.load(b_ptr + cols * stride_b, mask=col_mask, other=0).to(zero.dtype)
-    if SMOOTHING:
-        if HAS_WEIGHT:
-            w = tl.load(class_weight_ptr + cols, mask=col_mask, other=0).to(zero.dtype)
-        else:
-            w = tl.where(col_mask, 1, 0).to(zero.dtype)
-    if REDUCTION != REDUCTION_NONE:
-        g = tl.load(grad_output_ptr).to(zero.dtype)
-        if REDUCTION == REDUCTION_MEAN:
-            g = g / tl.load(total_weight_ptr).to(zero.dtype)
+        b_cols = tl.load(b_ptr + cols * stride_b, mask=col_mask, other=0).to(zero.dtype)
+    w = _class_weights(class_weight_ptr, cols, col_mask, HAS_WEIGHT & SMOOTHING, zero.dtype)
+    g = _grad_output_scale(grad_output_ptr, total_weight_ptr, REDUCTION, zero.dtype)
     grad_b = tl.zeros([BLOCK_V], zero.dtype)
 
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         row_mask = rows < N
-        y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
-        valid = row_mask & (y != ignore_index) & (y >= 0) & (y < V)
-        if REDUCTION == REDUCTION_NONE:
-            scale = tl.load(grad_output_ptr + rows * stride_dy, mask=row_mask, other=0).to(zero.dtype)
-        else:
-            scale = zero + g
-        if HAS_WEIGHT:
-            w_y = tl.load(class_weight_ptr + y, mask=valid, other=0).to(zero.dtype)
-        else:
-            w_y = tl.where(valid, 1, 0).to(zero.dtype)
-        lse = tl.load(lse_ptr + rows, mask=row_mask, other=0)
-        coef_a = tl.load(coef_ptr + rows, mask=row_mask, other=0) * scale
-        coef_b = (1 - eps) * w_y * scale
-
-        logits = tl.zeros([BLOCK_N, BLOCK_V], zero.dtype)
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + d_range
-            d_mask = d < D
-            xt = tl.load(
-                x_ptr + rows[:, None] * stride_xn + d[None, :] * stride_xd,
-                mask=row_mask[:, None] & d_mask[None, :],
-                other=0,
-            )
-            wt = tl.load(
-                w_ptr + cols[:, None] * stride_wv + d[None, :] * stride_wd,
-                mask=col_mask[:, None] & d_mask[None, :],
-                other=0,
-            )
-            if ALLOW_TF32:
-                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="tf32")
-            else:
-                logits = tl.dot(xt, tl.trans(wt), logits, input_precision="ieee")
+        y, valid, lse, coef_a, coef_b, coef_s = _grad_row_factors(
+            row_inputs, rows, row_mask, class_weight_ptr, g, V, ignore_index, eps, HAS_WEIGHT, REDUCTION
+        )
+        # The bias was read above: the tile leaves it out (HAS_BIAS=False) and it is added here.
+        logits = _logits_tile(x_mat, rows, row_mask, w_mat, cols, col_mask, bias, False, ALLOW_TF32, BLOCK_D)
         if HAS_BIAS:
-            logits += bias[None, :]
-        p = tl.exp2((logits - lse[:, None]) * log2e)
-        grad = coef_a[:, None] * p - tl.where(cols[None, :] == y[:, None], coef_b[:, None], 0)
-        if SMOOTHING:
-            grad -= (eps / V * scale)[:, None] * w[None, :]
-        grad = tl.where(valid[:, None] & col_mask[None, :], grad, 0)
+            logits += b_cols[None, :]
+        grad = _grad_tile(logits, y, valid, lse, coef_a, coef_b, coef_s, cols, col_mask, w, SMOOTHING)
         if GRAD_B:
             grad_b += tl.sum(grad, axis=0)
         if GRAD_W:
             grad_t = tl.trans(grad.to(x_ptr.dtype.element_ty))
             last = n0 + BLOCK_N >= N
-            for d0 in range(0, D, BLOCK_D):
-                d = d0 + d_range
-                d_mask = d < D
-                out_mask = col_mask[:, None] & d_mask[None, :]
-                offs = cols[:, None] * D + d[None, :]
-                acc = tl.load(grad_w_acc_ptr + offs, mask=out_mask & (n0 > 0), other=0)
-                xt = tl.load(
-                    x_ptr + rows[:, None] * stride_xn + d[None, :] * stride_xd,
-                    mask=row_mask[:, None] & d_mask[None, :],
-                    other=0,
-                )
-                if ALLOW_TF32:
-                    acc = tl.dot(grad_t, xt, acc, input_precision="tf32")
-                else:
-                    acc = tl.dot(grad_t, xt, acc, input_precision="ieee")
-                if last:
-                    tl.store(grad_w_ptr + offs, acc.to(grad_w_ptr.dtype.element_ty), mask=out_mask)
-                else:
-                    tl.store(grad_w_acc_ptr + offs, acc, mask=out_mask)
+            _add_product(
+                grad_t,
+                x_mat,
+                rows,
+                row_mask,
+                cols,
+                col_mask,
+                grad_w_acc_ptr,
+                grad_w_ptr,
+                n0 > 0,
+                last,
+                ALLOW_TF32,
+                BLOCK_D,
+            )
     if GRAD_B:
         tl.store(grad_b_ptr + cols, grad_b.to(grad_b_ptr.dtype.element_ty), mask=col_mask)
 
@@ -595,60 +596,54 @@ def forward_splits(n_rows: int, n_classes: int, dtype: torch.dtype) -> tuple[int
     return triton.cdiv(v_blocks, per_split), per_split
 
 
-def linear_cross_entropy_forward(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    b: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    loss: torch.Tensor,
-    lse: torch.Tensor,
-    coef: torch.Tensor,
-    total_weight: torch.Tensor,
-    ok: torch.Tensor,
-    reduction: int,
-    ignore_index: int,
-    label_smoothing: float,
-) -> None:
-    """Fill ``loss``, ``lse``, ``coef``, ``total_weight`` and the int8 flag ``ok`` (two launches).
+def _operands(inputs: tuple, label_smoothing: float, num_stages: int) -> tuple[tuple, tuple, dict]:
+    """What every launch but the finalize's shares: tensors, strides and constants.
 
-    ``x`` ``(N, D)``, ``w`` ``(V, D)``, ``b`` ``(V,)``, ``target`` ``(N,)`` strided;
-    ``class_weight`` contiguous ``(V,)``; ``lse`` and ``coef`` contiguous ``(N,)`` in the
-    compute dtype; ``loss`` ``(N,)`` for reduction none, else 0-d.
+    Returns the kernels' first five tensor arguments (a missing bias or class weight is
+    passed as ``w``, which the kernel never reads in its place), the strides of x, W, b and
+    the targets, and the constexpr and launch options that depend on the inputs only.
     """
+    x, w, b, target, class_weight = inputs
+    tensors = (x, w, w if b is None else b, target, w if class_weight is None else class_weight)
+    strides = (*x.stride(), *w.stride(), 0 if b is None else b.stride(0), target.stride(0))
+    block_n, block_v, block_d = _blocks(x.dtype)
+    constants = dict(
+        HAS_BIAS=b is not None,
+        HAS_WEIGHT=class_weight is not None,
+        SMOOTHING=label_smoothing > 0,
+        ALLOW_TF32=allow_tf32(x.dtype),
+        BLOCK_N=block_n,
+        BLOCK_V=block_v,
+        BLOCK_D=block_d,
+        num_warps=LINEAR_CE_NUM_WARPS,
+        num_stages=num_stages,
+    )
+    return tensors, strides, constants
+
+
+def linear_cross_entropy_forward(inputs: tuple, options: tuple[int, int, float], outputs: tuple) -> None:
+    """Fill the outputs ``(loss, lse, coef, total_weight, ok)`` (two launches).
+
+    ``inputs`` is ``(x, w, b, target, class_weight)``: ``x`` ``(N, D)``, ``w`` ``(V, D)``,
+    ``b`` ``(V,)`` or None, ``target`` ``(N,)`` strided; ``class_weight`` contiguous ``(V,)``
+    or None. ``options`` is ``(reduction, ignore_index, label_smoothing)``, ``reduction``
+    torch's enum. ``lse`` and ``coef`` are contiguous ``(N,)`` in the compute dtype,
+    ``loss`` ``(N,)`` for reduction none, else 0-d; ``total_weight`` 0-d and ``ok`` one int8
+    (1 when every target is in bounds).
+    """
+    x, w, _, target, class_weight = inputs
+    reduction, ignore_index, label_smoothing = options
+    loss, lse, coef, total_weight, ok = outputs
     N, D = x.shape
     V = w.shape[0]
-    block_n, block_v, block_d = _blocks(x.dtype)
     n_splits, per_split = forward_splits(N, V, x.dtype)
     smoothing = label_smoothing > 0
     # Without smoothing only the first 3 statistics exist: no memory for the other planes.
     part = torch.empty((N_STATS if smoothing else 3, n_splits, N), dtype=lse.dtype, device=x.device)
     if N > 0:
-        linear_cross_entropy_forward_kernel[(triton.cdiv(N, block_n), n_splits)](
-            x,
-            w,
-            b if b is not None else w,
-            target,
-            class_weight if class_weight is not None else w,
-            part,
-            N,
-            V,
-            D,
-            per_split,
-            *x.stride(),
-            *w.stride(),
-            b.stride(0) if b is not None else 0,
-            target.stride(0),
-            HAS_BIAS=b is not None,
-            HAS_WEIGHT=class_weight is not None,
-            SMOOTHING=smoothing,
-            ALLOW_TF32=allow_tf32(x.dtype),
-            BLOCK_N=block_n,
-            BLOCK_V=block_v,
-            BLOCK_D=block_d,
-            num_warps=LINEAR_CE_NUM_WARPS,
-            num_stages=LINEAR_CE_FORWARD_NUM_STAGES,
-        )
+        tensors, strides, constants = _operands(inputs, label_smoothing, LINEAR_CE_FORWARD_NUM_STAGES)
+        grid = (triton.cdiv(N, constants["BLOCK_N"]), n_splits)
+        linear_cross_entropy_forward_kernel[grid](*tensors, part, N, V, D, per_split, *strides, **constants)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     linear_cross_entropy_finalize_kernel[(1,)](
         part,
@@ -674,71 +669,34 @@ def linear_cross_entropy_forward(
 
 
 def linear_cross_entropy_backward(
-    grad_output: torch.Tensor,
-    x: torch.Tensor,
-    w: torch.Tensor,
-    b: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    lse: torch.Tensor,
-    coef: torch.Tensor,
-    total_weight: torch.Tensor,
-    reduction: int,
-    ignore_index: int,
-    label_smoothing: float,
-    grad_x: torch.Tensor | None,
-    grad_w: torch.Tensor | None,
-    grad_b: torch.Tensor | None,
+    grad_output: torch.Tensor, saved: tuple, options: tuple[int, int, float], grads: tuple
 ) -> None:
-    """Write the requested gradients: ``grad_x`` ``(N, D)``, ``grad_w`` ``(V, D)`` contiguous, ``grad_b`` ``(V,)``.
+    """Write the requested gradients ``grads = (grad_x, grad_w, grad_b)``, each None when not needed.
 
+    ``saved`` is the forward's ``inputs`` (see :func:`linear_cross_entropy_forward`)
+    followed by its ``(lse, coef, total_weight)``; ``options`` as there. ``grad_x``
+    ``(N, D)``, ``grad_w`` ``(V, D)`` and ``grad_b`` ``(V,)`` are contiguous;
     ``grad_output`` is ``(N,)`` for reduction none, else 0-d. Accumulates in the compute
-    dtype: in the gradient itself when it has that dtype, else in a scratch buffer.
-    N and V must be positive (the caller handles empty shapes).
+    dtype: in the gradient itself when it has that dtype, else in a scratch buffer. N and
+    V must be positive (the caller handles empty shapes).
     """
+    x, w = saved[:2]
+    lse, coef, total_weight = saved[5:]
+    reduction, ignore_index, label_smoothing = options
+    grad_x, grad_w, grad_b = grads
     N, D = x.shape
     V = w.shape[0]
     acc = lse.dtype
-    block_n, block_v, block_d = _blocks(x.dtype)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    common = dict(
-        HAS_BIAS=b is not None,
-        HAS_WEIGHT=class_weight is not None,
-        SMOOTHING=label_smoothing > 0,
-        REDUCTION=reduction,
-        ALLOW_TF32=allow_tf32(x.dtype),
-        BLOCK_N=block_n,
-        BLOCK_V=block_v,
-        BLOCK_D=block_d,
-        num_warps=LINEAR_CE_NUM_WARPS,
-        num_stages=LINEAR_CE_BACKWARD_NUM_STAGES,
-    )
-    inputs = (
-        x,
-        w,
-        b if b is not None else w,
-        target,
-        class_weight if class_weight is not None else w,
-        lse,
-        coef,
-        grad_output,
-        total_weight,
-    )
-    strides = (
-        *x.stride(),
-        *w.stride(),
-        b.stride(0) if b is not None else 0,
-        target.stride(0),
-        grad_output.stride(0) if grad_output.dim() == 1 else 0,
-        ignore_index,
-        eps_hi,
-        eps_lo,
-    )
+    tensors, strides, common = _operands(saved[:5], label_smoothing, LINEAR_CE_BACKWARD_NUM_STAGES)
+    common["REDUCTION"] = reduction
+    inputs = (*tensors, lse, coef, grad_output, total_weight)
+    scalars = (*strides, grad_output.stride(0) if grad_output.dim() == 1 else 0, ignore_index, eps_hi, eps_lo)
     if grad_x is not None:
         # Accumulate in the gradient itself when it already has the compute dtype.
         grad_x_acc = grad_x if grad_x.dtype == acc else torch.empty((N, D), dtype=acc, device=x.device)
-        linear_cross_entropy_grad_input_kernel[(triton.cdiv(N, block_n),)](
-            *inputs, grad_x_acc, grad_x, N, V, D, *strides, **common
+        linear_cross_entropy_grad_input_kernel[(triton.cdiv(N, common["BLOCK_N"]),)](
+            *inputs, grad_x_acc, grad_x, N, V, D, *scalars, **common
         )
     if grad_w is not None or grad_b is not None:
         if grad_w is None:
@@ -746,7 +704,7 @@ def linear_cross_entropy_backward(
         else:
             grad_w_out = grad_w
             grad_w_acc = grad_w if grad_w.dtype == acc else torch.empty((V, D), dtype=acc, device=x.device)
-        linear_cross_entropy_grad_weight_kernel[(triton.cdiv(V, block_v),)](
+        linear_cross_entropy_grad_weight_kernel[(triton.cdiv(V, common["BLOCK_V"]),)](
             *inputs,
             grad_w_acc,
             grad_w_out,
@@ -754,7 +712,7 @@ def linear_cross_entropy_backward(
             N,
             V,
             D,
-            *strides,
+            *scalars,
             GRAD_W=grad_w is not None,
             GRAD_B=grad_b is not None,
             **common,
