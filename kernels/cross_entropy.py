@@ -8,7 +8,10 @@ the target's elements (``(N, C)`` logits come as ``(1, C, N)``). Each program ow
 ``(BLOCK_C, BLOCK_I)``, long along whichever dim is contiguous (see ``_blocks``): a long
 run of one row's classes for row-major ``(N, C)`` (several rows when C is small), a run of
 adjacent rows for ``(N, C, d1, ...)`` or column-major logits. Loads coalesce either way,
-without transposing the logits.
+without transposing the logits. When the gradient's forward needs the class weights class
+by class (weights with label smoothing or probability targets) and a row fits one tile, a
+program takes several such blocks of rows in turn and loads the weights once for all of
+them (``_one_pass_plan``).
 
 Maths, in natural units, for one row with logits ``x``, ``lse = logsumexp(x)``,
 ``p = softmax(x)``, class weights ``w`` (all ones without a weight), smoothing ``eps``:
@@ -59,9 +62,8 @@ from ._launch import BoundKernel, next_power_of_2
 @triton.jit
 def _class_coefficients(
     target_ptr,
-    weight_ptr,
+    w,
     offs_t,
-    c,
     mask,
     eps,
     C,
@@ -73,7 +75,10 @@ def _class_coefficients(
     """The per-class coefficients ``a`` of one tile, in ``acc_like``'s dtype, 0 where masked.
 
     Probability targets: ``w * ((1 - eps) t + eps / C)``. Class-index targets (only
-    called with smoothing): ``w``, which the caller scales by ``eps / C``.
+    called with smoothing): ``w``, which the caller scales by ``eps / C``. ``w`` is the
+    tile's ``(BLOCK_C,)`` class weights in the compute dtype, loaded by the caller (the
+    one-tile forward loads them once for all the rows of a program); unused without
+    ``HAS_WEIGHT``.
     """
     if PROB_TARGET:
         a = tl.load(target_ptr + offs_t, mask=mask, other=0).to(acc_like.dtype)
@@ -82,7 +87,6 @@ def _class_coefficients(
     else:
         a = tl.zeros(mask.shape, acc_like.dtype) + 1
     if HAS_WEIGHT:
-        w = tl.load(weight_ptr + c, mask=c < C, other=0).to(acc_like.dtype)
         a = a * w[:, None]
     return tl.where(mask, a, 0)
 
@@ -114,13 +118,15 @@ def _grad_tile(
     """
     p = tl.exp2((x - lse[None, :]) * tl.full([], LOG2E, x.dtype))
     grad = p * coef[None, :]
+    if HAS_WEIGHT and (PROB_TARGET or SMOOTHING):
+        w = tl.load(weight_ptr + c, mask=c < C, other=0).to(x.dtype)
+    else:
+        w = x  # unused
     if PROB_TARGET:
-        grad = grad - _class_coefficients(
-            target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x
-        )
+        grad = grad - _class_coefficients(target_ptr, w, offs_t, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x)
     elif SMOOTHING:
         grad = grad - (1 - eps) * tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
-        a = _class_coefficients(target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x)
+        a = _class_coefficients(target_ptr, w, offs_t, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, x)
         grad = grad - eps / C * a
     else:
         grad = grad - tl.where(c[:, None] == y[None, :], w_y[None, :], 0)
@@ -159,8 +165,14 @@ def _row_scale(
 # storage dtype, and cast loads to that compute dtype directly: the same conversion.
 
 
-@triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
-def cross_entropy_forward_kernel(
+@triton.jit
+def _forward_block(
+    block,
+    w,
+    zero,
+    eps,
+    scale,
+    blocks_per_outer,
     logits_ptr,
     target_ptr,
     weight_ptr,
@@ -169,11 +181,8 @@ def cross_entropy_forward_kernel(
     coef_ptr,
     row_weight_ptr,
     grad_ptr,
-    target_ok_ptr,
-    total_weight_ptr,
     C,
     inner,
-    n_rows,
     stride_xo,
     stride_xc,
     stride_xi,
@@ -184,61 +193,38 @@ def cross_entropy_forward_kernel(
     stride_gc,
     stride_gi,
     ignore_index,
-    eps_hi,
-    eps_lo,
     HAS_WEIGHT: tl.constexpr,
     PROB_TARGET: tl.constexpr,
     SMOOTHING: tl.constexpr,
     GRAD: tl.constexpr,
-    GRAD_MEAN: tl.constexpr,
-    CHECK_TARGETS: tl.constexpr,
     ONE_TILE: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
+    W_GIVEN: tl.constexpr,
 ):
-    """Per-row loss, ``lse`` and ``coef``, and with ``GRAD`` the loss's gradient, in one pass.
+    """One block of ``BLOCK_I`` rows of :func:`cross_entropy_forward_kernel`; returns, per row, 1 for a bad target.
 
-    Shapes: logits and probability targets ``(outer, C, inner)`` strided; index targets
-    ``(outer, inner)`` strided (``stride_tc`` unused); ``loss``, ``lse``, ``coef`` and
-    ``row_weight`` contiguous ``(outer * inner,)``; ``grad`` ``(outer, C, inner)`` strided.
-    ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean
-    (not written with ``GRAD``, whose prepass already summed it into ``total_weight``).
-    With ``CHECK_TARGETS``, ``target_ok`` has one int8 per program: 1 if all its index
-    targets are valid.
-
-    ``GRAD`` writes ``dloss/dx`` for a ``grad_output`` of 1: for ``GRAD_MEAN`` divided by
-    the mean's denominator, read from ``total_weight`` (index targets: computed on the
-    device by :func:`cross_entropy_total_weight_kernel`) or ``n_rows`` (probabilities).
-    ``ONE_TILE`` (``BLOCK_C >= C``): the row's logits stay in registers between the
-    logsumexp and the gradient, so they are read once; otherwise a second loop reads them
-    again (the logsumexp must be final before any gradient is written).
+    ``w``: with ``W_GIVEN`` (``ONE_TILE``, class weights needed class by class), the whole
+    row's ``(BLOCK_C,)`` weights, loaded by the caller; otherwise unused. ``scale``: the
+    gradient's factor per row (with ``GRAD``).
     """
-    # int64 before any stride multiply (pid here, the class index c in the loops): offsets
-    # pass 2^31 on large logits, e.g. c * stride_xc for (N, C, T) with C * T > 2^31.
-    pid = tl.program_id(0).to(tl.int64)
-    blocks_per_outer = tl.cdiv(inner, BLOCK_I)
-    o = pid // blocks_per_outer
-    i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
-    row_mask = i < inner
+    log2e = tl.full([], LOG2E, zero.dtype)
+    o = block // blocks_per_outer
+    i = (block % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
     rows = o * inner + i
+    row_mask = i < inner
     offs_x_row = o * stride_xo + i * stride_xi
     offs_t_row = o * stride_to + i * stride_ti
-    # A zero in the compute dtype: fp64 logits compute in fp64, every other dtype in fp32.
-    zero = upcast(tl.zeros([BLOCK_I], logits_ptr.dtype.element_ty))
-    # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
-    eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
-    log2e = tl.full([], LOG2E, zero.dtype)
 
     if PROB_TARGET:
         y = tl.zeros([BLOCK_I], tl.int64)
         valid = row_mask
+        n_bad = tl.zeros([BLOCK_I], tl.int32)
     else:
         y = tl.load(target_ptr + offs_t_row, mask=row_mask, other=0).to(tl.int64)
         valid = row_mask & (y != ignore_index)
         in_bounds = (y >= 0) & (y < C)
-        if CHECK_TARGETS:
-            n_bad = tl.sum((valid & ~in_bounds).to(tl.int32), axis=0)
-            tl.store(target_ok_ptr + pid, (n_bad == 0).to(tl.int8))
+        n_bad = (valid & ~in_bounds).to(tl.int32)
         valid = valid & in_bounds
 
     # The max stays in natural units so that x - m is exact for close values (as torch's
@@ -256,14 +242,14 @@ def cross_entropy_forward_kernel(
         mask = (c < C)[:, None] & row_mask[None, :]
         x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf"))
         x = x.to(zero.dtype)
+        if HAS_WEIGHT and (PROB_TARGET or SMOOTHING) and not W_GIVEN:
+            w = tl.load(weight_ptr + c, mask=c < C, other=0).to(zero.dtype)
         m = tl.max(x, axis=0)
         m_shift = tl.where(m == float("-inf"), 0, m)
         s = tl.sum(tl.exp2((x - m_shift[None, :]) * log2e), axis=0)
         if PROB_TARGET or SMOOTHING:
             offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
-            a = _class_coefficients(
-                target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, zero
-            )
+            a = _class_coefficients(target_ptr, w, offs_t, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, zero)
             a_dot = tl.sum(a * tl.where(mask, x - m_shift[None, :], 0), axis=0)
             a_sum = tl.sum(a, axis=0)
         if not PROB_TARGET:
@@ -279,8 +265,12 @@ def cross_entropy_forward_kernel(
             s = s * tl.exp2((m - m_shift_new) * log2e) + tl.sum(tl.exp2((x - m_shift_new[None, :]) * log2e), axis=0)
             if PROB_TARGET or SMOOTHING:
                 offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+                if HAS_WEIGHT:
+                    w_tile = tl.load(weight_ptr + c, mask=c < C, other=0).to(zero.dtype)
+                else:
+                    w_tile = zero  # unused
                 a = _class_coefficients(
-                    target_ptr, weight_ptr, offs_t, c, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, zero
+                    target_ptr, w_tile, offs_t, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, zero
                 )
                 # Re-reference the running sum to the new max, then add this tile.
                 a_dot = a_dot + a_sum * (m_shift - m_shift_new)
@@ -322,15 +312,6 @@ def cross_entropy_forward_kernel(
     tl.store(coef_ptr + rows, coef.to(coef_ptr.dtype.element_ty), mask=row_mask)
 
     if GRAD:
-        if GRAD_MEAN:
-            if PROB_TARGET:
-                total_weight = tl.zeros([], zero.dtype) + n_rows
-            else:
-                total_weight = tl.load(total_weight_ptr).to(zero.dtype)
-            # 1 / 0 = inf when every target is ignored: those rows are zeroed after scaling.
-            scale = zero + 1 / total_weight
-        else:
-            scale = zero + 1
         offs_g_row = o * stride_go + i * stride_gi
         if ONE_TILE:
             # From the registers: grad = scale * (coef * p - a), the module doc's formula.
@@ -375,6 +356,175 @@ def cross_entropy_forward_kernel(
                 )
                 offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
                 tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+    return n_bad
+
+
+@triton.jit(do_not_specialize=["blocks_per_program", "ignore_index", "eps_hi", "eps_lo"])
+def cross_entropy_forward_kernel(
+    logits_ptr,
+    target_ptr,
+    weight_ptr,
+    loss_ptr,
+    lse_ptr,
+    coef_ptr,
+    row_weight_ptr,
+    grad_ptr,
+    target_ok_ptr,
+    total_weight_ptr,
+    C,
+    inner,
+    n_rows,
+    blocks_per_program,
+    stride_xo,
+    stride_xc,
+    stride_xi,
+    stride_to,
+    stride_tc,
+    stride_ti,
+    stride_go,
+    stride_gc,
+    stride_gi,
+    ignore_index,
+    eps_hi,
+    eps_lo,
+    HAS_WEIGHT: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    GRAD: tl.constexpr,
+    GRAD_MEAN: tl.constexpr,
+    CHECK_TARGETS: tl.constexpr,
+    ONE_TILE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    GROUP_ROWS: tl.constexpr,
+):
+    """Per-row loss, ``lse`` and ``coef``, and with ``GRAD`` the loss's gradient, in one pass.
+
+    Shapes: logits and probability targets ``(outer, C, inner)`` strided; index targets
+    ``(outer, inner)`` strided (``stride_tc`` unused); ``loss``, ``lse``, ``coef`` and
+    ``row_weight`` contiguous ``(outer * inner,)``; ``grad`` ``(outer, C, inner)`` strided.
+    ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean
+    (not written with ``GRAD``, whose prepass already summed it into ``total_weight``).
+    With ``CHECK_TARGETS``, ``target_ok`` has one int8 per program: 1 if all its index
+    targets are valid.
+
+    ``GRAD`` writes ``dloss/dx`` for a ``grad_output`` of 1: for ``GRAD_MEAN`` divided by
+    the mean's denominator, read from ``total_weight`` (index targets: computed on the
+    device by :func:`cross_entropy_total_weight_kernel`) or ``n_rows`` (probabilities).
+    ``ONE_TILE`` (``BLOCK_C >= C``): the row's logits stay in registers between the
+    logsumexp and the gradient, so they are read once; otherwise a second loop reads them
+    again (the logsumexp must be final before any gradient is written).
+
+    Each program handles ``blocks_per_program`` consecutive blocks of ``BLOCK_I`` rows (the
+    last program fewer), one after the other. With ``ONE_TILE``, the class weights that the
+    per-class term needs (label smoothing, probability targets) are loaded once per program
+    for all of them, rather than once per row (``_one_pass_plan`` picks the count).
+    """
+    # int64 before any stride multiply (pid here, the class index c in the loops): offsets
+    # pass 2^31 on large logits, e.g. c * stride_xc for (N, C, T) with C * T > 2^31.
+    pid = tl.program_id(0).to(tl.int64)
+    blocks_per_outer = tl.cdiv(inner, BLOCK_I)
+    # A zero in the compute dtype: fp64 logits compute in fp64, every other dtype in fp32.
+    zero = upcast(tl.zeros([BLOCK_I], logits_ptr.dtype.element_ty))
+    # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
+    eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
+    # Class weights needed class by class in one-tile rows: the program takes several blocks
+    # of rows and loads the weights once for all of them.
+    if GROUP_ROWS:
+        c = tl.arange(0, BLOCK_C).to(tl.int64)
+        w = tl.load(weight_ptr + c, mask=c < C, other=0).to(zero.dtype)
+    scale = zero
+    if GRAD:
+        if GRAD_MEAN:
+            if PROB_TARGET:
+                total_weight = tl.zeros([], zero.dtype) + n_rows
+            else:
+                total_weight = tl.load(total_weight_ptr).to(zero.dtype)
+            # 1 / 0 = inf when every target is ignored: those rows are zeroed after scaling.
+            scale = zero + 1 / total_weight
+        else:
+            scale = zero + 1
+    if GROUP_ROWS:
+        n_bad = tl.zeros([BLOCK_I], tl.int32)
+        first_block = pid * blocks_per_program
+        last_block = tl.minimum(first_block + blocks_per_program, (n_rows // inner) * blocks_per_outer)
+        for block in range(first_block, last_block):
+            n_bad += _forward_block(
+                block,
+                w,
+                zero,
+                eps,
+                scale,
+                blocks_per_outer,
+                logits_ptr,
+                target_ptr,
+                weight_ptr,
+                loss_ptr,
+                lse_ptr,
+                coef_ptr,
+                row_weight_ptr,
+                grad_ptr,
+                C,
+                inner,
+                stride_xo,
+                stride_xc,
+                stride_xi,
+                stride_to,
+                stride_tc,
+                stride_ti,
+                stride_go,
+                stride_gc,
+                stride_gi,
+                ignore_index,
+                HAS_WEIGHT,
+                PROB_TARGET,
+                SMOOTHING,
+                GRAD,
+                ONE_TILE,
+                BLOCK_C,
+                BLOCK_I,
+                True,
+            )
+    else:
+        # One block a program: straight-line code, no loop for the compiler to carry.
+        n_bad = _forward_block(
+            pid,
+            zero,
+            zero,
+            eps,
+            scale,
+            blocks_per_outer,
+            logits_ptr,
+            target_ptr,
+            weight_ptr,
+            loss_ptr,
+            lse_ptr,
+            coef_ptr,
+            row_weight_ptr,
+            grad_ptr,
+            C,
+            inner,
+            stride_xo,
+            stride_xc,
+            stride_xi,
+            stride_to,
+            stride_tc,
+            stride_ti,
+            stride_go,
+            stride_gc,
+            stride_gi,
+            ignore_index,
+            HAS_WEIGHT,
+            PROB_TARGET,
+            SMOOTHING,
+            GRAD,
+            ONE_TILE,
+            BLOCK_C,
+            BLOCK_I,
+            False,
+        )
+    if CHECK_TARGETS:
+        tl.store(target_ok_ptr + pid, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -678,24 +828,63 @@ def _block_sizes(C: int, inner: int, classes_long: bool) -> tuple[int, int]:
     return min(c_pow2, tile // block_i), block_i
 
 
+# Rows per program of the one-pass forward when every row needs the class weights class by
+# class (weights with label smoothing, or with probability targets): a program loads the
+# weight vector once and keeps it in registers for all its rows, instead of loading it again
+# for each row. Re-read per row, the weights cost 4 B per logit, as much as the logits
+# themselves (a third of the 12 B the kernel then moved); once per 128 rows or more they cost
+# at most 4 / 128 = 0.031 B. Rule, from the row count N: floor(N / 128) programs (at least
+# one), the rows split evenly between them in blocks, so each program has 128 to 255 rows
+# and the bound holds for every N. Trade-off: the grid is N / 128 programs (for rows of
+# 2048-8192 classes, one row a block) and each program's rows run one after the other, so a
+# GPU gets fewer programs than SMs (132 on an H100) below ~17k rows; above that (a loss over
+# a batch of tokens) it has full waves. On a GPU the re-read weights mostly came from L2 (a
+# 4096-class fp32 vector is 16 kB), so the change saves L2-to-SM bandwidth and half of the
+# kernel's load instructions rather than DRAM bytes (a modeled gain, not measured). Only
+# this case groups rows: without weights, or without a per-class term, nothing is re-read,
+# and one block a program keeps the most parallelism.
+CROSS_ENTROPY_WEIGHT_ROWS_PER_PROGRAM = 128
+
+
 @functools.lru_cache(maxsize=256)
-def _one_pass_plan(C: int, inner: int, classes_long: bool) -> tuple[int, int, int, bool]:
-    """(BLOCK_C, BLOCK_I, num_warps, one_tile) of the forward that also writes the gradient.
+def _one_pass_plan(
+    C: int, outer: int, inner: int, classes_long: bool, weights_per_class: bool, fp64: bool
+) -> tuple[int, int, int, bool, int, int, bool]:
+    """(BLOCK_C, BLOCK_I, num_warps, one_tile, blocks_per_program, programs, grouped): the forward with grad.
 
     A row of up to CROSS_ENTROPY_ONE_PASS_MAX_C padded classes is one tile held in
     registers, so the logits are read once; longer rows take the usual tiles and a second
-    read (``one_tile`` False).
+    read (``one_tile`` False). ``weights_per_class``: the loss reads the class weights
+    class by class (weights with smoothing or probability targets); then a one-tile program
+    handles several blocks of rows (CROSS_ENTROPY_WEIGHT_ROWS_PER_PROGRAM above).
+    ``fp64``: the logits are fp64.
     """
     c_pow2 = next_power_of_2(max(C, 1))
-    if c_pow2 > CROSS_ENTROPY_ONE_PASS_MAX_C:
-        return (*_block_sizes(C, inner, classes_long), CROSS_ENTROPY_NUM_WARPS, False)
+    # An fp64 tile of 8192 classes with the weights needed beside it spills (100-270 B on
+    # sm_90 at 16 or 32 warps, grouped or not): fp64, gradcheck's dtype, reads such rows
+    # twice in tiles of 4096, as longer rows.
+    wide_fp64 = fp64 and weights_per_class and c_pow2 > CROSS_ENTROPY_TILE_SIZE
+    if c_pow2 > CROSS_ENTROPY_ONE_PASS_MAX_C or wide_fp64:
+        block_c, block_i = _block_sizes(C, inner, classes_long)
+        return block_c, block_i, CROSS_ENTROPY_NUM_WARPS, False, 1, _grid(outer, inner, block_i)[0], False
     i_pow2 = next_power_of_2(max(inner, 1))
     max_i = max(1, CROSS_ENTROPY_TILE_SIZE // c_pow2)
     if not classes_long:
         max_i = min(max_i, CROSS_ENTROPY_MAX_BLOCK_I)
     block_i = min(i_pow2, max_i)
     warps = CROSS_ENTROPY_ONE_PASS_NUM_WARPS if c_pow2 * block_i > CROSS_ENTROPY_TILE_SIZE else CROSS_ENTROPY_NUM_WARPS
-    return c_pow2, block_i, warps, True
+    n_blocks = _grid(outer, inner, block_i)[0]
+    if not weights_per_class:
+        return c_pow2, block_i, warps, True, 1, n_blocks, False
+    if c_pow2 * block_i > CROSS_ENTROPY_TILE_SIZE:
+        # An 8192-class tile and the weights held beside it: 16 fp32 of each per thread over
+        # 16 warps spill on sm_90 (128 registers a thread); over 32 warps, 8 of each fit
+        # in ~50 registers (64 allowed), checked by compiling for sm_90 and sm_80.
+        warps = 32
+    programs = max(1, n_blocks // max(1, CROSS_ENTROPY_WEIGHT_ROWS_PER_PROGRAM // block_i))
+    blocks_per_program = (n_blocks + programs - 1) // programs
+    programs = (n_blocks + blocks_per_program - 1) // blocks_per_program
+    return c_pow2, block_i, warps, True, blocks_per_program, programs, True
 
 
 def _grid(outer: int, inner: int, block_i: int) -> tuple[int]:
@@ -755,19 +944,28 @@ def cross_entropy_forward(
     outer, C, inner = logits.shape
     if outer * inner == 0:
         return
+    smoothing = label_smoothing > 0
     if grad is None:
         block_c, block_i = _blocks(logits)
-        warps, one_tile = CROSS_ENTROPY_NUM_WARPS, False
+        warps, one_tile, blocks_per_program, grouped = CROSS_ENTROPY_NUM_WARPS, False, 1, False
+        programs = _grid(outer, inner, block_i)[0]
     else:
         _, class_stride, row_stride = logits.stride()
-        block_c, block_i, warps, one_tile = _one_pass_plan(C, inner, class_stride == 1 or C == 1 or row_stride != 1)
+        block_c, block_i, warps, one_tile, blocks_per_program, programs, grouped = _one_pass_plan(
+            C,
+            outer,
+            inner,
+            class_stride == 1 or C == 1 or row_stride != 1,
+            weight is not None and (prob_target or smoothing),
+            logits.dtype == torch.float64,
+        )
     t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
     g_strides = grad.stride() if grad is not None else (0, 0, 0)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, GRAD_MEAN,
-    # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I.
+    # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I, GROUP_ROWS.
     _forward.launch(
-        _grid(outer, inner, block_i)[0],
+        programs,
         (
             logits,
             target,
@@ -782,6 +980,7 @@ def cross_entropy_forward(
             C,
             inner,
             outer * inner,
+            blocks_per_program,
             *logits.stride(),
             *t_strides,
             *g_strides,
@@ -792,13 +991,14 @@ def cross_entropy_forward(
         (
             weight is not None,
             prob_target,
-            label_smoothing > 0,
+            smoothing,
             grad is not None,
             grad_mean,
             target_ok is not None,
             one_tile,
             block_c,
             block_i,
+            grouped,
         ),
         warps,
     )

@@ -149,6 +149,29 @@ def test_cross_entropy_every_option_matches_torch(
     assert kernel_launches.launch_count(SCALE if one_pass else BACKWARD) == 1
 
 
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+@pytest.mark.parametrize(
+    ("shape", "programs"),
+    [
+        ((300, 300), 2),  # (512, 8) tiles: 38 row blocks in 2 programs of 19 blocks (152 rows)
+        ((5, 6, 7, 3), 1),  # rows contiguous, (8, 32) tiles: 5 blocks, one of each n, in one program
+        ((3, 5000), 1),  # one tile of 8192 padded classes a row (32 warps on a GPU)
+    ],
+    ids=str,
+)
+def test_cross_entropy_weights_per_class_group_rows_in_a_program(shape, programs, target_kind, kernel_launches):
+    # Class weights with smoothing (or probability targets) in the one-pass forward: each
+    # program loads the weights once and walks 128 rows or more (or all of them), block
+    # after block, across the outer dim of spatial logits too, the last program with fewer.
+    x = torch.randn(shape, dtype=torch.float32) * 2
+    weight = torch.rand(shape[1]) + 0.5
+    target = _index_target(x, ignore_every=3) if target_kind == "index" else _prob_target(x)
+    for reduction in ("mean", "sum"):
+        _check_against_torch(x, target, weight, reduction=reduction, label_smoothing=0.2, reduction_size=x.numel())
+    grids = [launch.grid[0] for launch in kernel_launches.launches if launch.kernel == FORWARD]
+    assert grids == [programs, programs]
+
+
 @pytest.mark.parametrize("ignore_index", [0, 3, -1])
 def test_cross_entropy_ignore_index_inside_the_class_range(ignore_index):
     x = torch.randn(8, 5, dtype=torch.float64)
@@ -743,12 +766,13 @@ def test_cross_entropy_traffic_is_within_5_percent_of_the_minimum():
     assert forward < 1.01 * minimum_forward + 64 * n, "per row: a handful of scalars besides the logits"
 
 
-# Options of the counted traffic cases. Class weights with smoothing or probability targets
-# are read per class for every row (4 B per logit more, cached in L2 on a GPU).
+# Options of the counted traffic cases, with the bytes per logit they may move above the
+# bound. Class weights with smoothing or probability targets are needed class by class
+# for every row: the one-pass forward loads them once per program of 128 rows, so none.
 TRAFFIC_OPTIONS = {
     "weight_ignore_index": ({"weight": True}, 0),
     "smoothing_ignore_index": ({"label_smoothing": 0.1}, 0),
-    "weight_smoothing_ignore_index": ({"weight": True, "label_smoothing": 0.1}, 4),
+    "weight_smoothing_ignore_index": ({"weight": True, "label_smoothing": 0.1}, 0),
 }
 
 
@@ -759,16 +783,22 @@ def test_cross_entropy_one_pass_traffic_is_8_bytes_per_fp32_logit(reduction, opt
     # Forward and backward together: each logit read once and its gradient written once,
     # 8.05 B per logit at most, with ignored targets and class weights or smoothing.
     # loss.backward() (grad_output 1) then reads grad_output alone, one scalar per program.
-    n, c = 8, 4096
-    x = torch.randn(n, c)
+    # Where the weights are needed class by class (with smoothing, or probability targets),
+    # 128 rows (one program of the forward), so that the minimum itself is under the bound:
+    # the weights read once (4 * c B) are 0.031 B per logit, the int64 targets 0.002 B.
+    # 8 rows otherwise, for the interpreter's time.
     kwargs, weight_bytes = TRAFFIC_OPTIONS[options]
-    kwargs = dict(kwargs, reduction=reduction, weight=torch.rand(c) if kwargs.get("weight") else None)
+    c = 4096
+    weighted = bool(kwargs.get("weight"))
+    kwargs = dict(kwargs, reduction=reduction, weight=torch.rand(c) if weighted else None)
+    x = torch.randn(128 if weighted and "label_smoothing" in kwargs else 8, c)
     forward, backward = _traffic(fused_ops.cross_entropy, x, _index_target(x, ignore_every=3), **kwargs)
-    assert forward + backward <= (8.05 + weight_bytes) * n * c
-    assert backward <= 4 * n, "grad_output == 1: one scalar read per program, nothing written"
-    # Probability targets: a logits-sized input, read once more (and any weight per class).
+    assert forward + backward <= (8.05 + weight_bytes) * x.numel()
+    assert backward <= 4 * x.shape[0], "grad_output == 1: one scalar read per program, nothing written"
+    # Probability targets: a logits-sized input, read once more (the weights once a program).
+    x = torch.randn(128 if weighted else 8, c)
     forward, backward = _traffic(fused_ops.cross_entropy, x, _prob_target(x), **kwargs)
-    assert forward + backward <= (12.05 + 4 * (kwargs["weight"] is not None)) * n * c
+    assert forward + backward <= (12.05 + weight_bytes) * x.numel()
     # Rows longer than one 8192-class tile read the logits twice (12 B per logit).
     long_rows = torch.randn(2, 9000)
     forward, backward = _traffic(fused_ops.cross_entropy, long_rows, torch.tensor([0, 8999]))
@@ -853,9 +883,13 @@ def aot_workload():
                 if not inplace_grad:
                     loss.backward(torch.ones_like(loss))
             fused_ops.cross_entropy(x, target, **kwargs)
-        # One tile of 8192 padded classes over 16 warps (one-pass forward).
+        # One tile of 8192 padded classes over 16 warps (one-pass forward); with class
+        # weights, rows grouped in a program over 32 warps (fp64: tiles of 4096, read twice).
         x = torch.randn(2, 5000, dtype=dtype, requires_grad=True)
         fused_ops.cross_entropy(x, torch.tensor([0, 4999]), label_smoothing=0.1).backward()
+        weight = torch.rand(5000, dtype=dtype)
+        fused_ops.cross_entropy(x, torch.tensor([0, 4999]), weight, label_smoothing=0.1).backward()
+        fused_ops.cross_entropy(x, _prob_target(x.detach()), weight).backward()
     x = torch.randn(4, 7, requires_grad=True)
     fused_ops.cross_entropy(x, torch.randint(0, 7, (4,), dtype=torch.uint8)).backward()
 
