@@ -140,8 +140,8 @@ def _row_scale(
     o,
     i,
     row_mask,
-    stride_dyo,
-    stride_dyi,
+    grad_output_outer_stride,
+    grad_output_inner_stride,
     acc_like,
     REDUCTION: tl.constexpr,
 ):
@@ -150,7 +150,9 @@ def _row_scale(
     ``grad_output`` is read here, on the device, so a 0-d grad_output never syncs.
     """
     if REDUCTION == REDUCTION_NONE:
-        g = tl.load(grad_output_ptr + o * stride_dyo + i * stride_dyi, mask=row_mask, other=0)
+        g = tl.load(
+            grad_output_ptr + o * grad_output_outer_stride + i * grad_output_inner_stride, mask=row_mask, other=0
+        )
         scale = g.to(acc_like.dtype)
     else:
         g = tl.load(grad_output_ptr).to(acc_like.dtype)
@@ -183,15 +185,15 @@ def _forward_block(
     grad_ptr,
     C,
     inner,
-    stride_xo,
-    stride_xc,
-    stride_xi,
-    stride_to,
-    stride_tc,
-    stride_ti,
-    stride_go,
-    stride_gc,
-    stride_gi,
+    logits_outer_stride,
+    logits_class_stride,
+    logits_inner_stride,
+    target_outer_stride,
+    target_class_stride,
+    target_inner_stride,
+    grad_outer_stride,
+    grad_class_stride,
+    grad_inner_stride,
     ignore_index,
     HAS_WEIGHT: tl.constexpr,
     PROB_TARGET: tl.constexpr,
@@ -213,8 +215,8 @@ def _forward_block(
     i = (block % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
     rows = o * inner + i
     row_mask = i < inner
-    offs_x_row = o * stride_xo + i * stride_xi
-    offs_t_row = o * stride_to + i * stride_ti
+    offs_x_row = o * logits_outer_stride + i * logits_inner_stride
+    offs_t_row = o * target_outer_stride + i * target_inner_stride
 
     if PROB_TARGET:
         y = tl.zeros([BLOCK_I], tl.int64)
@@ -240,7 +242,7 @@ def _forward_block(
         # the running rescale.
         c = tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (c < C)[:, None] & row_mask[None, :]
-        x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf"))
+        x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * logits_class_stride, mask=mask, other=float("-inf"))
         x = x.to(zero.dtype)
         if HAS_WEIGHT and (PROB_TARGET or SMOOTHING) and not W_GIVEN:
             w = tl.load(weight_ptr + c, mask=c < C, other=0).to(zero.dtype)
@@ -248,7 +250,7 @@ def _forward_block(
         m_shift = tl.where(m == float("-inf"), 0, m)
         s = tl.sum(tl.exp2((x - m_shift[None, :]) * log2e), axis=0)
         if PROB_TARGET or SMOOTHING:
-            offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+            offs_t = offs_t_row[None, :] + c[:, None] * target_class_stride
             a = _class_coefficients(target_ptr, w, offs_t, mask, eps, C, HAS_WEIGHT, PROB_TARGET, SMOOTHING, zero)
             a_dot = tl.sum(a * tl.where(mask, x - m_shift[None, :], 0), axis=0)
             a_sum = tl.sum(a, axis=0)
@@ -258,13 +260,15 @@ def _forward_block(
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
             mask = (c < C)[:, None] & row_mask[None, :]
-            x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask, other=float("-inf"))
+            x = tl.load(
+                logits_ptr + offs_x_row[None, :] + c[:, None] * logits_class_stride, mask=mask, other=float("-inf")
+            )
             x = x.to(zero.dtype)
             m_new = tl.maximum(m, tl.max(x, axis=0))
             m_shift_new = tl.where(m_new == float("-inf"), 0, m_new)
             s = s * tl.exp2((m - m_shift_new) * log2e) + tl.sum(tl.exp2((x - m_shift_new[None, :]) * log2e), axis=0)
             if PROB_TARGET or SMOOTHING:
-                offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+                offs_t = offs_t_row[None, :] + c[:, None] * target_class_stride
                 if HAS_WEIGHT:
                     w_tile = tl.load(weight_ptr + c, mask=c < C, other=0).to(zero.dtype)
                 else:
@@ -312,7 +316,7 @@ def _forward_block(
     tl.store(coef_ptr + rows, coef.to(coef_ptr.dtype.element_ty), mask=row_mask)
 
     if GRAD:
-        offs_g_row = o * stride_go + i * stride_gi
+        offs_g_row = o * grad_outer_stride + i * grad_inner_stride
         if ONE_TILE:
             # From the registers: grad = scale * (coef * p - a), the module doc's formula.
             grad = tl.exp2((x - lse[None, :]) * log2e) * coef[None, :]
@@ -325,7 +329,7 @@ def _forward_block(
                 else:
                     grad = grad - onehot_w
             grad = tl.where(valid[None, :], grad * scale[None, :], 0)
-            offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+            offs_g = offs_g_row[None, :] + c[:, None] * grad_class_stride
             tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
         else:
             # Rows longer than one tile: a second read of the logits (the gradient needs the
@@ -333,8 +337,10 @@ def _forward_block(
             for c0 in range(0, C, BLOCK_C):
                 c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
                 mask = (c < C)[:, None] & row_mask[None, :]
-                x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask).to(zero.dtype)
-                offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+                x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * logits_class_stride, mask=mask).to(
+                    zero.dtype
+                )
+                offs_t = offs_t_row[None, :] + c[:, None] * target_class_stride
                 grad = _grad_tile(
                     x,
                     c,
@@ -354,7 +360,7 @@ def _forward_block(
                     PROB_TARGET,
                     SMOOTHING,
                 )
-                offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+                offs_g = offs_g_row[None, :] + c[:, None] * grad_class_stride
                 tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
     return n_bad
 
@@ -375,15 +381,15 @@ def cross_entropy_forward_kernel(
     inner,
     n_rows,
     blocks_per_program,
-    stride_xo,
-    stride_xc,
-    stride_xi,
-    stride_to,
-    stride_tc,
-    stride_ti,
-    stride_go,
-    stride_gc,
-    stride_gi,
+    logits_outer_stride,
+    logits_class_stride,
+    logits_inner_stride,
+    target_outer_stride,
+    target_class_stride,
+    target_inner_stride,
+    grad_outer_stride,
+    grad_class_stride,
+    grad_inner_stride,
     ignore_index,
     eps_hi,
     eps_lo,
@@ -401,7 +407,7 @@ def cross_entropy_forward_kernel(
     """Per-row loss, ``lse`` and ``coef``, and with ``GRAD`` the loss's gradient, in one pass.
 
     Shapes: logits and probability targets ``(outer, C, inner)`` strided; index targets
-    ``(outer, inner)`` strided (``stride_tc`` unused); ``loss``, ``lse``, ``coef`` and
+    ``(outer, inner)`` strided (``target_class_stride`` unused); ``loss``, ``lse``, ``coef`` and
     ``row_weight`` contiguous ``(outer * inner,)``; ``grad`` ``(outer, C, inner)`` strided.
     ``row_weight`` is ``w_y`` (0 for ignored rows), the denominator of the weighted mean
     (not written with ``GRAD``, whose prepass already summed it into ``total_weight``).
@@ -421,7 +427,7 @@ def cross_entropy_forward_kernel(
     for all of them, rather than once per row (``_one_pass_plan`` picks the count).
     """
     # int64 before any stride multiply (pid here, the class index c in the loops): offsets
-    # pass 2^31 on large logits, e.g. c * stride_xc for (N, C, T) with C * T > 2^31.
+    # pass 2^31 on large logits, e.g. c * logits_class_stride for (N, C, T) with C * T > 2^31.
     pid = tl.program_id(0).to(tl.int64)
     blocks_per_outer = tl.cdiv(inner, BLOCK_I)
     # A zero in the compute dtype: fp64 logits compute in fp64, every other dtype in fp32.
@@ -466,15 +472,15 @@ def cross_entropy_forward_kernel(
                 grad_ptr,
                 C,
                 inner,
-                stride_xo,
-                stride_xc,
-                stride_xi,
-                stride_to,
-                stride_tc,
-                stride_ti,
-                stride_go,
-                stride_gc,
-                stride_gi,
+                logits_outer_stride,
+                logits_class_stride,
+                logits_inner_stride,
+                target_outer_stride,
+                target_class_stride,
+                target_inner_stride,
+                grad_outer_stride,
+                grad_class_stride,
+                grad_inner_stride,
                 ignore_index,
                 HAS_WEIGHT,
                 PROB_TARGET,
@@ -504,15 +510,15 @@ def cross_entropy_forward_kernel(
             grad_ptr,
             C,
             inner,
-            stride_xo,
-            stride_xc,
-            stride_xi,
-            stride_to,
-            stride_tc,
-            stride_ti,
-            stride_go,
-            stride_gc,
-            stride_gi,
+            logits_outer_stride,
+            logits_class_stride,
+            logits_inner_stride,
+            target_outer_stride,
+            target_class_stride,
+            target_inner_stride,
+            grad_outer_stride,
+            grad_class_stride,
+            grad_inner_stride,
             ignore_index,
             HAS_WEIGHT,
             PROB_TARGET,
@@ -539,17 +545,17 @@ def cross_entropy_backward_kernel(
     grad_ptr,
     C,
     inner,
-    stride_dyo,
-    stride_dyi,
-    stride_xo,
-    stride_xc,
-    stride_xi,
-    stride_to,
-    stride_tc,
-    stride_ti,
-    stride_go,
-    stride_gc,
-    stride_gi,
+    grad_output_outer_stride,
+    grad_output_inner_stride,
+    logits_outer_stride,
+    logits_class_stride,
+    logits_inner_stride,
+    target_outer_stride,
+    target_class_stride,
+    target_inner_stride,
+    grad_outer_stride,
+    grad_class_stride,
+    grad_inner_stride,
     ignore_index,
     eps_hi,
     eps_lo,
@@ -570,12 +576,22 @@ def cross_entropy_backward_kernel(
     i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
     row_mask = i < inner
     rows = o * inner + i
-    offs_x_row = o * stride_xo + i * stride_xi
-    offs_t_row = o * stride_to + i * stride_ti
-    offs_g_row = o * stride_go + i * stride_gi
+    offs_x_row = o * logits_outer_stride + i * logits_inner_stride
+    offs_t_row = o * target_outer_stride + i * target_inner_stride
+    offs_g_row = o * grad_outer_stride + i * grad_inner_stride
     zero = upcast(tl.zeros([BLOCK_I], logits_ptr.dtype.element_ty))
     eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
-    scale = _row_scale(grad_output_ptr, total_weight_ptr, o, i, row_mask, stride_dyo, stride_dyi, zero, REDUCTION)
+    scale = _row_scale(
+        grad_output_ptr,
+        total_weight_ptr,
+        o,
+        i,
+        row_mask,
+        grad_output_outer_stride,
+        grad_output_inner_stride,
+        zero,
+        REDUCTION,
+    )
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0).to(zero.dtype)
     coef = tl.load(coef_ptr + rows, mask=row_mask, other=0).to(zero.dtype)
     if PROB_TARGET:
@@ -594,8 +610,8 @@ def cross_entropy_backward_kernel(
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (c < C)[:, None] & row_mask[None, :]
-        x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * stride_xc, mask=mask).to(zero.dtype)
-        offs_t = offs_t_row[None, :] + c[:, None] * stride_tc
+        x = tl.load(logits_ptr + offs_x_row[None, :] + c[:, None] * logits_class_stride, mask=mask).to(zero.dtype)
+        offs_t = offs_t_row[None, :] + c[:, None] * target_class_stride
         grad = _grad_tile(
             x,
             c,
@@ -615,7 +631,7 @@ def cross_entropy_backward_kernel(
             PROB_TARGET,
             SMOOTHING,
         )
-        offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+        offs_g = offs_g_row[None, :] + c[:, None] * grad_class_stride
         tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -626,11 +642,11 @@ def cross_entropy_scale_grad_kernel(
     grad_ptr,
     C,
     inner,
-    stride_to,
-    stride_ti,
-    stride_go,
-    stride_gc,
-    stride_gi,
+    target_outer_stride,
+    target_inner_stride,
+    grad_outer_stride,
+    grad_class_stride,
+    grad_inner_stride,
     ignore_index,
     PROB_TARGET: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -650,18 +666,20 @@ def cross_entropy_scale_grad_kernel(
         o = pid // blocks_per_outer
         i = (pid % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
         row_mask = i < inner
-        offs_g_row = o * stride_go + i * stride_gi
+        offs_g_row = o * grad_outer_stride + i * grad_inner_stride
         zero = upcast(tl.zeros([BLOCK_I], grad_ptr.dtype.element_ty))
         scale = zero + g.to(zero.dtype)
         if PROB_TARGET:
             valid = row_mask
         else:
-            y = tl.load(target_ptr + o * stride_to + i * stride_ti, mask=row_mask, other=0).to(tl.int64)
+            y = tl.load(target_ptr + o * target_outer_stride + i * target_inner_stride, mask=row_mask, other=0).to(
+                tl.int64
+            )
             valid = row_mask & (y != ignore_index)
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
             mask = (c < C)[:, None] & row_mask[None, :]
-            offs_g = offs_g_row[None, :] + c[:, None] * stride_gc
+            offs_g = offs_g_row[None, :] + c[:, None] * grad_class_stride
             grad = tl.load(grad_ptr + offs_g, mask=mask).to(zero.dtype)
             grad = tl.where(valid[None, :], grad * scale[None, :], 0)
             tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
@@ -676,8 +694,8 @@ def cross_entropy_total_weight_kernel(
     C,
     inner,
     n_rows,
-    stride_to,
-    stride_ti,
+    target_outer_stride,
+    target_inner_stride,
     ignore_index,
     HAS_WEIGHT: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
@@ -699,7 +717,7 @@ def cross_entropy_total_weight_kernel(
         row_mask = rows < n_rows
         o = rows // inner
         i = rows % inner
-        y = tl.load(target_ptr + o * stride_to + i * stride_ti, mask=row_mask, other=0).to(tl.int64)
+        y = tl.load(target_ptr + o * target_outer_stride + i * target_inner_stride, mask=row_mask, other=0).to(tl.int64)
         counted = row_mask & (y != ignore_index)
         in_bounds = (y >= 0) & (y < C)
         n_bad += (counted & ~in_bounds).to(tl.int32)
