@@ -171,23 +171,30 @@ def _forward_impl(
     target_view = _class_view(target, layout) if prob_target else _row_view(target, layout, logits)
     outer, _, inner = logits.shape
     n_rows = outer * inner
-    lse = torch.empty(n_rows, dtype=acc, device=input.device)
-    coef = torch.empty(n_rows, dtype=acc, device=input.device)
-    row_weight = None if prob_target else torch.empty(n_rows, dtype=acc, device=input.device)
+    device = input.device
+    plan = kernels.forward_plan(logits, False, False)
+    # One program: the forward kernel also reduces and checks the targets (one launch).
+    single = plan[5] == 1
+    lse = torch.empty(n_rows, dtype=acc, device=device)
+    coef = torch.empty(n_rows, dtype=acc, device=device)
     if reduction == REDUCTION_NONE:
-        loss = torch.empty(_loss_shape(input), dtype=out_dtype, device=input.device)
+        loss = torch.empty(_loss_shape(input), dtype=out_dtype, device=device)
         row_loss = loss.view(-1)
     else:
-        row_loss = torch.empty(n_rows, dtype=acc, device=input.device)
+        loss = torch.empty((), dtype=out_dtype, device=device)
+        row_loss = loss if single else torch.empty(n_rows, dtype=acc, device=device)
+    row_weight = None if prob_target or single else torch.empty(n_rows, dtype=acc, device=device)
+    total_weight = torch.empty((), dtype=acc, device=device)
     # The kernels validate index targets as they load them: one flag per forward program,
     # folded into all_ok by the reduce kernel, and one torch._assert_async on it (no sync).
     check_targets = not prob_target and n_rows > 0
     if check_targets:
-        target_ok = torch.empty(kernels.forward_program_count(logits), dtype=torch.int8, device=input.device)
-        all_ok = torch.empty(1, dtype=torch.int8, device=input.device)
+        all_ok = torch.empty(1, dtype=torch.int8, device=device)
+        target_ok = all_ok if single else torch.empty(plan[5], dtype=torch.int8, device=device)
     else:
         target_ok = all_ok = None
     kernels.cross_entropy_forward(
+        plan,
         logits,
         target_view,
         None if weight is None else weight.contiguous(),
@@ -197,18 +204,24 @@ def _forward_impl(
         coef if row_weight is None else row_weight,
         None,
         target_ok,
+        total_weight,
         ignore_index,
         label_smoothing,
         prob_target,
+        reduction,
     )
-    if reduction != REDUCTION_NONE:
-        loss = torch.empty((), dtype=out_dtype, device=input.device)
-    # With 'none' the reduce kernel only writes total_weight = 1 (and all_ok): the same
-    # one launch as a torch.ones would be.
-    total_weight = torch.empty((), dtype=acc, device=input.device)
-    kernels.cross_entropy_reduce(
-        row_loss, row_weight, None if reduction == REDUCTION_NONE else loss, total_weight, reduction, target_ok, all_ok
-    )
+    if not single:
+        # With 'none' the reduce kernel only writes total_weight = 1 (and all_ok): the same
+        # one launch as a torch.ones would be.
+        kernels.cross_entropy_reduce(
+            row_loss,
+            row_weight,
+            None if reduction == REDUCTION_NONE else loss,
+            total_weight,
+            reduction,
+            target_ok,
+            all_ok,
+        )
     if check_targets:
         _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     return loss, lse, coef, total_weight
@@ -257,19 +270,27 @@ def _one_pass_forward_impl(
     target_view = _class_view(target, layout) if prob_target else _row_view(target, layout, logits)
     outer, _, inner = logits.shape
     n_rows = outer * inner
+    device = input.device
     contiguous_weight = None if weight is None else weight.contiguous()
-    total_weight = torch.empty((), dtype=acc, device=input.device)
+    plan = kernels.forward_plan(logits, weight is not None and (prob_target or label_smoothing > 0), True)
+    # One program: the forward kernel also does the prepass and the reduction (one launch).
+    single = plan[5] == 1
+    total_weight = torch.empty((), dtype=acc, device=device)
+    all_ok = None
     if not prob_target:
-        all_ok = torch.empty(1, dtype=torch.int8, device=input.device)
-        kernels.cross_entropy_total_weight(
-            target_view, contiguous_weight, total_weight, all_ok, n_classes, ignore_index
-        )
-        _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
+        all_ok = torch.empty(1, dtype=torch.int8, device=device)
+        if not single:
+            kernels.cross_entropy_total_weight(
+                target_view, contiguous_weight, total_weight, all_ok, n_classes, ignore_index
+            )
+            _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     grad = input if write_through else _empty_grad(input)
-    lse = torch.empty(n_rows, dtype=acc, device=input.device)
-    coef = torch.empty(n_rows, dtype=acc, device=input.device)
-    row_loss = torch.empty(n_rows, dtype=acc, device=input.device)
+    lse = torch.empty(n_rows, dtype=acc, device=device)
+    coef = torch.empty(n_rows, dtype=acc, device=device)
+    loss = torch.empty((), dtype=out_dtype, device=device)
+    row_loss = loss if single else torch.empty(n_rows, dtype=acc, device=device)
     kernels.cross_entropy_forward(
+        plan,
         logits,
         target_view,
         contiguous_weight,
@@ -278,15 +299,18 @@ def _one_pass_forward_impl(
         coef,
         coef,
         _class_view(grad, layout),
-        None,
+        all_ok if single else None,
+        total_weight,
         ignore_index,
         label_smoothing,
         prob_target,
-        total_weight,
-        reduction == REDUCTION_MEAN,
+        reduction,
     )
-    loss = torch.empty((), dtype=out_dtype, device=input.device)
-    kernels.cross_entropy_reduce(row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target)
+    if not single:
+        kernels.cross_entropy_reduce(row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target)
+    elif all_ok is not None:
+        # The kernel wrote no gradient if a target is bad: the logits are untouched (inplace_grad).
+        _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     if inplace and not write_through:
         grad = input.copy_(grad)
     return loss, lse, coef, total_weight, grad

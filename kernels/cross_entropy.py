@@ -203,12 +203,19 @@ def _forward_block(
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
     W_GIVEN: tl.constexpr,
+    STORE_LOSS: tl.constexpr,
+    STORE_ROW_WEIGHT: tl.constexpr,
+    grad_ok,
 ):
     """One block of ``BLOCK_I`` rows of :func:`cross_entropy_forward_kernel`; returns, per row, 1 for a bad target.
 
     ``w``: with ``W_GIVEN`` (``ONE_TILE``, class weights needed class by class), the whole
     row's ``(BLOCK_C,)`` weights, loaded by the caller; otherwise unused. ``scale``: the
-    gradient's factor per row (with ``GRAD``).
+    gradient's factor per row (with ``GRAD``). ``STORE_LOSS``, ``STORE_ROW_WEIGHT``: write
+    the row losses and ``w_y`` (a single-program forward sums them instead). ``grad_ok``:
+    1, or 0 to write no gradient (a single-program forward that found a bad target leaves
+    the gradient buffer, maybe the logits, untouched).
+    Returns ``(n_bad, loss, w_y)`` per row.
     """
     log2e = tl.full([], LOG2E, zero.dtype)
     o = block // blocks_per_outer
@@ -309,9 +316,10 @@ def _forward_block(
             coef = w_y
         loss = tl.where(valid, loss, 0)
         coef = tl.where(valid, coef, 0)
-        if not GRAD:
+        if STORE_ROW_WEIGHT:
             tl.store(row_weight_ptr + rows, w_y, mask=row_mask)
-    tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
+    if STORE_LOSS:
+        tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
     tl.store(lse_ptr + rows, lse.to(lse_ptr.dtype.element_ty), mask=row_mask)
     tl.store(coef_ptr + rows, coef.to(coef_ptr.dtype.element_ty), mask=row_mask)
 
@@ -330,7 +338,11 @@ def _forward_block(
                     grad = grad - onehot_w
             grad = tl.where(valid[None, :], grad * scale[None, :], 0)
             offs_g = offs_g_row[None, :] + c[:, None] * grad_class_stride
-            tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+            tl.store(
+                grad_ptr + offs_g,
+                grad.to(grad_ptr.dtype.element_ty),
+                mask=(c < C * grad_ok)[:, None] & row_mask[None, :],
+            )
         else:
             # Rows longer than one tile: a second read of the logits (the gradient needs the
             # final lse), still no second launch and no saved-logits backward pass.
@@ -361,8 +373,12 @@ def _forward_block(
                     SMOOTHING,
                 )
                 offs_g = offs_g_row[None, :] + c[:, None] * grad_class_stride
-                tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
-    return n_bad
+                tl.store(
+                    grad_ptr + offs_g,
+                    grad.to(grad_ptr.dtype.element_ty),
+                    mask=(c < C * grad_ok)[:, None] & row_mask[None, :],
+                )
+    return n_bad, tl.where(row_mask, loss, 0), w_y
 
 
 @triton.jit(do_not_specialize=["blocks_per_program", "ignore_index", "eps_hi", "eps_lo"])
@@ -397,12 +413,13 @@ def cross_entropy_forward_kernel(
     PROB_TARGET: tl.constexpr,
     SMOOTHING: tl.constexpr,
     GRAD: tl.constexpr,
-    GRAD_MEAN: tl.constexpr,
+    REDUCTION: tl.constexpr,
     CHECK_TARGETS: tl.constexpr,
     ONE_TILE: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_I: tl.constexpr,
     GROUP_ROWS: tl.constexpr,
+    SINGLE: tl.constexpr,
 ):
     """Per-row loss, ``lse`` and ``coef``, and with ``GRAD`` the loss's gradient, in one pass.
 
@@ -414,7 +431,7 @@ def cross_entropy_forward_kernel(
     With ``CHECK_TARGETS``, ``target_ok`` has one int8 per program: 1 if all its index
     targets are valid.
 
-    ``GRAD`` writes ``dloss/dx`` for a ``grad_output`` of 1: for ``GRAD_MEAN`` divided by
+    ``GRAD`` writes ``dloss/dx`` for a ``grad_output`` of 1: for a 'mean' ``REDUCTION`` divided by
     the mean's denominator, read from ``total_weight`` (index targets: computed on the
     device by :func:`cross_entropy_total_weight_kernel`) or ``n_rows`` (probabilities).
     ``ONE_TILE`` (``BLOCK_C >= C``): the row's logits stay in registers between the
@@ -425,6 +442,13 @@ def cross_entropy_forward_kernel(
     last program fewer), one after the other. With ``ONE_TILE``, the class weights that the
     per-class term needs (label smoothing, probability targets) are loaded once per program
     for all of them, rather than once per row (``_one_pass_plan`` picks the count).
+
+    ``SINGLE``: the grid is this one program, which also does the work of the other
+    launches, so the op is one launch: the prepass (with ``GRAD`` and index targets: the
+    mean's denominator and the bounds check, before any gradient is written, and no
+    gradient at all if a target is bad) and the reduction (the row losses summed in
+    registers, in a fixed order). ``loss`` is then the 0-d loss ('mean', 'sum'),
+    ``total_weight`` is written, and ``target_ok`` is the single ``all_ok`` flag.
     """
     # int64 before any stride multiply (pid here, the class index c in the loops): offsets
     # pass 2^31 on large logits, e.g. c * logits_class_stride for (N, C, T) with C * T > 2^31.
@@ -439,23 +463,45 @@ def cross_entropy_forward_kernel(
     if GROUP_ROWS:
         c = tl.arange(0, BLOCK_C).to(tl.int64)
         w = tl.load(weight_ptr + c, mask=c < C, other=0).to(zero.dtype)
+    grad_ok = 1
+    total_weight = tl.zeros([], zero.dtype) + 1
+    if PROB_TARGET:
+        total_weight = total_weight * n_rows
+    elif GRAD:
+        if SINGLE:
+            total_weight, n_bad_all = _target_totals(
+                target_ptr,
+                weight_ptr,
+                C,
+                inner,
+                n_rows,
+                target_outer_stride,
+                target_inner_stride,
+                ignore_index,
+                zero,
+                HAS_WEIGHT,
+                1024,
+            )
+            grad_ok = (n_bad_all == 0).to(tl.int32)
+        else:
+            total_weight = tl.load(total_weight_ptr).to(zero.dtype)
     scale = zero
     if GRAD:
-        if GRAD_MEAN:
-            if PROB_TARGET:
-                total_weight = tl.zeros([], zero.dtype) + n_rows
-            else:
-                total_weight = tl.load(total_weight_ptr).to(zero.dtype)
+        if REDUCTION == REDUCTION_MEAN:
             # 1 / 0 = inf when every target is ignored: those rows are zeroed after scaling.
             scale = zero + 1 / total_weight
         else:
             scale = zero + 1
+    STORE_LOSS: tl.constexpr = (not SINGLE) or REDUCTION == REDUCTION_NONE
+    STORE_ROW_WEIGHT: tl.constexpr = not (GRAD or SINGLE)
     if GROUP_ROWS:
         n_bad = tl.zeros([BLOCK_I], tl.int32)
+        loss_acc = zero
+        w_y_acc = zero
         first_block = pid * blocks_per_program
         last_block = tl.minimum(first_block + blocks_per_program, (n_rows // inner) * blocks_per_outer)
         for block in range(first_block, last_block):
-            n_bad += _forward_block(
+            block_bad, block_loss, block_w_y = _forward_block(
                 block,
                 w,
                 zero,
@@ -490,10 +536,16 @@ def cross_entropy_forward_kernel(
                 BLOCK_C,
                 BLOCK_I,
                 True,
+                STORE_LOSS,
+                STORE_ROW_WEIGHT,
+                grad_ok,
             )
+            n_bad += block_bad
+            loss_acc += block_loss
+            w_y_acc += block_w_y
     else:
         # One block a program: straight-line code, no loop for the compiler to carry.
-        n_bad = _forward_block(
+        n_bad, loss_acc, w_y_acc = _forward_block(
             pid,
             zero,
             zero,
@@ -528,9 +580,28 @@ def cross_entropy_forward_kernel(
             BLOCK_C,
             BLOCK_I,
             False,
+            STORE_LOSS,
+            STORE_ROW_WEIGHT,
+            grad_ok,
         )
     if CHECK_TARGETS:
         tl.store(target_ok_ptr + pid, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
+    if SINGLE:
+        if GRAD and not PROB_TARGET:
+            tl.store(target_ok_ptr, grad_ok.to(tl.int8))
+        if REDUCTION == REDUCTION_NONE:
+            total_weight = tl.zeros([], zero.dtype) + 1
+        else:
+            if not (GRAD or PROB_TARGET):
+                total_weight = tl.sum(w_y_acc, axis=0)
+            loss = tl.sum(loss_acc, axis=0)
+            if REDUCTION == REDUCTION_MEAN:
+                # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
+                loss = loss / total_weight
+            else:
+                total_weight = tl.zeros([], zero.dtype) + 1
+            tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+        tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -685,6 +756,46 @@ def cross_entropy_scale_grad_kernel(
             tl.store(grad_ptr + offs_g, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _target_totals(
+    target_ptr,
+    weight_ptr,
+    C,
+    inner,
+    n_rows,
+    target_outer_stride,
+    target_inner_stride,
+    ignore_index,
+    acc_like,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    """(total_weight, n_bad) over the ``(outer, inner)`` index targets, in ``acc_like``'s dtype.
+
+    ``total_weight``: the sum of ``weight[y]`` (or the count) over valid non-ignored targets;
+    ``n_bad``: how many targets are neither in ``[0, C)`` nor ``ignore_index``. A fixed order.
+    """
+    offsets = tl.arange(0, BLOCK_SIZE)
+    zero = tl.zeros([BLOCK_SIZE], acc_like.dtype)
+    weight_acc = zero
+    n_bad = tl.zeros([BLOCK_SIZE], tl.int32)
+    for start in range(0, n_rows, BLOCK_SIZE):
+        rows = start + offsets.to(tl.int64)
+        row_mask = rows < n_rows
+        o = rows // inner
+        i = rows % inner
+        y = tl.load(target_ptr + o * target_outer_stride + i * target_inner_stride, mask=row_mask, other=0).to(tl.int64)
+        counted = row_mask & (y != ignore_index)
+        in_bounds = (y >= 0) & (y < C)
+        n_bad += (counted & ~in_bounds).to(tl.int32)
+        valid = counted & in_bounds
+        if HAS_WEIGHT:
+            weight_acc += tl.load(weight_ptr + y, mask=valid, other=0).to(zero.dtype)
+        else:
+            weight_acc += tl.where(valid, 1, 0).to(zero.dtype)
+    return tl.sum(weight_acc, axis=0), tl.sum(n_bad, axis=0)
+
+
 @triton.jit(do_not_specialize=["ignore_index"])
 def cross_entropy_total_weight_kernel(
     target_ptr,
@@ -708,26 +819,21 @@ def cross_entropy_total_weight_kernel(
     ``[0, C)`` or ``ignore_index``), checked on the host by ``torch._assert_async`` before
     the forward writes anything. One program, in a fixed order: deterministic.
     """
-    offsets = tl.arange(0, BLOCK_SIZE)
-    zero = upcast(tl.zeros([BLOCK_SIZE], total_weight_ptr.dtype.element_ty))
-    weight_acc = zero
-    n_bad = tl.zeros([BLOCK_SIZE], tl.int32)
-    for start in range(0, n_rows, BLOCK_SIZE):
-        rows = start + offsets.to(tl.int64)
-        row_mask = rows < n_rows
-        o = rows // inner
-        i = rows % inner
-        y = tl.load(target_ptr + o * target_outer_stride + i * target_inner_stride, mask=row_mask, other=0).to(tl.int64)
-        counted = row_mask & (y != ignore_index)
-        in_bounds = (y >= 0) & (y < C)
-        n_bad += (counted & ~in_bounds).to(tl.int32)
-        valid = counted & in_bounds
-        if HAS_WEIGHT:
-            weight_acc += tl.load(weight_ptr + y, mask=valid, other=0).to(zero.dtype)
-        else:
-            weight_acc += tl.where(valid, 1, 0).to(zero.dtype)
-    tl.store(total_weight_ptr, tl.sum(weight_acc, axis=0).to(total_weight_ptr.dtype.element_ty))
-    tl.store(all_ok_ptr, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
+    total_weight, n_bad = _target_totals(
+        target_ptr,
+        weight_ptr,
+        C,
+        inner,
+        n_rows,
+        target_outer_stride,
+        target_inner_stride,
+        ignore_index,
+        upcast(tl.zeros([], total_weight_ptr.dtype.element_ty)),
+        HAS_WEIGHT,
+        BLOCK_SIZE,
+    )
+    tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
+    tl.store(all_ok_ptr, (n_bad == 0).to(tl.int8))
 
 
 @triton.jit
@@ -934,74 +1040,98 @@ def _split_fp64(value: float) -> tuple[float, float]:
     return hi, _to_fp32(value - hi)
 
 
+def forward_plan(logits: torch.Tensor, weights_per_class: bool, one_pass: bool) -> tuple:
+    """The forward's launch plan over 3-D ``logits``: ``(BLOCK_C, BLOCK_I, num_warps, one_tile,
+    blocks_per_program, programs, grouped)``.
+
+    ``one_pass``: the forward writes the gradient too. ``weights_per_class``: class weights
+    with label smoothing or probability targets. ``programs == 1``: the forward does the
+    whole op in one launch (``SINGLE``), and the caller passes it the reduced buffers.
+    """
+    outer, C, inner = logits.shape
+    if not one_pass:
+        block_c, block_i = _blocks(logits)
+        return block_c, block_i, CROSS_ENTROPY_NUM_WARPS, False, 1, _grid(outer, inner, block_i)[0], False
+    _, class_stride, row_stride = logits.stride()
+    return _one_pass_plan(
+        C,
+        outer,
+        inner,
+        class_stride == 1 or C == 1 or row_stride != 1,
+        weights_per_class,
+        logits.dtype == torch.float64,
+    )
+
+
 def cross_entropy_forward(
+    plan: tuple,
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    row_loss: torch.Tensor,
+    loss: torch.Tensor,
     lse: torch.Tensor,
     coef: torch.Tensor,
     row_weight: torch.Tensor,
     grad: torch.Tensor | None,
     target_ok: torch.Tensor | None,
+    total_weight: torch.Tensor,
     ignore_index: int,
     label_smoothing: float,
     prob_target: bool,
-    total_weight: torch.Tensor | None = None,
-    grad_mean: bool = False,
+    reduction: int,
 ) -> None:
-    """Launch the forward over 3-D ``logits`` ``(outer, C, inner)``; fills the given buffers.
+    """Launch the forward over 3-D ``logits`` ``(outer, C, inner)`` with :func:`forward_plan`'s ``plan``.
 
     ``target`` is ``(outer, inner)`` (indices) or ``(outer, C, inner)`` (probabilities);
-    ``row_loss``, ``lse``, ``coef``, ``row_weight`` are contiguous ``(outer * inner,)``;
-    ``target_ok`` (index targets, no ``grad``) is int8 ``(forward_program_count(logits),)``.
+    ``lse``, ``coef``, ``row_weight`` are contiguous ``(outer * inner,)``; ``loss`` too (the
+    row losses), except for a one-program plan with a 'mean' or 'sum' ``reduction``, where
+    it is the 0-d loss. ``target_ok`` (index targets; None with ``grad`` unless one
+    program) is int8, one flag per program (the ``all_ok`` flag for one program).
     ``grad``, when given, is ``(outer, C, inner)`` and receives ``dloss/dlogits`` for a
-    ``grad_output`` of 1; with ``grad_mean`` divided by the mean's denominator, the 0-d
-    ``total_weight`` of :func:`cross_entropy_total_weight` for index targets.
+    ``grad_output`` of 1, for a 'mean' divided by the mean's denominator, read from the 0-d
+    ``total_weight`` (index targets: filled by :func:`cross_entropy_total_weight` first,
+    unless one program, which computes and writes it, as it does without ``grad``).
     """
     outer, C, inner = logits.shape
     if outer * inner == 0:
         return
-    smoothing = label_smoothing > 0
-    if grad is None:
-        block_c, block_i = _blocks(logits)
-        warps, one_tile, blocks_per_program, grouped = CROSS_ENTROPY_NUM_WARPS, False, 1, False
-        programs = _grid(outer, inner, block_i)[0]
+    block_c, block_i, warps, one_tile, blocks_per_program, programs, grouped = plan
+    if prob_target:
+        t_outer, t_class, t_inner = target.stride()
     else:
-        _, class_stride, row_stride = logits.stride()
-        block_c, block_i, warps, one_tile, blocks_per_program, programs, grouped = _one_pass_plan(
-            C,
-            outer,
-            inner,
-            class_stride == 1 or C == 1 or row_stride != 1,
-            weight is not None and (prob_target or smoothing),
-            logits.dtype == torch.float64,
-        )
-    t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
-    g_strides = grad.stride() if grad is not None else (0, 0, 0)
+        t_outer, t_inner = target.stride()
+        t_class = 0
+    g_outer, g_class, g_inner = grad.stride() if grad is not None else _NO_STRIDES
+    x_outer, x_class, x_inner = logits.stride()
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, GRAD_MEAN,
-    # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I, GROUP_ROWS.
+    # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, REDUCTION,
+    # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I, GROUP_ROWS, SINGLE.
     _forward.launch(
         programs,
         (
             logits,
             target,
-            weight if weight is not None else logits,
-            row_loss,
+            logits if weight is None else weight,
+            loss,
             lse,
             coef,
             row_weight,
-            grad if grad is not None else logits,
-            target_ok if target_ok is not None else row_loss,
-            total_weight if total_weight is not None else row_loss,
+            logits if grad is None else grad,
+            loss if target_ok is None else target_ok,
+            total_weight,
             C,
             inner,
             outer * inner,
             blocks_per_program,
-            *logits.stride(),
-            *t_strides,
-            *g_strides,
+            x_outer,
+            x_class,
+            x_inner,
+            t_outer,
+            t_class,
+            t_inner,
+            g_outer,
+            g_class,
+            g_inner,
             ignore_index,
             eps_hi,
             eps_lo,
@@ -1009,17 +1139,21 @@ def cross_entropy_forward(
         (
             weight is not None,
             prob_target,
-            smoothing,
+            label_smoothing > 0,
             grad is not None,
-            grad_mean,
-            target_ok is not None,
+            reduction,
+            target_ok is not None and grad is None,
             one_tile,
             block_c,
             block_i,
             grouped,
+            programs == 1,
         ),
         warps,
     )
+
+
+_NO_STRIDES = (0, 0, 0)
 
 
 def cross_entropy_total_weight(
