@@ -54,20 +54,27 @@ def _is_prob_target(input: torch.Tensor, target: torch.Tensor) -> bool:
 
 def _layout(input: torch.Tensor) -> str:
     """How the logits map to ``(outer, C, inner)``: 'vector', 'matrix' or 'spatial'."""
-    return {1: "vector", 2: "matrix"}.get(input.dim(), "spatial")
+    dim = input.dim()
+    return "matrix" if dim == 2 else "vector" if dim == 1 else "spatial"
 
 
-def _class_view(tensor: torch.Tensor, layout: str) -> torch.Tensor:
-    """A logits-shaped tensor as ``(outer, C, inner)``: a view, except non-mergeable spatial dims.
+def _class_geometry(tensor: torch.Tensor, layout: str) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A logits-shaped tensor seen as ``(outer, C, inner)``: ``(tensor, geometry)``.
 
-    ``(N, C)`` becomes ``(1, C, N)``, so that a program can take several rows: the kernels
-    pick the tile's long side from the strides, whichever dim is contiguous.
+    ``geometry`` is ``(outer, C, inner, outer_stride, class_stride, inner_stride)``, what the
+    launchers take: ``(N, C)`` is ``(1, C, N)``, so that a program can take several rows (the
+    kernels pick the tile's long side from the strides, whichever dim is contiguous). For
+    vectors and matrices no view is made (a view costs ~1.5 µs of host time); spatial dims
+    are merged by a reshape (a view, a copy when they cannot merge), which is returned.
     """
-    if layout == "vector":
-        return tensor.unsqueeze(0).unsqueeze(-1)
     if layout == "matrix":
-        return tensor.t().unsqueeze(0)
-    return tensor.reshape(_shape3(tensor))
+        n, c = tensor.shape
+        row_stride, class_stride = tensor.stride()
+        return tensor, (1, c, n, 0, class_stride, row_stride)
+    if layout == "vector":
+        return tensor, (1, tensor.shape[0], 1, 0, tensor.stride(0), 0)
+    tensor = tensor.reshape(_shape3(tensor))
+    return tensor, (*tensor.shape, *tensor.stride())
 
 
 def _shape3(tensor: torch.Tensor) -> tuple[int, int, int]:
@@ -77,12 +84,27 @@ def _shape3(tensor: torch.Tensor) -> tuple[int, int, int]:
     return tensor.shape[0], tensor.shape[1], inner
 
 
-def _row_view(tensor: torch.Tensor, layout: str, logits_3d: torch.Tensor) -> torch.Tensor:
-    """A tensor shaped like the logits without the class dim, as ``(outer, inner)``."""
-    outer, _, inner = logits_3d.shape
+def _row_geometry(tensor: torch.Tensor, layout: str, geometry: tuple) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """A tensor shaped like the logits without the class dim, seen as ``(outer, inner)``.
+
+    Returns ``(tensor, (outer_stride, 0, inner_stride))`` (a class stride of 0, as the
+    kernels take index targets); spatial dims are merged by a reshape, which is returned.
+    """
     if layout == "matrix":
-        return tensor.unsqueeze(0)
-    return tensor.reshape(outer, inner)
+        return tensor, (0, 0, tensor.stride(0))
+    if layout == "vector":
+        return tensor, (0, 0, 0)
+    tensor = tensor.reshape(geometry[0], geometry[2])
+    outer_stride, inner_stride = tensor.stride()
+    return tensor, (outer_stride, 0, inner_stride)
+
+
+def _target_geometry(target: torch.Tensor, layout: str, geometry: tuple, prob_target: bool):
+    """(target, its (outer, class, inner) strides): probabilities as the logits, indices as rows."""
+    if prob_target:
+        target, target_geometry = _class_geometry(target, layout)
+        return target, target_geometry[3:]
+    return _row_geometry(target, layout, geometry)
 
 
 def _spatial_dims_merge(tensor: torch.Tensor) -> bool:
@@ -167,12 +189,12 @@ def _forward_impl(
         )
 
     layout = _layout(input)
-    logits = _class_view(input, layout)
-    target_view = _class_view(target, layout) if prob_target else _row_view(target, layout, logits)
-    outer, _, inner = logits.shape
+    logits, geometry = _class_geometry(input, layout)
+    target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
+    outer, _, inner = geometry[:3]
     n_rows = outer * inner
     device = input.device
-    plan = kernels.forward_plan(logits, False, False)
+    plan = kernels.forward_plan(geometry, input.dtype == torch.float64, False, False)
     # One program: the forward kernel also reduces and checks the targets (one launch).
     single = plan[5] == 1
     lse = torch.empty(n_rows, dtype=acc, device=device)
@@ -196,13 +218,16 @@ def _forward_impl(
     kernels.cross_entropy_forward(
         plan,
         logits,
+        geometry,
         target_view,
+        target_strides,
         None if weight is None else weight.contiguous(),
         row_loss,
         lse,
         coef,
         coef if row_weight is None else row_weight,
         None,
+        geometry[3:],
         target_ok,
         total_weight,
         ignore_index,
@@ -266,13 +291,15 @@ def _one_pass_forward_impl(
             grad = input.copy_(grad)
         return loss, lse, coef, total_weight, grad
 
-    logits = _class_view(input, layout)
-    target_view = _class_view(target, layout) if prob_target else _row_view(target, layout, logits)
-    outer, _, inner = logits.shape
+    logits, geometry = _class_geometry(input, layout)
+    target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
+    outer, _, inner = geometry[:3]
     n_rows = outer * inner
     device = input.device
     contiguous_weight = None if weight is None else weight.contiguous()
-    plan = kernels.forward_plan(logits, weight is not None and (prob_target or label_smoothing > 0), True)
+    plan = kernels.forward_plan(
+        geometry, input.dtype == torch.float64, weight is not None and (prob_target or label_smoothing > 0), True
+    )
     # One program: the forward kernel also does the prepass and the reduction (one launch).
     single = plan[5] == 1
     total_weight = torch.empty((), dtype=acc, device=device)
@@ -281,7 +308,15 @@ def _one_pass_forward_impl(
         all_ok = torch.empty(1, dtype=torch.int8, device=device)
         if not single:
             kernels.cross_entropy_total_weight(
-                target_view, contiguous_weight, total_weight, all_ok, n_classes, ignore_index
+                target_view,
+                target_strides,
+                outer,
+                inner,
+                contiguous_weight,
+                total_weight,
+                all_ok,
+                n_classes,
+                ignore_index,
             )
             _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     grad = input if write_through else _empty_grad(input)
@@ -289,16 +324,20 @@ def _one_pass_forward_impl(
     coef = torch.empty(n_rows, dtype=acc, device=device)
     loss = torch.empty((), dtype=out_dtype, device=device)
     row_loss = loss if single else torch.empty(n_rows, dtype=acc, device=device)
+    grad_3d, grad_geometry = _class_geometry(grad, layout)
     kernels.cross_entropy_forward(
         plan,
         logits,
+        geometry,
         target_view,
+        target_strides,
         contiguous_weight,
         row_loss,
         lse,
         coef,
         coef,
-        _class_view(grad, layout),
+        grad_3d,
+        grad_geometry[3:],
         all_ok if single else None,
         total_weight,
         ignore_index,
@@ -364,17 +403,28 @@ def _backward_impl(
         )
     prob_target = _is_prob_target(input, target)
     layout = _layout(input)
-    logits = _class_view(input, layout)
+    logits, geometry = _class_geometry(input, layout)
     grad = _empty_grad(input)
+    if reduction == REDUCTION_NONE:
+        grad_output, grad_output_strides = _row_geometry(grad_output, layout, geometry)
+        grad_output_strides = (grad_output_strides[0], grad_output_strides[2])
+    else:
+        grad_output_strides = (0, 0)
+    target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
+    grad_3d, grad_geometry = _class_geometry(grad, layout)
     kernels.cross_entropy_backward(
-        _row_view(grad_output, layout, logits) if reduction == REDUCTION_NONE else grad_output,
+        grad_output,
+        grad_output_strides,
         logits,
-        _class_view(target, layout) if prob_target else _row_view(target, layout, logits),
+        geometry,
+        target_view,
+        target_strides,
         None if weight is None else weight.contiguous(),
         lse,
         coef,
         total_weight,
-        _class_view(grad, layout),
+        grad_3d,
+        grad_geometry[3:],
         *args,
         prob_target,
         reduction,
@@ -495,10 +545,12 @@ def _scale_grad_impl(grad: torch.Tensor, grad_output: torch.Tensor, target: torc
         grad.copy_(scaled)
         return
     layout = _layout(grad)
-    grad_3d = _class_view(grad, layout)
-    kernels.cross_entropy_scale_grad(
-        grad_output, target if prob_target else _row_view(target, layout, grad_3d), grad_3d, ignore_index, prob_target
-    )
+    grad_3d, geometry = _class_geometry(grad, layout)
+    if prob_target:
+        target_strides = (0, 0, 0)
+    else:
+        target, target_strides = _row_geometry(target, layout, geometry)
+    kernels.cross_entropy_scale_grad(grad_output, target, target_strides, grad_3d, geometry, ignore_index, prob_target)
 
 
 class CrossEntropyFunction(torch.autograd.Function):

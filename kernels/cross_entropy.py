@@ -926,16 +926,17 @@ def cross_entropy_reduce_kernel(
         )
 
 
-def _blocks(logits: torch.Tensor) -> tuple[int, int]:
+def _blocks(geometry: tuple) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_I) for 3-D logits: the tile is long along whichever dim is contiguous.
+
+    ``geometry``: the logits' ``(outer, C, inner, outer_stride, class_stride, inner_stride)``.
 
     Classes contiguous (``(N, C)`` row-major): up to 4096 classes of a row per tile, and
     when C is small, many rows per program (a 10-class row alone would waste a program).
     Rows contiguous (``(N, C, d1, ...)``, column-major ``(N, C)``): up to 128 adjacent rows
     per tile, so each class's loads are one coalesced run, and as many classes as fit.
     """
-    _, C, inner = logits.shape
-    _, class_stride, row_stride = logits.stride()
+    _, C, inner, _, class_stride, row_stride = geometry
     return _block_sizes(C, inner, class_stride == 1 or C == 1 or row_stride != 1)
 
 
@@ -1015,12 +1016,6 @@ def _grid(outer: int, inner: int, block_i: int) -> tuple[int]:
     return (outer * ((inner + block_i - 1) // block_i),)
 
 
-def forward_program_count(logits: torch.Tensor) -> int:
-    """How many programs the forward over 3-D ``logits`` runs: the length of its ``target_ok``."""
-    outer, _, inner = logits.shape
-    return _grid(outer, inner, _blocks(logits)[1])[0]
-
-
 # Launches bound once per signature (kernels/_launch.py).
 _forward = BoundKernel(cross_entropy_forward_kernel)
 _reduce = BoundKernel(cross_entropy_reduce_kernel)
@@ -1040,39 +1035,36 @@ def _split_fp64(value: float) -> tuple[float, float]:
     return hi, _to_fp32(value - hi)
 
 
-def forward_plan(logits: torch.Tensor, weights_per_class: bool, one_pass: bool) -> tuple:
-    """The forward's launch plan over 3-D ``logits``: ``(BLOCK_C, BLOCK_I, num_warps, one_tile,
-    blocks_per_program, programs, grouped)``.
+def forward_plan(geometry: tuple, fp64: bool, weights_per_class: bool, one_pass: bool) -> tuple:
+    """The forward's launch plan: ``(BLOCK_C, BLOCK_I, num_warps, one_tile, blocks_per_program,
+    programs, grouped)``.
 
-    ``one_pass``: the forward writes the gradient too. ``weights_per_class``: class weights
-    with label smoothing or probability targets. ``programs == 1``: the forward does the
-    whole op in one launch (``SINGLE``), and the caller passes it the reduced buffers.
+    ``geometry``: the logits' ``(outer, C, inner, outer_stride, class_stride, inner_stride)``
+    (the launchers take this rather than a 3-D view, which would cost ~1.5 µs of host time
+    a view). ``one_pass``: the forward writes the gradient too. ``weights_per_class``: class
+    weights with label smoothing or probability targets. ``programs == 1``: the forward
+    does the whole op in one launch (``SINGLE``), and the caller passes it the reduced buffers.
     """
-    outer, C, inner = logits.shape
+    outer, C, inner, _, class_stride, row_stride = geometry
     if not one_pass:
-        block_c, block_i = _blocks(logits)
+        block_c, block_i = _blocks(geometry)
         return block_c, block_i, CROSS_ENTROPY_NUM_WARPS, False, 1, _grid(outer, inner, block_i)[0], False
-    _, class_stride, row_stride = logits.stride()
-    return _one_pass_plan(
-        C,
-        outer,
-        inner,
-        class_stride == 1 or C == 1 or row_stride != 1,
-        weights_per_class,
-        logits.dtype == torch.float64,
-    )
+    return _one_pass_plan(C, outer, inner, class_stride == 1 or C == 1 or row_stride != 1, weights_per_class, fp64)
 
 
 def cross_entropy_forward(
     plan: tuple,
     logits: torch.Tensor,
+    geometry: tuple,
     target: torch.Tensor,
+    target_strides: tuple,
     weight: torch.Tensor | None,
     loss: torch.Tensor,
     lse: torch.Tensor,
     coef: torch.Tensor,
     row_weight: torch.Tensor,
     grad: torch.Tensor | None,
+    grad_strides: tuple,
     target_ok: torch.Tensor | None,
     total_weight: torch.Tensor,
     ignore_index: int,
@@ -1080,8 +1072,11 @@ def cross_entropy_forward(
     prob_target: bool,
     reduction: int,
 ) -> None:
-    """Launch the forward over 3-D ``logits`` ``(outer, C, inner)`` with :func:`forward_plan`'s ``plan``.
+    """Launch the forward over ``logits`` seen as ``(outer, C, inner)`` with :func:`forward_plan`'s ``plan``.
 
+    ``geometry``: the logits' ``(outer, C, inner, outer_stride, class_stride, inner_stride)``;
+    ``target_strides``, ``grad_strides``: the ``(outer, class, inner)`` strides of ``target``
+    and ``grad`` (class stride 0 for index targets).
     ``target`` is ``(outer, inner)`` (indices) or ``(outer, C, inner)`` (probabilities);
     ``lse``, ``coef``, ``row_weight`` are contiguous ``(outer * inner,)``; ``loss`` too (the
     row losses), except for a one-program plan with a 'mean' or 'sum' ``reduction``, where
@@ -1092,17 +1087,12 @@ def cross_entropy_forward(
     ``total_weight`` (index targets: filled by :func:`cross_entropy_total_weight` first,
     unless one program, which computes and writes it, as it does without ``grad``).
     """
-    outer, C, inner = logits.shape
+    outer, C, inner, x_outer, x_class, x_inner = geometry
     if outer * inner == 0:
         return
     block_c, block_i, warps, one_tile, blocks_per_program, programs, grouped = plan
-    if prob_target:
-        t_outer, t_class, t_inner = target.stride()
-    else:
-        t_outer, t_inner = target.stride()
-        t_class = 0
-    g_outer, g_class, g_inner = grad.stride() if grad is not None else _NO_STRIDES
-    x_outer, x_class, x_inner = logits.stride()
+    t_outer, t_class, t_inner = target_strides
+    g_outer, g_class, g_inner = grad_strides
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, REDUCTION,
     # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I, GROUP_ROWS, SINGLE.
@@ -1153,19 +1143,21 @@ def cross_entropy_forward(
     )
 
 
-_NO_STRIDES = (0, 0, 0)
-
-
 def cross_entropy_total_weight(
     target: torch.Tensor,
+    target_strides: tuple,
+    outer: int,
+    inner: int,
     weight: torch.Tensor | None,
     total_weight: torch.Tensor,
     all_ok: torch.Tensor,
     n_classes: int,
     ignore_index: int,
 ) -> None:
-    """The prepass over ``(outer, inner)`` index targets: fills 0-d ``total_weight`` and int8 ``all_ok``."""
-    outer, inner = target.shape
+    """The prepass over ``(outer, inner)`` index targets (``target_strides``: theirs, as (outer, class, inner)).
+
+    Fills 0-d ``total_weight`` and int8 ``all_ok``.
+    """
     # Constexprs in the kernel's order: HAS_WEIGHT, BLOCK_SIZE.
     _total_weight.launch(
         1,
@@ -1177,7 +1169,8 @@ def cross_entropy_total_weight(
             n_classes,
             max(inner, 1),
             outer * inner,
-            *target.stride(),
+            target_strides[0],
+            target_strides[2],
             ignore_index,
         ),
         (weight is not None, CROSS_ENTROPY_REDUCE_BLOCK_SIZE),
@@ -1223,25 +1216,32 @@ def cross_entropy_reduce(
 
 def cross_entropy_backward(
     grad_output: torch.Tensor,
+    grad_output_strides: tuple,
     logits: torch.Tensor,
+    geometry: tuple,
     target: torch.Tensor,
+    target_strides: tuple,
     weight: torch.Tensor | None,
     lse: torch.Tensor,
     coef: torch.Tensor,
     total_weight: torch.Tensor,
     grad: torch.Tensor,
+    grad_strides: tuple,
     ignore_index: int,
     label_smoothing: float,
     prob_target: bool,
     reduction: int,
 ) -> None:
-    """Write ``dloss/dlogits`` into 3-D ``grad``; ``grad_output`` is ``(outer, inner)`` or 0-d."""
-    outer, C, inner = logits.shape
+    """Write ``dloss/dlogits`` into ``grad``; ``grad_output`` is ``(outer, inner)`` or 0-d.
+
+    ``geometry``: the logits' ``(outer, C, inner, outer_stride, class_stride, inner_stride)``;
+    the ``*_strides`` are each tensor's strides in that view (``(outer, inner)`` for
+    ``grad_output``, (0, 0) when 0-d; class stride 0 for index targets).
+    """
+    outer, C, inner = geometry[:3]
     if outer * inner * C == 0:
         return
-    block_c, block_i = _blocks(logits)
-    t_strides = target.stride() if prob_target else (target.stride(0), 0, target.stride(1))
-    dy_strides = grad_output.stride() if grad_output.dim() == 2 else (0, 0)
+    block_c, block_i = _blocks(geometry)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, REDUCTION, BLOCK_C, BLOCK_I.
     _backward.launch(
@@ -1257,10 +1257,10 @@ def cross_entropy_backward(
             grad,
             C,
             inner,
-            *dy_strides,
-            *logits.stride(),
-            *t_strides,
-            *grad.stride(),
+            *grad_output_strides,
+            *geometry[3:],
+            *target_strides,
+            *grad_strides,
             ignore_index,
             eps_hi,
             eps_lo,
@@ -1273,24 +1273,39 @@ def cross_entropy_backward(
 def cross_entropy_scale_grad(
     grad_output: torch.Tensor,
     target: torch.Tensor,
+    target_strides: tuple,
     grad: torch.Tensor,
+    geometry: tuple,
     ignore_index: int,
     prob_target: bool,
 ) -> None:
-    """Scale the 3-D gradient ``grad`` made by the forward in place by the 0-d ``grad_output``.
+    """Scale the gradient ``grad`` made by the forward in place by the 0-d ``grad_output``.
 
-    Nothing is written when ``grad_output`` is 1 (decided on the device). ``target`` is the
-    ``(outer, inner)`` index view (unused for probability targets).
+    Nothing is written when ``grad_output`` is 1 (decided on the device). ``geometry``:
+    the gradient's ``(outer, C, inner, outer_stride, class_stride, inner_stride)``;
+    ``target`` the index targets, with their ``(outer, class, inner)`` ``target_strides``
+    (unused for probability targets).
     """
-    outer, C, inner = grad.shape
+    outer, C, inner, g_outer, g_class, g_inner = geometry
     if outer * inner * C == 0:
         return
-    block_c, block_i = _blocks(grad)
-    t_strides = (0, 0) if prob_target else target.stride()
+    block_c, block_i = _blocks(geometry)
     # Constexprs in the kernel's order: PROB_TARGET, BLOCK_C, BLOCK_I.
     _scale_grad.launch(
         _grid(outer, inner, block_i)[0],
-        (grad_output, target, grad, C, inner, *t_strides, *grad.stride(), ignore_index),
+        (
+            grad_output,
+            target,
+            grad,
+            C,
+            inner,
+            target_strides[0],
+            target_strides[2],
+            g_outer,
+            g_class,
+            g_inner,
+            ignore_index,
+        ),
         (prob_target, block_c, block_i),
         CROSS_ENTROPY_NUM_WARPS,
     )
