@@ -175,8 +175,13 @@ def _forward_impl(
     reduction: int,
     ignore_index: int,
     label_smoothing: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, lse, coef, total_weight): the forward without a gradient (one read of the logits)."""
+    save: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(loss, lse, coef, total_weight): the forward without a gradient (one read of the logits).
+
+    Without ``save`` (no autograd), only the loss is wanted: with Triton, the per-row
+    statistics are then neither allocated nor written (None, or unspecified values).
+    """
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
     out_dtype = _loss_dtype(input, target, weight)
@@ -197,16 +202,19 @@ def _forward_impl(
     plan = kernels.forward_plan(geometry, input.dtype == torch.float64, False, False)
     # One program: the forward kernel also reduces and checks the targets (one launch).
     single = plan[5] == 1
-    lse = torch.empty(n_rows, dtype=acc, device=device)
-    coef = torch.empty(n_rows, dtype=acc, device=device)
     if reduction == REDUCTION_NONE:
         loss = torch.empty(_loss_shape(input), dtype=out_dtype, device=device)
         row_loss = loss.view(-1)
     else:
         loss = torch.empty((), dtype=out_dtype, device=device)
         row_loss = loss if single else torch.empty(n_rows, dtype=acc, device=device)
+    if save:
+        lse = torch.empty(n_rows, dtype=acc, device=device)
+        coef = torch.empty(n_rows, dtype=acc, device=device)
+    else:
+        lse = coef = row_loss
     row_weight = None if prob_target or single else torch.empty(n_rows, dtype=acc, device=device)
-    total_weight = torch.empty((), dtype=acc, device=device)
+    total_weight = torch.empty((), dtype=acc, device=device) if save or not single else None
     # The kernels validate index targets as they load them: one flag per forward program,
     # folded into all_ok by the reduce kernel, and one torch._assert_async on it (no sync).
     check_targets = not prob_target and n_rows > 0
@@ -229,11 +237,12 @@ def _forward_impl(
         None,
         geometry[3:],
         target_ok,
-        total_weight,
+        row_loss if total_weight is None else total_weight,
         ignore_index,
         label_smoothing,
         prob_target,
         reduction,
+        save,
     )
     if not single:
         # With 'none' the reduce kernel only writes total_weight = 1 (and all_ok): the same
@@ -858,8 +867,9 @@ def cross_entropy(
                 _check_inplace(input)
             return _one_pass_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, inplace_grad)
         return _cross_entropy_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
-    # No autograd: the forward launches alone (no gradient buffer, which nothing would read).
-    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing)[0]
+    # No autograd: the forward launches alone (no gradient buffer, which nothing would read,
+    # and no per-row statistics, which nothing saves).
+    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)[0]
 
 
 def _check_inplace(input: torch.Tensor) -> None:

@@ -205,6 +205,7 @@ def _forward_block(
     W_GIVEN: tl.constexpr,
     STORE_LOSS: tl.constexpr,
     STORE_ROW_WEIGHT: tl.constexpr,
+    STORE_STATS: tl.constexpr,
     grad_ok,
 ):
     """One block of ``BLOCK_I`` rows of :func:`cross_entropy_forward_kernel`; returns, per row, 1 for a bad target.
@@ -320,8 +321,9 @@ def _forward_block(
             tl.store(row_weight_ptr + rows, w_y, mask=row_mask)
     if STORE_LOSS:
         tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
-    tl.store(lse_ptr + rows, lse.to(lse_ptr.dtype.element_ty), mask=row_mask)
-    tl.store(coef_ptr + rows, coef.to(coef_ptr.dtype.element_ty), mask=row_mask)
+    if STORE_STATS:
+        tl.store(lse_ptr + rows, lse.to(lse_ptr.dtype.element_ty), mask=row_mask)
+        tl.store(coef_ptr + rows, coef.to(coef_ptr.dtype.element_ty), mask=row_mask)
 
     if GRAD:
         offs_g_row = o * grad_outer_stride + i * grad_inner_stride
@@ -420,6 +422,7 @@ def cross_entropy_forward_kernel(
     BLOCK_I: tl.constexpr,
     GROUP_ROWS: tl.constexpr,
     SINGLE: tl.constexpr,
+    STORE_STATS: tl.constexpr,
 ):
     """Per-row loss, ``lse`` and ``coef``, and with ``GRAD`` the loss's gradient, in one pass.
 
@@ -449,6 +452,9 @@ def cross_entropy_forward_kernel(
     gradient at all if a target is bad) and the reduction (the row losses summed in
     registers, in a fixed order). ``loss`` is then the 0-d loss ('mean', 'sum'),
     ``total_weight`` is written, and ``target_ok`` is the single ``all_ok`` flag.
+
+    Without ``STORE_STATS`` (a forward without autograd, which saves nothing), ``lse``,
+    ``coef`` and a single program's ``total_weight`` are not written.
     """
     # int64 before any stride multiply (pid here, the class index c in the loops): offsets
     # pass 2^31 on large logits, e.g. c * logits_class_stride for (N, C, T) with C * T > 2^31.
@@ -538,6 +544,7 @@ def cross_entropy_forward_kernel(
                 True,
                 STORE_LOSS,
                 STORE_ROW_WEIGHT,
+                STORE_STATS,
                 grad_ok,
             )
             n_bad += block_bad
@@ -582,6 +589,7 @@ def cross_entropy_forward_kernel(
             False,
             STORE_LOSS,
             STORE_ROW_WEIGHT,
+            STORE_STATS,
             grad_ok,
         )
     if CHECK_TARGETS:
@@ -601,7 +609,8 @@ def cross_entropy_forward_kernel(
             else:
                 total_weight = tl.zeros([], zero.dtype) + 1
             tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
-        tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
+        if STORE_STATS:
+            tl.store(total_weight_ptr, total_weight.to(total_weight_ptr.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -999,7 +1008,7 @@ def _one_pass_plan(
     block_i = min(i_pow2, max_i)
     warps = CROSS_ENTROPY_ONE_PASS_NUM_WARPS if c_pow2 * block_i > CROSS_ENTROPY_TILE_SIZE else CROSS_ENTROPY_NUM_WARPS
     n_blocks = _grid(outer, inner, block_i)[0]
-    if not weights_per_class:
+    if not weights_per_class or n_blocks == 0:
         return c_pow2, block_i, warps, True, 1, n_blocks, False
     if c_pow2 * block_i > CROSS_ENTROPY_TILE_SIZE:
         # An 8192-class tile and the weights held beside it: 16 fp32 of each per thread over
@@ -1071,6 +1080,7 @@ def cross_entropy_forward(
     label_smoothing: float,
     prob_target: bool,
     reduction: int,
+    store_stats: bool = True,
 ) -> None:
     """Launch the forward over ``logits`` seen as ``(outer, C, inner)`` with :func:`forward_plan`'s ``plan``.
 
@@ -1086,6 +1096,8 @@ def cross_entropy_forward(
     ``grad_output`` of 1, for a 'mean' divided by the mean's denominator, read from the 0-d
     ``total_weight`` (index targets: filled by :func:`cross_entropy_total_weight` first,
     unless one program, which computes and writes it, as it does without ``grad``).
+    Without ``store_stats``, ``lse``, ``coef`` (and one program's ``total_weight``) are
+    not written: any tensor will do.
     """
     outer, C, inner, x_outer, x_class, x_inner = geometry
     if outer * inner == 0:
@@ -1095,7 +1107,7 @@ def cross_entropy_forward(
     g_outer, g_class, g_inner = grad_strides
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, REDUCTION,
-    # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I, GROUP_ROWS, SINGLE.
+    # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I, GROUP_ROWS, SINGLE, STORE_STATS.
     _forward.launch(
         programs,
         (
@@ -1138,6 +1150,7 @@ def cross_entropy_forward(
             block_i,
             grouped,
             programs == 1,
+            store_stats,
         ),
         warps,
     )
