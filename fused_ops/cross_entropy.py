@@ -269,14 +269,17 @@ def _one_pass_forward_impl(
     ignore_index: int,
     label_smoothing: float,
     inplace: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, lse, coef, total_weight, grad) for a 'mean' or 'sum' reduction, in one pass.
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(loss, grad, triton) for a 'mean' or 'sum' reduction, in one pass.
 
     ``grad`` is ``dloss/dinput`` for a ``grad_output`` of 1, in a fresh buffer, or with
     ``inplace`` in ``input`` itself (then returned as ``input``). Class-index targets
     first go through a prepass that reads only them: the mean's denominator, which the
     gradient needs, and the bounds check, asserted before anything of the caller's is
-    written.
+    written (a forward of one program does both itself). ``triton``: the dispatch's
+    decision, which the backward reuses. The per-row statistics of a backward through the
+    saved logits are not kept: only a second or differentiable backward needs them, and
+    it recomputes them (:func:`_forward_impl`).
     """
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
@@ -286,7 +289,8 @@ def _one_pass_forward_impl(
     # In place needs the (outer, C, inner) view to alias the input (it does, except for
     # spatial dims that cannot merge, where the gradient is copied in at the end).
     write_through = inplace and (layout != "spatial" or _spatial_dims_merge(input))
-    if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
+    triton = use_triton("cross_entropy", input, target, weight)
+    if not triton or n_classes == 0:
         if not prob_target:
             _check_target_bounds(target, n_classes, ignore_index)
         loss, lse, coef, total_weight = reference.cross_entropy_forward_ref(
@@ -298,7 +302,7 @@ def _one_pass_forward_impl(
         ).to(input.dtype)
         if inplace:
             grad = input.copy_(grad)
-        return loss, lse, coef, total_weight, grad
+        return loss, grad, triton
 
     logits, geometry = _class_geometry(input, layout)
     target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
@@ -311,7 +315,9 @@ def _one_pass_forward_impl(
     )
     # One program: the forward kernel also does the prepass and the reduction (one launch).
     single = plan[5] == 1
-    total_weight = torch.empty((), dtype=acc, device=device)
+    loss = torch.empty((), dtype=out_dtype, device=device)
+    # Written by the prepass (index targets) or the reduce kernel; one program needs none.
+    total_weight = loss if single else torch.empty((), dtype=acc, device=device)
     all_ok = None
     if not prob_target:
         all_ok = torch.empty(1, dtype=torch.int8, device=device)
@@ -329,9 +335,6 @@ def _one_pass_forward_impl(
             )
             _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     grad = input if write_through else _empty_grad(input)
-    lse = torch.empty(n_rows, dtype=acc, device=device)
-    coef = torch.empty(n_rows, dtype=acc, device=device)
-    loss = torch.empty((), dtype=out_dtype, device=device)
     row_loss = loss if single else torch.empty(n_rows, dtype=acc, device=device)
     grad_3d, grad_geometry = _class_geometry(grad, layout)
     kernels.cross_entropy_forward(
@@ -342,9 +345,9 @@ def _one_pass_forward_impl(
         target_strides,
         contiguous_weight,
         row_loss,
-        lse,
-        coef,
-        coef,
+        row_loss,
+        row_loss,
+        row_loss,
         grad_3d,
         grad_geometry[3:],
         all_ok if single else None,
@@ -353,6 +356,7 @@ def _one_pass_forward_impl(
         label_smoothing,
         prob_target,
         reduction,
+        False,
     )
     if not single:
         kernels.cross_entropy_reduce(row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target)
@@ -361,7 +365,7 @@ def _one_pass_forward_impl(
         _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     if inplace and not write_through:
         grad = input.copy_(grad)
-    return loss, lse, coef, total_weight, grad
+    return loss, grad, triton
 
 
 @torch.library.custom_op("fused_ops::cross_entropy_forward", mutates_args=())
@@ -543,10 +547,15 @@ class _BackwardFunction(torch.autograd.Function):
         return _cross_entropy_double_backward(ctx, grad_grad)
 
 
-def _scale_grad_impl(grad: torch.Tensor, grad_output: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
-    """Scale the one-pass forward's gradient in place by the 0-d ``grad_output`` (nothing if it is 1)."""
+def _scale_grad_impl(
+    grad: torch.Tensor, grad_output: torch.Tensor, target: torch.Tensor, ignore_index: int, triton: bool
+) -> None:
+    """Scale the one-pass forward's gradient in place by the 0-d ``grad_output`` (nothing if it is 1).
+
+    ``triton``: the forward's dispatch decision (autograd gives ``grad_output`` the loss's device).
+    """
     prob_target = _is_prob_target(grad, target)
-    if not use_triton("cross_entropy", grad, grad_output):
+    if not triton:
         scaled = grad * grad_output.to(grad.dtype)
         if not prob_target:
             # Ignored rows stay 0 even for an inf or nan grad_output, as torch's.
@@ -655,7 +664,7 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, inplace):
-        loss, lse, coef, total_weight, grad = _one_pass_forward_impl(
+        loss, grad, ctx.triton = _one_pass_forward_impl(
             input, target, weight, reduction, ignore_index, label_smoothing, inplace
         )
         if inplace:
@@ -663,11 +672,11 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
             # with every view of the input), so a backward that saved these logits raises
             # torch's in-place error instead of using the gradient as logits.
             torch.autograd.graph.increment_version(input)
-            ctx.save_for_backward(None, target, weight, lse, coef, total_weight)
+            ctx.save_for_backward(None, target, weight)
             ctx.grad = grad.detach()
         else:
             # The logits are kept only for a second (or a differentiable) backward.
-            ctx.save_for_backward(input, target, weight, lse, coef, total_weight)
+            ctx.save_for_backward(input, target, weight)
             # Not a saved tensor: once handed out, the buffer may be changed in place (as
             # .grad), which must not fail a later backward's saved-tensor version check.
             ctx.grad = grad
@@ -678,17 +687,22 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, target, weight, lse, coef, total_weight = ctx.saved_tensors
+        input, target, weight = ctx.saved_tensors
         create_graph = torch.is_grad_enabled()
         if ctx.grad is not None and not create_graph:
             grad, ctx.grad = ctx.grad, None
-            _scale_grad_impl(grad, grad_output, target, ctx.ignore_index)
+            _scale_grad_impl(grad, grad_output, target, ctx.ignore_index, ctx.triton)
             return grad, None, None, None, None, None, None
         if input is None:
             raise RuntimeError(
                 "cross_entropy(inplace_grad=True) overwrote the logits with their gradient, so it supports "
                 "one backward only (no retain_graph second backward, no create_graph=True); "
                 "use inplace_grad=False"
+            )
+        # The per-row statistics, recomputed (the first backward did not need them).
+        with torch.no_grad():
+            _, lse, coef, total_weight = _forward_impl(
+                input, target, weight, ctx.reduction, ctx.ignore_index, ctx.label_smoothing
             )
         args = (grad_output, input, target, weight, lse, coef, total_weight, ctx.reduction)
         if create_graph:

@@ -935,7 +935,9 @@ def test_eager_calls_launch_without_torch_library_ops(reduction, kernel_launches
             fused_ops.cross_entropy(logits, target, reduction=reduction)
     ops = {event.name for event in profile.events()}
     assert not any(op.startswith("fused_ops::") for op in ops), ops
-    assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 2
     one_pass = reduction != "none"
+    # The one-pass forward keeps no per-row statistics: the differentiable backward
+    # recomputes them with a forward launch.
+    assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 2 + one_pass
     assert kernel_launches.launch_count("cross_entropy_scale_grad_kernel") == one_pass
     assert kernel_launches.launch_count("cross_entropy_backward_kernel") == 1 + (not one_pass)
