@@ -121,7 +121,7 @@ def _spatial_dims_merge(tensor: torch.Tensor) -> bool:
 
 def _empty_grad(input: torch.Tensor) -> torch.Tensor:
     """The gradient buffer: the logits' own layout when dense (and mergeable), else contiguous."""
-    if is_dense(input) and (input.dim() < 3 or _spatial_dims_merge(input)):
+    if input.is_contiguous() or (is_dense(input) and (input.dim() < 3 or _spatial_dims_merge(input))):
         return torch.empty_like(input)
     return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
