@@ -269,17 +269,20 @@ def _one_pass_forward_impl(
     ignore_index: int,
     label_smoothing: float,
     inplace: bool,
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(loss, grad, triton) for a 'mean' or 'sum' reduction, in one pass.
+) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+    """(loss, grad, scale) for a 'mean' or 'sum' reduction, in one pass.
 
     ``grad`` is ``dloss/dinput`` for a ``grad_output`` of 1, in a fresh buffer, or with
     ``inplace`` in ``input`` itself (then returned as ``input``). Class-index targets
     first go through a prepass that reads only them: the mean's denominator, which the
     gradient needs, and the bounds check, asserted before anything of the caller's is
-    written (a forward of one program does both itself). ``triton``: the dispatch's
-    decision, which the backward reuses. The per-row statistics of a backward through the
-    saved logits are not kept: only a second or differentiable backward needs them, and
-    it recomputes them (:func:`_forward_impl`).
+    written (a forward of one program does both itself). ``scale``: the arguments of
+    :func:`kernels.cross_entropy_scale_grad` after ``grad_output``, for the backward, or
+    None to scale ``grad`` with eager ops (no Triton, or the in-place gradient of spatial
+    dims that cannot merge, which the kernel cannot see as one ``(outer, C, inner)`` view).
+    The per-row statistics of a backward through the saved logits are not kept: only a
+    second or differentiable backward needs them, and it recomputes them
+    (:func:`_forward_impl`).
     """
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
@@ -302,7 +305,7 @@ def _one_pass_forward_impl(
         ).to(input.dtype)
         if inplace:
             grad = input.copy_(grad)
-        return loss, grad, triton
+        return loss, grad, None
 
     logits, geometry = _class_geometry(input, layout)
     target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
@@ -364,8 +367,11 @@ def _one_pass_forward_impl(
         # The kernel wrote no gradient if a target is bad: the logits are untouched (inplace_grad).
         _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     if inplace and not write_through:
-        grad = input.copy_(grad)
-    return loss, grad, triton
+        return loss, input.copy_(grad), None
+    if prob_target:
+        target_strides = (0, 0, 0)
+    scale = (target_view, target_strides, grad_3d, grad_geometry, ignore_index, prob_target)
+    return loss, grad, scale
 
 
 @torch.library.custom_op("fused_ops::cross_entropy_forward", mutates_args=())
@@ -547,28 +553,17 @@ class _BackwardFunction(torch.autograd.Function):
         return _cross_entropy_double_backward(ctx, grad_grad)
 
 
-def _scale_grad_impl(
-    grad: torch.Tensor, grad_output: torch.Tensor, target: torch.Tensor, ignore_index: int, triton: bool
-) -> None:
-    """Scale the one-pass forward's gradient in place by the 0-d ``grad_output`` (nothing if it is 1).
+def _scale_grad_impl(grad: torch.Tensor, grad_output: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
+    """Scale the one-pass forward's gradient in place by the 0-d ``grad_output``, in eager ops.
 
-    ``triton``: the forward's dispatch decision (autograd gives ``grad_output`` the loss's device).
+    The backward's path when the forward ran no Triton, or wrote its gradient over logits
+    whose spatial dims cannot merge; otherwise the scale kernel does this on the device.
     """
-    prob_target = _is_prob_target(grad, target)
-    if not triton:
-        scaled = grad * grad_output.to(grad.dtype)
-        if not prob_target:
-            # Ignored rows stay 0 even for an inf or nan grad_output, as torch's.
-            scaled = scaled.masked_fill((target == ignore_index).unsqueeze(0 if grad.dim() == 1 else 1), 0)
-        grad.copy_(scaled)
-        return
-    layout = _layout(grad)
-    grad_3d, geometry = _class_geometry(grad, layout)
-    if prob_target:
-        target_strides = (0, 0, 0)
-    else:
-        target, target_strides = _row_geometry(target, layout, geometry)
-    kernels.cross_entropy_scale_grad(grad_output, target, target_strides, grad_3d, geometry, ignore_index, prob_target)
+    scaled = grad * grad_output.to(grad.dtype)
+    if not _is_prob_target(grad, target):
+        # Ignored rows stay 0 even for an inf or nan grad_output, as torch's.
+        scaled = scaled.masked_fill((target == ignore_index).unsqueeze(0 if grad.dim() == 1 else 1), 0)
+    grad.copy_(scaled)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -664,7 +659,7 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, inplace):
-        loss, grad, ctx.triton = _one_pass_forward_impl(
+        loss, grad, ctx.scale = _one_pass_forward_impl(
             input, target, weight, reduction, ignore_index, label_smoothing, inplace
         )
         if inplace:
@@ -691,7 +686,11 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
         create_graph = torch.is_grad_enabled()
         if ctx.grad is not None and not create_graph:
             grad, ctx.grad = ctx.grad, None
-            _scale_grad_impl(grad, grad_output, target, ctx.ignore_index, ctx.triton)
+            if ctx.scale is not None:
+                kernels.cross_entropy_scale_grad(grad_output, *ctx.scale)
+            else:
+                _scale_grad_impl(grad, grad_output, target, ctx.ignore_index)
+            ctx.scale = None
             return grad, None, None, None, None, None, None
         if input is None:
             raise RuntimeError(

@@ -490,6 +490,20 @@ def test_cross_entropy_one_pass_and_inplace_grad_match_torch(case, kernel_launch
     assert_close(logits.detach(), grad_ref, reduction_size=x.numel()), "the gradient is in the logits' memory"
 
 
+def test_cross_entropy_inplace_grad_over_spatial_dims_that_cannot_merge(kernel_launches):
+    # The gradient is written over logits whose spatial dims have no single stride (a
+    # sliced view): the forward copies it in, and a scaled backward scales the logits
+    # themselves (in eager ops), not a merged copy of them.
+    leaf = torch.randn(2, 5, 4, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 5, (2, 2, 6))
+    logits = (leaf * 1)[:, :, ::2]
+    fused_ops.cross_entropy(logits, target, inplace_grad=True).backward(torch.tensor(0.5, dtype=torch.float64))
+    reference = leaf.detach().clone().requires_grad_()
+    F.cross_entropy(reference[:, :, ::2], target).backward(torch.tensor(0.5, dtype=torch.float64))
+    assert_close(leaf.grad, reference.grad, reduction_size=logits.numel())
+    assert kernel_launches.launch_count(FORWARD) == 1 and kernel_launches.launch_count(SCALE) == 0
+
+
 def test_cross_entropy_inplace_grad_limits():
     h = torch.randn(3, 4, requires_grad=True)
     target = torch.tensor([0, 1, 2])
