@@ -54,20 +54,27 @@ def _is_prob_target(input: torch.Tensor, target: torch.Tensor) -> bool:
 
 def _layout(input: torch.Tensor) -> str:
     """How the logits map to ``(outer, C, inner)``: 'vector', 'matrix' or 'spatial'."""
-    return {1: "vector", 2: "matrix"}.get(input.dim(), "spatial")
+    dim = input.dim()
+    return "matrix" if dim == 2 else "vector" if dim == 1 else "spatial"
 
 
-def _class_view(tensor: torch.Tensor, layout: str) -> torch.Tensor:
-    """A logits-shaped tensor as ``(outer, C, inner)``: a view, except non-mergeable spatial dims.
+def _class_geometry(tensor: torch.Tensor, layout: str) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A logits-shaped tensor seen as ``(outer, C, inner)``: ``(tensor, geometry)``.
 
-    ``(N, C)`` becomes ``(1, C, N)``, so that a program can take several rows: the kernels
-    pick the tile's long side from the strides, whichever dim is contiguous.
+    ``geometry`` is ``(outer, C, inner, outer_stride, class_stride, inner_stride)``, what the
+    launchers take: ``(N, C)`` is ``(1, C, N)``, so that a program can take several rows (the
+    kernels pick the tile's long side from the strides, whichever dim is contiguous). For
+    vectors and matrices no view is made (a view costs ~1.5 µs of host time); spatial dims
+    are merged by a reshape (a view, a copy when they cannot merge), which is returned.
     """
-    if layout == "vector":
-        return tensor.unsqueeze(0).unsqueeze(-1)
     if layout == "matrix":
-        return tensor.t().unsqueeze(0)
-    return tensor.reshape(_shape3(tensor))
+        n, c = tensor.shape
+        row_stride, class_stride = tensor.stride()
+        return tensor, (1, c, n, 0, class_stride, row_stride)
+    if layout == "vector":
+        return tensor, (1, tensor.shape[0], 1, 0, tensor.stride(0), 0)
+    tensor = tensor.reshape(_shape3(tensor))
+    return tensor, (*tensor.shape, *tensor.stride())
 
 
 def _shape3(tensor: torch.Tensor) -> tuple[int, int, int]:
@@ -77,12 +84,27 @@ def _shape3(tensor: torch.Tensor) -> tuple[int, int, int]:
     return tensor.shape[0], tensor.shape[1], inner
 
 
-def _row_view(tensor: torch.Tensor, layout: str, logits_3d: torch.Tensor) -> torch.Tensor:
-    """A tensor shaped like the logits without the class dim, as ``(outer, inner)``."""
-    outer, _, inner = logits_3d.shape
+def _row_geometry(tensor: torch.Tensor, layout: str, geometry: tuple) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """A tensor shaped like the logits without the class dim, seen as ``(outer, inner)``.
+
+    Returns ``(tensor, (outer_stride, 0, inner_stride))`` (a class stride of 0, as the
+    kernels take index targets); spatial dims are merged by a reshape, which is returned.
+    """
     if layout == "matrix":
-        return tensor.unsqueeze(0)
-    return tensor.reshape(outer, inner)
+        return tensor, (0, 0, tensor.stride(0))
+    if layout == "vector":
+        return tensor, (0, 0, 0)
+    tensor = tensor.reshape(geometry[0], geometry[2])
+    outer_stride, inner_stride = tensor.stride()
+    return tensor, (outer_stride, 0, inner_stride)
+
+
+def _target_geometry(target: torch.Tensor, layout: str, geometry: tuple, prob_target: bool):
+    """(target, its (outer, class, inner) strides): probabilities as the logits, indices as rows."""
+    if prob_target:
+        target, target_geometry = _class_geometry(target, layout)
+        return target, target_geometry[3:]
+    return _row_geometry(target, layout, geometry)
 
 
 def _spatial_dims_merge(tensor: torch.Tensor) -> bool:
@@ -99,7 +121,7 @@ def _spatial_dims_merge(tensor: torch.Tensor) -> bool:
 
 def _empty_grad(input: torch.Tensor) -> torch.Tensor:
     """The gradient buffer: the logits' own layout when dense (and mergeable), else contiguous."""
-    if is_dense(input) and (input.dim() < 3 or _spatial_dims_merge(input)):
+    if input.is_contiguous() or (is_dense(input) and (input.dim() < 3 or _spatial_dims_merge(input))):
         return torch.empty_like(input)
     return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
@@ -153,8 +175,13 @@ def _forward_impl(
     reduction: int,
     ignore_index: int,
     label_smoothing: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, lse, coef, total_weight): the forward without a gradient (one read of the logits)."""
+    save: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(loss, lse, coef, total_weight): the forward without a gradient (one read of the logits).
+
+    Without ``save`` (no autograd), only the loss is wanted: with Triton, the per-row
+    statistics are then neither allocated nor written (None, or unspecified values).
+    """
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
     out_dtype = _loss_dtype(input, target, weight)
@@ -167,48 +194,68 @@ def _forward_impl(
         )
 
     layout = _layout(input)
-    logits = _class_view(input, layout)
-    target_view = _class_view(target, layout) if prob_target else _row_view(target, layout, logits)
-    outer, _, inner = logits.shape
+    logits, geometry = _class_geometry(input, layout)
+    target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
+    outer, _, inner = geometry[:3]
     n_rows = outer * inner
-    lse = torch.empty(n_rows, dtype=acc, device=input.device)
-    coef = torch.empty(n_rows, dtype=acc, device=input.device)
-    row_weight = None if prob_target else torch.empty(n_rows, dtype=acc, device=input.device)
+    device = input.device
+    plan = kernels.forward_plan(geometry, input.dtype == torch.float64, False, False)
+    # One program: the forward kernel also reduces and checks the targets (one launch).
+    single = plan[5] == 1
     if reduction == REDUCTION_NONE:
-        loss = torch.empty(_loss_shape(input), dtype=out_dtype, device=input.device)
+        loss = torch.empty(_loss_shape(input), dtype=out_dtype, device=device)
         row_loss = loss.view(-1)
     else:
-        row_loss = torch.empty(n_rows, dtype=acc, device=input.device)
+        loss = torch.empty((), dtype=out_dtype, device=device)
+        row_loss = loss if single else torch.empty(n_rows, dtype=acc, device=device)
+    if save:
+        lse = torch.empty(n_rows, dtype=acc, device=device)
+        coef = torch.empty(n_rows, dtype=acc, device=device)
+    else:
+        lse = coef = row_loss
+    row_weight = None if prob_target or single else torch.empty(n_rows, dtype=acc, device=device)
+    total_weight = torch.empty((), dtype=acc, device=device) if save or not single else None
     # The kernels validate index targets as they load them: one flag per forward program,
     # folded into all_ok by the reduce kernel, and one torch._assert_async on it (no sync).
     check_targets = not prob_target and n_rows > 0
     if check_targets:
-        target_ok = torch.empty(kernels.forward_program_count(logits), dtype=torch.int8, device=input.device)
-        all_ok = torch.empty(1, dtype=torch.int8, device=input.device)
+        all_ok = torch.empty(1, dtype=torch.int8, device=device)
+        target_ok = all_ok if single else torch.empty(plan[5], dtype=torch.int8, device=device)
     else:
         target_ok = all_ok = None
     kernels.cross_entropy_forward(
+        plan,
         logits,
+        geometry,
         target_view,
+        target_strides,
         None if weight is None else weight.contiguous(),
         row_loss,
         lse,
         coef,
         coef if row_weight is None else row_weight,
         None,
+        geometry[3:],
         target_ok,
+        row_loss if total_weight is None else total_weight,
         ignore_index,
         label_smoothing,
         prob_target,
+        reduction,
+        save,
     )
-    if reduction != REDUCTION_NONE:
-        loss = torch.empty((), dtype=out_dtype, device=input.device)
-    # With 'none' the reduce kernel only writes total_weight = 1 (and all_ok): the same
-    # one launch as a torch.ones would be.
-    total_weight = torch.empty((), dtype=acc, device=input.device)
-    kernels.cross_entropy_reduce(
-        row_loss, row_weight, None if reduction == REDUCTION_NONE else loss, total_weight, reduction, target_ok, all_ok
-    )
+    if not single:
+        # With 'none' the reduce kernel only writes total_weight = 1 (and all_ok): the same
+        # one launch as a torch.ones would be.
+        kernels.cross_entropy_reduce(
+            row_loss,
+            row_weight,
+            None if reduction == REDUCTION_NONE else loss,
+            total_weight,
+            reduction,
+            target_ok,
+            all_ok,
+        )
     if check_targets:
         _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     return loss, lse, coef, total_weight
@@ -222,14 +269,20 @@ def _one_pass_forward_impl(
     ignore_index: int,
     label_smoothing: float,
     inplace: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, lse, coef, total_weight, grad) for a 'mean' or 'sum' reduction, in one pass.
+) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+    """(loss, grad, scale) for a 'mean' or 'sum' reduction, in one pass.
 
     ``grad`` is ``dloss/dinput`` for a ``grad_output`` of 1, in a fresh buffer, or with
     ``inplace`` in ``input`` itself (then returned as ``input``). Class-index targets
     first go through a prepass that reads only them: the mean's denominator, which the
     gradient needs, and the bounds check, asserted before anything of the caller's is
-    written.
+    written (a forward of one program does both itself). ``scale``: the arguments of
+    :func:`kernels.cross_entropy_scale_grad` after ``grad_output``, for the backward, or
+    None to scale ``grad`` with eager ops (no Triton, or the in-place gradient of spatial
+    dims that cannot merge, which the kernel cannot see as one ``(outer, C, inner)`` view).
+    The per-row statistics of a backward through the saved logits are not kept: only a
+    second or differentiable backward needs them, and it recomputes them
+    (:func:`_forward_impl`).
     """
     prob_target = _is_prob_target(input, target)
     n_classes = input.shape[0 if input.dim() == 1 else 1]
@@ -239,7 +292,8 @@ def _one_pass_forward_impl(
     # In place needs the (outer, C, inner) view to alias the input (it does, except for
     # spatial dims that cannot merge, where the gradient is copied in at the end).
     write_through = inplace and (layout != "spatial" or _spatial_dims_merge(input))
-    if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
+    triton = use_triton("cross_entropy", input, target, weight)
+    if not triton or n_classes == 0:
         if not prob_target:
             _check_target_bounds(target, n_classes, ignore_index)
         loss, lse, coef, total_weight = reference.cross_entropy_forward_ref(
@@ -251,45 +305,73 @@ def _one_pass_forward_impl(
         ).to(input.dtype)
         if inplace:
             grad = input.copy_(grad)
-        return loss, lse, coef, total_weight, grad
+        return loss, grad, None
 
-    logits = _class_view(input, layout)
-    target_view = _class_view(target, layout) if prob_target else _row_view(target, layout, logits)
-    outer, _, inner = logits.shape
+    logits, geometry = _class_geometry(input, layout)
+    target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
+    outer, _, inner = geometry[:3]
     n_rows = outer * inner
+    device = input.device
     contiguous_weight = None if weight is None else weight.contiguous()
-    total_weight = torch.empty((), dtype=acc, device=input.device)
+    plan = kernels.forward_plan(
+        geometry, input.dtype == torch.float64, weight is not None and (prob_target or label_smoothing > 0), True
+    )
+    # One program: the forward kernel also does the prepass and the reduction (one launch).
+    single = plan[5] == 1
+    loss = torch.empty((), dtype=out_dtype, device=device)
+    # Written by the prepass (index targets) or the reduce kernel; one program needs none.
+    total_weight = loss if single else torch.empty((), dtype=acc, device=device)
+    all_ok = None
     if not prob_target:
-        all_ok = torch.empty(1, dtype=torch.int8, device=input.device)
-        kernels.cross_entropy_total_weight(
-            target_view, contiguous_weight, total_weight, all_ok, n_classes, ignore_index
-        )
-        _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
+        all_ok = torch.empty(1, dtype=torch.int8, device=device)
+        if not single:
+            kernels.cross_entropy_total_weight(
+                target_view,
+                target_strides,
+                outer,
+                inner,
+                contiguous_weight,
+                total_weight,
+                all_ok,
+                n_classes,
+                ignore_index,
+            )
+            _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     grad = input if write_through else _empty_grad(input)
-    lse = torch.empty(n_rows, dtype=acc, device=input.device)
-    coef = torch.empty(n_rows, dtype=acc, device=input.device)
-    row_loss = torch.empty(n_rows, dtype=acc, device=input.device)
+    row_loss = loss if single else torch.empty(n_rows, dtype=acc, device=device)
+    grad_3d, grad_geometry = _class_geometry(grad, layout)
     kernels.cross_entropy_forward(
+        plan,
         logits,
+        geometry,
         target_view,
+        target_strides,
         contiguous_weight,
         row_loss,
-        lse,
-        coef,
-        coef,
-        _class_view(grad, layout),
-        None,
+        row_loss,
+        row_loss,
+        row_loss,
+        grad_3d,
+        grad_geometry[3:],
+        all_ok if single else None,
+        total_weight,
         ignore_index,
         label_smoothing,
         prob_target,
-        total_weight,
-        reduction == REDUCTION_MEAN,
+        reduction,
+        False,
     )
-    loss = torch.empty((), dtype=out_dtype, device=input.device)
-    kernels.cross_entropy_reduce(row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target)
+    if not single:
+        kernels.cross_entropy_reduce(row_loss, None, loss, total_weight, reduction, given_total_weight=not prob_target)
+    elif all_ok is not None:
+        # The kernel wrote no gradient if a target is bad: the logits are untouched (inplace_grad).
+        _assert_targets_in_bounds(all_ok, target, n_classes, ignore_index)
     if inplace and not write_through:
-        grad = input.copy_(grad)
-    return loss, lse, coef, total_weight, grad
+        return loss, input.copy_(grad), None
+    if prob_target:
+        target_strides = (0, 0, 0)
+    scale = (target_view, target_strides, grad_3d, grad_geometry, ignore_index, prob_target)
+    return loss, grad, scale
 
 
 @torch.library.custom_op("fused_ops::cross_entropy_forward", mutates_args=())
@@ -340,17 +422,28 @@ def _backward_impl(
         )
     prob_target = _is_prob_target(input, target)
     layout = _layout(input)
-    logits = _class_view(input, layout)
+    logits, geometry = _class_geometry(input, layout)
     grad = _empty_grad(input)
+    if reduction == REDUCTION_NONE:
+        grad_output, grad_output_strides = _row_geometry(grad_output, layout, geometry)
+        grad_output_strides = (grad_output_strides[0], grad_output_strides[2])
+    else:
+        grad_output_strides = (0, 0)
+    target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
+    grad_3d, grad_geometry = _class_geometry(grad, layout)
     kernels.cross_entropy_backward(
-        _row_view(grad_output, layout, logits) if reduction == REDUCTION_NONE else grad_output,
+        grad_output,
+        grad_output_strides,
         logits,
-        _class_view(target, layout) if prob_target else _row_view(target, layout, logits),
+        geometry,
+        target_view,
+        target_strides,
         None if weight is None else weight.contiguous(),
         lse,
         coef,
         total_weight,
-        _class_view(grad, layout),
+        grad_3d,
+        grad_geometry[3:],
         *args,
         prob_target,
         reduction,
@@ -461,20 +554,16 @@ class _BackwardFunction(torch.autograd.Function):
 
 
 def _scale_grad_impl(grad: torch.Tensor, grad_output: torch.Tensor, target: torch.Tensor, ignore_index: int) -> None:
-    """Scale the one-pass forward's gradient in place by the 0-d ``grad_output`` (nothing if it is 1)."""
-    prob_target = _is_prob_target(grad, target)
-    if not use_triton("cross_entropy", grad, grad_output):
-        scaled = grad * grad_output.to(grad.dtype)
-        if not prob_target:
-            # Ignored rows stay 0 even for an inf or nan grad_output, as torch's.
-            scaled = scaled.masked_fill((target == ignore_index).unsqueeze(0 if grad.dim() == 1 else 1), 0)
-        grad.copy_(scaled)
-        return
-    layout = _layout(grad)
-    grad_3d = _class_view(grad, layout)
-    kernels.cross_entropy_scale_grad(
-        grad_output, target if prob_target else _row_view(target, layout, grad_3d), grad_3d, ignore_index, prob_target
-    )
+    """Scale the one-pass forward's gradient in place by the 0-d ``grad_output``, in eager ops.
+
+    The backward's path when the forward ran no Triton, or wrote its gradient over logits
+    whose spatial dims cannot merge; otherwise the scale kernel does this on the device.
+    """
+    scaled = grad * grad_output.to(grad.dtype)
+    if not _is_prob_target(grad, target):
+        # Ignored rows stay 0 even for an inf or nan grad_output, as torch's.
+        scaled = scaled.masked_fill((target == ignore_index).unsqueeze(0 if grad.dim() == 1 else 1), 0)
+    grad.copy_(scaled)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -570,7 +659,7 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, inplace):
-        loss, lse, coef, total_weight, grad = _one_pass_forward_impl(
+        loss, grad, ctx.scale = _one_pass_forward_impl(
             input, target, weight, reduction, ignore_index, label_smoothing, inplace
         )
         if inplace:
@@ -578,11 +667,11 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
             # with every view of the input), so a backward that saved these logits raises
             # torch's in-place error instead of using the gradient as logits.
             torch.autograd.graph.increment_version(input)
-            ctx.save_for_backward(None, target, weight, lse, coef, total_weight)
+            ctx.save_for_backward(None, target, weight)
             ctx.grad = grad.detach()
         else:
             # The logits are kept only for a second (or a differentiable) backward.
-            ctx.save_for_backward(input, target, weight, lse, coef, total_weight)
+            ctx.save_for_backward(input, target, weight)
             # Not a saved tensor: once handed out, the buffer may be changed in place (as
             # .grad), which must not fail a later backward's saved-tensor version check.
             ctx.grad = grad
@@ -593,17 +682,26 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, target, weight, lse, coef, total_weight = ctx.saved_tensors
+        input, target, weight = ctx.saved_tensors
         create_graph = torch.is_grad_enabled()
         if ctx.grad is not None and not create_graph:
             grad, ctx.grad = ctx.grad, None
-            _scale_grad_impl(grad, grad_output, target, ctx.ignore_index)
+            if ctx.scale is not None:
+                kernels.cross_entropy_scale_grad(grad_output, *ctx.scale)
+            else:
+                _scale_grad_impl(grad, grad_output, target, ctx.ignore_index)
+            ctx.scale = None
             return grad, None, None, None, None, None, None
         if input is None:
             raise RuntimeError(
                 "cross_entropy(inplace_grad=True) overwrote the logits with their gradient, so it supports "
                 "one backward only (no retain_graph second backward, no create_graph=True); "
                 "use inplace_grad=False"
+            )
+        # The per-row statistics, recomputed (the first backward did not need them).
+        with torch.no_grad():
+            _, lse, coef, total_weight = _forward_impl(
+                input, target, weight, ctx.reduction, ctx.ignore_index, ctx.label_smoothing
             )
         args = (grad_output, input, target, weight, lse, coef, total_weight, ctx.reduction)
         if create_graph:
@@ -782,8 +880,9 @@ def cross_entropy(
                 _check_inplace(input)
             return _one_pass_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, inplace_grad)
         return _cross_entropy_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
-    # No autograd: the forward launches alone (no gradient buffer, which nothing would read).
-    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing)[0]
+    # No autograd: the forward launches alone (no gradient buffer, which nothing would read,
+    # and no per-row statistics, which nothing saves).
+    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)[0]
 
 
 def _check_inplace(input: torch.Tensor) -> None:

@@ -78,6 +78,12 @@ def _check_against_torch(x, target, weight=None, reduction_size=None, **kwargs):
     return loss, grad
 
 
+def _single_program(kernel_launches) -> bool:
+    """True when every forward launch was one program (which then reduced the loss itself)."""
+    grids = [launch.grid[0] for launch in kernel_launches.launches if launch.kernel == FORWARD]
+    return bool(grids) and set(grids) == {1}
+
+
 # Class-index targets, 'mean', the common path. Shapes and the tile each reaches:
 COMMON_SHAPES = [
     (4, 1),  # C = 1: every loss and gradient is 0; one program of (1, 4)
@@ -101,9 +107,11 @@ def test_cross_entropy_matches_torch(shape, dtype, kernel_launches):
     rows = 0 if x.numel() == 0 else 1
     # 'mean' with grad: the prepass, the forward writing the gradient, the reduction, and
     # a backward that scales it (grad_output is random here), with no pass over the logits.
-    assert kernel_launches.launch_count(PREPASS) == 1
+    # A forward of one program does the prepass and the reduction itself.
+    multi = not _single_program(kernel_launches)
+    assert kernel_launches.launch_count(PREPASS) == multi
     assert kernel_launches.launch_count(FORWARD) == rows
-    assert kernel_launches.launch_count(REDUCE) == 1
+    assert kernel_launches.launch_count(REDUCE) == multi
     assert kernel_launches.launch_count(SCALE) == rows
     assert kernel_launches.launch_count(BACKWARD) == 0
 
@@ -141,12 +149,38 @@ def test_cross_entropy_every_option_matches_torch(
         x, target, weight, reduction=reduction, label_smoothing=label_smoothing, reduction_size=x.numel(), **kwargs
     )
     assert kernel_launches.launch_count(FORWARD) == 1
-    # 'none' launches the reduce kernel too: it folds the target flags and writes total_weight.
-    assert kernel_launches.launch_count(REDUCE) == 1
+    # 'none' launches the reduce kernel too: it folds the target flags and writes total_weight,
+    # unless the forward is one program ((6, 11); (3, 7, 5) with weights per class), which
+    # does it itself.
+    multi = not _single_program(kernel_launches)
+    assert kernel_launches.launch_count(REDUCE) == multi
     # 'mean'/'sum': the forward wrote the gradient (index targets after the prepass).
     one_pass = reduction != "none"
-    assert kernel_launches.launch_count(PREPASS) == (one_pass and target_kind == "index")
+    assert kernel_launches.launch_count(PREPASS) == (one_pass and target_kind == "index" and multi)
     assert kernel_launches.launch_count(SCALE if one_pass else BACKWARD) == 1
+
+
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+@pytest.mark.parametrize(
+    ("shape", "programs"),
+    [
+        ((300, 300), 2),  # (512, 8) tiles: 38 row blocks in 2 programs of 19 blocks (152 rows)
+        ((5, 6, 7, 3), 1),  # rows contiguous, (8, 32) tiles: 5 blocks, one of each n, in one program
+        ((3, 5000), 1),  # one tile of 8192 padded classes a row (32 warps on a GPU)
+    ],
+    ids=str,
+)
+def test_cross_entropy_weights_per_class_group_rows_in_a_program(shape, programs, target_kind, kernel_launches):
+    # Class weights with smoothing (or probability targets) in the one-pass forward: each
+    # program loads the weights once and walks 128 rows or more (or all of them), block
+    # after block, across the outer dim of spatial logits too, the last program with fewer.
+    x = torch.randn(shape, dtype=torch.float32) * 2
+    weight = torch.rand(shape[1]) + 0.5
+    target = _index_target(x, ignore_every=3) if target_kind == "index" else _prob_target(x)
+    for reduction in ("mean", "sum"):
+        _check_against_torch(x, target, weight, reduction=reduction, label_smoothing=0.2, reduction_size=x.numel())
+    grids = [launch.grid[0] for launch in kernel_launches.launches if launch.kernel == FORWARD]
+    assert grids == [programs, programs]
 
 
 @pytest.mark.parametrize("ignore_index", [0, 3, -1])
@@ -456,6 +490,20 @@ def test_cross_entropy_one_pass_and_inplace_grad_match_torch(case, kernel_launch
     assert_close(logits.detach(), grad_ref, reduction_size=x.numel()), "the gradient is in the logits' memory"
 
 
+def test_cross_entropy_inplace_grad_over_spatial_dims_that_cannot_merge(kernel_launches):
+    # The gradient is written over logits whose spatial dims have no single stride (a
+    # sliced view): the forward copies it in, and a scaled backward scales the logits
+    # themselves (in eager ops), not a merged copy of them.
+    leaf = torch.randn(2, 5, 4, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 5, (2, 2, 6))
+    logits = (leaf * 1)[:, :, ::2]
+    fused_ops.cross_entropy(logits, target, inplace_grad=True).backward(torch.tensor(0.5, dtype=torch.float64))
+    reference = leaf.detach().clone().requires_grad_()
+    F.cross_entropy(reference[:, :, ::2], target).backward(torch.tensor(0.5, dtype=torch.float64))
+    assert_close(leaf.grad, reference.grad, reduction_size=logits.numel())
+    assert kernel_launches.launch_count(FORWARD) == 1 and kernel_launches.launch_count(SCALE) == 0
+
+
 def test_cross_entropy_inplace_grad_limits():
     h = torch.randn(3, 4, requires_grad=True)
     target = torch.tensor([0, 1, 2])
@@ -596,13 +644,21 @@ def test_cross_entropy_out_of_bounds_check_uses_no_host_sync_when_targets_are_va
         fused_ops.cross_entropy(x, torch.tensor([0, 1, 2, 4]), reduction=reduction)
     with pytest.raises(IndexError, match=r"Target 5 is out of bounds\."):
         fused_ops.cross_entropy(x, torch.tensor([0, 1, 2, 5]), reduction=reduction)
-    # inplace_grad: the prepass checks the targets before the forward overwrites anything.
+    # inplace_grad: the targets are checked before the forward overwrites anything (by the
+    # prepass, or here, one program, by the forward itself, which then writes no gradient).
     logits = torch.randn(4, 5, requires_grad=True) * 1
     before = logits.detach().clone()
     with pytest.raises(IndexError, match=r"Target -3 is out of bounds\."):
         fused_ops.cross_entropy(logits, torch.tensor([0, -3, 2, 5]), reduction=reduction, inplace_grad=True)
     assert torch.equal(logits, before), "the logits are untouched on error"
-    assert kernel_launches.launch_count(FORWARD) == 2 + (reduction == "none")
+    assert kernel_launches.launch_count(FORWARD) == 3
+    # Many programs: the prepass raises before the forward runs.
+    logits = torch.randn(4, 9000, requires_grad=True) * 1
+    before = logits.detach().clone()
+    with pytest.raises(IndexError, match=r"Target -3 is out of bounds\."):
+        fused_ops.cross_entropy(logits, torch.tensor([0, -3, 2, 5]), reduction=reduction, inplace_grad=True)
+    assert torch.equal(logits, before), "the logits are untouched on error"
+    assert kernel_launches.launch_count(FORWARD) == 3 + (reduction == "none")
 
 
 @pytest.mark.parametrize("tile", ["one_program", "many_programs"])
@@ -627,14 +683,21 @@ class TestLaunches:
         """Overrides conftest's NaN fill of torch.empty: its fill kernels would count as launches here."""
 
     @pytest.mark.parametrize("reduction", REDUCTIONS)
-    def test_class_index_forward_is_two_kernels_and_one_assert(self, reduction):
-        # The targets are validated inside the forward kernel as it loads them and the
-        # reduce kernel folds its per-program flags into one: the only eager op left is
-        # the torch._assert_async on that flag (eager torch runs 2 kernels; the 1 x 4096
-        # case of docs/traffic.md, where launches dominate).
+    def test_class_index_forward_of_one_program_is_one_kernel_and_one_assert(self, reduction):
+        # The targets are validated inside the forward kernel as it loads them, and a
+        # forward of one program reduces the loss itself: the only eager op left is the
+        # torch._assert_async on its flag (eager torch runs 2 kernels; the 1 x 4096 case of
+        # docs/traffic.md, where launches dominate). Two rows of 4096 take two programs and
+        # the reduce kernel, which folds their flags.
         x = torch.randn(1, 4096)
         with KernelTrace() as triton_trace, TorchTrace() as eager_trace:
             fused_ops.cross_entropy(x, torch.tensor([7]), reduction=reduction)
+        assert [launch.kernel for launch in triton_trace.launches] == [FORWARD]
+        assert [op.name for op in eager_trace.ops] == ["aten._assert_async.msg"]
+        assert eager_trace.kernel_count() == 1
+        x = torch.randn(2, 4096)
+        with KernelTrace() as triton_trace, TorchTrace() as eager_trace:
+            fused_ops.cross_entropy(x, torch.tensor([7, 0]), reduction=reduction)
         assert [launch.kernel for launch in triton_trace.launches] == [FORWARD, REDUCE]
         assert [op.name for op in eager_trace.ops] == ["aten._assert_async.msg"]
         assert eager_trace.kernel_count() == 1
@@ -743,12 +806,13 @@ def test_cross_entropy_traffic_is_within_5_percent_of_the_minimum():
     assert forward < 1.01 * minimum_forward + 64 * n, "per row: a handful of scalars besides the logits"
 
 
-# Options of the counted traffic cases. Class weights with smoothing or probability targets
-# are read per class for every row (4 B per logit more, cached in L2 on a GPU).
+# Options of the counted traffic cases, with the bytes per logit they may move above the
+# bound. Class weights with smoothing or probability targets are needed class by class
+# for every row: the one-pass forward loads them once per program of 128 rows, so none.
 TRAFFIC_OPTIONS = {
     "weight_ignore_index": ({"weight": True}, 0),
     "smoothing_ignore_index": ({"label_smoothing": 0.1}, 0),
-    "weight_smoothing_ignore_index": ({"weight": True, "label_smoothing": 0.1}, 4),
+    "weight_smoothing_ignore_index": ({"weight": True, "label_smoothing": 0.1}, 0),
 }
 
 
@@ -759,16 +823,22 @@ def test_cross_entropy_one_pass_traffic_is_8_bytes_per_fp32_logit(reduction, opt
     # Forward and backward together: each logit read once and its gradient written once,
     # 8.05 B per logit at most, with ignored targets and class weights or smoothing.
     # loss.backward() (grad_output 1) then reads grad_output alone, one scalar per program.
-    n, c = 8, 4096
-    x = torch.randn(n, c)
+    # Where the weights are needed class by class (with smoothing, or probability targets),
+    # 128 rows (one program of the forward), so that the minimum itself is under the bound:
+    # the weights read once (4 * c B) are 0.031 B per logit, the int64 targets 0.002 B.
+    # 8 rows otherwise, for the interpreter's time.
     kwargs, weight_bytes = TRAFFIC_OPTIONS[options]
-    kwargs = dict(kwargs, reduction=reduction, weight=torch.rand(c) if kwargs.get("weight") else None)
+    c = 4096
+    weighted = bool(kwargs.get("weight"))
+    kwargs = dict(kwargs, reduction=reduction, weight=torch.rand(c) if weighted else None)
+    x = torch.randn(128 if weighted and "label_smoothing" in kwargs else 8, c)
     forward, backward = _traffic(fused_ops.cross_entropy, x, _index_target(x, ignore_every=3), **kwargs)
-    assert forward + backward <= (8.05 + weight_bytes) * n * c
-    assert backward <= 4 * n, "grad_output == 1: one scalar read per program, nothing written"
-    # Probability targets: a logits-sized input, read once more (and any weight per class).
+    assert forward + backward <= (8.05 + weight_bytes) * x.numel()
+    assert backward <= 4 * x.shape[0], "grad_output == 1: one scalar read per program, nothing written"
+    # Probability targets: a logits-sized input, read once more (the weights once a program).
+    x = torch.randn(128 if weighted else 8, c)
     forward, backward = _traffic(fused_ops.cross_entropy, x, _prob_target(x), **kwargs)
-    assert forward + backward <= (12.05 + 4 * (kwargs["weight"] is not None)) * n * c
+    assert forward + backward <= (12.05 + weight_bytes) * x.numel()
     # Rows longer than one 8192-class tile read the logits twice (12 B per logit).
     long_rows = torch.randn(2, 9000)
     forward, backward = _traffic(fused_ops.cross_entropy, long_rows, torch.tensor([0, 8999]))
@@ -853,9 +923,13 @@ def aot_workload():
                 if not inplace_grad:
                     loss.backward(torch.ones_like(loss))
             fused_ops.cross_entropy(x, target, **kwargs)
-        # One tile of 8192 padded classes over 16 warps (one-pass forward).
+        # One tile of 8192 padded classes over 16 warps (one-pass forward); with class
+        # weights, rows grouped in a program over 32 warps (fp64: tiles of 4096, read twice).
         x = torch.randn(2, 5000, dtype=dtype, requires_grad=True)
         fused_ops.cross_entropy(x, torch.tensor([0, 4999]), label_smoothing=0.1).backward()
+        weight = torch.rand(5000, dtype=dtype)
+        fused_ops.cross_entropy(x, torch.tensor([0, 4999]), weight, label_smoothing=0.1).backward()
+        fused_ops.cross_entropy(x, _prob_target(x.detach()), weight).backward()
     x = torch.randn(4, 7, requires_grad=True)
     fused_ops.cross_entropy(x, torch.randint(0, 7, (4,), dtype=torch.uint8)).backward()
 
@@ -875,7 +949,9 @@ def test_eager_calls_launch_without_torch_library_ops(reduction, kernel_launches
             fused_ops.cross_entropy(logits, target, reduction=reduction)
     ops = {event.name for event in profile.events()}
     assert not any(op.startswith("fused_ops::") for op in ops), ops
-    assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 2
     one_pass = reduction != "none"
+    # The one-pass forward keeps no per-row statistics: the differentiable backward
+    # recomputes them with a forward launch.
+    assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 2 + one_pass
     assert kernel_launches.launch_count("cross_entropy_scale_grad_kernel") == one_pass
     assert kernel_launches.launch_count("cross_entropy_backward_kernel") == 1 + (not one_pass)
