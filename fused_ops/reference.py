@@ -578,8 +578,14 @@ def quantize_blockwise_ref(values: torch.Tensor, signed: bool, block: int = 256)
     code_map = dynamic_code_map(signed).to(flat.device)
     padded = torch.nn.functional.pad(flat, (0, (-flat.numel()) % block)).view(-1, block)
     scales = padded.abs().amax(dim=1)
-    normal = torch.where(scales[:, None] > 0, padded / torch.where(scales > 0, scales, 1.0)[:, None], 0.0)
-    codes = (normal.reshape(-1, 1) - code_map).abs().argmin(dim=1).to(torch.uint8)
+    normal = torch.where(scales[:, None] > 0, padded / torch.where(scales > 0, scales, 1.0)[:, None], 0.0).view(-1)
+    # The map increases strictly, so the nearest value is one of the two around x: the
+    # same choice (and the same fp32 distances, ties to the lower code) as an argmin
+    # over all 256, without a [numel, 256] temporary.
+    above = torch.searchsorted(code_map, normal).clamp(1, 255)
+    below = above - 1
+    lower = (normal - code_map[below]).abs() <= (code_map[above] - normal).abs()
+    codes = torch.where(lower, below, above).to(torch.uint8)
     return codes[: flat.numel()], scales
 
 
