@@ -294,29 +294,70 @@ def tables(results: dict) -> list[str]:
     return lines
 
 
+def _smooth(curves: torch.Tensor, window: int) -> torch.Tensor:
+    """Trailing moving average along the steps (the first steps average what there is)."""
+    padded = torch.nn.functional.pad(curves, (window - 1, 0), value=float("nan"))
+    return padded.unfold(-1, window, 1).nanmean(-1)
+
+
 def plot(results: dict, png: Path) -> None:
+    """Top: training loss (mean over seeds). Bottom: each variant's loss over fp32 AdamW's
+    with the same seed, minus 1 (mean and min-max over seeds), against the noise floor:
+    each fp32 seed's loss over the fp32 mean across seeds. The LM's curves are smoothed
+    over WINDOW steps (its batches are noisy), the digits' are not (full batch)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = results["runs"]
-    figure, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)
-    for axis, (task, by_variant) in zip(axes[0], runs.items(), strict=True):
-        for name, by_seed in by_variant.items():
-            curves = torch.tensor([by_seed[s]["losses"] for s in sorted(by_seed, key=int)])
-            steps = range(1, curves.shape[1] + 1)
-            (line,) = axis.plot(steps, curves.mean(0), label=f"{name} ({len(by_seed)} seeds)", linewidth=1)
-            if len(by_seed) > 1:
-                axis.fill_between(steps, curves.min(0).values, curves.max(0).values, color=line.get_color(), alpha=0.2)
-        axis.set_title(f"{task}: training loss (mean, min-max over seeds)", fontsize=9)
-        axis.set_xlabel("step")
-        axis.set_ylabel("loss")
-        axis.set_yscale("log")
-        axis.legend()
+    figure, axes = plt.subplots(2, len(runs), figsize=(6.5 * len(runs), 7.5), squeeze=False)
+    for column, (task, by_variant) in enumerate(runs.items()):
+        window = 1 if task == DIGITS else WINDOW
+        curves = {
+            name: _smooth(torch.tensor([by_seed[s]["losses"] for s in sorted(by_seed, key=int)]), window)
+            for name, by_seed in by_variant.items()
+        }
+        top, bottom = axes[0][column], axes[1][column]
+        for name, curve in curves.items():
+            steps = range(1, curve.shape[1] + 1)
+            top.plot(steps, curve.mean(0), label=f"{name} ({curve.shape[0]} seeds)", linewidth=1)
+        smoothing = "" if window == 1 else f", {window}-step moving average"
+        top.set_title(f"{task}: training loss (mean over seeds{smoothing})", fontsize=9)
+        top.set_yscale("log")
+        top.set_ylabel("loss")
+        top.legend(fontsize=8)
+        base = curves.get(FP32)
+        if base is None:
+            continue
+        noise = base / base.mean(0, keepdim=True) - 1
+        steps = range(1, base.shape[1] + 1)
+        bottom.fill_between(
+            steps,
+            100 * noise.min(0).values,
+            100 * noise.max(0).values,
+            color="grey",
+            alpha=0.25,
+            label="fp32 AdamW seeds around their mean (noise)",
+        )
+        for (name, curve), color in zip(
+            curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False
+        ):
+            if name == FP32 or curve.shape != base.shape:
+                continue
+            ratio = 100 * (curve / base - 1)
+            bottom.plot(steps, ratio.mean(0), color=color, linewidth=1, label=f"{name} / fp32 AdamW, same seed")
+            bottom.fill_between(steps, ratio.min(0).values, ratio.max(0).values, color=color, alpha=0.15)
+        for level in (-2, 2):
+            bottom.axhline(level, color="black", linewidth=0.5, linestyle="--")
+        bottom.set_ylim(-15, 15)
+        bottom.set_title(f"{task}: loss vs fp32 AdamW, same seed (%; mean, min-max)", fontsize=9)
+        bottom.set_xlabel("step")
+        bottom.set_ylabel("% difference")
+        bottom.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=120)
+    figure.savefig(png, dpi=110)
 
 
 def merge(paths: list[Path]) -> dict:
