@@ -42,8 +42,11 @@ divides exp_avg by sqrt((1 - beta2) g^2) or, for g = 0, by eps alone. Measured o
 digits MLP (benchmarks/lowmem_accuracy.py; docs/lowmem.md): ~900 such elements per step,
 updates up to 281 lr where fp32 AdamW's stay under 1.6 lr, a held-out loss 25% above
 fp32 AdamW's; with the floor, within seed noise. A floored exp_avg_sq is too large, so
-the update errs small, the safe side. (bitsandbytes keeps exp_avg's sign in the same
-way: a negative exp_avg never stores as 0.)
+the update errs small, the safe side. This is the "zero-point problem" of Li et al.,
+"Memory Efficient Optimizers with 4-bit States" (arXiv 2309.01507), whose answer is a
+second-moment map without 0; torchao's 4-bit AdamW follows it (subclass_4bit.py,
+``get_qmap_unsigned``: "no zero"), its 8-bit one does not. (bitsandbytes keeps exp_avg's
+sign in a similar way: a negative exp_avg never stores as 0.)
 
 Traffic per fp32 parameter: p read and written (8), g read (4), two codes read and
 written (4), two scales per 256 elements read and written (0.0625): 16.06 B; with bf16
