@@ -32,17 +32,21 @@ Unsigned map (exp_avg_sq): 0 (code 0), 254 positive values, 1.0 (code 255). Valu
 number ``p`` (0..253, code 1 + p) lies in group ``i = floor(log2(p + 2)) - 1``, fraction
 ``k = p + 2 - 2**(i + 1)``: ``10**(i - 6) * (0.1 + (k + 0.5) * 0.9 / 2**(i + 1))``.
 
-Known limit, as in bitsandbytes and torchao, which round the same way: exp_avg_sq of an
-element whose gradient is under ~4e-4 of its block's largest rounds to 0 (the unsigned
-map's smallest value is 3.25e-7 of the block's absmax), while its exp_avg (0 only under
-2.75e-7 of its scale) does not, and the next update divides exp_avg by
-sqrt((1 - beta2) g^2), or by eps alone when g = 0: updates of up to ~300 lr measured on
-the digits MLP, where fp32 AdamW's stay under 2 lr (the "zero-point problem" of Li et al.,
-"Memory Efficient Optimizers with 4-bit States", arXiv 2309.01507). Never storing a
-positive exp_avg_sq as 0, or zeroing exp_avg with it, removes those updates but slowed a
-1000-step language-model run by 8-17% on one seed in three; docs/lowmem.md has the
-figures. Until a remedy is measured to help without that cost, the rounding stays the
-peers'.
+exp_avg_sq is never rounded to 0: a positive value below half the unsigned map's
+smallest value (3.25e-7 of its block's absmax) stores as that smallest value, not as 0.
+This departs from bitsandbytes and torchao, which round to the nearest code, 0 included,
+and so blow the update up: an element whose gradient is under ~4e-4 of its block's
+largest has a squared gradient under 1.6e-7 of the block's absmax, exp_avg_sq stores as
+0 while exp_avg (0 only under 2.75e-7 of its scale) does not, and the next update
+divides exp_avg by sqrt((1 - beta2) g^2) or, for g = 0, by eps alone. Measured on the
+digits MLP (benchmarks/lowmem_accuracy.py; docs/lowmem.md): ~900 such elements per step,
+updates up to 281 lr where fp32 AdamW's stay under 1.6 lr, a held-out loss 25% above
+fp32 AdamW's; with the floor, within seed noise. A floored exp_avg_sq is too large, so
+the update errs small, the safe side. This is the "zero-point problem" of Li et al.,
+"Memory Efficient Optimizers with 4-bit States" (arXiv 2309.01507), whose answer is a
+second-moment map without 0; torchao's 4-bit AdamW follows it (subclass_4bit.py,
+``get_qmap_unsigned``: "no zero"), its 8-bit one does not. (bitsandbytes keeps exp_avg's
+sign in a similar way: a negative exp_avg never stores as 0.)
 
 Traffic per fp32 parameter: p read and written (8), g read (4), two codes read and
 written (4), two scales per 256 elements read and written (0.0625): 16.06 B; with bf16
@@ -183,6 +187,10 @@ def _encode(x, SIGNED: tl.constexpr):
     above = tl.minimum(code + 1, 255)
     above_error = tl.abs(_decode(above, SIGNED) - x)
     best = tl.where(above_error < best_error, above, best)
+    if not SIGNED:
+        # A positive exp_avg_sq never stores as 0 (the map's smallest value instead): see
+        # the module docstring, "exp_avg_sq is never rounded to 0".
+        best = tl.where(x > 0, tl.maximum(best, 1), best)
     return best
 
 
