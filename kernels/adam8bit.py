@@ -41,7 +41,9 @@ largest has a squared gradient under 1.6e-7 of the block's absmax, exp_avg_sq st
 divides exp_avg by sqrt((1 - beta2) g^2) or, for g = 0, by eps alone. Measured on the
 digits MLP (benchmarks/lowmem_accuracy.py; docs/lowmem.md): ~900 such elements per step,
 updates up to 281 lr where fp32 AdamW's stay under 1.6 lr, a held-out loss 25% above
-fp32 AdamW's; with the floor, within seed noise. A floored exp_avg_sq is too large, so
+fp32 AdamW's; with the floor, within seed noise. (Open: in 1000-step language-model runs
+one floored seed in four lagged fp32 AdamW by 17%, within the scatter fp32's own seeds
+show at that length; docs/lowmem.md.) A floored exp_avg_sq is too large, so
 the update errs small, the safe side. This is the "zero-point problem" of Li et al.,
 "Memory Efficient Optimizers with 4-bit States" (arXiv 2309.01507), whose answer is a
 second-moment map without 0; torchao's 4-bit AdamW follows it (subclass_4bit.py,
