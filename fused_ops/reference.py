@@ -572,14 +572,24 @@ def dynamic_code_map(signed: bool) -> torch.Tensor:
 
 def quantize_blockwise_ref(values: torch.Tensor, signed: bool, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 codes, fp32 scales): each block of ``block`` flat elements scaled by its absmax, then
-    each value's nearest code of :func:`dynamic_code_map` (the lowest code on ties)."""
+    each value's nearest code of :func:`dynamic_code_map` (the lowest code on ties), except that
+    a positive value never takes the unsigned map's code of 0 (the smallest nonzero code instead)."""
     flat = values.reshape(-1).float()
     code_map = dynamic_code_map(signed).to(flat.device)
     padded = torch.nn.functional.pad(flat, (0, (-flat.numel()) % block)).view(-1, block)
     scales = padded.abs().amax(dim=1)
-    normal = torch.where(scales[:, None] > 0, padded / torch.where(scales > 0, scales, 1.0)[:, None], 0.0)
-    codes = (normal.reshape(-1, 1) - code_map).abs().argmin(dim=1).to(torch.uint8)
-    return codes[: flat.numel()], scales
+    normal = torch.where(scales[:, None] > 0, padded / torch.where(scales > 0, scales, 1.0)[:, None], 0.0).view(-1)
+    # The map increases strictly, so the nearest value is one of the two around x: the
+    # same choice (and the same fp32 distances, ties to the lower code) as an argmin
+    # over all 256, without a [numel, 256] temporary.
+    above = torch.searchsorted(code_map, normal).clamp(1, 255)
+    below = above - 1
+    lower = (normal - code_map[below]).abs() <= (code_map[above] - normal).abs()
+    codes = torch.where(lower, below, above)
+    if not signed:
+        # A positive value never stores as 0 (kernels/adam8bit.py: "exp_avg_sq is never rounded to 0").
+        codes = torch.where(normal > 0, codes.clamp(min=1), codes)
+    return codes[: flat.numel()].to(torch.uint8), scales
 
 
 def dequantize_blockwise_ref(codes: torch.Tensor, scales: torch.Tensor, signed: bool, block: int = 256) -> torch.Tensor:

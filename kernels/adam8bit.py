@@ -32,6 +32,24 @@ Unsigned map (exp_avg_sq): 0 (code 0), 254 positive values, 1.0 (code 255). Valu
 number ``p`` (0..253, code 1 + p) lies in group ``i = floor(log2(p + 2)) - 1``, fraction
 ``k = p + 2 - 2**(i + 1)``: ``10**(i - 6) * (0.1 + (k + 0.5) * 0.9 / 2**(i + 1))``.
 
+exp_avg_sq is never rounded to 0: a positive value below half the unsigned map's
+smallest value (3.25e-7 of its block's absmax) stores as that smallest value, not as 0.
+This departs from bitsandbytes and torchao, which round to the nearest code, 0 included,
+and so blow the update up: an element whose gradient is under ~4e-4 of its block's
+largest has a squared gradient under 1.6e-7 of the block's absmax, exp_avg_sq stores as
+0 while exp_avg (0 only under 2.75e-7 of its scale) does not, and the next update
+divides exp_avg by sqrt((1 - beta2) g^2) or, for g = 0, by eps alone. Measured on the
+digits MLP (benchmarks/lowmem_accuracy.py; docs/lowmem.md): ~900 such elements per step,
+updates up to 281 lr where fp32 AdamW's stay under 1.6 lr, a held-out loss 25% above
+fp32 AdamW's; with the floor, within seed noise. (Open: in 1000-step language-model runs
+one floored seed in four lagged fp32 AdamW by 17%, within the scatter fp32's own seeds
+show at that length; docs/lowmem.md.) A floored exp_avg_sq is too large, so
+the update errs small, the safe side. This is the "zero-point problem" of Li et al.,
+"Memory Efficient Optimizers with 4-bit States" (arXiv 2309.01507), whose answer is a
+second-moment map without 0; torchao's 4-bit AdamW follows it (subclass_4bit.py,
+``get_qmap_unsigned``: "no zero"), its 8-bit one does not. (bitsandbytes keeps exp_avg's
+sign in a similar way: a negative exp_avg never stores as 0.)
+
 Traffic per fp32 parameter: p read and written (8), g read (4), two codes read and
 written (4), two scales per 256 elements read and written (0.0625): 16.06 B; with bf16
 parameters and gradients 10.06 B.
@@ -41,7 +59,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import ADAM_NUM_WARPS
 from ._launch import BoundKernel
 from .adam import (
     _BETA2,
@@ -63,9 +80,11 @@ from .adam import (
 # Columns of the tensor table.
 PARAM, EXP_AVG, EXP_AVG_SQ, EXP_AVG_SCALES, EXP_AVG_SQ_SCALES, STEP, NUMEL, FIRST_PROGRAM, GROUP, QUANTIZED = range(10)
 TABLE_COLUMNS = 10
-# Elements per scale, and per program (16 quantization blocks).
+# Elements per scale, and per program (16 quantization blocks, one [16, 256] tile).
 QUANT_BLOCK = 256
 CHUNK_SIZE = 16 * QUANT_BLOCK
+# 4,096 elements over 8 warps: 16 per thread (kernels/_config.py's cross-entropy tile).
+ADAM8BIT_NUM_WARPS = 8
 # Tensors with fewer elements keep fp32 moments (bitsandbytes' and torchao's threshold).
 MIN_8BIT_NUMEL = 4096
 # The codes of 0 in the signed and unsigned maps (what a new state holds).
@@ -170,6 +189,10 @@ def _encode(x, SIGNED: tl.constexpr):
     above = tl.minimum(code + 1, 255)
     above_error = tl.abs(_decode(above, SIGNED) - x)
     best = tl.where(above_error < best_error, above, best)
+    if not SIGNED:
+        # A positive exp_avg_sq never stores as 0 (the map's smallest value instead): see
+        # the module docstring, "exp_avg_sq is never rounded to 0".
+        best = tl.where(x > 0, tl.maximum(best, 1), best)
     return best
 
 
@@ -299,88 +322,86 @@ def adam8bit_kernel(
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
     out_type: tl.constexpr = element_type_ptr.dtype.element_ty
     quantized = tl.load(row + _QUANTIZED) != 0
-    n_blocks = tl.where(proceed, (chunk_end - chunk_start + _QUANT_BLOCK - 1) // _QUANT_BLOCK, 0)
+    # The whole chunk as one [BLOCKS, 256] tile, a row per quantization block: each row's
+    # absmax is one reduction along axis 1, and no loop over blocks (16 values per thread
+    # over 8 warps, kernels/_config.py's cross-entropy tile; the interpreter runs 16x
+    # fewer operations than with a loop over 256-element blocks).
+    BLOCKS: tl.constexpr = CHUNK // _QUANT_BLOCK
+    block_ids = tl.arange(0, BLOCKS)
+    block_starts = chunk_start + block_ids * _QUANT_BLOCK
+    if HAS_FOUND_INF:
+        # A skipped step reads and writes nothing: an empty chunk.
+        chunk_end = tl.where(proceed, chunk_end, chunk_start)
+    offsets = block_starts[:, None] + tl.arange(0, _QUANT_BLOCK)[None, :]
+    mask = offsets < chunk_end
+    block_mask = block_starts < chunk_end
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    # The moments' addresses, cast to pointers in each branch (codes and scales, or fp32):
+    # names bound inside a runtime `if` do not reach the next one in compiled Triton.
+    m_address = tl.load(row + _EXP_AVG)
+    v_address = tl.load(row + _EXP_AVG_SQ)
+    m_scales_address = tl.load(row + _EXP_AVG_SCALES)
+    v_scales_address = tl.load(row + _EXP_AVG_SQ_SCALES)
+    scale_index = block_starts // _QUANT_BLOCK
     if quantized:
-        m_codes = tl.load(row + _EXP_AVG).to(codes_type_ptr.dtype, bitcast=True)
-        v_codes = tl.load(row + _EXP_AVG_SQ).to(codes_type_ptr.dtype, bitcast=True)
-        m_scales = tl.load(row + _EXP_AVG_SCALES).to(tl.pointer_type(tl.float32), bitcast=True)
-        v_scales = tl.load(row + _EXP_AVG_SQ_SCALES).to(tl.pointer_type(tl.float32), bitcast=True)
-        for block in range(0, n_blocks):
-            start = chunk_start + block * _QUANT_BLOCK
-            offsets = start + tl.arange(0, _QUANT_BLOCK)
-            mask = offsets < chunk_end
-            scale_index = start // _QUANT_BLOCK
-            param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-            grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
-            exp_avg = _decode(tl.load(m_codes + offsets, mask=mask).to(tl.int32), True) * tl.load(
-                m_scales + scale_index
-            )
-            exp_avg_sq = _decode(tl.load(v_codes + offsets, mask=mask).to(tl.int32), False) * tl.load(
-                v_scales + scale_index
-            )
-            param, exp_avg, exp_avg_sq = _adam_math(
-                param,
-                grad,
-                exp_avg,
-                exp_avg_sq,
-                grad_scale,
-                clip_coef,
-                maximize,
-                decoupled,
-                weight_decay_c,
-                decay,
-                one_minus_beta1_c,
-                beta2_c,
-                one_minus_beta2_c,
-                bias_correction2_sqrt,
-                eps_c,
-                step_size,
-                HAS_GRAD_SCALE,
-                HAS_CLIP,
-            )
-            tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
-            # The block's new scales: its absolute maxima (masked lanes count as 0).
-            m_absmax = tl.max(tl.where(mask, tl.abs(exp_avg), 0.0), axis=0)
-            v_absmax = tl.max(tl.where(mask, exp_avg_sq, 0.0), axis=0)
-            m_normal = tl.where(m_absmax > 0, exp_avg / tl.where(m_absmax > 0, m_absmax, 1.0), 0.0)
-            v_normal = tl.where(v_absmax > 0, exp_avg_sq / tl.where(v_absmax > 0, v_absmax, 1.0), 0.0)
-            tl.store(m_codes + offsets, _encode(m_normal, True).to(tl.uint8), mask=mask)
-            tl.store(v_codes + offsets, _encode(v_normal, False).to(tl.uint8), mask=mask)
-            tl.store(m_scales + scale_index, m_absmax)
-            tl.store(v_scales + scale_index, v_absmax)
+        m_codes = m_address.to(codes_type_ptr.dtype, bitcast=True)
+        v_codes = v_address.to(codes_type_ptr.dtype, bitcast=True)
+        m_scales = m_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
+        v_scales = v_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
+        m_scale = tl.load(m_scales + scale_index, mask=block_mask)
+        v_scale = tl.load(v_scales + scale_index, mask=block_mask)
+        exp_avg = _decode(tl.load(m_codes + offsets, mask=mask).to(tl.int32), True) * m_scale[:, None]
+        exp_avg_sq = _decode(tl.load(v_codes + offsets, mask=mask).to(tl.int32), False) * v_scale[:, None]
     else:
-        m_ptr = tl.load(row + _EXP_AVG).to(tl.pointer_type(tl.float32), bitcast=True)
-        v_ptr = tl.load(row + _EXP_AVG_SQ).to(tl.pointer_type(tl.float32), bitcast=True)
-        for block in range(0, n_blocks):
-            offsets = chunk_start + block * _QUANT_BLOCK + tl.arange(0, _QUANT_BLOCK)
-            mask = offsets < chunk_end
-            param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-            grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
-            exp_avg = tl.load(m_ptr + offsets, mask=mask)
-            exp_avg_sq = tl.load(v_ptr + offsets, mask=mask)
-            param, exp_avg, exp_avg_sq = _adam_math(
-                param,
-                grad,
-                exp_avg,
-                exp_avg_sq,
-                grad_scale,
-                clip_coef,
-                maximize,
-                decoupled,
-                weight_decay_c,
-                decay,
-                one_minus_beta1_c,
-                beta2_c,
-                one_minus_beta2_c,
-                bias_correction2_sqrt,
-                eps_c,
-                step_size,
-                HAS_GRAD_SCALE,
-                HAS_CLIP,
-            )
-            tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
-            tl.store(m_ptr + offsets, exp_avg, mask=mask)
-            tl.store(v_ptr + offsets, exp_avg_sq, mask=mask)
+        m_ptr = m_address.to(tl.pointer_type(tl.float32), bitcast=True)
+        v_ptr = v_address.to(tl.pointer_type(tl.float32), bitcast=True)
+        exp_avg = tl.load(m_ptr + offsets, mask=mask)
+        exp_avg_sq = tl.load(v_ptr + offsets, mask=mask)
+    # The update uses the fresh fp32 moments; only what is stored is quantized
+    # (bitsandbytes' kOptimizerStatic8bit2StateBlockwise and torchao's AdamW8bit do the same).
+    param, exp_avg, exp_avg_sq = _adam_math(
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        grad_scale,
+        clip_coef,
+        maximize,
+        decoupled,
+        weight_decay_c,
+        decay,
+        one_minus_beta1_c,
+        beta2_c,
+        one_minus_beta2_c,
+        bias_correction2_sqrt,
+        eps_c,
+        step_size,
+        HAS_GRAD_SCALE,
+        HAS_CLIP,
+    )
+    tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
+    if quantized:
+        m_codes = m_address.to(codes_type_ptr.dtype, bitcast=True)
+        v_codes = v_address.to(codes_type_ptr.dtype, bitcast=True)
+        m_scales = m_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
+        v_scales = v_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
+        # Each block's new scales: its absolute maxima (masked lanes count as 0).
+        m_absmax = tl.max(tl.where(mask, tl.abs(exp_avg), 0.0), axis=1)
+        v_absmax = tl.max(tl.where(mask, exp_avg_sq, 0.0), axis=1)
+        m_divisor = tl.where(m_absmax > 0, m_absmax, 1.0)[:, None]
+        v_divisor = tl.where(v_absmax > 0, v_absmax, 1.0)[:, None]
+        m_normal = tl.where(m_absmax[:, None] > 0, exp_avg / m_divisor, 0.0)
+        v_normal = tl.where(v_absmax[:, None] > 0, exp_avg_sq / v_divisor, 0.0)
+        tl.store(m_codes + offsets, _encode(m_normal, True).to(tl.uint8), mask=mask)
+        tl.store(v_codes + offsets, _encode(v_normal, False).to(tl.uint8), mask=mask)
+        tl.store(m_scales + scale_index, m_absmax, mask=block_mask)
+        tl.store(v_scales + scale_index, v_absmax, mask=block_mask)
+    else:
+        m_ptr = m_address.to(tl.pointer_type(tl.float32), bitcast=True)
+        v_ptr = v_address.to(tl.pointer_type(tl.float32), bitcast=True)
+        tl.store(m_ptr + offsets, exp_avg, mask=mask)
+        tl.store(v_ptr + offsets, exp_avg_sq, mask=mask)
 
     # The step counter: as in kernels/adam.py, the last program of the parameter writes it.
     arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=(n_chunks > 1) & proceed, sem="acq_rel")
@@ -463,7 +484,7 @@ def adam8bit_step(
         WRITE_SKIPPED=skipped is not None,
         HAS_CLIP=clip_coef is not None,
         CHUNK=CHUNK_SIZE,
-        num_warps=ADAM_NUM_WARPS,
+        num_warps=ADAM8BIT_NUM_WARPS,
     )
 
 

@@ -44,6 +44,65 @@ def test_code_map_is_bitsandbytes_dynamic_map(signed):
     torch.testing.assert_close(ours.double(), _bnb_dynamic_map(signed), rtol=2e-7, atol=0)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_reference_rounds_to_the_nearest_code(signed):
+    """Each value to its nearest code value, the lower code on a tie (not truncation), but
+    never a positive exp_avg_sq to 0: the map's values, their midpoints, and values spread
+    over the map's 7 decades, in one block whose absmax is 1 (so they are quantized as
+    they are), against an argmin."""
+    code_map = reference.dynamic_code_map(signed)
+    spread = torch.rand(3000) ** 12
+    if signed:
+        spread = spread * torch.randn(3000).sign()
+    values = torch.cat([code_map, (code_map[1:] + code_map[:-1]) / 2, spread])
+    codes, scales = reference.quantize_blockwise_ref(values, signed, block=values.numel())
+    assert scales.tolist() == [1.0]
+    expected = (values[:, None] - code_map).abs().argmin(dim=1)  # the first (lowest) code on ties
+    if not signed:
+        expected = torch.where(values > 0, expected.clamp(min=1), expected)
+    assert torch.equal(codes.long(), expected)
+    assert torch.equal(codes[:256].long(), torch.arange(256))
+
+
+def test_first_step_updates_with_the_fresh_fp32_moments(kernel_launches):
+    """The first step from zero moments equals fp32 AdamW's: the update reads the moments
+    just computed in fp32, and only what is stored is quantized (bitsandbytes and torchao
+    do the same). An update from the re-quantized moments errs by up to ~10% per element."""
+    p = torch.randn(5000, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    ours, exact = AdamW8bit([p], lr=1e-2), torch.optim.AdamW([q], lr=1e-2)
+    p.grad = torch.randn_like(p) * torch.logspace(-4, 0, 5000)  # many decades, as real gradients
+    q.grad = p.grad.clone()
+    ours.step()
+    exact.step()
+    torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert kernel_launches.launch_count("adam8bit_kernel") == 1
+
+
+def test_small_exp_avg_sq_does_not_blow_the_update_up(kernel_launches):
+    """Gradients over 6 decades within each block, then a step where most are 0 (a rare
+    feature absent from a batch). fp32 AdamW moves no element by more than ~lr. Rounded
+    to the nearest code as bitsandbytes and torchao do, exp_avg_sq would store as 0 for
+    the elements under ~4e-4 of their block's largest gradient while exp_avg would not,
+    and the second step would move them by exp_avg / eps: thousands of lr. Stored as the
+    map's smallest value instead, they move by less than fp32 AdamW moves them."""
+    lr = 1e-3
+    p = torch.randn(4096, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    ours, exact = AdamW8bit([p], lr=lr, weight_decay=0), torch.optim.AdamW([q], lr=lr, weight_decay=0)
+    first = torch.randn(4096) * torch.logspace(-6, 0, 256).repeat(16)
+    second = torch.where(torch.rand(4096) < 0.5, first, 0.0)
+    for grad in (first, second):
+        p.grad, q.grad = grad.clone(), grad.clone()
+        before = p.detach().clone(), q.detach().clone()
+        ours.step()
+        exact.step()
+    ours_moved, exact_moved = (p.detach() - before[0]).abs(), (q.detach() - before[1]).abs()
+    assert exact_moved.max() < 2 * lr
+    assert ours_moved.max() < 2 * lr, ours_moved.max() / lr
+    assert kernel_launches.launch_count("adam8bit_kernel") == 2
+
+
 def _params(shapes=SHAPES, dtype=torch.float32):
     return [torch.randn(shape, dtype=dtype).requires_grad_() for shape in shapes]
 

@@ -3,8 +3,10 @@
 Each moment of a parameter of at least 4,096 elements is kept as one uint8 code per
 element and one fp32 scale per block of 256 elements, with bitsandbytes' dynamic code
 map (signed for exp_avg, unsigned for exp_avg_sq; see :mod:`fused_ops.kernels.adam8bit`
-for the map and why): about 2.03 B of moments per parameter instead of 8, and a step
-moves about 16.06 B per fp32 parameter (10.06 with bf16 parameters and gradients).
+for the map and why), rounded to the nearest code except that a positive exp_avg_sq never
+stores as 0 (which would blow the next update up; the same module says how): about
+2.03 B of moments per parameter instead of 8, and a step moves about 16.06 B per fp32
+parameter (10.06 with bf16 parameters and gradients).
 Smaller tensors keep fp32 moments, in the same launch.
 
     >>> optimizer = fused_ops.optim.AdamW8bit(model.parameters(), lr=1e-3)
