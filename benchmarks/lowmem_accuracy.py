@@ -378,6 +378,25 @@ def merge(paths: list[Path]) -> dict:
     return merged
 
 
+def lr_sensitivity(steps: int, seeds: list[int], factors=(0.97, 1.03, 1.1)) -> list[str]:
+    """How much fp32 AdamW's own digits losses move when only its learning rate changes.
+
+    The scale against which a low-precision variant's difference can be read: a variant
+    that takes slightly larger or smaller steps than fp32 (as quantized moments do) moves
+    a memorized training loss a lot and the held-out loss hardly at all.
+    """
+    lines = ["| seed | lr factor | training loss vs lr x1 | held-out loss vs lr x1 |", "|--:|--:|--:|--:|"]
+    for seed in seeds:
+        base = digits_run(VARIANTS[FP32], steps, seed)
+        for factor in factors:
+            run = digits_run(lambda params, lr, f=factor: torch.optim.AdamW(params, lr=lr * f), steps, seed)
+            lines.append(
+                f"| {seed} | {factor} | {final(run['losses']) / final(base['losses']) - 1:+.2%} | "
+                f"{run['held_out'] / base['held_out'] - 1:+.2%} |"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -390,8 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lockstep", type=int, metavar="STEPS", help="compare the 8-bit kernel with its reference over STEPS steps"
     )
+    parser.add_argument(
+        "--lr-sensitivity", action="store_true", help="fp32 AdamW's digits losses at learning rates x0.97, x1.03, x1.1"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.lr_sensitivity:
+        print("\n".join(lr_sensitivity(args.steps, [int(s) for s in args.seeds.split(",")])), flush=True)
+        return 0
     if args.lockstep:
         for task in args.tasks.split(","):
             print("\n".join(lockstep(task, args.lockstep, int(args.seeds.split(",")[0]))), flush=True)
