@@ -186,10 +186,12 @@ def test_patched_gpt2_under_torch_compile_matches_eager(kernel_launches):
         eager_launches = kernel_launches.launch_count()
         compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")(ids)
     assert _forward_kernels(kernel_launches) == {"gelu", "softmax", "cross_entropy"}
-    # The same kernels again, but for eager cross-entropy's targets pass: under
-    # torch.compile cross-entropy takes its two-pass custom ops, which need none.
-    assert kernel_launches.launch_count("cross_entropy_total_weight_kernel") == 1
-    assert kernel_launches.launch_count() == 2 * eager_launches - 1
+    # The same kernels again, but for eager cross-entropy's targets pass (launched only
+    # when its forward takes several programs): under torch.compile cross-entropy takes
+    # its two-pass custom ops, which need none.
+    targets_pass = kernel_launches.launch_count("cross_entropy_total_weight_kernel")
+    assert targets_pass <= 1
+    assert kernel_launches.launch_count() == 2 * eager_launches - targets_pass
     rtol, atol = tolerance(torch.float32, BATCH * SEQ * VOCAB)
     torch.testing.assert_close(compiled, eager, rtol=rtol, atol=atol)
 
