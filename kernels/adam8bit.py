@@ -80,10 +80,13 @@ from .adam import (
 # Columns of the tensor table.
 PARAM, EXP_AVG, EXP_AVG_SQ, EXP_AVG_SCALES, EXP_AVG_SQ_SCALES, STEP, NUMEL, FIRST_PROGRAM, GROUP, QUANTIZED = range(10)
 TABLE_COLUMNS = 10
-# Elements per scale, and per program (16 quantization blocks, one [16, 256] tile).
+# Elements per scale, and per program (16 quantization blocks, two [8, 256] tiles).
 QUANT_BLOCK = 256
 CHUNK_SIZE = 16 * QUANT_BLOCK
-# 4,096 elements over 8 warps: 16 per thread (kernels/_config.py's cross-entropy tile).
+# A [8, 256] tile over 8 warps, 8 values per thread: one [16, 256] tile spilled 8 B on
+# sm_90 at both 8 and 16 warps (tests/test_static_report.py); two programs of 2,048 instead
+# of one of 4,096 would double the per-program table reads (16.15 B per parameter).
+TILE_BLOCKS = 8
 ADAM8BIT_NUM_WARPS = 8
 # Tensors with fewer elements keep fp32 moments (bitsandbytes' and torchao's threshold).
 MIN_8BIT_NUMEL = 4096
@@ -102,6 +105,7 @@ _FIRST_PROGRAM: tl.constexpr = tl.constexpr(FIRST_PROGRAM)
 _GROUP: tl.constexpr = tl.constexpr(GROUP)
 _QUANTIZED: tl.constexpr = tl.constexpr(QUANTIZED)
 _QUANT_BLOCK: tl.constexpr = tl.constexpr(QUANT_BLOCK)
+_TILE_BLOCKS: tl.constexpr = tl.constexpr(TILE_BLOCKS)
 
 
 @triton.jit
@@ -322,86 +326,86 @@ def adam8bit_kernel(
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
     out_type: tl.constexpr = element_type_ptr.dtype.element_ty
     quantized = tl.load(row + _QUANTIZED) != 0
-    # The whole chunk as one [BLOCKS, 256] tile, a row per quantization block: each row's
-    # absmax is one reduction along axis 1, and no loop over blocks (16 values per thread
-    # over 8 warps, kernels/_config.py's cross-entropy tile; the interpreter runs 16x
-    # fewer operations than with a loop over 256-element blocks).
-    BLOCKS: tl.constexpr = CHUNK // _QUANT_BLOCK
-    block_ids = tl.arange(0, BLOCKS)
-    block_starts = chunk_start + block_ids * _QUANT_BLOCK
+    # The chunk as [TILE, 256] tiles, a row per quantization block: each row's absmax is one
+    # reduction along axis 1, with no loop over blocks (the interpreter runs 256x fewer
+    # operations than with a loop over elements).
+    TILE: tl.constexpr = _TILE_BLOCKS
+    block_ids = tl.arange(0, TILE)
     if HAS_FOUND_INF:
         # A skipped step reads and writes nothing: an empty chunk.
         chunk_end = tl.where(proceed, chunk_end, chunk_start)
-    offsets = block_starts[:, None] + tl.arange(0, _QUANT_BLOCK)[None, :]
-    mask = offsets < chunk_end
-    block_mask = block_starts < chunk_end
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     # The moments' addresses, cast to pointers in each branch (codes and scales, or fp32):
     # names bound inside a runtime `if` do not reach the next one in compiled Triton.
     m_address = tl.load(row + _EXP_AVG)
     v_address = tl.load(row + _EXP_AVG_SQ)
     m_scales_address = tl.load(row + _EXP_AVG_SCALES)
     v_scales_address = tl.load(row + _EXP_AVG_SQ_SCALES)
-    scale_index = block_starts // _QUANT_BLOCK
-    if quantized:
-        m_codes = m_address.to(codes_type_ptr.dtype, bitcast=True)
-        v_codes = v_address.to(codes_type_ptr.dtype, bitcast=True)
-        m_scales = m_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
-        v_scales = v_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
-        m_scale = tl.load(m_scales + scale_index, mask=block_mask)
-        v_scale = tl.load(v_scales + scale_index, mask=block_mask)
-        exp_avg = _decode(tl.load(m_codes + offsets, mask=mask).to(tl.int32), True) * m_scale[:, None]
-        exp_avg_sq = _decode(tl.load(v_codes + offsets, mask=mask).to(tl.int32), False) * v_scale[:, None]
-    else:
-        m_ptr = m_address.to(tl.pointer_type(tl.float32), bitcast=True)
-        v_ptr = v_address.to(tl.pointer_type(tl.float32), bitcast=True)
-        exp_avg = tl.load(m_ptr + offsets, mask=mask)
-        exp_avg_sq = tl.load(v_ptr + offsets, mask=mask)
-    # The update uses the fresh fp32 moments; only what is stored is quantized
-    # (bitsandbytes' kOptimizerStatic8bit2StateBlockwise and torchao's AdamW8bit do the same).
-    param, exp_avg, exp_avg_sq = _adam_math(
-        param,
-        grad,
-        exp_avg,
-        exp_avg_sq,
-        grad_scale,
-        clip_coef,
-        maximize,
-        decoupled,
-        weight_decay_c,
-        decay,
-        one_minus_beta1_c,
-        beta2_c,
-        one_minus_beta2_c,
-        bias_correction2_sqrt,
-        eps_c,
-        step_size,
-        HAS_GRAD_SCALE,
-        HAS_CLIP,
-    )
-    tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
-    if quantized:
-        m_codes = m_address.to(codes_type_ptr.dtype, bitcast=True)
-        v_codes = v_address.to(codes_type_ptr.dtype, bitcast=True)
-        m_scales = m_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
-        v_scales = v_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
-        # Each block's new scales: its absolute maxima (masked lanes count as 0).
-        m_absmax = tl.max(tl.where(mask, tl.abs(exp_avg), 0.0), axis=1)
-        v_absmax = tl.max(tl.where(mask, exp_avg_sq, 0.0), axis=1)
-        m_divisor = tl.where(m_absmax > 0, m_absmax, 1.0)[:, None]
-        v_divisor = tl.where(v_absmax > 0, v_absmax, 1.0)[:, None]
-        m_normal = tl.where(m_absmax[:, None] > 0, exp_avg / m_divisor, 0.0)
-        v_normal = tl.where(v_absmax[:, None] > 0, exp_avg_sq / v_divisor, 0.0)
-        tl.store(m_codes + offsets, _encode(m_normal, True).to(tl.uint8), mask=mask)
-        tl.store(v_codes + offsets, _encode(v_normal, False).to(tl.uint8), mask=mask)
-        tl.store(m_scales + scale_index, m_absmax, mask=block_mask)
-        tl.store(v_scales + scale_index, v_absmax, mask=block_mask)
-    else:
-        m_ptr = m_address.to(tl.pointer_type(tl.float32), bitcast=True)
-        v_ptr = v_address.to(tl.pointer_type(tl.float32), bitcast=True)
-        tl.store(m_ptr + offsets, exp_avg, mask=mask)
-        tl.store(v_ptr + offsets, exp_avg_sq, mask=mask)
+    for tile_start in tl.range(chunk_start, chunk_start + CHUNK, TILE * _QUANT_BLOCK):
+        block_starts = tile_start + block_ids * _QUANT_BLOCK
+        offsets = block_starts[:, None] + tl.arange(0, _QUANT_BLOCK)[None, :]
+        mask = offsets < chunk_end
+        block_mask = block_starts < chunk_end
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+        grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+        scale_index = block_starts // _QUANT_BLOCK
+        if quantized:
+            m_codes = m_address.to(codes_type_ptr.dtype, bitcast=True)
+            v_codes = v_address.to(codes_type_ptr.dtype, bitcast=True)
+            m_scales = m_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
+            v_scales = v_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
+            m_scale = tl.load(m_scales + scale_index, mask=block_mask)
+            v_scale = tl.load(v_scales + scale_index, mask=block_mask)
+            exp_avg = _decode(tl.load(m_codes + offsets, mask=mask).to(tl.int32), True) * m_scale[:, None]
+            exp_avg_sq = _decode(tl.load(v_codes + offsets, mask=mask).to(tl.int32), False) * v_scale[:, None]
+        else:
+            m_ptr = m_address.to(tl.pointer_type(tl.float32), bitcast=True)
+            v_ptr = v_address.to(tl.pointer_type(tl.float32), bitcast=True)
+            exp_avg = tl.load(m_ptr + offsets, mask=mask)
+            exp_avg_sq = tl.load(v_ptr + offsets, mask=mask)
+        # The update uses the fresh fp32 moments; only what is stored is quantized
+        # (bitsandbytes' kOptimizerStatic8bit2StateBlockwise and torchao's AdamW8bit do the same).
+        param, exp_avg, exp_avg_sq = _adam_math(
+            param,
+            grad,
+            exp_avg,
+            exp_avg_sq,
+            grad_scale,
+            clip_coef,
+            maximize,
+            decoupled,
+            weight_decay_c,
+            decay,
+            one_minus_beta1_c,
+            beta2_c,
+            one_minus_beta2_c,
+            bias_correction2_sqrt,
+            eps_c,
+            step_size,
+            HAS_GRAD_SCALE,
+            HAS_CLIP,
+        )
+        tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
+        if quantized:
+            m_codes = m_address.to(codes_type_ptr.dtype, bitcast=True)
+            v_codes = v_address.to(codes_type_ptr.dtype, bitcast=True)
+            m_scales = m_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
+            v_scales = v_scales_address.to(tl.pointer_type(tl.float32), bitcast=True)
+            # Each block's new scales: its absolute maxima (masked lanes count as 0).
+            m_absmax = tl.max(tl.where(mask, tl.abs(exp_avg), 0.0), axis=1)
+            v_absmax = tl.max(tl.where(mask, exp_avg_sq, 0.0), axis=1)
+            m_divisor = tl.where(m_absmax > 0, m_absmax, 1.0)[:, None]
+            v_divisor = tl.where(v_absmax > 0, v_absmax, 1.0)[:, None]
+            m_normal = tl.where(m_absmax[:, None] > 0, exp_avg / m_divisor, 0.0)
+            v_normal = tl.where(v_absmax[:, None] > 0, exp_avg_sq / v_divisor, 0.0)
+            tl.store(m_codes + offsets, _encode(m_normal, True).to(tl.uint8), mask=mask)
+            tl.store(v_codes + offsets, _encode(v_normal, False).to(tl.uint8), mask=mask)
+            tl.store(m_scales + scale_index, m_absmax, mask=block_mask)
+            tl.store(v_scales + scale_index, v_absmax, mask=block_mask)
+        else:
+            m_ptr = m_address.to(tl.pointer_type(tl.float32), bitcast=True)
+            v_ptr = v_address.to(tl.pointer_type(tl.float32), bitcast=True)
+            tl.store(m_ptr + offsets, exp_avg, mask=mask)
+            tl.store(v_ptr + offsets, exp_avg_sq, mask=mask)
 
     # The step counter: as in kernels/adam.py, the last program of the parameter writes it.
     arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=(n_chunks > 1) & proceed, sem="acq_rel")
