@@ -67,9 +67,3 @@ def attach() -> Callable | None:
     if _attach is UNLOADED:
         _attach = _load()
     return _attach  # type: ignore[return-value]
-
-
-def set_enabled(enabled: bool) -> None:
-    """Use the C++ node (loading it if needed) or the Python Functions, for tests and benchmarks."""
-    global _attach
-    _attach = _load() if enabled else None

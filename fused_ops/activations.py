@@ -187,8 +187,7 @@ class _Activation:
         self.call = call
 
     def _eager_function(self) -> type[torch.autograd.Function]:
-        run_forward, run_backward = self.forward, self.backward
-        differentiable_backward, saves_input = self.differentiable_backward, self.saves_input
+        run_forward, differentiable_backward, saves_input = self.forward, self.differentiable_backward, self.saves_input
 
         def forward(ctx, input, *args):
             output = run_forward(input, *args)
@@ -199,11 +198,9 @@ class _Activation:
 
         def backward(ctx, grad_output):
             (saved,) = ctx.saved_tensors
-            if hasattr(ctx, "args"):
-                return (differentiable_backward(grad_output, saved, *ctx.args), *(None for _ in ctx.args))
-            if _is_grad_enabled():
-                return differentiable_backward(grad_output, saved)
-            return run_backward(grad_output, saved)
+            args = getattr(ctx, "args", ())
+            grad_input = differentiable_backward(grad_output, saved, *args)
+            return (grad_input, *(None for _ in args)) if args else grad_input
 
         # type() rather than a class statement, so that autograd names the node
         # (SigmoidFunctionBackward) after the op.

@@ -143,48 +143,34 @@ def relu_backward_kernel(grad_output_ptr, output_ptr, grad_input_ptr, n_elements
     tl.store(grad_input_ptr + offsets, grad_input.to(grad_input_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_unary(bound: BoundKernel, input: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Launch a forward kernel ``(input, output, n_elements)``, into ``out`` if given (may be ``input``)."""
+def _launch_unary(
+    bound: BoundKernel, input: torch.Tensor, out: torch.Tensor | None = None, constants: tuple | None = None
+) -> torch.Tensor:
+    """Launch a forward kernel ``(input, output, n_elements)``, into ``out`` if given (may be
+    ``input``); ``constants`` are its constexprs (default: the block size alone)."""
     output = torch.empty_like(input) if out is None else out
     n_elements = output.numel()
     if n_elements:
+        # Integer ceil-division: triton.cdiv costs ~2.5 µs from Python, `//` 0.04 µs.
         programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
-        bound.launch(programs, (input, output, n_elements), _ELEMENTWISE_CONSTANTS, ELEMENTWISE_NUM_WARPS)
+        constants = _ELEMENTWISE_CONSTANTS if constants is None else constants
+        bound.launch(programs, (input, output, n_elements), constants, ELEMENTWISE_NUM_WARPS)
     return output
 
 
-def _launch_binary(bound: BoundKernel, grad_output: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
-    """Launch a backward kernel ``(grad_output, saved, grad_input, n_elements)``."""
+def _launch_binary(
+    bound: BoundKernel, grad_output: torch.Tensor, saved: torch.Tensor, constants: tuple | None = None
+) -> torch.Tensor:
+    """Launch a backward kernel ``(grad_output, saved, grad_input, n_elements)`` over tensors
+    of one dense layout (the gradient gets ``saved``'s); ``constants`` as for ``_launch_unary``."""
     grad_input = torch.empty_like(saved)
     n_elements = grad_input.numel()
     if n_elements:
         programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
-        bound.launch(
-            programs, (grad_output, saved, grad_input, n_elements), _ELEMENTWISE_CONSTANTS, ELEMENTWISE_NUM_WARPS
-        )
+        constants = _ELEMENTWISE_CONSTANTS if constants is None else constants
+        args = (grad_output, saved, grad_input, n_elements)
+        bound.launch(programs, args, constants, ELEMENTWISE_NUM_WARPS)
     return grad_input
-
-
-def _launch_elementwise(
-    bound: BoundKernel,
-    inputs: tuple[torch.Tensor, ...],
-    output: torch.Tensor | None = None,
-    constants: tuple = (ELEMENTWISE_BLOCK_SIZE,),
-) -> torch.Tensor:
-    """Launch ``kernel(*inputs, output, n_elements)`` over inputs that share one dense layout.
-
-    The output is allocated with the first input's layout (``empty_like``), which for a
-    dense tensor has the same strides, so flat offsets address matching elements. An
-    ``output`` passed in (the input itself, for in-place ops) must share that layout.
-    """
-    output = torch.empty_like(inputs[0]) if output is None else output
-    n_elements = output.numel()
-    if n_elements == 0:
-        return output
-    # Integer ceil-division: triton.cdiv costs ~2.5 µs from Python, `//` 0.04 µs.
-    programs = (n_elements + ELEMENTWISE_BLOCK_SIZE - 1) // ELEMENTWISE_BLOCK_SIZE
-    bound.launch(programs, (*inputs, output, n_elements), constants, ELEMENTWISE_NUM_WARPS)
-    return output
 
 
 # GELU and SiLU. Their backward kernels recompute from the saved INPUT (neither function
@@ -299,13 +285,12 @@ def silu_backward_kernel(grad_output_ptr, input_ptr, grad_input_ptr, n_elements,
 
 def gelu_forward(input: torch.Tensor, approximate: str) -> torch.Tensor:
     """GELU of a dense tensor (``approximate`` is "none" or "tanh"); the output has the input's layout."""
-    return _launch_elementwise(_gelu_forward_launch, (input,), None, (approximate == "tanh", ELEMENTWISE_BLOCK_SIZE))
+    return _launch_unary(_gelu_forward_launch, input, None, (approximate == "tanh", ELEMENTWISE_BLOCK_SIZE))
 
 
 def gelu_backward(grad_output: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
     """Gradient of GELU from the saved input; both tensors must share one dense layout."""
-    constants = (approximate == "tanh", ELEMENTWISE_BLOCK_SIZE)
-    return _launch_elementwise(_gelu_backward_launch, (grad_output, input), None, constants)
+    return _launch_binary(_gelu_backward_launch, grad_output, input, (approximate == "tanh", ELEMENTWISE_BLOCK_SIZE))
 
 
 _ELEMENTWISE_CONSTANTS = (ELEMENTWISE_BLOCK_SIZE,)
