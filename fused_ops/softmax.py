@@ -21,8 +21,6 @@ Outputs and input gradients are contiguous, as torch's are.
 
 from __future__ import annotations
 
-import functools
-import math
 import operator
 import warnings
 
@@ -42,22 +40,13 @@ if TRITON_AVAILABLE:
 _CAST_IN_KERNEL = {(torch.float16, torch.float32), (torch.bfloat16, torch.float32)}
 
 
-@functools.lru_cache(maxsize=256)
-def _three_d(shape: torch.Size, dim: int) -> tuple[int, int, int]:
-    """(outer, N, inner): the sizes before, at and after ``dim`` (a 0-d tensor is (1, 1, 1))."""
-    if len(shape) == 0:
-        return 1, 1, 1
-    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
-
-
 def _forward(op: str, input: torch.Tensor, dim: int, output_dtype: torch.dtype, log: bool) -> torch.Tensor:
     if use_triton(op, input):
-        shape = _three_d(input.shape, dim)
         if input.is_contiguous():
-            # The common case: the launcher takes the shape, so no 3-D view is made.
-            return kernels.softmax_forward(input, output_dtype, log, shape)
+            # The common case: the launcher takes the dim, so no 3-D view is made.
+            return kernels.softmax_forward(input, output_dtype, log, dim)
         # reshape is a view (real strides, no copy) whenever one exists, else a contiguous copy.
-        output = kernels.softmax_forward(input.reshape(shape), output_dtype, log)
+        output = kernels.softmax_forward(input.reshape(kernels.three_d(input.shape, dim)), output_dtype, log)
         return output.view(input.shape)
     ref = reference.log_softmax_ref if log else reference.softmax_ref
     return ref(input, dim, output_dtype).contiguous()
@@ -67,11 +56,11 @@ def _backward(
     op: str, grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype, log: bool
 ) -> torch.Tensor:
     if use_triton(op, grad_output, output):
-        shape = _three_d(output.shape, dim)
         if grad_output.is_contiguous() and output.is_contiguous():
-            return kernels.softmax_backward(grad_output, output, input_dtype, log, shape)
+            return kernels.softmax_backward(grad_output, output, input_dtype, log, dim)
         # grad_output is often an expanded view (the gradient of a sum), which reshapes to
         # stride-0 views that the kernel reads in place.
+        shape = kernels.three_d(output.shape, dim)
         grad_input = kernels.softmax_backward(grad_output.reshape(shape), output.reshape(shape), input_dtype, log)
         return grad_input.view(output.shape)
     ref = reference.log_softmax_backward_ref if log else reference.softmax_backward_ref
@@ -300,7 +289,7 @@ def _apply(op: str, input: torch.Tensor, dim: int, dtype: torch.dtype | None) ->
         if attach is not None and input.is_contiguous() and not _functorch_active() and use_triton(op, input):
             # The kernel (_forward's contiguous case), then the C++ node that records it
             # (see fused_ops/_native.py).
-            output = kernels.softmax_forward(input, output_dtype, log, _three_d(input.shape, dim))
+            output = kernels.softmax_forward(input, output_dtype, log, dim)
             args = (dim, input.dtype)
             return attach(output, input, output, node_backward, node_differentiable_backward, args, node_name)
         return apply(input, dim, output_dtype)

@@ -17,6 +17,10 @@ arguments ``JITFunction.run`` passes: the stream, the function handle, the packe
 metadata, ``launch_metadata`` and Triton's ``launch_enter_hook``/``launch_exit_hook``
 (read on every call, so tools that count launches through the hooks see every launch).
 
+``BoundKernel.planned`` goes one step further for launches whose trailing arguments
+(sizes, strides) repeat for every call of a shape: their part of the key is worked out
+once, when a launch plan is made, and each launch keys only its leading arguments.
+
 What Triton reads from its knobs and the environment at compile time (debug mode,
 instrumentation, a stages-inspection hook) is fixed at a signature's first launch; with a
 ``pre_run_hook`` or a stages-inspection hook installed, every launch goes through
@@ -27,6 +31,8 @@ instrumentation, a stages-inspection hook) is fixed at a signature's first launc
 from __future__ import annotations
 
 import inspect
+import textwrap
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,16 +65,56 @@ _UNALIGNED = (
 )
 
 
-def _make_launcher(bound: BoundKernel, params) -> Any:
-    """Generate ``launch(programs, args, constants, num_warps, grid_1=1, grid_2=1)`` for one kernel.
+# The body of a generated launch, after its runtime arguments are unpacked into a0, a1, ...:
+# key, cache lookup, then Triton's launcher, as JITFunction.run calls it. Placeholders:
+# {key_head} (what the key holds besides the arguments' specializations), {parts} (those),
+# {all_args} (every runtime argument, as a tuple) and {run_args} (the same, then the
+# constexprs, as call arguments).
+_LAUNCH_BODY = """
+active = driver.active
+device = active.get_current_device()
+try:
+    key = (device, {key_head}, {parts})
+except RuntimeError:
+    # A tensor without storage (data_ptr raises): torch.compile is tracing a
+    # torch.library.triton_op, which must see the kernel through wrap_triton.
+    return traced_launch((programs, grid_1, grid_2), {all_args}, num_warps, constants)
+entry = cache_get(key)
+if entry is None or kernel.pre_run_hooks or runtime.add_stages_inspection_hook is not None:
+    return first_launch(key, (programs, grid_1, grid_2), {all_args}, num_warps, constants)
+run, function, packed_metadata, compiled = entry
+stream = active.get_current_stream(device)
+enter_hook = runtime.launch_enter_hook
+exit_hook = runtime.launch_exit_hook
+if (enter_hook is None or (enter_hook.__class__ is HookChain and not enter_hook.calls)) and (
+    exit_hook is None or (exit_hook.__class__ is HookChain and not exit_hook.calls)
+):
+    # No hook to call: Triton's launcher skips None hooks, and launch_metadata exists
+    # only for hooks (JITFunction.run builds it on every launch, for nothing).
+    run(programs, grid_1, grid_2, stream, function, packed_metadata, None, None, None, {run_args})
+    return
+metadata = compiled.launch_metadata((programs, grid_1, grid_2), stream, {run_args})
+run(programs, grid_1, grid_2, stream, function, packed_metadata, metadata, enter_hook, exit_hook, {run_args})
+"""
 
-    Generated, with the specialization key inlined, because every Python call, nested
-    tuple and attribute lookup on this path is paid on every launch (about 1 µs saved
-    against a key function called from a generic launch method).
+
+def _generate_launch(bound: BoundKernel, params, n_keyed: int, planned: bool) -> Any:
+    """Generate a launch function for one kernel, with the specialization key inlined.
+
+    Generated, because every Python call, nested tuple and attribute lookup on this path
+    is paid on every launch (about 1 µs saved against a key function called from a
+    generic launch method).
+
+    - ``planned=False``: ``launch(programs, args, constants, num_warps, grid_1=1, grid_2=1)``,
+      every runtime argument keyed at every launch.
+    - ``planned=True``: ``make(fixed, fixed_key, constants, num_warps)``, which returns
+      ``launch(programs, leading, grid_1=1, grid_2=1)`` for the first ``n_keyed`` runtime
+      arguments; the ``fixed`` rest was keyed once, as ``fixed_key`` (see
+      ``BoundKernel.planned``).
     """
-    names = [f"a{i}" for i in range(len(params))]
+    names = [f"a{i}" for i in range(n_keyed)]
     parts = []
-    for name, param in zip(names, params, strict=True):
+    for name, param in zip(names, params[:n_keyed], strict=True):
         if param.do_not_specialize:
             template = _UNSPECIALIZED
         elif param.do_not_specialize_on_alignment:
@@ -77,54 +123,41 @@ def _make_launcher(bound: BoundKernel, params) -> Any:
             template = _SPECIALIZED
         parts.append(template.format(a=name))
     unpack = "".join(f"{name}, " for name in names)
-    source = f"""
-def launch(programs, args, constants, num_warps, grid_1=1, grid_2=1):
+    received = "leading" if planned else "args"
+    body = _LAUNCH_BODY.format(
+        key_head="fixed_key" if planned else "num_warps, constants",
+        parts=", ".join(parts),
+        all_args="(*leading, *fixed)" if planned else "args",
+        run_args=f"{unpack}*fixed, *constants" if planned else f"{unpack}*constants",
+    )
+    function = f"""
+def launch(programs, {received}, {"" if planned else "constants, num_warps, "}grid_1=1, grid_2=1):
     try:
-        ({unpack}) = args
+        ({unpack}) = {received}
     except ValueError:
         raise TypeError(usage_error) from None
-    active = driver.active
-    device = active.get_current_device()
-    try:
-        key = (device, num_warps, constants, {"".join(p + ", " for p in parts)})
-    except RuntimeError:
-        # A tensor without storage (data_ptr raises): torch.compile is tracing a
-        # torch.library.triton_op, which must see the kernel through wrap_triton.
-        return traced_launch((programs, grid_1, grid_2), args, num_warps, constants)
-    entry = cache_get(key)
-    if entry is None or kernel.pre_run_hooks or runtime.add_stages_inspection_hook is not None:
-        return first_launch(key, (programs, grid_1, grid_2), args, num_warps, constants)
-    run, function, packed_metadata, compiled = entry
-    stream = active.get_current_stream(device)
-    enter_hook = runtime.launch_enter_hook
-    exit_hook = runtime.launch_exit_hook
-    if (enter_hook is None or (enter_hook.__class__ is HookChain and not enter_hook.calls)) and (
-        exit_hook is None or (exit_hook.__class__ is HookChain and not exit_hook.calls)
-    ):
-        # No hook to call: Triton's launcher skips None hooks, and launch_metadata exists
-        # only for hooks (JITFunction.run builds it on every launch, for nothing).
-        run(programs, grid_1, grid_2, stream, function, packed_metadata, None, None, None, {unpack}*constants)
-        return
-    metadata = compiled.launch_metadata((programs, grid_1, grid_2), stream, *args, *constants)
-    run(
-        programs, grid_1, grid_2, stream, function, packed_metadata, metadata, enter_hook, exit_hook,
-        {unpack}*constants,
-    )
+{textwrap.indent(body, "    ")}
 """
+    source = function
+    if planned:
+        # The launch closes over one plan's fixed arguments, key part, constexprs and warps.
+        source = (
+            f"def make(fixed, fixed_key, constants, num_warps):{textwrap.indent(function, '    ')}    return launch\n"
+        )
     namespace = {
         "Tensor": torch.Tensor,
         "HookChain": HookChain,
         "driver": driver,
         "runtime": _runtime,
         "kernel": bound.kernel,
-        "cache_get": bound._cache.get,
-        "first_launch": bound._first_launch,
+        "cache_get": (bound._planned_cache if planned else bound._cache).get,
+        "first_launch": bound._first_planned_launch if planned else bound._first_launch,
         "traced_launch": bound._traced_launch,
         "usage_error": bound._usage_error,
     }
     # The source is built from the kernel's parameter list only.
     exec(source, namespace)
-    return namespace["launch"]
+    return namespace["make" if planned else "launch"]
 
 
 class BoundKernel:
@@ -164,9 +197,15 @@ class BoundKernel:
         )
         if not trailing:
             raise TypeError(self._usage_error)
+        # Planned launches (see ``planned``): their own cache, since their keys hold an id
+        # for the fixed arguments' part instead of that part itself.
+        self._planned_cache: dict[tuple, tuple] = {}
+        self._fixed_key_ids: dict[tuple, int] = {}
+        self._planned_factories: dict[int, Any] = {}
         if self.compiled_mode:
+            self._runtime_params = [p for p in kernel.params if not p.is_constexpr]
             # An instance attribute, which takes precedence over the method below.
-            self.launch = _make_launcher(self, [p for p in kernel.params if not p.is_constexpr])
+            self.launch = _generate_launch(self, self._runtime_params, self._n_params, planned=False)
 
     def _check_usage(self, args: tuple, constexprs: dict) -> None:
         if len(args) != self._n_params or list(constexprs) != self._constexpr_names:
@@ -195,7 +234,7 @@ class BoundKernel:
         """Launch a (``programs``, ``grid_1``, ``grid_2``) grid: ``__call__`` without keywords.
 
         This method serves interpreted kernels; compiled ones get a generated function of
-        the same signature (``_make_launcher``).
+        the same signature (``_generate_launch``).
         """
         if len(constants) != len(self._constexpr_names):
             raise TypeError(self._usage_error)
@@ -203,15 +242,71 @@ class BoundKernel:
         grid = (programs,) if grid_1 == grid_2 == 1 else (programs, grid_1, grid_2)
         self(grid, *args, num_warps=num_warps, **constexprs)
 
+    def planned(self, fixed: tuple, constants: tuple, num_warps: int) -> Callable[..., None]:
+        """A launch whose trailing runtime arguments ``fixed`` are bound: ``launch(programs, leading)``.
+
+        For the sizes and strides of a shape seen before (softmax's and cross-entropy's
+        launch plans): what Triton specializes on in ``fixed`` is worked out here, once,
+        so each launch keys only ``leading`` (the tensors, usually). The launches are the
+        same as ``launch(programs, (*leading, *fixed), constants, num_warps)``.
+
+        Args:
+            fixed: the kernel's last runtime arguments: ints, floats, bools or None (not
+                tensors, whose addresses change from call to call).
+            constants: the constexprs' values, in the kernel's order.
+            num_warps: warps per program.
+
+        Returns:
+            ``launch(programs, leading, grid_1=1, grid_2=1)``, ``leading`` being the
+            kernel's first runtime arguments.
+        """
+        n_leading = self._n_params - len(fixed)
+        if n_leading < 0 or len(constants) != len(self._constexpr_names):
+            raise TypeError(self._usage_error)
+        if any(isinstance(value, torch.Tensor) for value in fixed):
+            raise TypeError(f"{self.__name__}: a planned launch's fixed arguments cannot be tensors")
+        if not self.compiled_mode:
+
+            def launch_interpreted(programs: int, leading: tuple, grid_1: int = 1, grid_2: int = 1) -> None:
+                self.launch(programs, (*leading, *fixed), constants, num_warps, grid_1, grid_2)
+
+            return launch_interpreted
+        specializations = []
+        for value, param in zip(fixed, self._runtime_params[n_leading:], strict=True):
+            if param.do_not_specialize:
+                template = _UNSPECIALIZED
+            elif param.do_not_specialize_on_alignment:
+                template = _UNALIGNED
+            else:
+                template = _SPECIALIZED
+            # The same expression the per-launch key evaluates; once per plan.
+            specializations.append(eval(template.format(a="value"), {"Tensor": torch.Tensor}, {"value": value}))
+        fixed_key = (num_warps, tuple(constants), *specializations)
+        fixed_key_id = self._fixed_key_ids.setdefault(fixed_key, len(self._fixed_key_ids))
+        make = self._planned_factories.get(n_leading)
+        if make is None:
+            make = self._planned_factories[n_leading] = _generate_launch(
+                self, self._runtime_params, n_leading, planned=True
+            )
+        return make(tuple(fixed), fixed_key_id, tuple(constants), num_warps)
+
     def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constants: tuple) -> None:
         """Launch through Triton (compiling if needed) and remember the compiled kernel."""
+        self._cache[key] = self._launch_through_triton(grid, args, num_warps, constants)
+
+    def _first_planned_launch(self, key: tuple, grid, args: tuple, num_warps: int, constants: tuple) -> None:
+        """``_first_launch`` for planned launches."""
+        self._planned_cache[key] = self._launch_through_triton(grid, args, num_warps, constants)
+
+    def _launch_through_triton(self, grid, args: tuple, num_warps: int, constants: tuple) -> tuple:
+        """Launch with ``kernel[grid](...)``: returns the cache entry of the compiled kernel it ran."""
         if len(constants) != len(self._constexpr_names):
             raise TypeError(self._usage_error)
         constexprs = dict(zip(self._constexpr_names, constants, strict=True))
         self._check_usage(args, constexprs)
         compiled = self.kernel[grid](*args, num_warps=num_warps, **constexprs)
         # compiled.run is the driver's launcher, created when the kernel first ran.
-        self._cache[key] = (compiled.run, compiled.function, compiled.packed_metadata, compiled)
+        return (compiled.run, compiled.function, compiled.packed_metadata, compiled)
 
     def _traced_launch(self, grid, args: tuple, num_warps: int, constants: tuple) -> None:
         """The launch as torch.compile records it inside a ``torch.library.triton_op``."""
@@ -219,8 +314,8 @@ class BoundKernel:
         torch.library.wrap_triton(self.kernel)[grid](*args, num_warps=num_warps, **constexprs)
 
     def cache_size(self) -> int:
-        """Signatures bound so far (for tests)."""
-        return len(self._cache)
+        """Signatures bound so far, by plain and by planned launches (for tests)."""
+        return len(self._cache) + len(self._planned_cache)
 
 
 def next_power_of_2(n: int) -> int:

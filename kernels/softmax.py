@@ -29,6 +29,7 @@ in a row makes the whole row NaN, and ``-inf`` next to finite values gives 0 (so
 """
 
 import functools
+import math
 
 import torch
 import triton
@@ -269,6 +270,26 @@ _KERNELS = {
 }
 
 
+def three_d(shape: torch.Size, dim: int) -> tuple[int, int, int]:
+    """(outer, N, inner): the sizes before, at and after ``dim`` (a 0-d tensor is (1, 1, 1))."""
+    if len(shape) == 0:
+        return 1, 1, 1
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
+
+
+def _config() -> tuple[int, ...]:
+    """The SOFTMAX_* tunables, read from this module's globals (tests lower them)."""
+    return (
+        SOFTMAX_STRIDED_MIN_ROWS,
+        SOFTMAX_MAX_FUSED_SIZE,
+        SOFTMAX_LOOP_TILE,
+        SOFTMAX_MIN_TILE,
+        SOFTMAX_ELEMENTS_PER_WARP,
+        SOFTMAX_MIN_WARPS,
+        SOFTMAX_MAX_WARPS,
+    )
+
+
 def _groups_and_strides(tensor: torch.Tensor, rows_along_inner: bool) -> tuple[int, int, int]:
     """(group_stride, row_stride, col_stride) of a 3-D (outer, N, inner) tensor."""
     outer_stride, n_stride, inner_stride = tensor.stride()
@@ -280,10 +301,10 @@ def _groups_and_strides(tensor: torch.Tensor, rows_along_inner: bool) -> tuple[i
 
 @functools.lru_cache(maxsize=256)
 def _plan(outer: int, n_cols: int, inner: int, config: tuple[int, ...]) -> tuple:
-    """(looped, n_rows, grid, block_r, block_n, num_warps, rows_along_inner) for an (outer, N, inner) shape.
+    """(looped, n_rows, programs, block_r, block_n, num_warps, rows_along_inner) for an (outer, N, inner) shape.
 
-    A pure function of the shape and the SOFTMAX_* config, so cached: the launch of a
-    shape seen before does none of this arithmetic.
+    A pure function of the shape and the SOFTMAX_* config, so cached. The tile depends
+    only on the shape, so the forward and backward of one tensor always take the same path.
     """
     strided_min_rows, max_fused, loop_tile, min_tile, per_warp, min_warps, max_warps = config
     rows_along_inner = inner > 1
@@ -298,82 +319,74 @@ def _plan(outer: int, n_cols: int, inner: int, config: tuple[int, ...]) -> tuple
     else:
         block_r = min(next_power_of_2(n_rows), max(min_rows, min_tile // block_n))
     num_warps = min(max((block_r * block_n) // per_warp, min_warps), max_warps)
-    grid = (n_groups * ((n_rows + block_r - 1) // block_r),)
-    return looped, n_rows, grid, block_r, block_n, num_warps, rows_along_inner
+    programs = n_groups * ((n_rows + block_r - 1) // block_r)
+    return looped, n_rows, programs, block_r, block_n, num_warps, rows_along_inner
 
 
-# Launch plans of the shapes seen so far: (forward, log, outer, N, inner, contiguous, config)
-# -> (bound kernel, programs, strides or None, constexprs, num_warps, n_rows). One dict
-# lookup per launch instead of the plan's arithmetic (issue 9's host-time budget).
+def _launch_strided(forward: bool, log: bool, tensors: tuple[torch.Tensor, ...]) -> None:
+    """Launch over 3-D (outer, N, inner) tensors of any strides, the output last."""
+    outer, n_cols, inner = tensors[-1].shape
+    if outer * n_cols * inner == 0:
+        return
+    looped, n_rows, programs, block_r, block_n, num_warps, rows_along_inner = _plan(outer, n_cols, inner, _config())
+    strides = [s for t in tensors for s in _groups_and_strides(t, rows_along_inner)]
+    # Runtime arguments, then the constexprs LOG, BLOCK_R, BLOCK_N (the kernels' order).
+    _KERNELS[forward, looped].launch(programs, (*tensors, n_rows, n_cols, *strides), (log, block_r, block_n), num_warps)
+
+
+# Launch plans of the contiguous shapes seen so far: (forward, log, shape, dim) -> (the
+# kernel's launch with its sizes and strides bound, programs); programs is 0 when there is
+# nothing to launch. A launch is then one dict lookup, and keys only its tensors: without
+# plans, the tile arithmetic and the key of 8 (forward) or 11 (backward) int arguments cost
+# more than the rest of the launch (issue 9's host-time budget). Plans assume the SOFTMAX_*
+# config does not change: call clear_launch_plans() after changing it.
 _PLANS: dict[tuple, tuple] = {}
 _MAX_PLANS = 4096
 
 
-def _launch(
-    forward: bool,
-    log: bool,
-    tensors: tuple[torch.Tensor, ...],
-    output: torch.Tensor,
-    shape: tuple[int, int, int] | None = None,
-) -> None:
-    """Choose the path and tile for (outer, N, inner) tensors, and launch it over ``output``.
+def clear_launch_plans() -> None:
+    """Forget the launch plans (after changing the SOFTMAX_* tunables, as tests do)."""
+    _PLANS.clear()
 
-    The tensors are 3-D of any strides, or, when ``shape`` is given, contiguous tensors of
-    any rank seen as that (outer, N, inner) shape (no view needed). The tile depends only
-    on the shape, so the forward and backward of one tensor always take the same path.
-    The launcher reads this module's SOFTMAX_* globals on every call, so tests can lower
-    them to reach the looped path with small tensors.
-    """
-    if output.numel() == 0:
-        return
-    outer, n_cols, inner = output.shape if shape is None else shape
-    config = (
-        SOFTMAX_STRIDED_MIN_ROWS,
-        SOFTMAX_MAX_FUSED_SIZE,
-        SOFTMAX_LOOP_TILE,
-        SOFTMAX_MIN_TILE,
-        SOFTMAX_ELEMENTS_PER_WARP,
-        SOFTMAX_MIN_WARPS,
-        SOFTMAX_MAX_WARPS,
-    )
-    key = (forward, log, outer, n_cols, inner, shape is not None, config)
+
+def _make_plan(forward: bool, log: bool, shape: torch.Size, dim: int) -> tuple:
+    """The launch of contiguous tensors of ``shape`` reduced over ``dim`` (see ``_PLANS``)."""
+    outer, n_cols, inner = three_d(shape, dim)
+    if outer * n_cols * inner == 0:
+        return None, 0
+    looped, n_rows, programs, block_r, block_n, num_warps, rows_along_inner = _plan(outer, n_cols, inner, _config())
+    # Contiguous (outer, N, inner): every tensor has the strides (N * inner, inner, 1).
+    strides = (n_cols * inner, 1, inner) if rows_along_inner else (0, n_cols, 1)
+    fixed = (n_rows, n_cols, *(strides * (2 if forward else 3)))
+    return _KERNELS[forward, looped].planned(fixed, (log, block_r, block_n), num_warps), programs
+
+
+def _launch_contiguous(forward: bool, log: bool, tensors: tuple[torch.Tensor, ...], dim: int) -> None:
+    """Launch over contiguous tensors of one shape, any rank, reduced over ``dim``, the output last."""
+    key = (forward, log, tensors[0].shape, dim)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:  # many shapes (dynamic sequence lengths): start over
             _PLANS.clear()
-        plan = _PLANS[key] = _make_plan(forward, log, outer, n_cols, inner, shape is not None, config, len(tensors))
-    bound, programs, strides, constants, num_warps, n_rows, rows_along_inner = plan
-    if strides is None:
-        strides = [s for t in (*tensors, output) for s in _groups_and_strides(t, rows_along_inner)]
-    # Runtime arguments, then the constexprs LOG, BLOCK_R, BLOCK_N (the kernels' order).
-    bound.launch(programs, (*tensors, output, n_rows, n_cols, *strides), constants, num_warps)
+        plan = _PLANS[key] = _make_plan(forward, log, tensors[0].shape, dim)
+    launch, programs = plan
+    if programs:
+        launch(programs, tensors)
 
 
-def _make_plan(
-    forward: bool, log: bool, outer: int, n_cols: int, inner: int, contiguous: bool, config: tuple, n_tensors: int
-) -> tuple:
-    """The cached part of a launch: ``_launch``'s plan for one shape (see ``_PLANS``)."""
-    looped, n_rows, grid, block_r, block_n, num_warps, rows_along_inner = _plan(outer, n_cols, inner, config)
-    strides = None
-    if contiguous:
-        # Contiguous (outer, N, inner): every tensor has the strides (N * inner, inner, 1).
-        one = (n_cols * inner, 1, inner) if rows_along_inner else (0, n_cols, 1)
-        strides = one * (n_tensors + 1)
-    return _KERNELS[forward, looped], grid[0], strides, (log, block_r, block_n), num_warps, n_rows, rows_along_inner
-
-
-def softmax_forward(
-    input: torch.Tensor, output_dtype: torch.dtype, log: bool, shape: tuple[int, int, int] | None = None
-) -> torch.Tensor:
+def softmax_forward(input: torch.Tensor, output_dtype: torch.dtype, log: bool, dim: int | None = None) -> torch.Tensor:
     """softmax (or log_softmax) over dim 1 of a 3-D (outer, N, inner) tensor of any strides.
 
-    With ``shape``, ``input`` is instead a contiguous tensor of any rank, seen as that
-    (outer, N, inner) shape. Returns a new contiguous tensor of ``input``'s shape and
-    ``output_dtype``.
+    With ``dim``, ``input`` is instead a contiguous tensor of any rank, reduced over
+    ``dim`` (in range, non-negative). Returns a new contiguous tensor of ``input``'s shape
+    and ``output_dtype``.
     """
     # empty_like, not torch.empty(shape, dtype=, device=): 0.9 µs against 1.8 a call.
     output = torch.empty_like(input, dtype=output_dtype, memory_format=torch.contiguous_format)
-    _launch(True, log, (input,), output, shape)
+    if dim is None:
+        _launch_strided(True, log, (input, output))
+    else:
+        _launch_contiguous(True, log, (input, output), dim)
     return output
 
 
@@ -382,14 +395,17 @@ def softmax_backward(
     output: torch.Tensor,
     grad_input_dtype: torch.dtype,
     log: bool,
-    shape: tuple[int, int, int] | None = None,
+    dim: int | None = None,
 ) -> torch.Tensor:
     """Input gradient of softmax (or log_softmax) over dim 1 of 3-D (outer, N, inner) tensors.
 
     ``output`` is the saved forward output; both tensors may have any strides. With
-    ``shape``, both are instead contiguous tensors of any rank seen as that shape. Returns
-    a new contiguous tensor of ``output``'s shape and ``grad_input_dtype``.
+    ``dim``, both are instead contiguous tensors of one shape, any rank, reduced over
+    ``dim``. Returns a new contiguous tensor of ``output``'s shape and ``grad_input_dtype``.
     """
     grad_input = torch.empty_like(output, dtype=grad_input_dtype, memory_format=torch.contiguous_format)
-    _launch(False, log, (grad_output, output), grad_input, shape)
+    if dim is None:
+        _launch_strided(False, log, (grad_output, output, grad_input))
+    else:
+        _launch_contiguous(False, log, (grad_output, output, grad_input), dim)
     return grad_input

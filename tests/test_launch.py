@@ -90,6 +90,12 @@ SCRIPT = textwrap.dedent(
         if len(grid) == 1:
             bound.launch(grid[0], args, tuple(constexprs.values()), num_warps)  # the positional form
             same(without_empty_hooks(calls[3]), expected)
+        # A planned launch: the two tensors per call, the rest keyed once, when planned.
+        planned = bound.planned(args[2:], tuple(constexprs.values()), num_warps)
+        planned(grid[0], args[:2], *grid[1:])  # its first launch: a miss (its own cache)
+        planned(grid[0], args[:2], *grid[1:])  # a hit
+        same(without_empty_hooks(calls[-1]), expected)
+        same(without_empty_hooks(calls[-2]), expected)
 
 
     x = torch.randn(64)
@@ -114,7 +120,8 @@ SCRIPT = textwrap.dedent(
         check(sigmoid, (4, 2), (x, y, 64), 8, {{"BLOCK_SIZE": 16}})  # num_warps and a 2-D grid
         check(sigmoid, (4, 2, 3), (x, y, 64), 4, {{"BLOCK_SIZE": 32}})  # constexpr value, 3-D grid
         triton_kernels = len(sigmoid_forward_kernel.device_caches[standin_driver.STANDIN_DEVICE][0])
-        assert sigmoid.cache_size() == triton_kernels == 9, (sigmoid.cache_size(), triton_kernels)
+        # Each signature bound once by plain launches and once by planned ones.
+        assert sigmoid.cache_size() == 2 * triton_kernels == 18, (sigmoid.cache_size(), triton_kernels)
 
         probe = BoundKernel(probe_kernel)
         probe_cases = [
@@ -129,7 +136,15 @@ SCRIPT = textwrap.dedent(
             check(probe, (2,), args, 4, {{"FLAG": True, "BLOCK": 64}})
         check(probe, (2,), (x, y, 64, 5, 0.5, True), 4, {{"FLAG": False, "BLOCK": 64}})
         triton_kernels = len(probe_kernel.device_caches[standin_driver.STANDIN_DEVICE][0])
-        assert probe.cache_size() == 4 and triton_kernels == 4, (probe.cache_size(), triton_kernels)
+        assert probe.cache_size() == 8 and triton_kernels == 4, (probe.cache_size(), triton_kernels)
+
+        # A planned launch's fixed arguments are sizes and flags: a tensor's address changes.
+        try:
+            probe.planned((y, 64, 5, 0.5, True), (True, 64), 4)
+        except TypeError as error:
+            assert "tensors" in str(error)
+        else:
+            raise AssertionError("planned a tensor")
 
         # Launch hooks see bound launches, with Triton's launch metadata.
         with KernelTrace() as trace:

@@ -57,7 +57,12 @@ def looped_path(tile: int = 16):
         patch.setattr(softmax_kernels, "SOFTMAX_MAX_FUSED_SIZE", tile)
         patch.setattr(softmax_kernels, "SOFTMAX_LOOP_TILE", tile)
         patch.setattr(softmax_kernels, "SOFTMAX_STRIDED_MIN_ROWS", 2)
-        yield
+        # Launch plans of contiguous shapes are made under the config in force.
+        softmax_kernels.clear_launch_plans()
+        try:
+            yield
+        finally:
+            softmax_kernels.clear_launch_plans()
 
 
 TORCH_BACKWARD = {
