@@ -38,13 +38,18 @@ def normalize_dim(dim: int, ndim: int) -> int:
 
 def check_same_device(op: str, *tensors: torch.Tensor | None) -> None:
     """Raise torch's RuntimeError when tensors live on different devices."""
-    devices = [t.device for t in tensors if t is not None]
-    if len(set(devices)) > 1:
-        first, other = devices[0], next(d for d in devices if d != devices[0])
-        raise RuntimeError(
-            f"Expected all tensors to be on the same device, but found at least two devices, {first} and {other}! "
-            f"(in fused_ops.{op})"
-        )
+    # One comparison per tensor, no set of devices: this runs on every call of the losses.
+    first = None
+    for t in tensors:
+        if t is None:
+            continue
+        if first is None:
+            first = t.device
+        elif t.device != first:
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device, but found at least two devices, {first} and "
+                f"{t.device}! (in fused_ops.{op})"
+            )
 
 
 def scalar_type_name(dtype: torch.dtype) -> str:

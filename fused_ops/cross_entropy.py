@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import _native, reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, fast_apply, needs_autograd, use_triton
+from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, needs_autograd, use_triton
 from ._validation import (
     REDUCTION_MEAN,
     REDUCTION_NONE,
@@ -645,6 +645,70 @@ def _prob_target_and_weight_grads(grad_output, input, target, weight, total_weig
     return grad_target, grad_weight
 
 
+class _OnePassState:
+    """What a one-pass backward needs besides its saved tensors.
+
+    ``grad``: the forward's gradient for a ``grad_output`` of 1, handed out (then None) by
+    the first backward without ``create_graph``. Not a saved tensor: once handed out it
+    may be changed in place (as ``.grad``), which must not fail a later backward's
+    saved-tensor version check. ``scale``: the scale kernel's arguments after
+    ``grad_output`` (see ``_one_pass_forward_impl``).
+    """
+
+    __slots__ = ("grad", "ignore_index", "label_smoothing", "reduction", "scale")
+
+    def __init__(self, grad, scale, reduction: int, ignore_index: int, label_smoothing: float) -> None:
+        self.grad, self.scale = grad, scale
+        self.reduction, self.ignore_index, self.label_smoothing = reduction, ignore_index, label_smoothing
+
+
+def _one_pass_backward(grad_output, input, target, weight, state: _OnePassState) -> torch.Tensor:
+    """The logits' gradient of a one-pass forward: its buffer, scaled, or (after the first) recomputed.
+
+    ``input`` is None after ``inplace_grad`` (the logits hold the gradient). Called by the
+    C++ node and by ``CrossEntropyOnePassFunction``; differentiable when grad mode is on
+    (``create_graph=True``).
+    """
+    create_graph = torch.is_grad_enabled()
+    if state.grad is not None and not create_graph:
+        grad, state.grad = state.grad, None
+        if state.scale is not None:
+            kernels.cross_entropy_scale_grad(grad_output, *state.scale)
+        else:
+            _scale_grad_impl(grad, grad_output, target, state.ignore_index)
+        state.scale = None
+        return grad
+    if input is None:
+        raise RuntimeError(
+            "cross_entropy(inplace_grad=True) overwrote the logits with their gradient, so it supports "
+            "one backward only (no retain_graph second backward, no create_graph=True); "
+            "use inplace_grad=False"
+        )
+    # The per-row statistics, recomputed (the first backward did not need them).
+    with torch.no_grad():
+        _, lse, coef, total_weight = _forward_impl(
+            input, target, weight, state.reduction, state.ignore_index, state.label_smoothing
+        )
+    args = (grad_output, input, target, weight, lse, coef, total_weight, state.reduction)
+    backward = _BackwardFunction.apply if create_graph else _backward_impl
+    return backward(*args, state.ignore_index, state.label_smoothing)
+
+
+def _one_pass_forward(input, target, weight, reduction, ignore_index, label_smoothing, inplace):
+    """(loss, the tensors a one-pass backward saves, its state): ``_one_pass_forward_impl`` and its bookkeeping."""
+    loss, grad, scale = _one_pass_forward_impl(input, target, weight, reduction, ignore_index, label_smoothing, inplace)
+    state = _OnePassState(grad, scale, reduction, ignore_index, label_smoothing)
+    if inplace:
+        # The kernel's write is invisible to autograd: bump the version counter (shared
+        # with every view of the input), so a backward that saved these logits raises
+        # torch's in-place error instead of using the gradient as logits.
+        torch.autograd.graph.increment_version(input)
+        state.grad = grad.detach()
+        return loss, (None, target, weight), state
+    # The logits are kept only for a second (or a differentiable) backward.
+    return loss, (input, target, weight), state
+
+
 class CrossEntropyOnePassFunction(torch.autograd.Function):
     """'mean' or 'sum' cross-entropy whose forward also writes the gradient: one read of the logits.
 
@@ -655,64 +719,29 @@ class CrossEntropyOnePassFunction(torch.autograd.Function):
     the same graph (``retain_graph=True``) never touches a buffer already handed out (it
     may be someone's ``.grad`` by then): it computes a fresh gradient from the saved
     logits, as does a backward with ``create_graph=True``, which is differentiable.
+    Where the C++ node is built, it records the same forward and backward instead.
     """
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing, inplace):
-        loss, grad, ctx.scale = _one_pass_forward_impl(
+        loss, saved, ctx.state = _one_pass_forward(
             input, target, weight, reduction, ignore_index, label_smoothing, inplace
         )
-        if inplace:
-            # The kernel's write is invisible to autograd: bump the version counter (shared
-            # with every view of the input), so a backward that saved these logits raises
-            # torch's in-place error instead of using the gradient as logits.
-            torch.autograd.graph.increment_version(input)
-            ctx.save_for_backward(None, target, weight)
-            ctx.grad = grad.detach()
-        else:
-            # The logits are kept only for a second (or a differentiable) backward.
-            ctx.save_for_backward(input, target, weight)
-            # Not a saved tensor: once handed out, the buffer may be changed in place (as
-            # .grad), which must not fail a later backward's saved-tensor version check.
-            ctx.grad = grad
-        ctx.reduction = reduction
-        ctx.ignore_index = ignore_index
-        ctx.label_smoothing = label_smoothing
+        ctx.save_for_backward(*saved)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, target, weight = ctx.saved_tensors
-        create_graph = torch.is_grad_enabled()
-        if ctx.grad is not None and not create_graph:
-            grad, ctx.grad = ctx.grad, None
-            if ctx.scale is not None:
-                kernels.cross_entropy_scale_grad(grad_output, *ctx.scale)
-            else:
-                _scale_grad_impl(grad, grad_output, target, ctx.ignore_index)
-            ctx.scale = None
-            return grad, None, None, None, None, None, None
-        if input is None:
-            raise RuntimeError(
-                "cross_entropy(inplace_grad=True) overwrote the logits with their gradient, so it supports "
-                "one backward only (no retain_graph second backward, no create_graph=True); "
-                "use inplace_grad=False"
-            )
-        # The per-row statistics, recomputed (the first backward did not need them).
-        with torch.no_grad():
-            _, lse, coef, total_weight = _forward_impl(
-                input, target, weight, ctx.reduction, ctx.ignore_index, ctx.label_smoothing
-            )
-        args = (grad_output, input, target, weight, lse, coef, total_weight, ctx.reduction)
-        if create_graph:
-            grad = _BackwardFunction.apply(*args, ctx.ignore_index, ctx.label_smoothing)
-        else:
-            grad = _backward_impl(*args, ctx.ignore_index, ctx.label_smoothing)
+        grad = _one_pass_backward(grad_output, *ctx.saved_tensors, ctx.state)
         return grad, None, None, None, None, None, None
 
 
 _cross_entropy_apply = fast_apply(CrossEntropyFunction)
 _one_pass_apply = fast_apply(CrossEntropyOnePassFunction)
+_functorch_active = torch._C._are_functorch_transforms_active
+_set_grad_enabled = torch._C._set_grad_enabled
+# The one-pass path's autograd node, where the C++ node records it.
+_NODE_NAME = "FusedCrossEntropyBackward"
 
 
 def _check_arguments(input, target, weight, ignore_index: int, label_smoothing: float) -> None:
@@ -878,7 +907,26 @@ def cross_entropy(
         ):
             if inplace_grad:
                 _check_inplace(input)
-            return _one_pass_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, inplace_grad)
+            attach = _native._attach
+            if attach is _native.UNLOADED:
+                attach = _native.attach()
+            args = (input, target, weight, reduction_enum, ignore_index, label_smoothing, inplace_grad)
+            if (
+                attach is not None
+                and _forward_ad._current_level < 0
+                and not _functorch_active()
+                and use_triton("cross_entropy", input, target, weight)
+            ):
+                # The kernels, then the C++ node that records them (see fused_ops/_native.py).
+                # Without grad mode, as in a Function's forward: the in-place gradient over
+                # unmergeable logits is a copy_, which autograd must not record.
+                _set_grad_enabled(False)
+                try:
+                    loss, saved, state = _one_pass_forward(*args)
+                finally:
+                    _set_grad_enabled(True)
+                return attach(loss, input, saved, _one_pass_backward, _one_pass_backward, (state,), _NODE_NAME)
+            return _one_pass_apply(*args)
         return _cross_entropy_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
     # No autograd: the forward launches alone (no gradient buffer, which nothing would read,
     # and no per-row statistics, which nothing saves).

@@ -160,6 +160,10 @@ def launch(programs, {received}, {"" if planned else "constants, num_warps, "}gr
     return namespace["make" if planned else "launch"]
 
 
+# launch_fixed's plans per kernel, at most (each holds a closure and its arguments).
+MAX_FIXED_PLANS = 4096
+
+
 class BoundKernel:
     """A ``@triton.jit`` kernel launched through a per-signature cache of compiled kernels.
 
@@ -202,6 +206,7 @@ class BoundKernel:
         self._planned_cache: dict[tuple, tuple] = {}
         self._fixed_key_ids: dict[tuple, int] = {}
         self._planned_factories: dict[int, Any] = {}
+        self._fixed_plans: dict[tuple, Callable[..., None]] = {}
         if self.compiled_mode:
             self._runtime_params = [p for p in kernel.params if not p.is_constexpr]
             # An instance attribute, which takes precedence over the method below.
@@ -289,6 +294,27 @@ class BoundKernel:
                 self, self._runtime_params, n_leading, planned=True
             )
         return make(tuple(fixed), fixed_key_id, tuple(constants), num_warps)
+
+    def launch_fixed(
+        self, programs: int, leading: tuple, fixed: tuple, constants: tuple, num_warps: int, grid_1: int = 1
+    ) -> None:
+        """``launch(programs, (*leading, *fixed), constants, num_warps)``, planned per distinct ``fixed``.
+
+        For kernels with many size, stride and option arguments (cross-entropy's have up to
+        17) whose values repeat from call to call: the plan of each distinct ``(fixed,
+        constants, num_warps)`` is made once (see ``planned``), and a launch costs a dict
+        lookup of those values instead of specializing each one. Values that compare equal
+        share a plan, which passes the first call's values: give each parameter one type
+        (ints for int parameters, floats for float ones). Plans are dropped once there are
+        more than ``MAX_FIXED_PLANS`` (inputs of ever-changing shapes).
+        """
+        key = (fixed, constants, num_warps)
+        launch = self._fixed_plans.get(key)
+        if launch is None:
+            if len(self._fixed_plans) >= MAX_FIXED_PLANS:
+                self._fixed_plans.clear()
+            launch = self._fixed_plans[key] = self.planned(fixed, constants, num_warps)
+        launch(programs, leading, grid_1)
 
     def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constants: tuple) -> None:
         """Launch through Triton (compiling if needed) and remember the compiled kernel."""

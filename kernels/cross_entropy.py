@@ -1108,7 +1108,9 @@ def cross_entropy_forward(
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, REDUCTION,
     # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I, GROUP_ROWS, SINGLE, STORE_STATS.
-    _forward.launch(
+    # The tensors, then the sizes, strides and options (planned per distinct value: see
+    # BoundKernel.launch_fixed).
+    _forward.launch_fixed(
         programs,
         (
             logits,
@@ -1121,6 +1123,8 @@ def cross_entropy_forward(
             logits if grad is None else grad,
             loss if target_ok is None else target_ok,
             total_weight,
+        ),
+        (
             C,
             inner,
             outer * inner,
@@ -1172,13 +1176,10 @@ def cross_entropy_total_weight(
     Fills 0-d ``total_weight`` and int8 ``all_ok``.
     """
     # Constexprs in the kernel's order: HAS_WEIGHT, BLOCK_SIZE.
-    _total_weight.launch(
+    _total_weight.launch_fixed(
         1,
+        (target, weight if weight is not None else total_weight, total_weight, all_ok),
         (
-            target,
-            weight if weight is not None else total_weight,
-            total_weight,
-            all_ok,
             n_classes,
             max(inner, 1),
             outer * inner,
@@ -1210,7 +1211,7 @@ def cross_entropy_reduce(
     """
     check = target_ok is not None
     # Constexprs in the kernel's order: REDUCTION, HAS_ROW_WEIGHT, GIVEN_TOTAL_WEIGHT, CHECK_TARGETS, BLOCK_SIZE.
-    _reduce.launch(
+    _reduce.launch_fixed(
         1,
         (
             row_loss,
@@ -1219,9 +1220,8 @@ def cross_entropy_reduce(
             total_weight,
             target_ok if check else row_loss,
             all_ok if check else row_loss,
-            row_loss.numel(),
-            target_ok.numel() if check else 0,
         ),
+        (row_loss.numel(), target_ok.numel() if check else 0),
         (reduction, row_weight is not None, given_total_weight, check, CROSS_ENTROPY_REDUCE_BLOCK_SIZE),
         4,
     )
@@ -1257,17 +1257,10 @@ def cross_entropy_backward(
     block_c, block_i = _blocks(geometry)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
     # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, REDUCTION, BLOCK_C, BLOCK_I.
-    _backward.launch(
+    _backward.launch_fixed(
         _grid(outer, inner, block_i)[0],
+        (grad_output, logits, target, weight if weight is not None else logits, lse, coef, total_weight, grad),
         (
-            grad_output,
-            logits,
-            target,
-            weight if weight is not None else logits,
-            lse,
-            coef,
-            total_weight,
-            grad,
             C,
             inner,
             *grad_output_strides,
@@ -1304,12 +1297,10 @@ def cross_entropy_scale_grad(
         return
     block_c, block_i = _blocks(geometry)
     # Constexprs in the kernel's order: PROB_TARGET, BLOCK_C, BLOCK_I.
-    _scale_grad.launch(
+    _scale_grad.launch_fixed(
         _grid(outer, inner, block_i)[0],
+        (grad_output, target, grad),
         (
-            grad_output,
-            target,
-            grad,
             C,
             inner,
             target_strides[0],

@@ -1,5 +1,6 @@
 // A C++ autograd node whose backward calls a Python function: the eager autograd path of
-// fused_ops' single-input ops (activations, softmax, log_softmax).
+// fused_ops' ops with one differentiable input (activations, softmax, log_softmax, and
+// cross-entropy whose logits alone require grad).
 //
 // Why: a Python torch.autograd.Function costs about 3 us of host time per forward and
 // backward beyond a C++ node (its ctx object, the Python forward and backward wrappers,
@@ -24,12 +25,13 @@ using torch::autograd::variable_list;
 
 struct PythonBackward : public Node {
   std::string name_;
-  // backward_(grad_output, saved, *args) -> grad_input, and the same recorded by autograd
+  // backward_(grad_output, *saved, *args) -> grad_input, and the same recorded by autograd
   // (for create_graph=True); args_ is a tuple. Owned references.
   PyObject* backward_ = nullptr;
   PyObject* differentiable_backward_ = nullptr;
   PyObject* args_ = nullptr;
-  SavedVariable saved_;
+  // One or more saved tensors (an undefined one is passed to the backward as None).
+  std::vector<SavedVariable> saved_;
 
   ~PythonBackward() override {
     // The engine may drop the graph on any thread, and after the interpreter is gone.
@@ -50,21 +52,31 @@ struct PythonBackward : public Node {
       return {at::Tensor()};
     }
     pybind11::gil_scoped_acquire gil;
-    // Raises torch's "backward through the graph a second time" error once released,
-    // and the in-place error if the saved tensor was modified.
-    at::Tensor saved = saved_.unpack(getptr());
     // The Python C API rather than pybind11's call: this runs once per backward of every op.
+    const Py_ssize_t n_saved = static_cast<Py_ssize_t>(saved_.size());
     const Py_ssize_t n_args = PyTuple_GET_SIZE(args_);
-    PyObject* call_args = PyTuple_New(2 + n_args);
+    PyObject* call_args = PyTuple_New(1 + n_saved + n_args);
     if (call_args == nullptr) {
       throw python_error();
     }
     PyTuple_SET_ITEM(call_args, 0, THPVariable_Wrap(grads[0]));
-    PyTuple_SET_ITEM(call_args, 1, THPVariable_Wrap(saved));
+    for (Py_ssize_t i = 0; i < n_saved; ++i) {
+      // Raises torch's "backward through the graph a second time" error once released,
+      // and the in-place error if a saved tensor was modified.
+      at::Tensor saved;
+      try {
+        saved = saved_[i].unpack(getptr());
+      } catch (...) {
+        Py_DECREF(call_args);
+        throw;
+      }
+      // THPVariable_Wrap gives None for an undefined tensor.
+      PyTuple_SET_ITEM(call_args, 1 + i, THPVariable_Wrap(saved));
+    }
     for (Py_ssize_t i = 0; i < n_args; ++i) {
       PyObject* arg = PyTuple_GET_ITEM(args_, i);
       Py_INCREF(arg);
-      PyTuple_SET_ITEM(call_args, 2 + i, arg);
+      PyTuple_SET_ITEM(call_args, 1 + n_saved + i, arg);
     }
     PyObject* function = at::GradMode::is_enabled() ? differentiable_backward_ : backward_;
     PyObject* result = PyObject_Call(function, call_args, nullptr);
@@ -83,25 +95,43 @@ struct PythonBackward : public Node {
   }
 
   void release_variables() override {
-    saved_.reset_data();
+    for (auto& saved : saved_) {
+      saved.reset_data();
+    }
   }
 };
 
 // Record `output = op(input)` in the autograd graph: `output`, a fresh tensor that does
 // not require grad, gets a PythonBackward node whose next edge is `input`'s gradient
-// edge, saving `saved` for the backward: `output` itself, `input`, or another tensor the
-// forward made (a gradient computed in the forward, say). The node calls
-// `backward(grad_output, saved, *args)`, or `differentiable_backward` with the same
+// edge, saving `saved` for the backward: a tensor (`output` itself, `input`, or another
+// tensor the forward made), or a tuple of tensors and Nones. The node calls
+// `backward(grad_output, *saved, *args)`, or `differentiable_backward` with the same
 // arguments when grad mode is on in the backward (create_graph=True).
 at::Tensor attach(
     const at::Tensor& output,
     const at::Tensor& input,
-    const at::Tensor& saved,
+    pybind11::handle saved,
     pybind11::object backward,
     pybind11::object differentiable_backward,
     pybind11::tuple args,
     std::string name) {
   TORCH_CHECK(!output.requires_grad(), "attach: the output already requires grad");
+  std::vector<at::Tensor> to_save;
+  if (THPVariable_Check(saved.ptr())) {
+    to_save.push_back(THPVariable_Unpack(saved.ptr()));
+  } else {
+    TORCH_CHECK_TYPE(PyTuple_Check(saved.ptr()), "attach: saved must be a Tensor or a tuple of Tensors and Nones");
+    const Py_ssize_t n_saved = PyTuple_GET_SIZE(saved.ptr());
+    for (Py_ssize_t i = 0; i < n_saved; ++i) {
+      PyObject* item = PyTuple_GET_ITEM(saved.ptr(), i);
+      if (item == Py_None) {
+        to_save.emplace_back();
+      } else {
+        TORCH_CHECK_TYPE(THPVariable_Check(item), "attach: saved must be a Tensor or a tuple of Tensors and Nones");
+        to_save.push_back(THPVariable_Unpack(item));
+      }
+    }
+  }
   auto node = c10::make_intrusive<PythonBackward>();
   node->name_ = std::move(name);
   node->backward_ = backward.release().ptr();
@@ -111,8 +141,11 @@ at::Tensor attach(
   torch::autograd::set_history(output, node);
   // After set_history, so that a saved output knows this node is its grad_fn and is
   // stored without a reference cycle (as torch's own nodes save their results).
-  const bool saved_is_output = saved.is_same(output);
-  node->saved_ = SavedVariable(saved_is_output ? output : saved, saved_is_output);
+  node->saved_.reserve(to_save.size());
+  for (const auto& tensor : to_save) {
+    const bool is_output = tensor.defined() && tensor.is_same(output);
+    node->saved_.emplace_back(is_output ? output : tensor, is_output);
+  }
   return output;
 }
 
