@@ -34,6 +34,7 @@ What the stand-in does:
   GPU it is a device-side assertion, checked later; on the CPU it raises at once, and the
   flags it would check (cross_entropy's "every target is in bounds") come from kernels
   that did not run. The call still goes through torch's dispatcher, so its host cost stays.
+  While torch.compile traces (a FakeTensor condition), the condition itself is recorded.
 
 It depends on Triton internals, so it is pinned: :func:`check_triton` refuses any Triton
 version outside :data:`SUPPORTED_TRITON_VERSIONS`, or one missing an attribute it patches,
