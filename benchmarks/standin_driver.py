@@ -34,6 +34,7 @@ What the stand-in does:
   GPU it is a device-side assertion, checked later; on the CPU it raises at once, and the
   flags it would check (cross_entropy's "every target is in bounds") come from kernels
   that did not run. The call still goes through torch's dispatcher, so its host cost stays.
+  While torch.compile traces (a FakeTensor condition), the condition itself is recorded.
 
 It depends on Triton internals, so it is pinned: :func:`check_triton` refuses any Triton
 version outside :data:`SUPPORTED_TRITON_VERSIONS`, or one missing an attribute it patches,
@@ -304,7 +305,13 @@ def standin_cuda_driver(arch: int = 90, force_fused_ops: bool = True) -> Iterato
     real_assert_async = torch._assert_async
     true_flag = torch.ones((), dtype=torch.bool)
 
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
     def assert_async_on_unwritten_flag(condition, *args, **kwargs):
+        if isinstance(condition, (FakeTensor, FunctionalTensor)):
+            # torch.compile is tracing: record the assertion itself (a real tensor there fails).
+            return real_assert_async(condition, *args, **kwargs)
         # The condition was computed by no-op kernels; assert on a true flag instead.
         return real_assert_async(true_flag, *args, **kwargs)
 

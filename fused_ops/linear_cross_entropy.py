@@ -8,9 +8,12 @@ The op has three layers, read top to bottom:
   ``linear`` and ``cross_entropy`` it reaches, with torch's error types and messages;
 - ``LinearCrossEntropyFunction`` saves the inputs and two floats per row (``lse`` and
   ``coef``); its backward recomputes the logits blockwise;
-- ``torch.library`` custom ops (``fused_ops::linear_cross_entropy_forward`` and
-  ``_backward``) run the kernels (:mod:`fused_ops.kernels.linear_cross_entropy`), with fake
-  implementations so ``torch.compile(fullgraph=True)`` traces them.
+- ``_forward_impl`` and ``_backward_impl`` run the kernels
+  (:mod:`fused_ops.kernels.linear_cross_entropy`). Under torch.compile the Function calls
+  them as ``torch.library`` ops (``fused_ops::linear_cross_entropy_forward`` and
+  ``_backward``, see ``kernel_op``): where kernels compile, ``triton_op``s whose kernels
+  the graph holds (inductor launches them, CUDA graphs capture them); under Triton's
+  interpreter, custom ops with fake implementations. Eager calls skip the ops' dispatch.
 
 Probability targets and K-dimensional linear weights (``(C, d1, ..., dK, D)``) run on the
 eager reference, logged once; every option of class-index targets runs the kernels.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._dispatch import TRITON_AVAILABLE, _log_fallback_once, use_triton
+from ._dispatch import TRITON_AVAILABLE, _log_fallback_once, fast_apply, kernel_op, needs_autograd, use_triton
 from ._validation import (
     REDUCTION_NONE,
     REDUCTIONS,
@@ -64,8 +67,7 @@ def _assert_targets_in_bounds(ok: torch.Tensor, target: torch.Tensor, n_classes:
         raise IndexError(f"Target {int(target[bad][0])} is out of bounds.") from None
 
 
-@torch.library.custom_op("fused_ops::linear_cross_entropy_forward", mutates_args=())
-def _forward_op(
+def _forward_impl(
     input: torch.Tensor,
     linear_weight: torch.Tensor,
     linear_bias: torch.Tensor | None,
@@ -97,8 +99,7 @@ def _forward_op(
     return loss, lse, coef, total_weight
 
 
-@_forward_op.register_fake
-def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing):
+def _forward_fake(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing):
     n_rows = input.shape[0]
     acc = reference.compute_dtype(input.dtype)
     return (
@@ -109,8 +110,12 @@ def _(input, linear_weight, linear_bias, target, weight, reduction, ignore_index
     )
 
 
-@torch.library.custom_op("fused_ops::linear_cross_entropy_backward", mutates_args=())
-def _backward_op(
+# The op torch.compile records (eager calls run _forward_impl itself, without the op's
+# dispatch): a triton_op where kernels compile, so the graph holds the kernels.
+_forward_op = kernel_op("fused_ops::linear_cross_entropy_forward", fake=_forward_fake)(_forward_impl)
+
+
+def _backward_impl(
     grad_output: torch.Tensor,
     input: torch.Tensor,
     linear_weight: torch.Tensor,
@@ -148,25 +153,31 @@ def _backward_op(
     return grads
 
 
-@_backward_op.register_fake
-def _(grad_output, input, linear_weight, linear_bias, *args):
+def _backward_fake(grad_output, input, linear_weight, linear_bias, *args):
     # args end with needs_input, needs_weight, needs_bias.
     return _grad_buffers(input, linear_weight, linear_bias, *args[-3:])
+
+
+_backward_op = kernel_op("fused_ops::linear_cross_entropy_backward", fake=_backward_fake)(_backward_impl)
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
     """Linear + cross-entropy on ``(N, D)`` input and ``(N,)`` class indices, logits never stored.
 
     Saves the input, the linear weight and bias, the targets, the class weight, and per row
-    ``lse`` and ``coef``; the backward recomputes the logits tile by tile.
+    ``lse`` and ``coef``; the backward recomputes the logits tile by tile. With ``traced``
+    (under torch.compile) it calls the ``torch.library`` ops, which the graph records;
+    otherwise their implementations, without the ops' dispatch.
     """
 
     @staticmethod
-    def forward(ctx, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing):
+    def forward(
+        ctx, input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing, traced
+    ):
         ctx.options = (reduction, ignore_index, label_smoothing)
-        loss, *stats = torch.ops.fused_ops.linear_cross_entropy_forward(
-            input, linear_weight, linear_bias, target, weight, *ctx.options
-        )
+        ctx.traced = traced
+        forward = torch.ops.fused_ops.linear_cross_entropy_forward if traced else _forward_impl
+        loss, *stats = forward(input, linear_weight, linear_bias, target, weight, *ctx.options)
         # In the backward op's argument order: the forward's inputs, then lse, coef, total_weight.
         ctx.save_for_backward(input, linear_weight, linear_bias, target, weight, *stats)
         return loss
@@ -175,21 +186,18 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         needs = ctx.needs_input_grad[:3]
         if not any(needs):
-            return (None,) * 8
+            return (None,) * 9
         if torch.is_grad_enabled():
             # create_graph=True: a gradient that can be differentiated again. The kernels'
             # gradient would be a constant to autograd, so the eager reference (which holds
             # the logits) builds this rare graph instead, and double backward is exact.
             return _differentiable_backward(ctx, grad_output, *ctx.saved_tensors[:5])
-        grads = torch.ops.fused_ops.linear_cross_entropy_backward(grad_output, *ctx.saved_tensors, *ctx.options, *needs)
-        return (
-            *(grad if need else None for grad, need in zip(grads, needs, strict=True)),
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        backward = torch.ops.fused_ops.linear_cross_entropy_backward if ctx.traced else _backward_impl
+        grads = backward(grad_output, *ctx.saved_tensors, *ctx.options, *needs)
+        return (*(grad if need else None for grad, need in zip(grads, needs, strict=True)), *(None,) * 6)
+
+
+_apply = fast_apply(LinearCrossEntropyFunction)
 
 
 def _differentiable_backward(ctx, grad_output, input, linear_weight, linear_bias, target, weight):
@@ -202,7 +210,7 @@ def _differentiable_backward(ctx, grad_output, input, linear_weight, linear_bias
             input, linear_weight, target, linear_bias, weight, REDUCTIONS[reduction], ignore_index, label_smoothing
         )
         grads = iter(torch.autograd.grad(loss, leaves, grad_output, create_graph=True))
-    return (*(next(grads) if need else None for need in needed), None, None, None, None, None)
+    return (*(next(grads) if need else None for need in needed), *(None,) * 6)
 
 
 def _check_linear(input, linear_weight, linear_bias) -> tuple[int, tuple[int, ...]]:
@@ -363,7 +371,7 @@ def linear_cross_entropy(
             input, linear_weight, target, linear_bias, weight, reduction, ignore_index, label_smoothing
         )
     x = input.unsqueeze(0) if input.dim() == 1 else input
-    loss = LinearCrossEntropyFunction.apply(
+    arguments = (
         x,
         linear_weight,
         linear_bias,
@@ -374,6 +382,14 @@ def linear_cross_entropy(
         # torch smooths only for a positive value: a negative one means none.
         max(float(label_smoothing), 0.0),
     )
+    if torch.compiler.is_compiling():
+        # Dynamo traces Function.apply itself (fast_apply's C++ call would break the graph).
+        loss = LinearCrossEntropyFunction.apply(*arguments, True)
+    elif needs_autograd(x, linear_weight, linear_bias):
+        loss = _apply(*arguments, False)
+    else:
+        # No autograd: the forward launches alone, and the per-row statistics are dropped.
+        loss = _forward_impl(*arguments)[0]
     if input.dim() == 1 and reduction_enum == REDUCTION_NONE:
         loss = loss.reshape(())
     return loss

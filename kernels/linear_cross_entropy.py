@@ -50,6 +50,8 @@ import struct
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from ._common import LN2, LOG2E, REDUCTION_MEAN, REDUCTION_NONE
 from ._config import (
@@ -555,6 +557,25 @@ def linear_cross_entropy_grad_weight_kernel(
         tl.store(grad_b_ptr + cols, grad_b.to(grad_b_ptr.dtype.element_ty), mask=col_mask)
 
 
+# What torch.compile hands a torch.library.triton_op's body as it traces it: tensors
+# without data (Dynamo's fake propagation, then AOTAutograd's functionalization).
+_TRACED_TENSORS = (FakeTensor, FunctionalTensor)
+
+
+def _launcher(kernel, grid: tuple[int, ...], traced: bool):
+    """``kernel[grid]``, or ``wrap_triton(kernel)[grid]`` while torch.compile traces the op.
+
+    Traced, the launch becomes a ``triton_kernel_wrapper`` node holding the kernel, which
+    inductor launches from its own code (and CUDA graphs capture); a plain launch would
+    hand Triton tensors without data. Eager calls launch the kernel directly, without the
+    wrapper's dispatch. (The module global is looked up at each call, which
+    benchmarks/linear_cross_entropy_memory.py relies on to stub the launches.)
+    """
+    if traced:
+        return torch.library.wrap_triton(kernel)[grid]
+    return kernel[grid]
+
+
 def _to_fp32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
@@ -638,14 +659,16 @@ def linear_cross_entropy_forward(inputs: tuple, options: tuple[int, int, float],
     V = w.shape[0]
     n_splits, per_split = forward_splits(N, V, x.dtype)
     smoothing = label_smoothing > 0
+    traced = isinstance(x, _TRACED_TENSORS)
     # Without smoothing only the first 3 statistics exist: no memory for the other planes.
     part = torch.empty((N_STATS if smoothing else 3, n_splits, N), dtype=lse.dtype, device=x.device)
     if N > 0:
         tensors, strides, constants = _operands(inputs, label_smoothing, LINEAR_CE_FORWARD_NUM_STAGES)
         grid = (triton.cdiv(N, constants["BLOCK_N"]), n_splits)
-        linear_cross_entropy_forward_kernel[grid](*tensors, part, N, V, D, per_split, *strides, **constants)
+        launch = _launcher(linear_cross_entropy_forward_kernel, grid, traced)
+        launch(*tensors, part, N, V, D, per_split, *strides, **constants)
     eps_hi, eps_lo = _split_fp64(label_smoothing)
-    linear_cross_entropy_finalize_kernel[(1,)](
+    _launcher(linear_cross_entropy_finalize_kernel, (1,), traced)(
         part,
         target,
         class_weight if class_weight is not None else part,
@@ -688,14 +711,19 @@ def linear_cross_entropy_backward(
     V = w.shape[0]
     acc = lse.dtype
     eps_hi, eps_lo = _split_fp64(label_smoothing)
+    traced = isinstance(x, _TRACED_TENSORS)
     tensors, strides, common = _operands(saved[:5], label_smoothing, LINEAR_CE_BACKWARD_NUM_STAGES)
     common["REDUCTION"] = reduction
     inputs = (*tensors, lse, coef, grad_output, total_weight)
     scalars = (*strides, grad_output.stride(0) if grad_output.dim() == 1 else 0, ignore_index, eps_hi, eps_lo)
     if grad_x is not None:
-        # Accumulate in the gradient itself when it already has the compute dtype.
+        # Accumulate in the gradient itself when it already has the compute dtype. Traced,
+        # functionalization gives the two aliased arguments separate copies; that is still
+        # right (here and for grad_w below), because the kernel never reads grad_x and
+        # writes every element of it at its last step, from the sums kept in grad_x_acc.
         grad_x_acc = grad_x if grad_x.dtype == acc else torch.empty((N, D), dtype=acc, device=x.device)
-        linear_cross_entropy_grad_input_kernel[(triton.cdiv(N, common["BLOCK_N"]),)](
+        grid = (triton.cdiv(N, common["BLOCK_N"]),)
+        _launcher(linear_cross_entropy_grad_input_kernel, grid, traced)(
             *inputs, grad_x_acc, grad_x, N, V, D, *scalars, **common
         )
     if grad_w is not None or grad_b is not None:
@@ -704,7 +732,8 @@ def linear_cross_entropy_backward(
         else:
             grad_w_out = grad_w
             grad_w_acc = grad_w if grad_w.dtype == acc else torch.empty((V, D), dtype=acc, device=x.device)
-        linear_cross_entropy_grad_weight_kernel[(triton.cdiv(V, common["BLOCK_V"]),)](
+        grid = (triton.cdiv(V, common["BLOCK_V"]),)
+        _launcher(linear_cross_entropy_grad_weight_kernel, grid, traced)(
             *inputs,
             grad_w_acc,
             grad_w_out,

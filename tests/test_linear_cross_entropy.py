@@ -13,6 +13,10 @@ class blocks (test_large_vocabulary_splits_and_many_row_blocks lowers that bound
 memory test's V = 8192 splits 8 ways).
 """
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -36,6 +40,7 @@ KERNELS = {FORWARD, FINALIZE, GRAD_INPUT, GRAD_WEIGHT}
 # For inputs whose result is nan by design (a mean over only ignored targets), numpy inside
 # Triton's interpreter warns as it computes exactly that.
 NAN_BY_DESIGN = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def _problem(n=70, d=40, v=150, dtype=torch.float32, bias=True, ignore_every=0, ignore_index=-100):
@@ -373,17 +378,105 @@ def test_tf32_only_when_torch_allows_it(kernel_launches):
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph(backend, kernel_launches):
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile_fullgraph(backend, reduction, kernel_launches):
+    # Under the interpreter the ops are custom ops (the kernels cannot be traced there);
+    # the next test checks the graphs where they are triton_ops. 'none' reads a gradient
+    # per row (assert_compiled_matches_eager sends a linspace).
     x, w, b, target = _problem(n=12, d=16, v=70, ignore_every=3)
     weight = torch.rand(70) + 0.1
 
     def fn(x, w, b):
-        return fused_ops.linear_cross_entropy(x, w, target, linear_bias=b, weight=weight, label_smoothing=0.1)
+        return fused_ops.linear_cross_entropy(
+            x, w, target, linear_bias=b, weight=weight, label_smoothing=0.1, reduction=reduction
+        )
 
     leaves = [t.requires_grad_() for t in (x, w, b)]
     assert_compiled_matches_eager(fn, *leaves, backend=backend)
     assert kernel_launches.launch_count(FORWARD) == 2  # eager + compiled
     assert kernel_launches.launch_count(GRAD_WEIGHT) == 2
+    # The compiled forward still checks the targets, and raises torch's error.
+    target[1] = 70
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    with pytest.raises(IndexError, match=r"Target 70 is out of bounds\."):
+        compiled(*leaves)
+
+
+COMPILE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {benchmarks!r})
+    import torch
+    from torch._dynamo.testing import AotEagerAndRecordGraphs
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from standin_driver import standin_cuda_driver
+    import fused_ops
+
+    # The stand-in launches nothing, so the forward's "every target is in bounds" flag
+    # keeps what torch.empty put there, and the compiled graph asserts on it: deterministic
+    # mode fills empty int8 tensors with 127 (true), where garbage could be 0.
+    torch.use_deterministic_algorithms(True)
+
+
+    def kernels(graph):
+        # The Triton kernel each triton_kernel_wrapper node of the graph launches.
+        wrapper = torch.ops.higher_order.triton_kernel_wrapper_functional
+        nodes = [node for node in graph.graph.nodes if node.target is wrapper]
+        return {{kernel_side_table.get_kernel(node.kwargs["kernel_idx"]).fn.__name__ for node in nodes}}
+
+
+    CASES = {{
+        "mean": {{}},
+        "none, bias, weights, smoothing": {{
+            "reduction": "none", "bias": True, "weight": torch.rand(16) + 0.1, "label_smoothing": 0.1,
+        }},
+    }}
+    with standin_cuda_driver():
+        for name, options in CASES.items():
+            options = dict(options)
+            bias = torch.randn(16, requires_grad=True) if options.pop("bias", False) else None
+            target = torch.randint(0, 16, (4,))
+
+            def fn(x, w):
+                loss = fused_ops.linear_cross_entropy(x, w, target, linear_bias=bias, **options)
+                return loss.sum() * 2
+
+            torch._dynamo.reset()
+            backend = AotEagerAndRecordGraphs()
+            compiled = torch.compile(fn, backend=backend, fullgraph=True)
+            x = torch.randn(4, 8, requires_grad=True)
+            w = torch.randn(16, 8, requires_grad=True)
+            compiled(x, w).backward()  # the stand-in launches nothing: values are not checked
+            (forward,), (backward,) = backend.fw_graphs, backend.bw_graphs
+            expected = (
+                (forward, {{"linear_cross_entropy_forward_kernel", "linear_cross_entropy_finalize_kernel"}}),
+                (backward, {{"linear_cross_entropy_grad_input_kernel", "linear_cross_entropy_grad_weight_kernel"}}),
+            )
+            for graph, names in expected:
+                # The kernels themselves, as nodes inductor can launch, not an opaque op.
+                assert kernels(graph) == names, (name, graph.code)
+                assert "fused_ops" not in graph.code, (name, graph.code)
+            # The out-of-bounds check stays in the compiled forward, on the device.
+            assert "aten._assert_async.msg" in forward.code, (name, forward.code)
+            print(name, "ok")
+    print("ok")
+    """
+)
+
+
+def test_compiled_graphs_hold_the_kernels_on_the_standin_driver(tmp_path):
+    # Where kernels compile (a GPU, or here the stand-in CUDA driver of
+    # benchmarks/standin_driver.py, in a process without TRITON_INTERPRET) both ops are
+    # torch.library.triton_ops, so torch.compile(fullgraph=True) records their four kernels
+    # (the interpreter cannot trace a kernel: the test above checks values there). This
+    # file's one long case: a fresh process, torch.compile twice, 4 kernels built for sm_90
+    # on a cold Triton cache.
+    script = tmp_path / "compiled_graphs.py"
+    script.write_text(COMPILE_SCRIPT.format(benchmarks=str(BENCHMARKS)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("ok")
 
 
 def test_nn_module_matches_torch(kernel_launches):
