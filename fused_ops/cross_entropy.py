@@ -9,16 +9,19 @@ The op has three layers, read top to bottom:
   (a 'mean' or 'sum' loss whose logits alone require grad, the common case) writes the
   gradient in the forward, into a buffer of its own or (``inplace_grad``) into the logits;
   its backward scales that buffer in place on the device, unless ``grad_output`` is 1.
+  Where the C++ autograd node is built (fused_ops/_native.py), the one-pass path records
+  that node instead of the Function, with the same forward and backward.
   ``CrossEntropyFunction`` (``'none'``, gradients for probability targets or weights)
   saves the logits, the per-row logsumexp and a per-row coefficient, so its backward is
   one more pass over the logits. Without autograd the functional calls the launchers
   directly. Under ``create_graph=True`` either backward applies ``_BackwardFunction``,
   whose backward is the second derivative in eager ops, which is what makes double
   backward work;
-- under ``torch.compile``, ``torch.library`` custom ops (``fused_ops::cross_entropy_forward``
-  and ``_backward``) with fake implementations run the two-pass kernels, so
-  ``torch.compile(fullgraph=True)`` traces them; the backward op has the same second
-  derivative registered as its autograd.
+- under ``torch.compile``, ``torch.library`` ops (``fused_ops::cross_entropy_forward`` and
+  ``_backward``, registered with ``kernel_op``) run the two-pass kernels: where kernels
+  compile they are ``triton_op``\\ s, so the traced graph holds the Triton kernels
+  themselves; under the interpreter, custom ops with fake implementations. The backward
+  op has the same second derivative registered as its autograd.
 
 Logits are seen as ``(outer, C, inner)`` strided views (see :mod:`fused_ops.kernels.cross_entropy`):
 ``(C,)`` is ``(1, C, 1)``, ``(N, C)`` is ``(1, C, N)`` (any strides), and ``(N, C, d1, ...)``
@@ -32,7 +35,7 @@ import torch
 
 from . import _native, reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, needs_autograd, use_triton
+from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, kernel_op, needs_autograd, use_triton
 from ._validation import (
     REDUCTION_MEAN,
     REDUCTION_NONE,
@@ -374,20 +377,7 @@ def _one_pass_forward_impl(
     return loss, grad, scale
 
 
-@torch.library.custom_op("fused_ops::cross_entropy_forward", mutates_args=())
-def _cross_entropy_forward(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    reduction: int,
-    ignore_index: int,
-    label_smoothing: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward_impl(input, target, weight, reduction, ignore_index, label_smoothing)
-
-
-@_cross_entropy_forward.register_fake
-def _(input, target, weight, reduction, ignore_index, label_smoothing):
+def _forward_fake(input, target, weight, reduction, ignore_index, label_smoothing):
     out_dtype = _loss_dtype(input, target, weight)
     acc = reference.compute_dtype(input.dtype)
     n_rows = 1
@@ -400,6 +390,18 @@ def _(input, target, weight, reduction, ignore_index, label_smoothing):
         input.new_empty((n_rows,), dtype=acc),
         input.new_empty((), dtype=acc),
     )
+
+
+@kernel_op("fused_ops::cross_entropy_forward", fake=_forward_fake)
+def _cross_entropy_forward(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward_impl(input, target, weight, reduction, ignore_index, label_smoothing)
 
 
 def _backward_impl(
@@ -451,7 +453,13 @@ def _backward_impl(
     return grad
 
 
-@torch.library.custom_op("fused_ops::cross_entropy_backward", mutates_args=())
+def _backward_fake(
+    grad_output, input, target, weight, lse, coef, total_weight, reduction, ignore_index, label_smoothing
+):
+    return _empty_grad(input)
+
+
+@kernel_op("fused_ops::cross_entropy_backward", fake=_backward_fake)
 def _cross_entropy_backward(
     grad_output: torch.Tensor,
     input: torch.Tensor,
@@ -467,11 +475,6 @@ def _cross_entropy_backward(
     return _backward_impl(
         grad_output, input, target, weight, lse, coef, total_weight, reduction, ignore_index, label_smoothing
     )
-
-
-@_cross_entropy_backward.register_fake
-def _(grad_output, input, target, weight, lse, coef, total_weight, reduction, ignore_index, label_smoothing):
-    return _empty_grad(input)
 
 
 def _cross_entropy_backward_setup_context(ctx, inputs, output) -> None:
@@ -886,7 +889,7 @@ def cross_entropy(
     Example:
         >>> logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], requires_grad=True)
         >>> fused_ops.cross_entropy(logits, torch.tensor([0, 2]))
-        tensor(1.2056, grad_fn=<CrossEntropyFunctionBackward>)
+        tensor(1.2056, grad_fn=<FusedCrossEntropyBackward>)
     """
     input, target, weight = autocast_inputs("cross_entropy", input, target, weight)
     if size_average is not None or reduce is not None:

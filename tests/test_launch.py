@@ -206,6 +206,7 @@ COMPILE_SCRIPT = textwrap.dedent(
         "softmax": lambda t: fused_ops.softmax(t, -1),
         "log_softmax": lambda t: fused_ops.log_softmax(t, 0),
         "mse_loss": lambda t: fused_ops.mse_loss(t, torch.zeros(4, 8)),
+        "cross_entropy": lambda t: fused_ops.cross_entropy(t, torch.tensor([0, 3, 7, 1])),
     }}
     with standin_cuda_driver():
         for name, op in OPS.items():
@@ -215,7 +216,8 @@ COMPILE_SCRIPT = textwrap.dedent(
             x = torch.randn(4, 8, requires_grad=True)
             compiled(x).sum().backward()  # the stand-in launches nothing: values are not checked
             (forward,), (backward,) = backend.fw_graphs, backend.bw_graphs
-            for graph, kernel in ((forward, "input_ptr"), (backward, "grad_output_ptr")):
+            forward_kernel = "logits_ptr" if name == "cross_entropy" else "input_ptr"
+            for graph, kernel in ((forward, forward_kernel), (backward, "grad_output_ptr")):
                 code = graph.code
                 # The kernel itself, as a Triton kernel node inductor can launch, not an opaque op.
                 assert "triton_kernel_wrapper_functional" in code and kernel in code, (name, code)

@@ -205,3 +205,37 @@ def test_outputs_and_saved_tensors_are_freed_without_the_garbage_collector(name)
         assert output() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["node", "function"])
+def test_cross_entropy_one_pass_records_the_node_and_keeps_its_semantics(native, monkeypatch, kernel_launches):
+    # A 'mean' loss over logits that alone require grad: the forward writes the gradient,
+    # the first backward scales and hands it out, a retained second backward recomputes
+    # it, and create_graph=True differentiates it. The same with the node and without.
+    if not native:
+        monkeypatch.setattr(_native, "_attach", None)
+    x = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 9, (6,))
+    loss = fused_ops.cross_entropy(x, target, label_smoothing=0.1)
+    assert (loss.grad_fn.name() == "FusedCrossEntropyBackward") == native
+    x_ref = x.detach().requires_grad_()
+    loss_ref = F.cross_entropy(x_ref, target, label_smoothing=0.1)
+    assert_close(loss.detach(), loss_ref.detach())
+    (first,) = torch.autograd.grad(loss, x, torch.tensor(0.5, dtype=torch.float64), retain_graph=True)
+    assert kernel_launches.launch_count("cross_entropy_scale_grad_kernel") == 1
+    (expected,) = torch.autograd.grad(loss_ref, x_ref, torch.tensor(0.5, dtype=torch.float64))
+    assert_close(first, expected)
+    kept = first.clone()
+    (second,) = torch.autograd.grad(loss, x, torch.tensor(0.5, dtype=torch.float64), retain_graph=True)
+    assert_close(second, expected)
+    assert torch.equal(first, kept), "a later backward leaves the handed-out gradient alone"
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    assert grad.requires_grad
+    assert torch.autograd.gradgradcheck(lambda t: fused_ops.cross_entropy(t, target), (x,))
+    # inplace_grad: one backward only, through the node as through the Function.
+    h = x * 1
+    loss = fused_ops.cross_entropy(h, target, inplace_grad=True)
+    loss.backward(retain_graph=True)
+    assert_close(x.grad, torch.autograd.grad(F.cross_entropy(x_ref, target), x_ref)[0])
+    with pytest.raises(RuntimeError, match="one backward only"):
+        loss.backward()
