@@ -160,7 +160,7 @@ def launch(programs, {received}, {"" if planned else "constants, num_warps, "}gr
     return namespace["make" if planned else "launch"]
 
 
-# launch_fixed's plans per kernel, at most (each holds a closure and its arguments).
+# Planned launches per kernel, at most (each holds a closure and its arguments).
 MAX_FIXED_PLANS = 4096
 
 
@@ -250,10 +250,14 @@ class BoundKernel:
     def planned(self, fixed: tuple, constants: tuple, num_warps: int) -> Callable[..., None]:
         """A launch whose trailing runtime arguments ``fixed`` are bound: ``launch(programs, leading)``.
 
-        For the sizes and strides of a shape seen before (softmax's and cross-entropy's
-        launch plans): what Triton specializes on in ``fixed`` is worked out here, once,
-        so each launch keys only ``leading`` (the tensors, usually). The launches are the
-        same as ``launch(programs, (*leading, *fixed), constants, num_warps)``.
+        For the sizes, strides and options of a shape seen before (softmax's and
+        cross-entropy's launch plans): what Triton specializes on in ``fixed`` is worked
+        out once, so each launch keys only ``leading`` (the tensors, usually). The launches
+        are the same as ``launch(programs, (*leading, *fixed), constants, num_warps)``.
+        Made once per distinct ``(fixed, constants, num_warps)``: values that compare equal
+        share a launch, which passes the first call's values, so give each parameter one
+        type (ints for int parameters, floats for float ones). Launches are dropped once
+        there are more than ``MAX_FIXED_PLANS`` (inputs of ever-changing shapes).
 
         Args:
             fixed: the kernel's last runtime arguments: ints, floats, bools or None (not
@@ -265,6 +269,16 @@ class BoundKernel:
             ``launch(programs, leading, grid_1=1, grid_2=1)``, ``leading`` being the
             kernel's first runtime arguments.
         """
+        key = (fixed, constants, num_warps)
+        launch = self._fixed_plans.get(key)
+        if launch is None:
+            if len(self._fixed_plans) >= MAX_FIXED_PLANS:
+                self._fixed_plans.clear()
+            launch = self._fixed_plans[key] = self._make_planned(fixed, constants, num_warps)
+        return launch
+
+    def _make_planned(self, fixed: tuple, constants: tuple, num_warps: int) -> Callable[..., None]:
+        """``planned``'s launch, made anew."""
         n_leading = self._n_params - len(fixed)
         if n_leading < 0 or len(constants) != len(self._constexpr_names):
             raise TypeError(self._usage_error)
@@ -298,22 +312,15 @@ class BoundKernel:
     def launch_fixed(
         self, programs: int, leading: tuple, fixed: tuple, constants: tuple, num_warps: int, grid_1: int = 1
     ) -> None:
-        """``launch(programs, (*leading, *fixed), constants, num_warps)``, planned per distinct ``fixed``.
+        """``planned(fixed, constants, num_warps)(programs, leading, grid_1)``, in one call.
 
         For kernels with many size, stride and option arguments (cross-entropy's have up to
-        17) whose values repeat from call to call: the plan of each distinct ``(fixed,
-        constants, num_warps)`` is made once (see ``planned``), and a launch costs a dict
-        lookup of those values instead of specializing each one. Values that compare equal
-        share a plan, which passes the first call's values: give each parameter one type
-        (ints for int parameters, floats for float ones). Plans are dropped once there are
-        more than ``MAX_FIXED_PLANS`` (inputs of ever-changing shapes).
+        17) whose values repeat from call to call: a launch costs a dict lookup of those
+        values instead of specializing each one.
         """
-        key = (fixed, constants, num_warps)
-        launch = self._fixed_plans.get(key)
+        launch = self._fixed_plans.get((fixed, constants, num_warps))
         if launch is None:
-            if len(self._fixed_plans) >= MAX_FIXED_PLANS:
-                self._fixed_plans.clear()
-            launch = self._fixed_plans[key] = self.planned(fixed, constants, num_warps)
+            launch = self.planned(fixed, constants, num_warps)
         launch(programs, leading, grid_1)
 
     def _first_launch(self, key: tuple, grid, args: tuple, num_warps: int, constants: tuple) -> None:

@@ -41,6 +41,7 @@ Rows with a bad target compute as ignored rows, so no weight is read out of boun
 
 import functools
 import struct
+from collections.abc import Callable
 
 import torch
 import triton
@@ -1099,64 +1100,115 @@ def cross_entropy_forward(
     Without ``store_stats``, ``lse``, ``coef`` (and one program's ``total_weight``) are
     not written: any tensor will do.
     """
+    launch = forward_launch(
+        plan,
+        geometry,
+        target_strides,
+        grad_strides,
+        ignore_index,
+        label_smoothing,
+        prob_target,
+        reduction,
+        weight is not None,
+        grad is not None,
+        target_ok is not None and grad is None,
+        store_stats,
+    )
+    if launch is not None:
+        launch(forward_tensors(logits, target, weight, loss, lse, coef, row_weight, grad, target_ok, total_weight))
+
+
+def forward_launch(
+    plan: tuple,
+    geometry: tuple,
+    target_strides: tuple,
+    grad_strides: tuple,
+    ignore_index: int,
+    label_smoothing: float,
+    prob_target: bool,
+    reduction: int,
+    has_weight: bool,
+    has_grad: bool,
+    check_targets: bool,
+    store_stats: bool,
+) -> Callable[[tuple], None] | None:
+    """:func:`cross_entropy_forward`'s launch with all but its tensors bound, or None without rows.
+
+    Takes the arguments of :func:`cross_entropy_forward` that are not tensors, and whether
+    ``weight`` and ``grad`` are given and ``target_ok`` is checked without ``grad``.
+    Returns ``launch(tensors)``, ``tensors`` from :func:`forward_tensors`: what a caller
+    that launches the same shapes and options again keeps, to skip this arithmetic.
+    """
     outer, C, inner, x_outer, x_class, x_inner = geometry
     if outer * inner == 0:
-        return
+        return None
     block_c, block_i, warps, one_tile, blocks_per_program, programs, grouped = plan
     t_outer, t_class, t_inner = target_strides
     g_outer, g_class, g_inner = grad_strides
     eps_hi, eps_lo = _split_fp64(label_smoothing)
+    fixed = (
+        C,
+        inner,
+        outer * inner,
+        blocks_per_program,
+        x_outer,
+        x_class,
+        x_inner,
+        t_outer,
+        t_class,
+        t_inner,
+        g_outer,
+        g_class,
+        g_inner,
+        ignore_index,
+        eps_hi,
+        eps_lo,
+    )
     # Constexprs in the kernel's order: HAS_WEIGHT, PROB_TARGET, SMOOTHING, GRAD, REDUCTION,
     # CHECK_TARGETS, ONE_TILE, BLOCK_C, BLOCK_I, GROUP_ROWS, SINGLE, STORE_STATS.
-    # The tensors, then the sizes, strides and options (planned per distinct value: see
-    # BoundKernel.launch_fixed).
-    _forward.launch_fixed(
-        programs,
-        (
-            logits,
-            target,
-            logits if weight is None else weight,
-            loss,
-            lse,
-            coef,
-            row_weight,
-            logits if grad is None else grad,
-            loss if target_ok is None else target_ok,
-            total_weight,
-        ),
-        (
-            C,
-            inner,
-            outer * inner,
-            blocks_per_program,
-            x_outer,
-            x_class,
-            x_inner,
-            t_outer,
-            t_class,
-            t_inner,
-            g_outer,
-            g_class,
-            g_inner,
-            ignore_index,
-            eps_hi,
-            eps_lo,
-        ),
-        (
-            weight is not None,
-            prob_target,
-            label_smoothing > 0,
-            grad is not None,
-            reduction,
-            target_ok is not None and grad is None,
-            one_tile,
-            block_c,
-            block_i,
-            grouped,
-            programs == 1,
-            store_stats,
-        ),
-        warps,
+    constants = (
+        has_weight,
+        prob_target,
+        label_smoothing > 0,
+        has_grad,
+        reduction,
+        check_targets,
+        one_tile,
+        block_c,
+        block_i,
+        grouped,
+        programs == 1,
+        store_stats,
+    )
+    # The sizes, strides and options bound once per distinct value (BoundKernel.planned).
+    return functools.partial(_forward.planned(fixed, constants, warps), programs)
+
+
+def forward_tensors(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    loss: torch.Tensor,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    row_weight: torch.Tensor,
+    grad: torch.Tensor | None,
+    target_ok: torch.Tensor | None,
+    total_weight: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The forward kernel's tensor arguments (see :func:`cross_entropy_forward`), an unused
+    tensor standing in for each None."""
+    return (
+        logits,
+        target,
+        logits if weight is None else weight,
+        loss,
+        lse,
+        coef,
+        row_weight,
+        logits if grad is None else grad,
+        loss if target_ok is None else target_ok,
+        total_weight,
     )
 
 
@@ -1292,24 +1344,23 @@ def cross_entropy_scale_grad(
     ``target`` the index targets, with their ``(outer, class, inner)`` ``target_strides``
     (unused for probability targets).
     """
+    launch = scale_grad_launch(target_strides, geometry, ignore_index, prob_target)
+    if launch is not None:
+        launch((grad_output, target, grad))
+
+
+def scale_grad_launch(
+    target_strides: tuple, geometry: tuple, ignore_index: int, prob_target: bool
+) -> Callable[[tuple], None] | None:
+    """:func:`cross_entropy_scale_grad`'s launch with all but its tensors bound, or None when empty.
+
+    Returns ``launch((grad_output, target, grad))``.
+    """
     outer, C, inner, g_outer, g_class, g_inner = geometry
     if outer * inner * C == 0:
-        return
+        return None
     block_c, block_i = _blocks(geometry)
+    fixed = (C, inner, target_strides[0], target_strides[2], g_outer, g_class, g_inner, ignore_index)
     # Constexprs in the kernel's order: PROB_TARGET, BLOCK_C, BLOCK_I.
-    _scale_grad.launch_fixed(
-        _grid(outer, inner, block_i)[0],
-        (grad_output, target, grad),
-        (
-            C,
-            inner,
-            target_strides[0],
-            target_strides[2],
-            g_outer,
-            g_class,
-            g_inner,
-            ignore_index,
-        ),
-        (prob_target, block_c, block_i),
-        CROSS_ENTROPY_NUM_WARPS,
-    )
+    launch = _scale_grad.planned(fixed, (prob_target, block_c, block_i), CROSS_ENTROPY_NUM_WARPS)
+    return functools.partial(launch, _grid(outer, inner, block_i)[0])

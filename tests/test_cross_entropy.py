@@ -951,3 +951,26 @@ def test_eager_calls_launch_without_torch_library_ops(reduction, kernel_launches
     assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 2 + one_pass
     assert kernel_launches.launch_count("cross_entropy_scale_grad_kernel") == one_pass
     assert kernel_launches.launch_count("cross_entropy_backward_kernel") == 1 + (not one_pass)
+
+
+def test_inputs_like_ones_seen_before_reuse_their_plan_and_others_are_checked(kernel_launches):
+    # cross_entropy keeps a validated plan per (shapes, strides, dtypes, devices, options):
+    # a call like an earlier one skips the checks, any difference is checked again, and
+    # the per-call bounds check of the targets still runs.
+    x = torch.randn(4, 8, requires_grad=True)
+    target = torch.randint(0, 8, (4,))
+    for reduction in ("mean", "sum", "mean"):
+        x.grad = None
+        fused_ops.cross_entropy(x, target, reduction=reduction).backward()
+        x_ref = x.detach().requires_grad_()
+        F.cross_entropy(x_ref, target, reduction=reduction).backward()
+        assert_close(x.grad, x_ref.grad)
+    assert kernel_launches.launch_count("cross_entropy_forward_kernel") == 3
+    with pytest.raises(ValueError, match="batch_size"):
+        fused_ops.cross_entropy(x, torch.randint(0, 8, (5,)))
+    with pytest.raises(RuntimeError, match="expected target dtype"):
+        fused_ops.cross_entropy(x, target.int())
+    with pytest.raises(RuntimeError, match="label_smoothing"):
+        fused_ops.cross_entropy(x, target, label_smoothing=1.5)
+    with pytest.raises(IndexError, match="Target 9 is out of bounds"):
+        fused_ops.cross_entropy(x, torch.tensor([0, 9, 1, 2]))
