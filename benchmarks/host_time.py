@@ -21,7 +21,9 @@ process's CPU time without a GPU (time spent waiting for a core is not host time
 wall time with one (``--clock`` chooses).
 
 Ops: every op of ``fused_ops.__all__`` on a (4, 8) float32 tensor (cross_entropy: (4, 8)
-logits and int64 targets), no-grad forward and forward+backward. Optimizer:
+logits and int64 targets; linear_cross_entropy: (4, 8) hidden states and a (16, 8) head
+weight, both trained, against ``F.cross_entropy(F.linear(x, w), t)``), no-grad forward and
+forward+backward. Optimizer:
 ``fused_ops.optim.AdamW`` and ``fused_ops.optim.SGD`` (momentum 0.9) steps with 4, 64
 and 256 parameters of 64 elements, with the same gradient tensors every step and with
 new ones (``zero_grad(set_to_none=True)`` then new tensors), against torch's AdamW and
@@ -106,6 +108,8 @@ class OpCase:
     make_inputs: Callable[[], tuple[Any, ...]]
     fused: Callable[..., Any]
     eager: Callable[..., Any]
+    # How many float inputs require grad in the forward+backward (the first ones).
+    n_leaves: int = 1
 
 
 @dataclasses.dataclass
@@ -175,6 +179,14 @@ def _op_cases(device) -> list[OpCase]:
     def two_tensors():
         return (torch.randn(SHAPE, device=device), torch.randn(SHAPE, device=device))
 
+    def hidden_head_and_targets():
+        classes = 2 * SHAPE[1]
+        return (
+            torch.randn(SHAPE, device=device),
+            torch.randn(classes, SHAPE[1], device=device),
+            torch.randint(0, classes, SHAPE[:1], device=device),
+        )
+
     def logits_and_targets():
         return (torch.randn(SHAPE, device=device), torch.randint(0, SHAPE[1], SHAPE[:1], device=device))
 
@@ -193,6 +205,14 @@ def _op_cases(device) -> list[OpCase]:
         ),
         "mse_loss": OpCase("mse_loss", two_tensors, fused_ops.mse_loss, F.mse_loss),
         "cross_entropy": OpCase("cross_entropy", logits_and_targets, fused_ops.cross_entropy, F.cross_entropy),
+        # The hidden states and the head's weight both train: (4, 8) x (16, 8) logits.
+        "linear_cross_entropy": OpCase(
+            "linear_cross_entropy",
+            hidden_head_and_targets,
+            fused_ops.linear_cross_entropy,
+            lambda x, w, t: F.cross_entropy(F.linear(x, w), t),
+            n_leaves=2,
+        ),
     }
     # Ops added to fused_ops later (gelu, silu, ...) join when torch has a same-named
     # function callable as op(x) and the fused op accepts the same call.
@@ -213,9 +233,9 @@ def _op_cases(device) -> list[OpCase]:
     return list(cases.values())
 
 
-def _grad_leaves(inputs) -> list:
-    """The float inputs, as leaves that require grad (the first one only for losses' targets)."""
-    return [t for t in inputs if t.is_floating_point()][:1]
+def _grad_leaves(inputs, n_leaves: int = 1) -> list:
+    """The first ``n_leaves`` float inputs, as leaves that require grad (not losses' targets)."""
+    return [t for t in inputs if t.is_floating_point()][:n_leaves]
 
 
 def _fwd_bwd_call(op, inputs, leaves, grad) -> Callable[[], None]:
@@ -269,7 +289,7 @@ def measure_op(case: OpCase, settings: Settings, device, counting: bool) -> OpRe
         fwd_launches = _launches(fwd["fused"], counting)
         fwd_us = _interleaved_min_us(fwd, settings.op_calls, settings.op_repeats, device)
 
-    leaves = _grad_leaves(inputs)
+    leaves = _grad_leaves(inputs, case.n_leaves)
     for leaf in leaves:
         leaf.requires_grad_(True)
     output = case.eager(*inputs)
@@ -552,7 +572,7 @@ def _profiled_call(target: str, device) -> Callable[[], Any]:
         return step
     (case,) = [c for c in _op_cases(device) if c.name == target]
     inputs = case.make_inputs()
-    leaves = _grad_leaves(inputs)
+    leaves = _grad_leaves(inputs, case.n_leaves)
     for leaf in leaves:
         leaf.requires_grad_(True)
     output = case.eager(*inputs)

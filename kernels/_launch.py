@@ -176,6 +176,8 @@ class BoundKernel:
     Args:
         kernel: the ``@triton.jit`` function (an ``InterpretedFunction`` under
             ``TRITON_INTERPRET=1``, which is then always launched as ``kernel[grid]``).
+        num_stages: the software-pipelining stages of every launch, or None for Triton's
+            default (a launch option like ``num_warps``, but fixed per bound kernel).
 
     Example:
         >>> _sigmoid = BoundKernel(sigmoid_forward_kernel)
@@ -183,8 +185,10 @@ class BoundKernel:
         >>> _sigmoid.launch(n // 1024 + 1, (x, out, n), (1024,), 4)
     """
 
-    def __init__(self, kernel) -> None:
+    def __init__(self, kernel, num_stages: int | None = None) -> None:
         self.kernel = kernel
+        # Passed to Triton with num_warps wherever it launches or compiles the kernel.
+        self._options = {} if num_stages is None else {"num_stages": num_stages}
         self.compiled_mode = isinstance(kernel, JITFunction)
         self._cache: dict[tuple, tuple] = {}
         # (name, is_constexpr) per parameter, read the way Triton reads the annotation.
@@ -225,7 +229,7 @@ class BoundKernel:
             # The interpreter takes milliseconds a launch: checking every call is free, and
             # catches under test what a compiled launch checks at its first call.
             self._check_usage(args, constexprs)
-            self.kernel[grid](*args, num_warps=num_warps, **constexprs)
+            self.kernel[grid](*args, num_warps=num_warps, **self._options, **constexprs)
             return
         if list(constexprs) != self._constexpr_names:
             raise TypeError(self._usage_error)
@@ -337,14 +341,14 @@ class BoundKernel:
             raise TypeError(self._usage_error)
         constexprs = dict(zip(self._constexpr_names, constants, strict=True))
         self._check_usage(args, constexprs)
-        compiled = self.kernel[grid](*args, num_warps=num_warps, **constexprs)
+        compiled = self.kernel[grid](*args, num_warps=num_warps, **self._options, **constexprs)
         # compiled.run is the driver's launcher, created when the kernel first ran.
         return (compiled.run, compiled.function, compiled.packed_metadata, compiled)
 
     def _traced_launch(self, grid, args: tuple, num_warps: int, constants: tuple) -> None:
         """The launch as torch.compile records it inside a ``torch.library.triton_op``."""
         constexprs = dict(zip(self._constexpr_names, constants, strict=True))
-        torch.library.wrap_triton(self.kernel)[grid](*args, num_warps=num_warps, **constexprs)
+        torch.library.wrap_triton(self.kernel)[grid](*args, num_warps=num_warps, **self._options, **constexprs)
 
     def cache_size(self) -> int:
         """Signatures bound so far, by plain and by planned launches (for tests)."""

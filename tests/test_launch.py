@@ -146,6 +146,17 @@ SCRIPT = textwrap.dedent(
         else:
             raise AssertionError("planned a tensor")
 
+        # A kernel bound with num_stages launches what Triton launches with that option.
+        staged = BoundKernel(sigmoid_forward_kernel, num_stages=1)
+        calls.clear()
+        sigmoid_forward_kernel[(4,)](x, y, 64, num_warps=4, num_stages=1, BLOCK_SIZE=16)
+        staged((4,), x, y, 64, num_warps=4, BLOCK_SIZE=16)
+        staged((4,), x, y, 64, num_warps=4, BLOCK_SIZE=16)
+        staged.planned((64,), (16,), 4)(4, (x, y))
+        expected = without_empty_hooks(calls[0])
+        for call in calls[1:]:
+            same(without_empty_hooks(call), expected)
+
         # Launch hooks see bound launches, with Triton's launch metadata.
         with KernelTrace() as trace:
             sigmoid((1,), x, y, 64, num_warps=4, BLOCK_SIZE=16)
