@@ -6,9 +6,11 @@ part of fused_ops' host time on activation-sized tensors. ``attach(output, input
 saved, backward, differentiable_backward, args, name)`` records an op whose forward
 kernel already ran in the autograd graph the way torch's own ops are recorded:
 ``output`` gets a node named ``name`` with ``input``'s gradient edge, which saves
-``saved`` (``output``, ``input`` or another tensor) and calls
-``backward(grad_output, saved, *args)``, or ``differentiable_backward`` (same
-arguments) when the backward runs with ``create_graph=True``.
+``saved`` (``output``, ``input`` or another tensor, or a tuple of tensors and Nones) and
+calls ``backward(grad_output, *saved, *args)``, or ``differentiable_backward`` (same
+arguments) when the backward runs with ``create_graph=True``. ``input`` may be a tuple
+of tensors and Nones too: the node then has an edge per input and the backward returns
+a tuple with a gradient (or None) per input.
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` the first time an op
 needs it (about a minute, once per machine: torch caches the build in

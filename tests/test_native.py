@@ -239,3 +239,30 @@ def test_cross_entropy_one_pass_records_the_node_and_keeps_its_semantics(native,
     assert_close(x.grad, torch.autograd.grad(F.cross_entropy(x_ref, target), x_ref)[0])
     with pytest.raises(RuntimeError, match="one backward only"):
         loss.backward()
+
+
+def test_a_node_over_several_inputs_routes_each_gradient():
+    # attach with a tuple of inputs (Nones allowed): the backward returns one gradient (or
+    # None) per input, which autograd routes to each input's edge.
+    attach = _native.attach()
+    a = torch.randn(5, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    with torch.no_grad():
+        out = a * b
+
+    def backward(grad, saved_a, saved_b):
+        return grad * saved_b, None, grad * saved_a
+
+    out = attach(out, (a, None, b), (a, b), backward, backward, (), "ProductBackward")
+    assert out.grad_fn.name() == "ProductBackward" and out.grad_fn.next_functions[1] == (None, 0)
+    out.backward(torch.ones(5))
+    assert torch.equal(a.grad, b.detach()) and torch.equal(b.grad, a.detach())
+
+    def wrong(grad, saved_a, saved_b):
+        return grad * saved_b
+
+    with torch.no_grad():
+        out = a * b
+    out = attach(out, (a, b), (a, b), wrong, wrong, (), "ProductBackward")
+    with pytest.raises(RuntimeError, match="tuple of 2 gradients"):
+        out.sum().backward()

@@ -1,6 +1,6 @@
 // A C++ autograd node whose backward calls a Python function: the eager autograd path of
-// fused_ops' ops with one differentiable input (activations, softmax, log_softmax, and
-// cross-entropy whose logits alone require grad).
+// fused_ops' ops with one output (activations, softmax, log_softmax, cross-entropy whose
+// logits alone require grad, linear cross-entropy).
 //
 // Why: a Python torch.autograd.Function costs about 3 us of host time per forward and
 // backward beyond a C++ node (its ctx object, the Python forward and backward wrappers,
@@ -32,6 +32,9 @@ struct PythonBackward : public Node {
   PyObject* args_ = nullptr;
   // One or more saved tensors (an undefined one is passed to the backward as None).
   std::vector<SavedVariable> saved_;
+  // Inputs given as a tuple: the backward returns a tuple of gradients (None for none),
+  // one per input. Otherwise one input, and the backward returns its gradient.
+  bool tuple_of_inputs_ = false;
 
   ~PythonBackward() override {
     // The engine may drop the graph on any thread, and after the interpreter is gone.
@@ -49,7 +52,7 @@ struct PythonBackward : public Node {
 
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) {
-      return {at::Tensor()};
+      return variable_list(num_outputs());
     }
     pybind11::gil_scoped_acquire gil;
     // The Python C API rather than pybind11's call: this runs once per backward of every op.
@@ -85,13 +88,35 @@ struct PythonBackward : public Node {
       // Keeps the Python exception (its type and traceback) for the caller of backward().
       throw python_error();
     }
-    if (!THPVariable_Check(result)) {
+    if (!tuple_of_inputs_) {
+      if (!THPVariable_Check(result)) {
+        Py_DECREF(result);
+        throw std::runtime_error(name_ + ": the backward returned something other than a Tensor");
+      }
+      at::Tensor grad_input = THPVariable_Unpack(result);
       Py_DECREF(result);
-      throw std::runtime_error(name_ + ": the backward returned something other than a Tensor");
+      return {grad_input};
     }
-    at::Tensor grad_input = THPVariable_Unpack(result);
+    const Py_ssize_t n_inputs = static_cast<Py_ssize_t>(num_outputs());
+    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != n_inputs) {
+      Py_DECREF(result);
+      throw std::runtime_error(
+          name_ + ": the backward must return a tuple of " + std::to_string(n_inputs) + " gradients or Nones");
+    }
+    variable_list grad_inputs(n_inputs);
+    for (Py_ssize_t i = 0; i < n_inputs; ++i) {
+      PyObject* grad = PyTuple_GET_ITEM(result, i);
+      if (grad == Py_None) {
+        continue;
+      }
+      if (!THPVariable_Check(grad)) {
+        Py_DECREF(result);
+        throw std::runtime_error(name_ + ": the backward returned something other than a Tensor or None");
+      }
+      grad_inputs[i] = THPVariable_Unpack(grad);
+    }
     Py_DECREF(result);
-    return {grad_input};
+    return grad_inputs;
   }
 
   void release_variables() override {
@@ -101,43 +126,52 @@ struct PythonBackward : public Node {
   }
 };
 
+// A tensor, or a tuple of tensors and Nones, as tensors (an undefined one for None).
+std::vector<at::Tensor> tensors_of(pybind11::handle object, const char* what) {
+  std::vector<at::Tensor> tensors;
+  if (THPVariable_Check(object.ptr())) {
+    tensors.push_back(THPVariable_Unpack(object.ptr()));
+    return tensors;
+  }
+  TORCH_CHECK_TYPE(PyTuple_Check(object.ptr()), "attach: ", what, " must be a Tensor or a tuple of Tensors and Nones");
+  const Py_ssize_t size = PyTuple_GET_SIZE(object.ptr());
+  for (Py_ssize_t i = 0; i < size; ++i) {
+    PyObject* item = PyTuple_GET_ITEM(object.ptr(), i);
+    if (item == Py_None) {
+      tensors.emplace_back();
+    } else {
+      TORCH_CHECK_TYPE(THPVariable_Check(item), "attach: ", what, " must be a Tensor or a tuple of Tensors and Nones");
+      tensors.push_back(THPVariable_Unpack(item));
+    }
+  }
+  return tensors;
+}
+
 // Record `output = op(input)` in the autograd graph: `output`, a fresh tensor that does
-// not require grad, gets a PythonBackward node whose next edge is `input`'s gradient
-// edge, saving `saved` for the backward: a tensor (`output` itself, `input`, or another
-// tensor the forward made), or a tuple of tensors and Nones. The node calls
-// `backward(grad_output, *saved, *args)`, or `differentiable_backward` with the same
-// arguments when grad mode is on in the backward (create_graph=True).
+// not require grad, gets a PythonBackward node whose next edges are the gradient edges
+// of `input` (a tensor, or a tuple of tensors and Nones: then the backward returns a
+// tuple of gradients), saving `saved` for the backward: a tensor (`output` itself,
+// `input`, or another tensor the forward made), or a tuple of tensors and Nones. The
+// node calls `backward(grad_output, *saved, *args)`, or `differentiable_backward` with
+// the same arguments when grad mode is on in the backward (create_graph=True).
 at::Tensor attach(
     const at::Tensor& output,
-    const at::Tensor& input,
+    pybind11::handle input,
     pybind11::handle saved,
     pybind11::object backward,
     pybind11::object differentiable_backward,
     pybind11::tuple args,
     std::string name) {
   TORCH_CHECK(!output.requires_grad(), "attach: the output already requires grad");
-  std::vector<at::Tensor> to_save;
-  if (THPVariable_Check(saved.ptr())) {
-    to_save.push_back(THPVariable_Unpack(saved.ptr()));
-  } else {
-    TORCH_CHECK_TYPE(PyTuple_Check(saved.ptr()), "attach: saved must be a Tensor or a tuple of Tensors and Nones");
-    const Py_ssize_t n_saved = PyTuple_GET_SIZE(saved.ptr());
-    for (Py_ssize_t i = 0; i < n_saved; ++i) {
-      PyObject* item = PyTuple_GET_ITEM(saved.ptr(), i);
-      if (item == Py_None) {
-        to_save.emplace_back();
-      } else {
-        TORCH_CHECK_TYPE(THPVariable_Check(item), "attach: saved must be a Tensor or a tuple of Tensors and Nones");
-        to_save.push_back(THPVariable_Unpack(item));
-      }
-    }
-  }
+  const std::vector<at::Tensor> inputs = tensors_of(input, "input");
+  const std::vector<at::Tensor> to_save = tensors_of(saved, "saved");
   auto node = c10::make_intrusive<PythonBackward>();
   node->name_ = std::move(name);
+  node->tuple_of_inputs_ = !THPVariable_Check(input.ptr());
   node->backward_ = backward.release().ptr();
   node->differentiable_backward_ = differentiable_backward.release().ptr();
   node->args_ = args.release().ptr();
-  node->set_next_edges(torch::autograd::collect_next_edges(input));
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   torch::autograd::set_history(output, node);
   // After set_history, so that a saved output knows this node is its grad_fn and is
   // stored without a reference cycle (as torch's own nodes save their results).
