@@ -201,3 +201,19 @@ def kernel_op(name: str, *, fake: Callable[..., torch.Tensor]) -> Callable[[Call
         return op
 
     return define
+
+
+def specialize_shapes(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """``tensors`` with int sizes and strides, as views, where torch.compile traced them symbolic.
+
+    Launchers choose tiles and cache launch plans by sizes and strides, which must be
+    ints: inside a ``triton_op`` traced with dynamic shapes, ``int()`` specializes each
+    symbolic size (the tracer guards on its value) and ``as_strided`` gives a tensor of
+    those sizes. Tensors whose sizes are ints come back as they are.
+    """
+    result = []
+    for t in tensors:
+        if t is not None and not all(type(v) is int for v in (*t.shape, *t.stride())):
+            t = t.as_strided([int(v) for v in t.shape], [int(v) for v in t.stride()], int(t.storage_offset()))
+        result.append(t)
+    return tuple(result)

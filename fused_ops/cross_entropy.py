@@ -35,7 +35,15 @@ import torch
 
 from . import _native, reference
 from ._autocast import autocast_inputs
-from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, kernel_op, needs_autograd, use_triton
+from ._dispatch import (
+    TRITON_AVAILABLE,
+    _forward_ad,
+    fast_apply,
+    kernel_op,
+    needs_autograd,
+    specialize_shapes,
+    use_triton,
+)
 from ._validation import (
     REDUCTION_MEAN,
     REDUCTION_NONE,
@@ -448,6 +456,8 @@ def _cross_entropy_forward(
     ignore_index: int,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Called where torch.compile traces (eager calls _forward_impl directly).
+    input, target, weight = specialize_shapes(input, target, weight)
     return _forward_impl(input, target, weight, reduction, ignore_index, label_smoothing)
 
 
@@ -519,6 +529,10 @@ def _cross_entropy_backward(
     ignore_index: int,
     label_smoothing: float,
 ) -> torch.Tensor:
+    # Called where torch.compile traces (eager calls _backward_impl directly).
+    grad_output, input, target, weight, lse, coef, total_weight = specialize_shapes(
+        grad_output, input, target, weight, lse, coef, total_weight
+    )
     return _backward_impl(
         grad_output, input, target, weight, lse, coef, total_weight, reduction, ignore_index, label_smoothing
     )

@@ -237,6 +237,21 @@ COMPILE_SCRIPT = textwrap.dedent(
                 assert "triton_kernel_wrapper_functional" in code and kernel in code, (name, code)
                 assert "fused_ops" not in code, (name, code)
             print(name, "ok")
+        # Dynamic shapes (torch.compile's default after a shape changes): launchers choose
+        # tiles from sizes, so they specialize symbolic ones rather than fail to hash them.
+        for name, op in {{
+            "sigmoid": fused_ops.sigmoid,
+            "softmax": lambda t: fused_ops.softmax(t, -1),
+            "log_softmax": lambda t: fused_ops.log_softmax(t.t(), 0),
+            "mse_loss": lambda t: fused_ops.mse_loss(t, torch.zeros_like(t)),
+            "cross_entropy": lambda t: fused_ops.cross_entropy(t, torch.zeros(t.shape[0], dtype=torch.long)),
+            "cross_entropy none": lambda t: fused_ops.cross_entropy(t, t.softmax(-1).detach(), reduction="none"),
+        }}.items():
+            torch._dynamo.reset()
+            compiled = torch.compile(lambda t: op(t) * 2, backend="aot_eager", fullgraph=True, dynamic=True)
+            for rows in (4, 7):
+                compiled(torch.randn(rows, 8, requires_grad=True)).sum().backward()
+            print(name, "dynamic ok")
     print("ok")
     """
 )
