@@ -65,6 +65,15 @@ _UNALIGNED = (
 )
 
 
+def _specialization(param) -> str:
+    """The key expression (a template of ``{a}``) for one of the kernel's runtime parameters."""
+    if param.do_not_specialize:
+        return _UNSPECIALIZED
+    if param.do_not_specialize_on_alignment:
+        return _UNALIGNED
+    return _SPECIALIZED
+
+
 # The body of a generated launch, after its runtime arguments are unpacked into a0, a1, ...:
 # key, cache lookup, then Triton's launcher, as JITFunction.run calls it. Placeholders:
 # {key_head} (what the key holds besides the arguments' specializations), {parts} (those),
@@ -113,15 +122,7 @@ def _generate_launch(bound: BoundKernel, params, n_keyed: int, planned: bool) ->
       ``BoundKernel.planned``).
     """
     names = [f"a{i}" for i in range(n_keyed)]
-    parts = []
-    for name, param in zip(names, params[:n_keyed], strict=True):
-        if param.do_not_specialize:
-            template = _UNSPECIALIZED
-        elif param.do_not_specialize_on_alignment:
-            template = _UNALIGNED
-        else:
-            template = _SPECIALIZED
-        parts.append(template.format(a=name))
+    parts = [_specialization(param).format(a=name) for name, param in zip(names, params[:n_keyed], strict=True)]
     unpack = "".join(f"{name}, " for name in names)
     received = "leading" if planned else "args"
     body = _LAUNCH_BODY.format(
@@ -294,16 +295,11 @@ class BoundKernel:
                 self.launch(programs, (*leading, *fixed), constants, num_warps, grid_1, grid_2)
 
             return launch_interpreted
-        specializations = []
-        for value, param in zip(fixed, self._runtime_params[n_leading:], strict=True):
-            if param.do_not_specialize:
-                template = _UNSPECIALIZED
-            elif param.do_not_specialize_on_alignment:
-                template = _UNALIGNED
-            else:
-                template = _SPECIALIZED
-            # The same expression the per-launch key evaluates; once per plan.
-            specializations.append(eval(template.format(a="value"), {"Tensor": torch.Tensor}, {"value": value}))
+        # The same expressions the per-launch key evaluates, once per plan.
+        specializations = [
+            eval(_specialization(param).format(a="value"), {"Tensor": torch.Tensor}, {"value": value})
+            for value, param in zip(fixed, self._runtime_params[n_leading:], strict=True)
+        ]
         fixed_key = (num_warps, tuple(constants), *specializations)
         fixed_key_id = self._fixed_key_ids.setdefault(fixed_key, len(self._fixed_key_ids))
         make = self._planned_factories.get(n_leading)
