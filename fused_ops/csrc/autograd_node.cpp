@@ -154,23 +154,39 @@ std::vector<at::Tensor> tensors_of(pybind11::handle object, const char* what) {
 // `input`, or another tensor the forward made), or a tuple of tensors and Nones. The
 // node calls `backward(grad_output, *saved, *args)`, or `differentiable_backward` with
 // the same arguments when grad mode is on in the backward (create_graph=True).
-at::Tensor attach(
-    const at::Tensor& output,
-    pybind11::handle input,
-    pybind11::handle saved,
-    pybind11::object backward,
-    pybind11::object differentiable_backward,
-    pybind11::tuple args,
-    std::string name) {
+// attach(output, input, saved, backward, differentiable_backward, args, name) -> output.
+// A METH_FASTCALL function of the Python C API rather than a pybind11 binding: it runs in
+// every forward of every op, and pybind11's argument conversion (seven arguments, a
+// std::string) cost about as much as the rest of the call.
+PyObject* attach(PyObject* /*module*/, PyObject* const* arguments, Py_ssize_t n_arguments) {
+  HANDLE_TH_ERRORS
+  TORCH_CHECK_TYPE(
+      n_arguments == 7, "attach(output, input, saved, backward, differentiable_backward, args, name) takes 7 arguments");
+  PyObject* output_object = arguments[0];
+  PyObject* input = arguments[1];
+  PyObject* saved = arguments[2];
+  PyObject* args = arguments[5];
+  TORCH_CHECK_TYPE(THPVariable_Check(output_object), "attach: output must be a Tensor");
+  TORCH_CHECK_TYPE(PyTuple_Check(args), "attach: args must be a tuple");
+  TORCH_CHECK_TYPE(PyUnicode_Check(arguments[6]), "attach: name must be a str");
+  const at::Tensor& output = THPVariable_Unpack(output_object);
   TORCH_CHECK(!output.requires_grad(), "attach: the output already requires grad");
   const std::vector<at::Tensor> inputs = tensors_of(input, "input");
   const std::vector<at::Tensor> to_save = tensors_of(saved, "saved");
+  Py_ssize_t name_size = 0;
+  const char* name = PyUnicode_AsUTF8AndSize(arguments[6], &name_size);
+  if (name == nullptr) {
+    return nullptr;
+  }
   auto node = c10::make_intrusive<PythonBackward>();
-  node->name_ = std::move(name);
-  node->tuple_of_inputs_ = !THPVariable_Check(input.ptr());
-  node->backward_ = backward.release().ptr();
-  node->differentiable_backward_ = differentiable_backward.release().ptr();
-  node->args_ = args.release().ptr();
+  node->name_.assign(name, name_size);
+  node->tuple_of_inputs_ = !THPVariable_Check(input);
+  Py_INCREF(arguments[3]);
+  node->backward_ = arguments[3];
+  Py_INCREF(arguments[4]);
+  node->differentiable_backward_ = arguments[4];
+  Py_INCREF(args);
+  node->args_ = args;
   node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   torch::autograd::set_history(output, node);
   // After set_history, so that a saved output knows this node is its grad_fn and is
@@ -180,11 +196,19 @@ at::Tensor attach(
     const bool is_output = tensor.defined() && tensor.is_same(output);
     node->saved_.emplace_back(is_output ? output : tensor, is_output);
   }
-  return output;
+  Py_INCREF(output_object);
+  return output_object;
+  END_HANDLE_TH_ERRORS
 }
+
+PyMethodDef attach_method = {
+    "attach",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(attach)),
+    METH_FASTCALL,
+    "Record output = op(input) in the autograd graph with a Python backward."};
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("attach", &attach, "Record output = op(input) in the autograd graph with a Python backward.");
+  module.add_object("attach", pybind11::reinterpret_steal<pybind11::object>(PyCFunction_New(&attach_method, nullptr)));
 }
