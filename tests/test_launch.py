@@ -246,6 +246,9 @@ COMPILE_SCRIPT = textwrap.dedent(
             "mse_loss": lambda t: fused_ops.mse_loss(t, torch.zeros_like(t)),
             "cross_entropy": lambda t: fused_ops.cross_entropy(t, torch.zeros(t.shape[0], dtype=torch.long)),
             "cross_entropy none": lambda t: fused_ops.cross_entropy(t, t.softmax(-1).detach(), reduction="none"),
+            "linear_cross_entropy": lambda t: fused_ops.linear_cross_entropy(
+                t, torch.ones(16, 8), torch.zeros(t.shape[0], dtype=torch.long)
+            ),
         }}.items():
             torch._dynamo.reset()
             compiled = torch.compile(lambda t: op(t) * 2, backend="aot_eager", fullgraph=True, dynamic=True)
