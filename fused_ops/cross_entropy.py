@@ -179,6 +179,15 @@ def _assert_targets_in_bounds(all_ok: torch.Tensor, target: torch.Tensor, n_clas
         raise IndexError(f"Target {int(bad)} is out of bounds.") from None
 
 
+def _views(plan: _CallPlan, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, target) as the launchers take them: spatial dims merged, by views."""
+    if plan.layout != "spatial":
+        return input, target
+    # A view costs ~1.5 µs: only where needed. (A copy where the dims cannot merge.)
+    geometry = plan.geometry
+    return input.reshape(geometry[:3]), target.reshape(geometry[:3] if plan.prob_target else (geometry[0], geometry[2]))
+
+
 def _forward_impl(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -187,16 +196,17 @@ def _forward_impl(
     ignore_index: int,
     label_smoothing: float,
     save: bool = True,
+    plan: _CallPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(loss, lse, coef, total_weight): the forward without a gradient (one read of the logits).
 
     Without ``save`` (no autograd), only the loss is wanted: with Triton, the per-row
     statistics are then neither allocated nor written (None, or unspecified values).
+    ``plan``: these inputs' :class:`_CallPlan`, if cached.
     """
-    prob_target = _is_prob_target(input, target)
-    n_classes = input.shape[0 if input.dim() == 1 else 1]
-    out_dtype = _loss_dtype(input, target, weight)
-    acc = reference.compute_dtype(input.dtype)
+    if plan is None:
+        plan = _CallPlan(input, target, weight, label_smoothing, False)
+    prob_target, n_classes, out_dtype, acc = plan.prob_target, plan.n_classes, plan.out_dtype, plan.acc
     if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
         if not prob_target:
             _check_target_bounds(target, n_classes, ignore_index)
@@ -204,15 +214,13 @@ def _forward_impl(
             input, target, weight, reduction, ignore_index, label_smoothing, out_dtype
         )
 
-    layout = _layout(input)
-    logits, geometry = _class_geometry(input, layout)
-    target_view, target_strides = _target_geometry(target, layout, geometry, prob_target)
+    geometry, target_strides, kernel_plan = plan.geometry, plan.target_strides, plan.two_pass_kernel_plan
+    logits, target_view = _views(plan, input, target)
     outer, _, inner = geometry[:3]
     n_rows = outer * inner
     device = input.device
-    plan = kernels.forward_plan(geometry, input.dtype == torch.float64, False, False)
     # One program: the forward kernel also reduces and checks the targets (one launch).
-    single = plan[5] == 1
+    single = kernel_plan[5] == 1
     if reduction == REDUCTION_NONE:
         loss = torch.empty(_loss_shape(input), dtype=out_dtype, device=device)
         row_loss = loss.view(-1)
@@ -231,11 +239,11 @@ def _forward_impl(
     check_targets = not prob_target and n_rows > 0
     if check_targets:
         all_ok = torch.empty(1, dtype=torch.int8, device=device)
-        target_ok = all_ok if single else torch.empty(plan[5], dtype=torch.int8, device=device)
+        target_ok = all_ok if single else torch.empty(kernel_plan[5], dtype=torch.int8, device=device)
     else:
         target_ok = all_ok = None
     kernels.cross_entropy_forward(
-        plan,
+        kernel_plan,
         logits,
         geometry,
         target_view,
@@ -272,9 +280,9 @@ def _forward_impl(
     return loss, lse, coef, total_weight
 
 
-class _OnePassPlan:
-    """What a one-pass forward needs besides the tensors: a pure function of their shapes,
-    strides and dtypes and the options, so the functional caches it (``_PLANS``)."""
+class _CallPlan:
+    """What a forward needs besides the tensors: a pure function of their shapes, strides
+    and dtypes and the options, so the functional caches it (``_PLANS``)."""
 
     __slots__ = (
         "acc",
@@ -288,6 +296,7 @@ class _OnePassPlan:
         "scale_launch",
         "single",
         "target_strides",
+        "two_pass_kernel_plan",
         "weights_per_class",
         "write_through",
     )
@@ -302,19 +311,26 @@ class _OnePassPlan:
         # spatial dims that cannot merge, where the gradient is copied in at the end).
         self.write_through = inplace and (self.layout != "spatial" or _spatial_dims_merge(input))
         self.weights_per_class = weight is not None and (self.prob_target or label_smoothing > 0)
-        # The views' geometries: the same for every tensor of these shapes and strides.
-        self.geometry = _class_geometry(input, self.layout)[1]
-        self.target_strides = _target_geometry(target, self.layout, self.geometry, self.prob_target)[1]
-        self.kernel_plan = None
+        # The views' geometries: the same for every tensor of these shapes and strides. For
+        # spatial dims, worked out on meta tensors laid out alike (a reshape that cannot be
+        # a view copies: _views makes that copy, once, where it launches).
+        input_like, target_like = input, target
+        if self.layout == "spatial":
+            input_like = torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device="meta")
+            target_like = torch.empty_strided(target.shape, target.stride(), dtype=target.dtype, device="meta")
+        self.geometry = _class_geometry(input_like, self.layout)[1]
+        self.target_strides = _target_geometry(target_like, self.layout, self.geometry, self.prob_target)[1]
+        self.kernel_plan = self.two_pass_kernel_plan = None
         self.single = False
         # The forward's and the backward scale's launches, bound at the first launch
         # (kernels.forward_launch, kernels.scale_grad_launch). A forward_launch of False:
         # nothing to launch.
         self.forward_launch = self.scale_launch = None
         if self.n_classes and TRITON_AVAILABLE:
-            self.kernel_plan = kernels.forward_plan(
-                self.geometry, input.dtype == torch.float64, self.weights_per_class, True
-            )
+            fp64 = input.dtype == torch.float64
+            self.kernel_plan = kernels.forward_plan(self.geometry, fp64, self.weights_per_class, True)
+            # The forward without the gradient (no autograd, or the two-pass path).
+            self.two_pass_kernel_plan = kernels.forward_plan(self.geometry, fp64, False, False)
             # One program: the forward kernel also does the prepass and the reduction (one launch).
             self.single = self.kernel_plan[5] == 1
 
@@ -327,7 +343,7 @@ def _one_pass_forward_impl(
     ignore_index: int,
     label_smoothing: float,
     inplace: bool,
-    plan: _OnePassPlan | None = None,
+    plan: _CallPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
     """(loss, grad, scale) for a 'mean' or 'sum' reduction, in one pass.
 
@@ -342,10 +358,10 @@ def _one_pass_forward_impl(
     dims that cannot merge, which the kernel cannot see as one ``(outer, C, inner)`` view).
     The per-row statistics of a backward through the saved logits are not kept: only a
     second or differentiable backward needs them, and it recomputes them
-    (:func:`_forward_impl`). ``plan``: these inputs' :class:`_OnePassPlan`, if cached.
+    (:func:`_forward_impl`). ``plan``: these inputs' :class:`_CallPlan`, if cached.
     """
     if plan is None:
-        plan = _OnePassPlan(input, target, weight, label_smoothing, inplace)
+        plan = _CallPlan(input, target, weight, label_smoothing, inplace)
     prob_target, n_classes, out_dtype, layout = plan.prob_target, plan.n_classes, plan.out_dtype, plan.layout
     if not use_triton("cross_entropy", input, target, weight) or n_classes == 0:
         if not prob_target:
@@ -362,12 +378,7 @@ def _one_pass_forward_impl(
         return loss, grad, None
 
     geometry, target_strides, single, acc = plan.geometry, plan.target_strides, plan.single, plan.acc
-    if layout == "spatial":
-        # Views merging the spatial dims (a view costs ~1.5 µs: only where needed).
-        logits = input.reshape(geometry[:3])
-        target_view = target.reshape(geometry[:3] if prob_target else (geometry[0], geometry[2]))
-    else:
-        logits, target_view = input, target
+    logits, target_view = _views(plan, input, target)
     outer, _, inner = geometry[:3]
     device = input.device
     contiguous_weight = None if weight is None else weight.contiguous()
@@ -811,7 +822,7 @@ _set_grad_enabled = torch._C._set_grad_enabled
 # The one-pass path's autograd node, where the C++ node records it.
 _NODE_NAME = "FusedCrossEntropyBackward"
 # Validated inputs' one-pass plans, keyed on what they depend on (see cross_entropy).
-_PLANS: dict[tuple, _OnePassPlan] = {}
+_PLANS: dict[tuple, _CallPlan] = {}
 _MAX_PLANS = 4096
 
 
@@ -989,7 +1000,7 @@ def cross_entropy(
         if key is not None:
             if len(_PLANS) >= _MAX_PLANS:  # inputs of ever-changing shapes: start over
                 _PLANS.clear()
-            plan = _PLANS[key] = _OnePassPlan(input, target, weight, label_smoothing, inplace_grad)
+            plan = _PLANS[key] = _CallPlan(input, target, weight, label_smoothing, inplace_grad)
     label_smoothing = float(label_smoothing)
     if traced:
         # Dynamo traces Function.apply itself (fast_apply's C++ call would break the graph).
@@ -1007,7 +1018,7 @@ def cross_entropy(
             if attach is _native.UNLOADED:
                 attach = _native.attach()
             if plan is None:  # with a weight: not cached
-                plan = _OnePassPlan(input, target, weight, label_smoothing, inplace_grad)
+                plan = _CallPlan(input, target, weight, label_smoothing, inplace_grad)
             args = (input, target, weight, reduction_enum, ignore_index, label_smoothing, inplace_grad, plan)
             if (
                 attach is not None
@@ -1028,7 +1039,7 @@ def cross_entropy(
         return _cross_entropy_apply(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)
     # No autograd: the forward launches alone (no gradient buffer, which nothing would read,
     # and no per-row statistics, which nothing saves).
-    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False)[0]
+    return _forward_impl(input, target, weight, reduction_enum, ignore_index, label_smoothing, False, plan)[0]
 
 
 def _check_inplace(input: torch.Tensor) -> None:
