@@ -92,7 +92,7 @@ def test_quick_run_launches_the_kernels_each_op_needs(quick_run, device):
         inputs = case.make_inputs()
         with torch.no_grad():
             forward = _launched_kernels(lambda: case.fused(*inputs))  # noqa: B023  (called at once)
-        leaves = host_time._grad_leaves(inputs)
+        leaves = host_time._grad_leaves(inputs, case.n_leaves)
         for leaf in leaves:
             leaf.requires_grad_(True)
         output = case.eager(*inputs)
