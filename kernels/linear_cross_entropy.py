@@ -214,6 +214,65 @@ def _add_product(a, b_mat, b_idx, b_mask, out_idx, out_mask, acc_ptr, out_ptr, s
 
 
 @triton.jit
+def _valid_targets(y, row_mask, V, ignore_index):
+    """``(valid, bad)`` per row: a target to count (in ``[0, V)``, not ignored), and 1 (int32)
+    for one out of bounds. A bad target raises on the host; meanwhile its row computes as
+    ignored, so no class weight is read out of bounds."""
+    counted = row_mask & (y != ignore_index)
+    in_bounds = (y >= 0) & (y < V)
+    return counted & in_bounds, (counted & ~in_bounds).to(tl.int32)
+
+
+@triton.jit
+def _finish_rows(
+    merged, rows, row_mask, y, valid, class_weight_ptr, stats_ptr, loss_ptr, N, V, eps, HAS_WEIGHT, SMOOTHING, REDUCTION
+):
+    """Per row, from the statistics over all classes: store ``lse`` and ``coef`` (and the loss
+    for ``REDUCTION_NONE``); return ``(loss, w_y)`` for the reduction.
+
+    ``merged`` is ``(m_shift, s, x_y, w_dot, w_sum)`` (the forward kernel's running values);
+    ``stats`` holds ``lse`` at ``[0, N)`` and ``coef`` at ``[N, 2 N)``.
+    """
+    m_shift, s, x_y, w_dot, w_sum = merged
+    log_s = tl.log2(tl.where(row_mask, s, 1)) * tl.full([], LN2, s.dtype)
+    lse = m_shift + log_s
+    w_y = _class_weights(class_weight_ptr, y, valid, HAS_WEIGHT, s.dtype)
+    nll = (m_shift - x_y) + log_s
+    if SMOOTHING:
+        loss = (1 - eps) * w_y * nll + eps / V * (w_sum * log_s - w_dot)
+        coef = (1 - eps) * w_y + eps / V * w_sum
+    else:
+        loss = w_y * nll
+        coef = w_y
+    loss = tl.where(valid, loss, 0)
+    coef = tl.where(valid, coef, 0)
+    tl.store(stats_ptr + rows, lse, mask=row_mask)
+    tl.store(stats_ptr + N + rows, coef, mask=row_mask)
+    if REDUCTION == REDUCTION_NONE:
+        tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
+    return loss, w_y
+
+
+@triton.jit
+def _store_totals(loss_ptr, total_weight_ptr, ok_ptr, loss_acc, weight_acc, n_bad, REDUCTION: tl.constexpr):
+    """Store the reduced loss (unless ``REDUCTION_NONE``), ``total_weight`` (the mean's
+    denominator, 1 otherwise) and ``ok`` (1 when no target is out of bounds), from per-lane sums."""
+    if REDUCTION == REDUCTION_NONE:
+        total_weight = tl.sum(tl.zeros_like(loss_acc), axis=0) + 1
+    else:
+        loss = tl.sum(loss_acc, axis=0)
+        if REDUCTION == REDUCTION_MEAN:
+            # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
+            total_weight = tl.sum(weight_acc, axis=0)
+            loss = loss / total_weight
+        else:
+            total_weight = tl.sum(tl.zeros_like(loss_acc), axis=0) + 1
+        tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    tl.store(total_weight_ptr, total_weight)
+    tl.store(ok_ptr, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
+
+
+@triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
 def linear_cross_entropy_forward_kernel(
     x_ptr,
     w_ptr,
@@ -221,6 +280,9 @@ def linear_cross_entropy_forward_kernel(
     target_ptr,
     class_weight_ptr,
     part_ptr,
+    loss_ptr,
+    stats_ptr,
+    ok_ptr,
     N,
     V,
     D,
@@ -231,17 +293,27 @@ def linear_cross_entropy_forward_kernel(
     stride_wd,
     stride_b,
     stride_t,
+    ignore_index,
+    eps_hi,
+    eps_lo,
     HAS_BIAS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTHING: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    SINGLE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """Partial log-sum-exp statistics of one row block over one split of the classes.
 
-    ``part`` is contiguous ``(N_STATS, splits, N)`` in the compute dtype.
+    ``part`` is contiguous ``(N_STATS, splits, N)`` in the compute dtype. With ``SINGLE``
+    (one program: every row in one block, every class in one split) the program holds the
+    whole statistics and does the finalize's work itself (one launch instead of two, for
+    small problems whose cost is the host's): it writes ``loss``, ``stats`` and ``ok`` as
+    :func:`linear_cross_entropy_finalize_kernel` does, and no ``part``. ``REDUCTION``,
+    ``ignore_index`` and ``eps`` are read only then.
     """
     # int64 before any stride multiply: N * D and V * D pass 2^31 for real vocabularies.
     pid_n = tl.program_id(0).to(tl.int64)
@@ -283,14 +355,36 @@ def linear_cross_entropy_forward_kernel(
         m = m_new
         m_shift = m_shift_new
 
-    plane = n_splits * N
-    offs = split * N + rows
-    tl.store(part_ptr + STAT_MAX * plane + offs, m, mask=row_mask)
-    tl.store(part_ptr + STAT_SUM * plane + offs, s, mask=row_mask)
-    tl.store(part_ptr + STAT_TARGET * plane + offs, x_y, mask=row_mask)
-    if SMOOTHING:
-        tl.store(part_ptr + STAT_WDOT * plane + offs, w_dot, mask=row_mask)
-        tl.store(part_ptr + STAT_WSUM * plane + offs, w_sum, mask=row_mask)
+    if SINGLE:
+        valid, bad = _valid_targets(y, row_mask, V, ignore_index)
+        # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
+        eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
+        loss, w_y = _finish_rows(
+            (m_shift, s, x_y, w_dot, w_sum),
+            rows,
+            row_mask,
+            y,
+            valid,
+            class_weight_ptr,
+            stats_ptr,
+            loss_ptr,
+            N,
+            V,
+            eps,
+            HAS_WEIGHT,
+            SMOOTHING,
+            REDUCTION,
+        )
+        _store_totals(loss_ptr, stats_ptr + 2 * N, ok_ptr, loss, w_y, bad, REDUCTION)
+    else:
+        plane = n_splits * N
+        offs = split * N + rows
+        tl.store(part_ptr + STAT_MAX * plane + offs, m, mask=row_mask)
+        tl.store(part_ptr + STAT_SUM * plane + offs, s, mask=row_mask)
+        tl.store(part_ptr + STAT_TARGET * plane + offs, x_y, mask=row_mask)
+        if SMOOTHING:
+            tl.store(part_ptr + STAT_WDOT * plane + offs, w_dot, mask=row_mask)
+            tl.store(part_ptr + STAT_WSUM * plane + offs, w_sum, mask=row_mask)
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -321,9 +415,6 @@ def linear_cross_entropy_finalize_kernel(
     ``ignore_index``. ``stats`` is contiguous ``(2 N + 1,)`` in the compute dtype: ``lse``
     and ``coef`` per row, then ``total_weight`` (one allocation for the three: host time).
     """
-    lse_ptr = stats_ptr
-    coef_ptr = stats_ptr + N
-    total_weight_ptr = stats_ptr + 2 * N
     zero = _compute_zeros(part_ptr, BLOCK_R)
     # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
     eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
@@ -336,12 +427,8 @@ def linear_cross_entropy_finalize_kernel(
         rows = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
         row_mask = rows < N
         y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
-        valid = row_mask & (y != ignore_index)
-        in_bounds = (y >= 0) & (y < V)
-        n_bad += (valid & ~in_bounds).to(tl.int32)
-        # A bad target raises on the host; meanwhile its row computes as ignored, so no
-        # class weight is read out of bounds.
-        valid = valid & in_bounds
+        valid, bad = _valid_targets(y, row_mask, V, ignore_index)
+        n_bad += bad
         m = zero - float("inf")
         m_shift = zero
         s = zero
@@ -364,38 +451,25 @@ def linear_cross_entropy_finalize_kernel(
                 w_sum += w_sum_k
             m = m_new
             m_shift = m_shift_new
-        log_s = tl.log2(tl.where(row_mask, s, 1)) * tl.full([], LN2, zero.dtype)
-        lse = m_shift + log_s
-        w_y = _class_weights(class_weight_ptr, y, valid, HAS_WEIGHT, zero.dtype)
-        nll = (m_shift - x_y) + log_s
-        if SMOOTHING:
-            loss = (1 - eps) * w_y * nll + eps / V * (w_sum * log_s - w_dot)
-            coef = (1 - eps) * w_y + eps / V * w_sum
-        else:
-            loss = w_y * nll
-            coef = w_y
-        loss = tl.where(valid, loss, 0)
-        coef = tl.where(valid, coef, 0)
-        tl.store(lse_ptr + rows, lse, mask=row_mask)
-        tl.store(coef_ptr + rows, coef, mask=row_mask)
-        if REDUCTION == REDUCTION_NONE:
-            tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
-        else:
-            loss_acc += loss
-            weight_acc += w_y
-    if REDUCTION == REDUCTION_NONE:
-        total_weight = tl.sum(zero, axis=0) + 1
-    else:
-        loss = tl.sum(loss_acc, axis=0)
-        if REDUCTION == REDUCTION_MEAN:
-            # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
-            total_weight = tl.sum(weight_acc, axis=0)
-            loss = loss / total_weight
-        else:
-            total_weight = tl.sum(zero, axis=0) + 1
-        tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
-    tl.store(total_weight_ptr, total_weight)
-    tl.store(ok_ptr, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
+        loss, w_y = _finish_rows(
+            (m_shift, s, x_y, w_dot, w_sum),
+            rows,
+            row_mask,
+            y,
+            valid,
+            class_weight_ptr,
+            stats_ptr,
+            loss_ptr,
+            N,
+            V,
+            eps,
+            HAS_WEIGHT,
+            SMOOTHING,
+            REDUCTION,
+        )
+        loss_acc += loss
+        weight_acc += w_y
+    _store_totals(loss_ptr, stats_ptr + 2 * N, ok_ptr, loss_acc, weight_acc, n_bad, REDUCTION)
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -653,9 +727,10 @@ class LaunchPlan:
         "n_classes",
         "n_rows",
         "n_splits",
-        "part_shape",
+        "part_numel",
         "reduction",
         "row_programs",
+        "single",
         "stats_numel",
     )
 
@@ -670,13 +745,16 @@ class LaunchPlan:
         self._planned = planned
         n_splits, per_split = forward_splits(N, V, x.dtype)
         smoothing = label_smoothing > 0
-        # Without smoothing only the first 3 statistics exist: no memory for the other planes.
-        self.part_shape = (N_STATS if smoothing else 3, n_splits, N)
         self.stats_numel = stats_numel(N)
         self.n_splits = n_splits
         block_n, block_v, block_d = _blocks(x.dtype)
         self.row_programs = (N + block_n - 1) // block_n
         self.class_programs = (V + block_v - 1) // block_v
+        # One forward program: it finalizes too (no partials, no second launch).
+        self.single = N > 0 and self.row_programs == 1 and n_splits == 1
+        # Without smoothing only the first 3 statistics exist: no memory for the other
+        # planes. Flat: an int size allocates faster than a shape tuple.
+        self.part_numel = 0 if self.single else (N_STATS if smoothing else 3) * n_splits * N
         has_bias = b is not None
         stride_t = target.stride(0)
         strides = (*x.stride(), *w.stride(), b.stride(0) if has_bias else 0, stride_t)
@@ -684,18 +762,26 @@ class LaunchPlan:
         # HAS_BIAS, HAS_WEIGHT, SMOOTHING, ALLOW_TF32, BLOCK_N, BLOCK_V, BLOCK_D: the
         # forward's constexprs; the backward kernels insert theirs among them.
         self._constants = (has_bias, has_weight, smoothing, allow_tf32(x.dtype), block_n, block_v, block_d)
-        self.forward_launch = None
+        self.forward_launch = self.finalize_launch = None
         if N > 0:
+            # HAS_BIAS, HAS_WEIGHT, SMOOTHING, ALLOW_TF32, REDUCTION, SINGLE, BLOCK_N, BLOCK_V,
+            # BLOCK_D; the reduction matters only to a single program (one compiled
+            # variant for the others).
+            constants = (*self._constants[:4], reduction if self.single else 0, self.single, *self._constants[4:])
             self.forward_launch = self._bind(
-                _FORWARD, (N, V, D, per_split, *strides), self._constants, LINEAR_CE_NUM_WARPS
+                _FORWARD,
+                (N, V, D, per_split, *strides, ignore_index, eps_hi, eps_lo),
+                constants,
+                LINEAR_CE_NUM_WARPS,
             )
-        self.finalize_launch = self._bind(
-            _FINALIZE,
-            (N, V, n_splits, stride_t, ignore_index, eps_hi, eps_lo),
-            # HAS_WEIGHT, SMOOTHING, REDUCTION, BLOCK_R.
-            (has_weight, smoothing, reduction, LINEAR_CE_FINALIZE_BLOCK),
-            _FINALIZE_NUM_WARPS,
-        )
+        if not self.single:
+            self.finalize_launch = self._bind(
+                _FINALIZE,
+                (N, V, n_splits, stride_t, ignore_index, eps_hi, eps_lo),
+                # HAS_WEIGHT, SMOOTHING, REDUCTION, BLOCK_R.
+                (has_weight, smoothing, reduction, LINEAR_CE_FINALIZE_BLOCK),
+                _FINALIZE_NUM_WARPS,
+            )
         # The backward kernels' non-tensor arguments, but for grad_output's stride.
         self._backward_scalars = ((N, V, D, *strides), (ignore_index, eps_hi, eps_lo))
         # (grad_output stride, grad_x, grad_w, grad_b wanted) -> the two backward launches.
@@ -728,7 +814,7 @@ class LaunchPlan:
         return grad_input, grad_weight
 
     def forward(self, inputs: tuple, outputs: tuple) -> None:
-        """Fill the outputs ``(loss, stats, ok)`` (two launches, one without rows).
+        """Fill the outputs ``(loss, stats, ok)``: two launches, one for a single program or no rows.
 
         ``inputs`` is ``(x, w, b, target, class_weight)``: ``x`` ``(N, D)``, ``w`` ``(V, D)``,
         ``b`` ``(V,)`` or None, ``target`` ``(N,)`` strided, as the plan was made for;
@@ -739,14 +825,16 @@ class LaunchPlan:
         """
         x, w, b, target, class_weight = inputs
         loss, stats, ok = outputs
-        part = torch.empty(self.part_shape, dtype=self.acc, device=self.device)
+        # A missing bias or class weight is passed as ``w``, which the kernel never reads in its place.
+        tensors = (x, w, w if b is None else b, target, w if class_weight is None else class_weight)
+        if self.single:
+            # No partials: ``stats`` stands in for them.
+            self.forward_launch(1, (*tensors, stats, loss, stats, ok))
+            return
+        part = torch.empty(self.part_numel, dtype=self.acc, device=self.device)
         if self.forward_launch is not None:
-            # A missing bias or class weight is passed as ``w``, which the kernel never reads in its place.
-            self.forward_launch(
-                self.row_programs,
-                (x, w, w if b is None else b, target, w if class_weight is None else class_weight, part),
-                self.n_splits,
-            )
+            # The finalize writes loss, stats and ok: ``part`` stands in for them here.
+            self.forward_launch(self.row_programs, (*tensors, part, part, part, part), self.n_splits)
         self.finalize_launch(1, (part, target, part if class_weight is None else class_weight, loss, stats, ok))
 
     def backward(self, grad_output: torch.Tensor, saved: tuple, grads: tuple) -> None:
