@@ -6,14 +6,20 @@ The op has three layers, read top to bottom:
 - the functional (``linear_cross_entropy``) reproduces
   :func:`torch.nn.functional.linear_cross_entropy`: its signature, its checks and those of
   ``linear`` and ``cross_entropy`` it reaches, with torch's error types and messages;
-- ``LinearCrossEntropyFunction`` saves the inputs and two floats per row (``lse`` and
-  ``coef``); its backward recomputes the logits blockwise;
-- ``_forward_impl`` and ``_backward_impl`` run the kernels
-  (:mod:`fused_ops.kernels.linear_cross_entropy`). Under torch.compile the Function calls
-  them as ``torch.library`` ops (``fused_ops::linear_cross_entropy_forward`` and
-  ``_backward``, see ``kernel_op``): where kernels compile, ``triton_op``s whose kernels
-  the graph holds (inductor launches them, CUDA graphs capture them); under Triton's
-  interpreter, custom ops with fake implementations. Eager calls skip the ops' dispatch.
+- autograd saves the inputs and two floats per row (``lse`` and ``coef``, with the mean's
+  denominator in one ``stats`` buffer); the backward recomputes the logits blockwise. In
+  eager mode the C++ autograd node of fused_ops/_native.py records the op
+  (``FusedLinearCrossEntropyBackward``), and ``LinearCrossEntropyFunction`` where the node
+  is unavailable, under forward AD or functorch, and under torch.compile;
+- the kernels (:mod:`fused_ops.kernels.linear_cross_entropy`). Eager calls launch them
+  through a ``_Plan`` cached per signature (shapes, strides, dtypes, devices, options),
+  which holds the validation's outcome and the launches with their sizes, strides and
+  constexprs bound (``LaunchPlan``), so a repeated call pays little more than its tensors'
+  allocation and launch. Under torch.compile the Function calls ``_forward_impl`` and
+  ``_backward_impl`` as ``torch.library`` ops (``fused_ops::linear_cross_entropy_forward``
+  and ``_backward``, see ``kernel_op``): where kernels compile, ``triton_op``s whose
+  kernels the graph holds (inductor launches them, CUDA graphs capture them); under
+  Triton's interpreter, custom ops with fake implementations.
 
 Probability targets and K-dimensional linear weights (``(C, d1, ..., dK, D)``) run on the
 eager reference, logged once; every option of class-index targets runs the kernels.

@@ -5,7 +5,7 @@ targets ``y`` ``(N,)``, class weights ``w`` ``(V,)`` (all strided). A tile is ``
 by ``BLOCK_V`` classes of logits, computed with ``tl.dot`` over ``D`` in ``BLOCK_D`` steps, used
 in registers, and dropped.
 
-Forward (two launches):
+Forward (two launches, or one):
 
 1. ``linear_cross_entropy_forward_kernel``, grid ``(row blocks, V splits)``: each program
    walks its split's class blocks with an online log-sum-exp and writes, per row, partial
@@ -17,6 +17,11 @@ Forward (two launches):
    in a fixed order, writes ``lse`` and ``coef`` per row (all the backward needs), the
    per-row loss (``'none'``) or the reduced loss and the mean's denominator, and a flag
    saying whether every target is in bounds (the host hands it to ``torch._assert_async``).
+
+When the grid is one program (at most ``BLOCK_N`` rows, one split), that program does the
+finalize's work itself (``SINGLE``): one launch, no partials. ``lse``, ``coef`` and the
+mean's denominator share one ``stats`` buffer (``2 N + 1`` floats), one allocation: on
+small problems the host's time per allocation and launch is the op's cost.
 
 Backward (two launches, each recomputing the logits tiles once):
 

@@ -669,7 +669,7 @@ def aot_workload():
             loss = fused_ops.linear_cross_entropy(*leaves, target, reduction=reduction, **kwargs)
             loss.backward(torch.ones_like(loss))
         # One forward program (20 rows), which finalizes itself, for each reduction.
-        small = [t.detach()[:20].requires_grad_() for t in (x, w)]
+        small = [x.detach()[:20].requires_grad_(), w.detach().requires_grad_()]
         for reduction in REDUCTIONS:
             loss = fused_ops.linear_cross_entropy(
                 *small, target[:20], weight=weight, label_smoothing=0.1, reduction=reduction
