@@ -755,8 +755,10 @@ class LaunchPlan:
         block_n, block_v, block_d = _blocks(x.dtype)
         self.row_programs = (N + block_n - 1) // block_n
         self.class_programs = (V + block_v - 1) // block_v
-        # One forward program: it finalizes too (no partials, no second launch).
-        self.single = N > 0 and self.row_programs == 1 and n_splits == 1
+        # One forward program: it finalizes too (no partials, no second launch). Not for
+        # fp64, whose one-program variants with class weights and smoothing spill registers
+        # on sm_90 (28-32 B at 8 warps, from the cubin); fp64 is for gradcheck, not speed.
+        self.single = N > 0 and self.row_programs == 1 and n_splits == 1 and x.dtype != torch.float64
         # Without smoothing only the first 3 statistics exist: no memory for the other
         # planes. Flat: an int size allocates faster than a shape tuple.
         self.part_numel = 0 if self.single else (N_STATS if smoothing else 3) * n_splits * N

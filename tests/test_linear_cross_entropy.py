@@ -239,8 +239,8 @@ def test_gradcheck_fp64(kernel_launches):
             leaves,
             fast_mode=True,
         )
-    # 9 rows, 40 classes: one forward program, which finalizes itself.
-    assert kernel_launches.kernel_names() == KERNELS - {FINALIZE}
+    # fp64 always finalizes in a second launch (its one-program variants would spill).
+    assert kernel_launches.kernel_names() == KERNELS
 
 
 def test_gradgradcheck_fp64(kernel_launches):
