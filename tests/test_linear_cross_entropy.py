@@ -452,6 +452,25 @@ def test_cached_signatures_still_check_what_the_cache_cannot_know(kernel_launche
         fused_ops.linear_cross_entropy(x, w.double(), target)
 
 
+def test_a_signature_seen_before_reuses_its_plan(monkeypatch, kernel_launches):
+    # The checks and the launches' arithmetic run once per signature: a second call with
+    # new tensors of the same shapes, strides, dtypes and options reuses the plan (and its
+    # bound launches); another layout is another plan.
+    plans = {}
+    monkeypatch.setattr(sys.modules["fused_ops.linear_cross_entropy"], "_PLANS", plans)
+    x, w, b, target = _problem(n=6, d=8, v=30)
+    fused_ops.linear_cross_entropy(x, w, target, linear_bias=b, reduction="sum")
+    (plan,) = plans.values()
+    launches = plan.launches
+    assert launches is not None and launches.n_rows == 6
+    x2, w2, b2, target2 = _problem(n=6, d=8, v=30)
+    loss = fused_ops.linear_cross_entropy(x2, w2, target2, linear_bias=b2, reduction="sum")
+    assert list(plans.values()) == [plan] and plan.launches is launches
+    assert_close(loss, F.linear_cross_entropy(x2, w2, target2, linear_bias=b2, reduction="sum"), reduction_size=180)
+    fused_ops.linear_cross_entropy(x2.t().contiguous().t(), w2, target2, linear_bias=b2, reduction="sum")
+    assert len(plans) == 2
+
+
 def test_no_float_atomics_in_the_kernels():
     # The interpreter runs programs one after another, so no repeatability test can catch
     # an order-dependent atomic sum: every output block must have one owner instead.
