@@ -12,7 +12,7 @@ Prints one markdown table, forward + backward (gradients of input and linear wei
   size, github.com/linkedin/Liger-Kernel src/liger_kernel/ops/fused_linear_cross_entropy.py),
   and fused_ops.
 - fused_ops at this size in Triton's interpreter would take hours on a CPU, so by default
-  its kernels are replaced by no-ops for the memory figure: every allocation of the op
+  its bound kernels are replaced by no-ops for the memory figure: every allocation of the op
   happens on the host in its launchers (the kernels allocate nothing), so the figure is
   exact; the numbers themselves are checked at smaller shapes by
   tests/test_linear_cross_entropy.py. ``--real`` runs the real kernels instead.
@@ -46,15 +46,20 @@ from fused_ops.profiling import KernelTrace, TorchTrace
 
 
 class _NoLaunch:
-    """Stands in for a kernel: launching does nothing, except the finalize's target flag."""
+    """Stands in for a bound kernel (kernels/_launch.py BoundKernel, as the launch plans call
+    it): launching does nothing, except writing the "every target is in bounds" flag (the
+    tensor argument at ``ok_index``: the forward kernel's, with one program, or the finalize's)."""
 
     def __init__(self, ok_index: int | None = None) -> None:
         self.ok_index = ok_index
 
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            if self.ok_index is not None:
-                args[self.ok_index].fill_(1)
+    def launch(self, programs, args, constants, num_warps, grid_1=1, grid_2=1) -> None:
+        if self.ok_index is not None:
+            args[self.ok_index].fill_(1)
+
+    def planned(self, fixed, constants, num_warps):
+        def launch(programs, leading, grid_1=1, grid_2=1):
+            self.launch(programs, leading, constants, num_warps)
 
         return launch
 
@@ -98,10 +103,11 @@ def main(argv: list[str]) -> None:
         lambda: F.linear_cross_entropy(x, w, target, options=aspect),
     )
     if not args.real:
-        lce.linear_cross_entropy_forward_kernel = _NoLaunch()
-        lce.linear_cross_entropy_finalize_kernel = _NoLaunch(ok_index=7)
-        lce.linear_cross_entropy_grad_input_kernel = _NoLaunch()
-        lce.linear_cross_entropy_grad_weight_kernel = _NoLaunch()
+        # The launch plans bind these module globals when they are made (at the first call).
+        lce._FORWARD = _NoLaunch(ok_index=8)
+        lce._FINALIZE = _NoLaunch(ok_index=5)
+        lce._GRAD_INPUT = _NoLaunch()
+        lce._GRAD_WEIGHT = _NoLaunch()
     add("fused_ops", lambda: fused_ops.linear_cross_entropy(x, w, target))
 
     model = lce.modeled_traffic(n, d, v, dtype)

@@ -5,7 +5,7 @@ targets ``y`` ``(N,)``, class weights ``w`` ``(V,)`` (all strided). A tile is ``
 by ``BLOCK_V`` classes of logits, computed with ``tl.dot`` over ``D`` in ``BLOCK_D`` steps, used
 in registers, and dropped.
 
-Forward (two launches):
+Forward (two launches, or one):
 
 1. ``linear_cross_entropy_forward_kernel``, grid ``(row blocks, V splits)``: each program
    walks its split's class blocks with an online log-sum-exp and writes, per row, partial
@@ -17,6 +17,11 @@ Forward (two launches):
    in a fixed order, writes ``lse`` and ``coef`` per row (all the backward needs), the
    per-row loss (``'none'``) or the reduced loss and the mean's denominator, and a flag
    saying whether every target is in bounds (the host hands it to ``torch._assert_async``).
+
+When the grid is one program (at most ``BLOCK_N`` rows, one split), that program does the
+finalize's work itself (``SINGLE``): one launch, no partials. ``lse``, ``coef`` and the
+mean's denominator share one ``stats`` buffer (``2 N + 1`` floats), one allocation: on
+small problems the host's time per allocation and launch is the op's cost.
 
 Backward (two launches, each recomputing the logits tiles once):
 
@@ -50,8 +55,6 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import FakeTensor
-from torch._subclasses.functional_tensor import FunctionalTensor
 
 from ._common import LN2, LOG2E, REDUCTION_MEAN, REDUCTION_NONE
 from ._config import (
@@ -63,6 +66,7 @@ from ._config import (
     LINEAR_CE_MIN_BLOCKS_PER_SPLIT,
     LINEAR_CE_NUM_WARPS,
 )
+from ._launch import BoundKernel
 
 # Per-row partial statistics written by the forward, one plane each of (splits, N).
 N_STATS = 5
@@ -215,6 +219,65 @@ def _add_product(a, b_mat, b_idx, b_mask, out_idx, out_mask, acc_ptr, out_ptr, s
 
 
 @triton.jit
+def _valid_targets(y, row_mask, V, ignore_index):
+    """``(valid, bad)`` per row: a target to count (in ``[0, V)``, not ignored), and 1 (int32)
+    for one out of bounds. A bad target raises on the host; meanwhile its row computes as
+    ignored, so no class weight is read out of bounds."""
+    counted = row_mask & (y != ignore_index)
+    in_bounds = (y >= 0) & (y < V)
+    return counted & in_bounds, (counted & ~in_bounds).to(tl.int32)
+
+
+@triton.jit
+def _finish_rows(
+    merged, rows, row_mask, y, valid, class_weight_ptr, stats_ptr, loss_ptr, N, V, eps, HAS_WEIGHT, SMOOTHING, REDUCTION
+):
+    """Per row, from the statistics over all classes: store ``lse`` and ``coef`` (and the loss
+    for ``REDUCTION_NONE``); return ``(loss, w_y)`` for the reduction.
+
+    ``merged`` is ``(m_shift, s, x_y, w_dot, w_sum)`` (the forward kernel's running values);
+    ``stats`` holds ``lse`` at ``[0, N)`` and ``coef`` at ``[N, 2 N)``.
+    """
+    m_shift, s, x_y, w_dot, w_sum = merged
+    log_s = tl.log2(tl.where(row_mask, s, 1)) * tl.full([], LN2, s.dtype)
+    lse = m_shift + log_s
+    w_y = _class_weights(class_weight_ptr, y, valid, HAS_WEIGHT, s.dtype)
+    nll = (m_shift - x_y) + log_s
+    if SMOOTHING:
+        loss = (1 - eps) * w_y * nll + eps / V * (w_sum * log_s - w_dot)
+        coef = (1 - eps) * w_y + eps / V * w_sum
+    else:
+        loss = w_y * nll
+        coef = w_y
+    loss = tl.where(valid, loss, 0)
+    coef = tl.where(valid, coef, 0)
+    tl.store(stats_ptr + rows, lse, mask=row_mask)
+    tl.store(stats_ptr + N + rows, coef, mask=row_mask)
+    if REDUCTION == REDUCTION_NONE:
+        tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
+    return loss, w_y
+
+
+@triton.jit
+def _store_totals(loss_ptr, total_weight_ptr, ok_ptr, loss_acc, weight_acc, n_bad, REDUCTION: tl.constexpr):
+    """Store the reduced loss (unless ``REDUCTION_NONE``), ``total_weight`` (the mean's
+    denominator, 1 otherwise) and ``ok`` (1 when no target is out of bounds), from per-lane sums."""
+    if REDUCTION == REDUCTION_NONE:
+        total_weight = tl.sum(tl.zeros_like(loss_acc), axis=0) + 1
+    else:
+        loss = tl.sum(loss_acc, axis=0)
+        if REDUCTION == REDUCTION_MEAN:
+            # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
+            total_weight = tl.sum(weight_acc, axis=0)
+            loss = loss / total_weight
+        else:
+            total_weight = tl.sum(tl.zeros_like(loss_acc), axis=0) + 1
+        tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    tl.store(total_weight_ptr, total_weight)
+    tl.store(ok_ptr, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
+
+
+@triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
 def linear_cross_entropy_forward_kernel(
     x_ptr,
     w_ptr,
@@ -222,6 +285,9 @@ def linear_cross_entropy_forward_kernel(
     target_ptr,
     class_weight_ptr,
     part_ptr,
+    loss_ptr,
+    stats_ptr,
+    ok_ptr,
     N,
     V,
     D,
@@ -232,17 +298,27 @@ def linear_cross_entropy_forward_kernel(
     stride_wd,
     stride_b,
     stride_t,
+    ignore_index,
+    eps_hi,
+    eps_lo,
     HAS_BIAS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTHING: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    SINGLE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """Partial log-sum-exp statistics of one row block over one split of the classes.
 
-    ``part`` is contiguous ``(N_STATS, splits, N)`` in the compute dtype.
+    ``part`` is contiguous ``(N_STATS, splits, N)`` in the compute dtype. With ``SINGLE``
+    (one program: every row in one block, every class in one split) the program holds the
+    whole statistics and does the finalize's work itself (one launch instead of two, for
+    small problems whose cost is the host's): it writes ``loss``, ``stats`` and ``ok`` as
+    :func:`linear_cross_entropy_finalize_kernel` does, and no ``part``. ``REDUCTION``,
+    ``ignore_index`` and ``eps`` are read only then.
     """
     # int64 before any stride multiply: N * D and V * D pass 2^31 for real vocabularies.
     pid_n = tl.program_id(0).to(tl.int64)
@@ -284,14 +360,36 @@ def linear_cross_entropy_forward_kernel(
         m = m_new
         m_shift = m_shift_new
 
-    plane = n_splits * N
-    offs = split * N + rows
-    tl.store(part_ptr + STAT_MAX * plane + offs, m, mask=row_mask)
-    tl.store(part_ptr + STAT_SUM * plane + offs, s, mask=row_mask)
-    tl.store(part_ptr + STAT_TARGET * plane + offs, x_y, mask=row_mask)
-    if SMOOTHING:
-        tl.store(part_ptr + STAT_WDOT * plane + offs, w_dot, mask=row_mask)
-        tl.store(part_ptr + STAT_WSUM * plane + offs, w_sum, mask=row_mask)
+    if SINGLE:
+        valid, bad = _valid_targets(y, row_mask, V, ignore_index)
+        # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
+        eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
+        loss, w_y = _finish_rows(
+            (m_shift, s, x_y, w_dot, w_sum),
+            rows,
+            row_mask,
+            y,
+            valid,
+            class_weight_ptr,
+            stats_ptr,
+            loss_ptr,
+            N,
+            V,
+            eps,
+            HAS_WEIGHT,
+            SMOOTHING,
+            REDUCTION,
+        )
+        _store_totals(loss_ptr, stats_ptr + 2 * N, ok_ptr, loss, w_y, bad, REDUCTION)
+    else:
+        plane = n_splits * N
+        offs = split * N + rows
+        tl.store(part_ptr + STAT_MAX * plane + offs, m, mask=row_mask)
+        tl.store(part_ptr + STAT_SUM * plane + offs, s, mask=row_mask)
+        tl.store(part_ptr + STAT_TARGET * plane + offs, x_y, mask=row_mask)
+        if SMOOTHING:
+            tl.store(part_ptr + STAT_WDOT * plane + offs, w_dot, mask=row_mask)
+            tl.store(part_ptr + STAT_WSUM * plane + offs, w_sum, mask=row_mask)
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -300,9 +398,7 @@ def linear_cross_entropy_finalize_kernel(
     target_ptr,
     class_weight_ptr,
     loss_ptr,
-    lse_ptr,
-    coef_ptr,
-    total_weight_ptr,
+    stats_ptr,
     ok_ptr,
     N,
     V,
@@ -321,7 +417,8 @@ def linear_cross_entropy_finalize_kernel(
     One program, so the loss sum is added in one fixed order. ``loss`` is ``(N,)`` for
     ``REDUCTION_NONE`` (loss dtype), else 0-d; ``total_weight`` is 0-d (the mean's
     denominator, 1 otherwise); ``ok`` is one int8, 1 when every target is in ``[0, V)`` or
-    ``ignore_index``.
+    ``ignore_index``. ``stats`` is contiguous ``(2 N + 1,)`` in the compute dtype: ``lse``
+    and ``coef`` per row, then ``total_weight`` (one allocation for the three: host time).
     """
     zero = _compute_zeros(part_ptr, BLOCK_R)
     # A float launch argument is fp32, so eps arrives as hi + lo and fp64 keeps every digit.
@@ -335,12 +432,8 @@ def linear_cross_entropy_finalize_kernel(
         rows = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
         row_mask = rows < N
         y = tl.load(target_ptr + rows * stride_t, mask=row_mask, other=0).to(tl.int64)
-        valid = row_mask & (y != ignore_index)
-        in_bounds = (y >= 0) & (y < V)
-        n_bad += (valid & ~in_bounds).to(tl.int32)
-        # A bad target raises on the host; meanwhile its row computes as ignored, so no
-        # class weight is read out of bounds.
-        valid = valid & in_bounds
+        valid, bad = _valid_targets(y, row_mask, V, ignore_index)
+        n_bad += bad
         m = zero - float("inf")
         m_shift = zero
         s = zero
@@ -363,38 +456,25 @@ def linear_cross_entropy_finalize_kernel(
                 w_sum += w_sum_k
             m = m_new
             m_shift = m_shift_new
-        log_s = tl.log2(tl.where(row_mask, s, 1)) * tl.full([], LN2, zero.dtype)
-        lse = m_shift + log_s
-        w_y = _class_weights(class_weight_ptr, y, valid, HAS_WEIGHT, zero.dtype)
-        nll = (m_shift - x_y) + log_s
-        if SMOOTHING:
-            loss = (1 - eps) * w_y * nll + eps / V * (w_sum * log_s - w_dot)
-            coef = (1 - eps) * w_y + eps / V * w_sum
-        else:
-            loss = w_y * nll
-            coef = w_y
-        loss = tl.where(valid, loss, 0)
-        coef = tl.where(valid, coef, 0)
-        tl.store(lse_ptr + rows, lse, mask=row_mask)
-        tl.store(coef_ptr + rows, coef, mask=row_mask)
-        if REDUCTION == REDUCTION_NONE:
-            tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
-        else:
-            loss_acc += loss
-            weight_acc += w_y
-    if REDUCTION == REDUCTION_NONE:
-        total_weight = tl.sum(zero, axis=0) + 1
-    else:
-        loss = tl.sum(loss_acc, axis=0)
-        if REDUCTION == REDUCTION_MEAN:
-            # 0 / 0 is NaN, as torch's mean over no (or only ignored) targets.
-            total_weight = tl.sum(weight_acc, axis=0)
-            loss = loss / total_weight
-        else:
-            total_weight = tl.sum(zero, axis=0) + 1
-        tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
-    tl.store(total_weight_ptr, total_weight)
-    tl.store(ok_ptr, (tl.sum(n_bad, axis=0) == 0).to(tl.int8))
+        loss, w_y = _finish_rows(
+            (m_shift, s, x_y, w_dot, w_sum),
+            rows,
+            row_mask,
+            y,
+            valid,
+            class_weight_ptr,
+            stats_ptr,
+            loss_ptr,
+            N,
+            V,
+            eps,
+            HAS_WEIGHT,
+            SMOOTHING,
+            REDUCTION,
+        )
+        loss_acc += loss
+        weight_acc += w_y
+    _store_totals(loss_ptr, stats_ptr + 2 * N, ok_ptr, loss_acc, weight_acc, n_bad, REDUCTION)
 
 
 @triton.jit(do_not_specialize=["ignore_index", "eps_hi", "eps_lo"])
@@ -404,10 +484,8 @@ def linear_cross_entropy_grad_input_kernel(
     b_ptr,
     target_ptr,
     class_weight_ptr,
-    lse_ptr,
-    coef_ptr,
+    stats_ptr,
     grad_output_ptr,
-    total_weight_ptr,
     grad_x_acc_ptr,
     grad_x_ptr,
     N,
@@ -442,6 +520,10 @@ def linear_cross_entropy_grad_input_kernel(
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_mask = rows < N
     x_mat, w_mat, bias = (x_ptr, stride_xn, stride_xd, D), (w_ptr, stride_wv, stride_wd, D), (b_ptr, stride_b)
+    # The forward's per-row lse and coef, then total_weight, in one (2 N + 1,) buffer.
+    lse_ptr = stats_ptr
+    coef_ptr = stats_ptr + N
+    total_weight_ptr = stats_ptr + 2 * N
     row_inputs = (target_ptr, stride_t, lse_ptr, coef_ptr, grad_output_ptr, stride_dy)
     zero = _compute_zeros(x_ptr, BLOCK_N)
     eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
@@ -472,10 +554,8 @@ def linear_cross_entropy_grad_weight_kernel(
     b_ptr,
     target_ptr,
     class_weight_ptr,
-    lse_ptr,
-    coef_ptr,
+    stats_ptr,
     grad_output_ptr,
-    total_weight_ptr,
     grad_w_acc_ptr,
     grad_w_ptr,
     grad_b_ptr,
@@ -513,6 +593,10 @@ def linear_cross_entropy_grad_weight_kernel(
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
     col_mask = cols < V
     x_mat, w_mat, bias = (x_ptr, stride_xn, stride_xd, D), (w_ptr, stride_wv, stride_wd, D), (b_ptr, stride_b)
+    # The forward's per-row lse and coef, then total_weight, in one (2 N + 1,) buffer.
+    lse_ptr = stats_ptr
+    coef_ptr = stats_ptr + N
+    total_weight_ptr = stats_ptr + 2 * N
     row_inputs = (target_ptr, stride_t, lse_ptr, coef_ptr, grad_output_ptr, stride_dy)
     zero = _compute_zeros(x_ptr, BLOCK_N)
     eps = (tl.zeros([], zero.dtype) + eps_hi) + eps_lo
@@ -557,23 +641,15 @@ def linear_cross_entropy_grad_weight_kernel(
         tl.store(grad_b_ptr + cols, grad_b.to(grad_b_ptr.dtype.element_ty), mask=col_mask)
 
 
-# What torch.compile hands a torch.library.triton_op's body as it traces it: tensors
-# without data (Dynamo's fake propagation, then AOTAutograd's functionalization).
-_TRACED_TENSORS = (FakeTensor, FunctionalTensor)
-
-
-def _launcher(kernel, grid: tuple[int, ...], traced: bool):
-    """``kernel[grid]``, or ``wrap_triton(kernel)[grid]`` while torch.compile traces the op.
-
-    Traced, the launch becomes a ``triton_kernel_wrapper`` node holding the kernel, which
-    inductor launches from its own code (and CUDA graphs capture); a plain launch would
-    hand Triton tensors without data. Eager calls launch the kernel directly, without the
-    wrapper's dispatch. (The module global is looked up at each call, which
-    benchmarks/linear_cross_entropy_memory.py relies on to stub the launches.)
-    """
-    if traced:
-        return torch.library.wrap_triton(kernel)[grid]
-    return kernel[grid]
+# Launches bound once per signature (kernels/_launch.py): Triton's ``kernel[grid](...)``
+# costs 8-15 µs of host time a launch, a bound launch a few. Under torch.compile tracing
+# they record themselves through ``wrap_triton``, so the graph holds the kernels.
+_FORWARD = BoundKernel(linear_cross_entropy_forward_kernel, num_stages=LINEAR_CE_FORWARD_NUM_STAGES)
+_FINALIZE = BoundKernel(linear_cross_entropy_finalize_kernel)
+_GRAD_INPUT = BoundKernel(linear_cross_entropy_grad_input_kernel, num_stages=LINEAR_CE_BACKWARD_NUM_STAGES)
+_GRAD_WEIGHT = BoundKernel(linear_cross_entropy_grad_weight_kernel, num_stages=LINEAR_CE_BACKWARD_NUM_STAGES)
+# The finalize, one program, runs with Triton's default warps and stages.
+_FINALIZE_NUM_WARPS = 4
 
 
 def _to_fp32(value: float) -> float:
@@ -606,146 +682,222 @@ def forward_splits(n_rows: int, n_classes: int, dtype: torch.dtype) -> tuple[int
     Enough splits to give LINEAR_CE_FORWARD_PROGRAMS programs in all, each walking at least
     LINEAR_CE_MIN_BLOCKS_PER_SPLIT class blocks (so the partials, up to 5 floats per row
     and split, stay under 0.5% of the logits they replace); a function of the shape only,
-    so results are reproducible.
+    so results are reproducible. (Integer ``//`` rather than ``triton.cdiv``, a
+    ConstexprFunction that costs microseconds a call from host code.)
     """
     block_n, block_v, _ = _blocks(dtype)
-    v_blocks = max(triton.cdiv(n_classes, block_v), 1)
-    n_blocks = max(triton.cdiv(n_rows, block_n), 1)
-    wanted = max(1, triton.cdiv(LINEAR_CE_FORWARD_PROGRAMS, n_blocks))
-    most = max(1, v_blocks // LINEAR_CE_MIN_BLOCKS_PER_SPLIT)
-    per_split = triton.cdiv(v_blocks, min(wanted, most))
-    return triton.cdiv(v_blocks, per_split), per_split
+    v_blocks = max((n_classes + block_v - 1) // block_v, 1)
+    n_blocks = max((n_rows + block_n - 1) // block_n, 1)
+    wanted = max(1, (LINEAR_CE_FORWARD_PROGRAMS + n_blocks - 1) // n_blocks)
+    splits = min(wanted, max(1, v_blocks // LINEAR_CE_MIN_BLOCKS_PER_SPLIT))
+    per_split = (v_blocks + splits - 1) // splits
+    return (v_blocks + per_split - 1) // per_split, per_split
 
 
-def _operands(inputs: tuple, label_smoothing: float, num_stages: int) -> tuple[tuple, tuple, dict]:
-    """What every launch but the finalize's shares: tensors, strides and constants.
+def stats_numel(n_rows: int) -> int:
+    """Elements of the forward's ``stats``: ``lse`` and ``coef`` per row, then ``total_weight``."""
+    return 2 * n_rows + 1
 
-    Returns the kernels' first five tensor arguments (a missing bias or class weight is
-    passed as ``w``, which the kernel never reads in its place), the strides of x, W, b and
-    the targets, and the constexpr and launch options that depend on the inputs only.
+
+class LaunchPlan:
+    """The four kernels' launches for one signature: shapes, strides, dtype, options.
+
+    Everything a launch needs besides its tensors is worked out here, once: the forward's
+    class splits, the grids, the sizes, strides and scalars, and the constexprs. With
+    ``planned``, each launch's non-tensor arguments are bound too
+    (``BoundKernel.planned``), so a caller that keeps the plan for inputs like these
+    (the eager path caches one per signature) pays only the tensors' part of each launch.
+    Without it (the ``torch.library`` ops, whose sizes may be symbolic while torch.compile
+    traces them), every launch keys all its arguments.
+
+    Args:
+        x: ``(N, D)`` input; w: ``(V, D)`` linear weight; b: ``(V,)`` bias or None;
+            target: ``(N,)`` class indices (only their geometry and dtype are read).
+        has_weight: whether class weights are given.
+        options: ``(reduction, ignore_index, label_smoothing)``, reduction torch's enum.
+        planned: bind the launches' non-tensor arguments once.
     """
-    x, w, b, target, class_weight = inputs
-    tensors = (x, w, w if b is None else b, target, w if class_weight is None else class_weight)
-    strides = (*x.stride(), *w.stride(), 0 if b is None else b.stride(0), target.stride(0))
-    block_n, block_v, block_d = _blocks(x.dtype)
-    constants = dict(
-        HAS_BIAS=b is not None,
-        HAS_WEIGHT=class_weight is not None,
-        SMOOTHING=label_smoothing > 0,
-        ALLOW_TF32=allow_tf32(x.dtype),
-        BLOCK_N=block_n,
-        BLOCK_V=block_v,
-        BLOCK_D=block_d,
-        num_warps=LINEAR_CE_NUM_WARPS,
-        num_stages=num_stages,
+
+    __slots__ = (
+        "_backward_launches",
+        "_backward_scalars",
+        "_constants",
+        "_planned",
+        "acc",
+        "class_programs",
+        "device",
+        "finalize_launch",
+        "forward_launch",
+        "in_features",
+        "n_classes",
+        "n_rows",
+        "n_splits",
+        "part_numel",
+        "reduction",
+        "row_programs",
+        "single",
+        "stats_numel",
     )
-    return tensors, strides, constants
+
+    def __init__(self, x, w, b, target, has_weight: bool, options: tuple[int, int, float], planned: bool) -> None:
+        reduction, ignore_index, label_smoothing = options
+        N, D = x.shape
+        V = w.shape[0]
+        self.n_rows, self.n_classes, self.in_features = N, V, D
+        self.acc = compute_dtype(x.dtype)
+        self.device = x.device
+        self.reduction = reduction
+        self._planned = planned
+        n_splits, per_split = forward_splits(N, V, x.dtype)
+        smoothing = label_smoothing > 0
+        self.stats_numel = stats_numel(N)
+        self.n_splits = n_splits
+        block_n, block_v, block_d = _blocks(x.dtype)
+        self.row_programs = (N + block_n - 1) // block_n
+        self.class_programs = (V + block_v - 1) // block_v
+        # One forward program: it finalizes too (no partials, no second launch). Not for
+        # fp64, whose one-program variants with class weights and smoothing spill registers
+        # on sm_90 (28-32 B at 8 warps, from the cubin); fp64 is for gradcheck, not speed.
+        self.single = N > 0 and self.row_programs == 1 and n_splits == 1 and x.dtype != torch.float64
+        # Without smoothing only the first 3 statistics exist: no memory for the other
+        # planes. Flat: an int size allocates faster than a shape tuple.
+        self.part_numel = 0 if self.single else (N_STATS if smoothing else 3) * n_splits * N
+        has_bias = b is not None
+        stride_t = target.stride(0)
+        strides = (*x.stride(), *w.stride(), b.stride(0) if has_bias else 0, stride_t)
+        eps_hi, eps_lo = _split_fp64(label_smoothing)
+        # HAS_BIAS, HAS_WEIGHT, SMOOTHING, ALLOW_TF32, BLOCK_N, BLOCK_V, BLOCK_D: the
+        # forward's constexprs; the backward kernels insert theirs among them.
+        self._constants = (has_bias, has_weight, smoothing, allow_tf32(x.dtype), block_n, block_v, block_d)
+        self.forward_launch = self.finalize_launch = None
+        if N > 0:
+            # HAS_BIAS, HAS_WEIGHT, SMOOTHING, ALLOW_TF32, REDUCTION, SINGLE, BLOCK_N, BLOCK_V,
+            # BLOCK_D; the reduction matters only to a single program (one compiled
+            # variant for the others).
+            constants = (*self._constants[:4], reduction if self.single else 0, self.single, *self._constants[4:])
+            self.forward_launch = self._bind(
+                _FORWARD,
+                (N, V, D, per_split, *strides, ignore_index, eps_hi, eps_lo),
+                constants,
+                LINEAR_CE_NUM_WARPS,
+            )
+        if not self.single:
+            self.finalize_launch = self._bind(
+                _FINALIZE,
+                (N, V, n_splits, stride_t, ignore_index, eps_hi, eps_lo),
+                # HAS_WEIGHT, SMOOTHING, REDUCTION, BLOCK_R.
+                (has_weight, smoothing, reduction, LINEAR_CE_FINALIZE_BLOCK),
+                _FINALIZE_NUM_WARPS,
+            )
+        # The backward kernels' non-tensor arguments, but for grad_output's stride.
+        self._backward_scalars = ((N, V, D, *strides), (ignore_index, eps_hi, eps_lo))
+        # (grad_output stride, grad_x, grad_w, grad_b wanted) -> the two backward launches.
+        self._backward_launches: dict[tuple, tuple] = {}
+
+    def _bind(self, bound: BoundKernel, fixed: tuple, constants: tuple, num_warps: int):
+        """``launch(programs, tensors, grid_1=1)`` for ``bound`` with these trailing arguments."""
+        if self._planned:
+            return bound.planned(fixed, constants, num_warps)
+
+        def launch(programs: int, tensors: tuple, grid_1: int = 1) -> None:
+            bound.launch(programs, (*tensors, *fixed), constants, num_warps, grid_1)
+
+        return launch
+
+    def _bind_backward(self, stride_dy: int, grad_x: bool, grad_w: bool, grad_b: bool) -> tuple:
+        sizes, scalars = self._backward_scalars
+        fixed = (*sizes, stride_dy, *scalars)
+        has_bias, has_weight, smoothing, tf32, block_n, block_v, block_d = self._constants
+        common = (has_bias, has_weight, smoothing, self.reduction)
+        grad_input = grad_weight = None
+        if grad_x:
+            # HAS_BIAS, HAS_WEIGHT, SMOOTHING, REDUCTION, ALLOW_TF32, BLOCK_N, BLOCK_V, BLOCK_D.
+            constants = (*common, tf32, block_n, block_v, block_d)
+            grad_input = self._bind(_GRAD_INPUT, fixed, constants, LINEAR_CE_NUM_WARPS)
+        if grad_w or grad_b:
+            # ..., REDUCTION, GRAD_W, GRAD_B, ALLOW_TF32, BLOCK_N, BLOCK_V, BLOCK_D.
+            constants = (*common, grad_w, grad_b, tf32, block_n, block_v, block_d)
+            grad_weight = self._bind(_GRAD_WEIGHT, fixed, constants, LINEAR_CE_NUM_WARPS)
+        return grad_input, grad_weight
+
+    def forward(self, inputs: tuple, outputs: tuple) -> None:
+        """Fill the outputs ``(loss, stats, ok)``: two launches, one for a single program or no rows.
+
+        ``inputs`` is ``(x, w, b, target, class_weight)``: ``x`` ``(N, D)``, ``w`` ``(V, D)``,
+        ``b`` ``(V,)`` or None, ``target`` ``(N,)`` strided, as the plan was made for;
+        ``class_weight`` contiguous ``(V,)`` or None. ``stats`` is contiguous ``(2 N + 1,)``
+        in the compute dtype: per row ``lse``, then per row ``coef``, then ``total_weight``
+        (:func:`stats_numel`); ``loss`` ``(N,)`` for reduction none, else 0-d; ``ok`` one
+        int8 (1 when every target is in bounds).
+        """
+        x, w, b, target, class_weight = inputs
+        loss, stats, ok = outputs
+        # A missing bias or class weight is passed as ``w``, which the kernel never reads in its place.
+        tensors = (x, w, w if b is None else b, target, w if class_weight is None else class_weight)
+        if self.single:
+            # No partials: ``stats`` stands in for them.
+            self.forward_launch(1, (*tensors, stats, loss, stats, ok))
+            return
+        part = torch.empty(self.part_numel, dtype=self.acc, device=self.device)
+        if self.forward_launch is not None:
+            # The finalize writes loss, stats and ok: ``part`` stands in for them here.
+            self.forward_launch(self.row_programs, (*tensors, part, part, part, part), self.n_splits)
+        self.finalize_launch(1, (part, target, part if class_weight is None else class_weight, loss, stats, ok))
+
+    def backward(self, grad_output: torch.Tensor, saved: tuple, grads: tuple) -> None:
+        """Write the requested gradients ``grads = (grad_x, grad_w, grad_b)``, each None when not needed.
+
+        ``saved`` is the forward's ``inputs`` followed by its ``stats``.
+        ``grad_x`` ``(N, D)``, ``grad_w`` ``(V, D)`` and ``grad_b`` ``(V,)`` are contiguous;
+        ``grad_output`` is ``(N,)`` for reduction none, else 0-d. Accumulates in the compute
+        dtype: in the gradient itself when it has that dtype, else in a scratch buffer. N
+        must be positive (the caller handles empty batches).
+        """
+        x, w, b, target, class_weight, stats = saved
+        grad_x, grad_w, grad_b = grads
+        stride_dy = grad_output.stride(0) if grad_output.dim() == 1 else 0
+        key = (stride_dy, grad_x is not None, grad_w is not None, grad_b is not None)
+        if self._planned:
+            launches = self._backward_launches.get(key)
+            if launches is None:
+                launches = self._backward_launches[key] = self._bind_backward(*key)
+        else:
+            launches = self._bind_backward(*key)
+        grad_input, grad_weight = launches
+        acc = self.acc
+        inputs = (x, w, w if b is None else b, target, w if class_weight is None else class_weight)
+        inputs = (*inputs, stats, grad_output)
+        if grad_input is not None:
+            # Accumulate in the gradient itself when it already has the compute dtype. Traced,
+            # functionalization gives the two aliased arguments separate copies; that is still
+            # right (here and for grad_w below), because the kernel never reads grad_x and
+            # writes every element of it at its last step, from the sums kept in grad_x_acc.
+            grad_x_acc = grad_x
+            if grad_x.dtype != acc:
+                grad_x_acc = torch.empty((self.n_rows, self.in_features), dtype=acc, device=self.device)
+            grad_input(self.row_programs, (*inputs, grad_x_acc, grad_x))
+        if grad_weight is not None:
+            if grad_w is None:
+                grad_w_acc = grad_w_out = w  # never touched: GRAD_W is off
+            else:
+                grad_w_out = grad_w_acc = grad_w
+                if grad_w.dtype != acc:
+                    grad_w_acc = torch.empty((self.n_classes, self.in_features), dtype=acc, device=self.device)
+            grad_weight(self.class_programs, (*inputs, grad_w_acc, grad_w_out, stats if grad_b is None else grad_b))
 
 
 def linear_cross_entropy_forward(inputs: tuple, options: tuple[int, int, float], outputs: tuple) -> None:
-    """Fill the outputs ``(loss, lse, coef, total_weight, ok)`` (two launches).
-
-    ``inputs`` is ``(x, w, b, target, class_weight)``: ``x`` ``(N, D)``, ``w`` ``(V, D)``,
-    ``b`` ``(V,)`` or None, ``target`` ``(N,)`` strided; ``class_weight`` contiguous ``(V,)``
-    or None. ``options`` is ``(reduction, ignore_index, label_smoothing)``, ``reduction``
-    torch's enum. ``lse`` and ``coef`` are contiguous ``(N,)`` in the compute dtype,
-    ``loss`` ``(N,)`` for reduction none, else 0-d; ``total_weight`` 0-d and ``ok`` one int8
-    (1 when every target is in bounds).
-    """
-    x, w, _, target, class_weight = inputs
-    reduction, ignore_index, label_smoothing = options
-    loss, lse, coef, total_weight, ok = outputs
-    N, D = x.shape
-    V = w.shape[0]
-    n_splits, per_split = forward_splits(N, V, x.dtype)
-    smoothing = label_smoothing > 0
-    traced = isinstance(x, _TRACED_TENSORS)
-    # Without smoothing only the first 3 statistics exist: no memory for the other planes.
-    part = torch.empty((N_STATS if smoothing else 3, n_splits, N), dtype=lse.dtype, device=x.device)
-    if N > 0:
-        tensors, strides, constants = _operands(inputs, label_smoothing, LINEAR_CE_FORWARD_NUM_STAGES)
-        grid = (triton.cdiv(N, constants["BLOCK_N"]), n_splits)
-        launch = _launcher(linear_cross_entropy_forward_kernel, grid, traced)
-        launch(*tensors, part, N, V, D, per_split, *strides, **constants)
-    eps_hi, eps_lo = _split_fp64(label_smoothing)
-    _launcher(linear_cross_entropy_finalize_kernel, (1,), traced)(
-        part,
-        target,
-        class_weight if class_weight is not None else part,
-        loss,
-        lse,
-        coef,
-        total_weight,
-        ok,
-        N,
-        V,
-        n_splits,
-        target.stride(0),
-        ignore_index,
-        eps_hi,
-        eps_lo,
-        HAS_WEIGHT=class_weight is not None,
-        SMOOTHING=smoothing,
-        REDUCTION=reduction,
-        BLOCK_R=LINEAR_CE_FINALIZE_BLOCK,
-    )
+    """:meth:`LaunchPlan.forward` for inputs seen once (``options`` as there: reduction, ignore_index, smoothing)."""
+    x, w, b, target, class_weight = inputs
+    LaunchPlan(x, w, b, target, class_weight is not None, options, planned=False).forward(inputs, outputs)
 
 
 def linear_cross_entropy_backward(
     grad_output: torch.Tensor, saved: tuple, options: tuple[int, int, float], grads: tuple
 ) -> None:
-    """Write the requested gradients ``grads = (grad_x, grad_w, grad_b)``, each None when not needed.
-
-    ``saved`` is the forward's ``inputs`` (see :func:`linear_cross_entropy_forward`)
-    followed by its ``(lse, coef, total_weight)``; ``options`` as there. ``grad_x``
-    ``(N, D)``, ``grad_w`` ``(V, D)`` and ``grad_b`` ``(V,)`` are contiguous;
-    ``grad_output`` is ``(N,)`` for reduction none, else 0-d. Accumulates in the compute
-    dtype: in the gradient itself when it has that dtype, else in a scratch buffer. N and
-    V must be positive (the caller handles empty shapes).
-    """
-    x, w = saved[:2]
-    lse, coef, total_weight = saved[5:]
-    reduction, ignore_index, label_smoothing = options
-    grad_x, grad_w, grad_b = grads
-    N, D = x.shape
-    V = w.shape[0]
-    acc = lse.dtype
-    eps_hi, eps_lo = _split_fp64(label_smoothing)
-    traced = isinstance(x, _TRACED_TENSORS)
-    tensors, strides, common = _operands(saved[:5], label_smoothing, LINEAR_CE_BACKWARD_NUM_STAGES)
-    common["REDUCTION"] = reduction
-    inputs = (*tensors, lse, coef, grad_output, total_weight)
-    scalars = (*strides, grad_output.stride(0) if grad_output.dim() == 1 else 0, ignore_index, eps_hi, eps_lo)
-    if grad_x is not None:
-        # Accumulate in the gradient itself when it already has the compute dtype. Traced,
-        # functionalization gives the two aliased arguments separate copies; that is still
-        # right (here and for grad_w below), because the kernel never reads grad_x and
-        # writes every element of it at its last step, from the sums kept in grad_x_acc.
-        grad_x_acc = grad_x if grad_x.dtype == acc else torch.empty((N, D), dtype=acc, device=x.device)
-        grid = (triton.cdiv(N, common["BLOCK_N"]),)
-        _launcher(linear_cross_entropy_grad_input_kernel, grid, traced)(
-            *inputs, grad_x_acc, grad_x, N, V, D, *scalars, **common
-        )
-    if grad_w is not None or grad_b is not None:
-        if grad_w is None:
-            grad_w_acc = grad_w_out = w  # never touched: GRAD_W is off
-        else:
-            grad_w_out = grad_w
-            grad_w_acc = grad_w if grad_w.dtype == acc else torch.empty((V, D), dtype=acc, device=x.device)
-        grid = (triton.cdiv(V, common["BLOCK_V"]),)
-        _launcher(linear_cross_entropy_grad_weight_kernel, grid, traced)(
-            *inputs,
-            grad_w_acc,
-            grad_w_out,
-            grad_b if grad_b is not None else lse,
-            N,
-            V,
-            D,
-            *scalars,
-            GRAD_W=grad_w is not None,
-            GRAD_B=grad_b is not None,
-            **common,
-        )
+    """:meth:`LaunchPlan.backward` for inputs seen once (``saved``: the forward's inputs and stats)."""
+    x, w, b, target, class_weight = saved[:5]
+    LaunchPlan(x, w, b, target, class_weight is not None, options, planned=False).backward(grad_output, saved, grads)
 
 
 def modeled_traffic(n_rows: int, in_features: int, n_classes: int, dtype: torch.dtype) -> dict[str, int]:
@@ -760,7 +912,7 @@ def modeled_traffic(n_rows: int, in_features: int, n_classes: int, dtype: torch.
     once each way and writes their gradients once.
     """
     block_n, block_v, _ = _blocks(dtype)
-    n_b, v_b = triton.cdiv(n_rows, block_n), triton.cdiv(n_classes, block_v)
+    n_b, v_b = (n_rows + block_n - 1) // block_n, (n_classes + block_v - 1) // block_v
     elt = torch.empty((), dtype=dtype).element_size()
     acc = torch.empty((), dtype=compute_dtype(dtype)).element_size()
     x = n_rows * in_features

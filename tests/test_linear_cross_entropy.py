@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fused_ops
+from fused_ops import _native
 from fused_ops._dispatch import reference_backend
 from fused_ops.profiling import KernelTrace
 
@@ -171,6 +172,7 @@ def test_large_vocabulary_splits_and_many_row_blocks(monkeypatch, kernel_launche
     # merge path of the finalize runs.
     monkeypatch.setattr(lce_kernels, "LINEAR_CE_FORWARD_PROGRAMS", 6)
     monkeypatch.setattr(lce_kernels, "LINEAR_CE_MIN_BLOCKS_PER_SPLIT", 1)
+    monkeypatch.setattr(sys.modules["fused_ops.linear_cross_entropy"], "_PLANS", {})  # plans hold the splits
     x, w, b, target = _problem(n=150, d=20, v=500, ignore_every=5)
     assert lce_kernels.forward_splits(150, 500, torch.float32) == (2, 4)
     _check_against_torch(x, w, b, target, weight=torch.rand(500) + 0.1, label_smoothing=0.1)
@@ -237,6 +239,7 @@ def test_gradcheck_fp64(kernel_launches):
             leaves,
             fast_mode=True,
         )
+    # fp64 always finalizes in a second launch (its one-program variants would spill).
     assert kernel_launches.kernel_names() == KERNELS
 
 
@@ -332,16 +335,140 @@ def test_out_of_bounds_target_leaves_inputs_untouched(kernel_launches):
         assert torch.equal(tensor, copy)
 
 
+@pytest.mark.parametrize("n", [20, 70])  # one forward program (which finalizes), or two row blocks
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_no_host_sync(reduction, kernel_launches):
-    x, w, b, target = _problem(n=20, ignore_every=3)
+def test_no_host_sync(reduction, n, kernel_launches):
+    x, w, b, target = _problem(n=n, ignore_every=3)
     leaves = [t.requires_grad_() for t in (x, w, b)]
     with no_host_sync():
         loss = fused_ops.linear_cross_entropy(
             leaves[0], leaves[1], target, linear_bias=leaves[2], weight=torch.rand(150), reduction=reduction
         )
         loss.backward(torch.ones_like(loss))
-    assert kernel_launches.kernel_names() == KERNELS
+    assert kernel_launches.kernel_names() == (KERNELS if n == 70 else KERNELS - {FINALIZE})
+
+
+def _plans():
+    return sys.modules["fused_ops.linear_cross_entropy"]._PLANS
+
+
+def _node_run(x, w, b, target, grad_output, **kwargs):
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    loss = fused_ops.linear_cross_entropy(leaves[0], leaves[1], target, linear_bias=leaves[2], **kwargs)
+    name = loss.grad_fn.name()
+    grads = torch.autograd.grad(loss, leaves, grad_output)
+    return name, loss, grads
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_eager_path_records_the_cpp_node_and_the_function_matches_it(reduction, monkeypatch, kernel_launches):
+    # The eager path records the C++ autograd node (fused_ops/_native.py) and matches torch;
+    # where the node cannot be built, the Python Function runs the same kernels: same bits.
+    x, w, b, target = _problem(n=20, ignore_every=4)
+    grad_output = torch.rand(20 if reduction == "none" else ())
+    kwargs = {"reduction": reduction, "label_smoothing": 0.1, "weight": torch.rand(150) + 0.1}
+    name, loss, grads = _node_run(x, w, b, target, grad_output, **kwargs)
+    assert name == "FusedLinearCrossEntropyBackward"
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref_kwargs = {**kwargs, "weight": kwargs["weight"].double()}
+    ref = F.linear_cross_entropy(ref_leaves[0], ref_leaves[1], target, linear_bias=ref_leaves[2], **ref_kwargs)
+    assert_close(loss, ref.float(), reduction_size=150 * 20)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_output.double())
+    for ours, theirs, size in zip(grads, ref_grads, (150 * 40, 20, 20), strict=True):
+        assert_close(ours, theirs.float(), reduction_size=size)
+    assert kernel_launches.launch_count(GRAD_INPUT) == 1 and kernel_launches.launch_count(GRAD_WEIGHT) == 1
+    monkeypatch.setattr(_native, "_attach", None)
+    kernel_launches.clear()
+    name, loss_f, grads_f = _node_run(x, w, b, target, grad_output, **kwargs)
+    assert name == "LinearCrossEntropyFunctionBackward"
+    assert torch.equal(loss, loss_f)
+    for ours, theirs in zip(grads, grads_f, strict=True):
+        assert torch.equal(ours, theirs)
+    assert kernel_launches.launch_count(GRAD_INPUT) == 1 and kernel_launches.launch_count(GRAD_WEIGHT) == 1
+
+
+def test_cpp_node_double_backward_and_freed_graph(kernel_launches):
+    # create_graph=True through the node takes the differentiable reference; a second
+    # backward through a freed graph raises torch's error (the node's saved tensors are freed).
+    x, w, b, target = _problem(n=5, d=4, v=7, dtype=torch.float64)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    loss = fused_ops.linear_cross_entropy(leaves[0], leaves[1], target, linear_bias=leaves[2])
+    assert loss.grad_fn.name() == "FusedLinearCrossEntropyBackward"
+    (grad_x,) = torch.autograd.grad(loss, leaves[0], create_graph=True)
+    (second,) = torch.autograd.grad(grad_x.square().sum(), leaves[1])
+    ref_leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    ref = F.linear_cross_entropy(ref_leaves[0], ref_leaves[1], target, linear_bias=ref_leaves[2])
+    (ref_grad_x,) = torch.autograd.grad(ref, ref_leaves[0], create_graph=True)
+    (ref_second,) = torch.autograd.grad(ref_grad_x.square().sum(), ref_leaves[1])
+    assert_close(grad_x, ref_grad_x) and assert_close(second, ref_second)
+    loss = fused_ops.linear_cross_entropy(leaves[0], leaves[1], target, linear_bias=leaves[2])
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+
+
+def test_one_program_forward_matches_the_split_forward(monkeypatch, kernel_launches):
+    # 20 rows and 150 classes fit one forward program, which finalizes itself (one launch);
+    # forced into 2 class splits, the forward and the finalize give the same numbers.
+    x, w, b, target = _problem(n=20, ignore_every=3)
+    target[5] = -3  # out of bounds: both paths raise
+    kwargs = {"weight": torch.rand(150) + 0.1, "label_smoothing": 0.2}
+    results = {}
+    for split in (False, True):
+        if split:
+            monkeypatch.setattr(lce_kernels, "LINEAR_CE_FORWARD_PROGRAMS", 2)
+            monkeypatch.setattr(lce_kernels, "LINEAR_CE_MIN_BLOCKS_PER_SPLIT", 1)
+            monkeypatch.setattr(sys.modules["fused_ops.linear_cross_entropy"], "_PLANS", {})
+        with pytest.raises(IndexError, match=r"Target -3 is out of bounds\."):
+            fused_ops.linear_cross_entropy(x, w, target, linear_bias=b, **kwargs)
+        good = target.clone()
+        good[5] = 0
+        for reduction in REDUCTIONS:
+            kernel_launches.clear()
+            torch.manual_seed(1)  # the same random grad_output on both paths
+            results[split, reduction] = _check_against_torch(x, w, b, good, reduction=reduction, **kwargs)
+            assert kernel_launches.launch_count(FORWARD) == 1
+            assert kernel_launches.launch_count(FINALIZE) == (1 if split else 0)
+    for reduction in REDUCTIONS:
+        (loss, grads), (loss_split, grads_split) = results[False, reduction], results[True, reduction]
+        assert_close(loss, loss_split, reduction_size=150 * 20)
+        for ours, theirs in zip(grads, grads_split, strict=True):
+            assert_close(ours, theirs, reduction_size=150)
+
+
+def test_cached_signatures_still_check_what_the_cache_cannot_know(kernel_launches):
+    # Validation runs once per signature, except the checks that read more than shapes,
+    # strides, dtypes and devices: class weights that require grad (and grad mode).
+    x, w, _, target = _problem(n=6)
+    weight = torch.rand(150)
+    fused_ops.linear_cross_entropy(x, w, target, weight=weight)
+    assert any(key[0] == x.shape for key in _plans())
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+        fused_ops.linear_cross_entropy(x, w, target, weight=weight.requires_grad_())
+    with torch.no_grad():
+        fused_ops.linear_cross_entropy(x, w, target, weight=weight)
+    # A cached signature with another device or dtype is another key: checked again.
+    with pytest.raises(RuntimeError, match="expected m1 and m2 to have the same dtype"):
+        fused_ops.linear_cross_entropy(x, w.double(), target)
+
+
+def test_a_signature_seen_before_reuses_its_plan(monkeypatch, kernel_launches):
+    # The checks and the launches' arithmetic run once per signature: a second call with
+    # new tensors of the same shapes, strides, dtypes and options reuses the plan (and its
+    # bound launches); another layout is another plan.
+    plans = {}
+    monkeypatch.setattr(sys.modules["fused_ops.linear_cross_entropy"], "_PLANS", plans)
+    x, w, b, target = _problem(n=6, d=8, v=30)
+    fused_ops.linear_cross_entropy(x, w, target, linear_bias=b, reduction="sum")
+    (plan,) = plans.values()
+    launches = plan.launches
+    assert launches is not None and launches.n_rows == 6
+    x2, w2, b2, target2 = _problem(n=6, d=8, v=30)
+    loss = fused_ops.linear_cross_entropy(x2, w2, target2, linear_bias=b2, reduction="sum")
+    assert list(plans.values()) == [plan] and plan.launches is launches
+    assert_close(loss, F.linear_cross_entropy(x2, w2, target2, linear_bias=b2, reduction="sum"), reduction_size=180)
+    fused_ops.linear_cross_entropy(x2.t().contiguous().t(), w2, target2, linear_bias=b2, reduction="sum")
+    assert len(plans) == 2
 
 
 def test_no_float_atomics_in_the_kernels():
@@ -427,15 +554,16 @@ COMPILE_SCRIPT = textwrap.dedent(
 
     CASES = {{
         "mean": {{}},
-        "none, bias, weights, smoothing": {{
-            "reduction": "none", "bias": True, "weight": torch.rand(16) + 0.1, "label_smoothing": 0.1,
+        "none, bias, weights, smoothing, 70 rows": {{
+            "reduction": "none", "bias": True, "weight": torch.rand(16) + 0.1, "label_smoothing": 0.1, "rows": 70,
         }},
     }}
     with standin_cuda_driver():
         for name, options in CASES.items():
             options = dict(options)
             bias = torch.randn(16, requires_grad=True) if options.pop("bias", False) else None
-            target = torch.randint(0, 16, (4,))
+            rows = options.pop("rows", 4)
+            target = torch.randint(0, 16, (rows,))
 
             def fn(x, w):
                 loss = fused_ops.linear_cross_entropy(x, w, target, linear_bias=bias, **options)
@@ -444,12 +572,16 @@ COMPILE_SCRIPT = textwrap.dedent(
             torch._dynamo.reset()
             backend = AotEagerAndRecordGraphs()
             compiled = torch.compile(fn, backend=backend, fullgraph=True)
-            x = torch.randn(4, 8, requires_grad=True)
+            x = torch.randn(rows, 8, requires_grad=True)
             w = torch.randn(16, 8, requires_grad=True)
             compiled(x, w).backward()  # the stand-in launches nothing: values are not checked
             (forward,), (backward,) = backend.fw_graphs, backend.bw_graphs
+            # 4 rows: one forward program, which finalizes itself; 70 rows: two row blocks.
+            forward_kernels = {{"linear_cross_entropy_forward_kernel"}}
+            if x.shape[0] > 64:
+                forward_kernels.add("linear_cross_entropy_finalize_kernel")
             expected = (
-                (forward, {{"linear_cross_entropy_forward_kernel", "linear_cross_entropy_finalize_kernel"}}),
+                (forward, forward_kernels),
                 (backward, {{"linear_cross_entropy_grad_input_kernel", "linear_cross_entropy_grad_weight_kernel"}}),
             )
             for graph, names in expected:
@@ -555,6 +687,14 @@ def aot_workload():
                 kwargs = {**kwargs, "linear_bias": kwargs["linear_bias"].detach().requires_grad_()}
             loss = fused_ops.linear_cross_entropy(*leaves, target, reduction=reduction, **kwargs)
             loss.backward(torch.ones_like(loss))
+        # One forward program (20 rows), which finalizes itself, for each reduction.
+        small = [x.detach()[:20].requires_grad_(), w.detach().requires_grad_()]
+        for reduction in REDUCTIONS:
+            loss = fused_ops.linear_cross_entropy(
+                *small, target[:20], weight=weight, label_smoothing=0.1, reduction=reduction
+            )
+            loss.backward(torch.ones_like(loss))
+        fused_ops.linear_cross_entropy(*small, target[:20], linear_bias=b).backward()
         # The bias gradient alone (GRAD_W off), and TF32 for fp32.
         bias = b.detach().requires_grad_()
         fused_ops.linear_cross_entropy(x, w, target, linear_bias=bias).backward()
