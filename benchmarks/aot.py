@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +86,29 @@ def compile_launch(launch: dict[str, Any], arch: int, warp_size: int = 32):
     return triton.compile(source, target=target, options=options.__dict__)
 
 
+_RESOURCE_LINE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def resource_usage(compiled) -> tuple[int, int, int, int]:
+    """(registers, stack bytes, shared bytes, local bytes) per thread of a compiled kernel's cubin.
+
+    Read with ``cuobjdump --dump-resource-usage`` (shipped with Triton). Spilled registers
+    live in local memory, so ``local bytes > 0`` is how a spill shows in the binary.
+    """
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory() as scratch:
+        cubin = Path(scratch, "kernel.cubin")
+        cubin.write_bytes(compiled.asm["cubin"])
+        command = [knobs.nvidia.cuobjdump.path, "--dump-resource-usage", str(cubin)]
+        usage = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    found = _RESOURCE_LINE.search(usage)
+    if found is None:
+        raise RuntimeError(f"no resource usage in cuobjdump output:\n{usage}")
+    registers, stack, shared, local = map(int, found.groups())
+    return registers, stack, shared, local
+
+
 def main(argv: list[str]) -> int:
     """Compile every distinct launch in a JSON file for one arch; one JSON result per line."""
     path, arch = argv[0], int(argv[1])
@@ -92,7 +119,10 @@ def main(argv: list[str]) -> int:
         result = {"kernel": launch["kernel"], "arch": arch, "key": launch_key(launch)}
         try:
             compiled = compile_launch(launch, arch)
-            result.update(ok=True, shared=compiled.metadata.shared, num_warps=compiled.metadata.num_warps)
+            local_bytes = resource_usage(compiled)[3]
+            result.update(
+                ok=True, shared=compiled.metadata.shared, num_warps=compiled.metadata.num_warps, local_bytes=local_bytes
+            )
         except Exception as error:  # report every failing kernel, not just the first
             failures += 1
             result.update(ok=False, error=f"{type(error).__name__}: {error}"[-4000:])

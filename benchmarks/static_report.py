@@ -29,7 +29,6 @@ import dataclasses
 import io
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -51,7 +50,6 @@ ARCH = 90
 # divisible and can vectorize; COLS - 1 shows what an odd size gets.
 DIVISIBLE_SHAPE = (4, COLS)
 ODD_SHAPE = (3, COLS - 1)
-_RESOURCE_LINE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGISTERS = re.compile(r"Used (\d+) registers")
 _GLOBAL_ACCESS = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)+)")
@@ -124,12 +122,6 @@ def global_accesses(ptx: str) -> tuple[dict[int, int], dict[int, int]]:
     return loads, stores
 
 
-def _tool(name: str) -> str:
-    from triton import knobs
-
-    return getattr(knobs.nvidia, name).path
-
-
 def analyze(launch: dict, arch: int = ARCH) -> KernelReport:
     """Compile one recorded launch for sm_``arch`` and read its resources.
 
@@ -144,16 +136,7 @@ def analyze(launch: dict, arch: int = ARCH) -> KernelReport:
     result.shared_bytes = compiled.metadata.shared
     result.num_warps = compiled.metadata.num_warps
     result.loads, result.stores = global_accesses(compiled.asm["ptx"])
-    with tempfile.TemporaryDirectory() as scratch:
-        cubin = Path(scratch, "kernel.cubin")
-        cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run(
-            [_tool("cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True
-        ).stdout
-    found = _RESOURCE_LINE.search(usage)
-    if found is None:
-        raise RuntimeError(f"no resource usage in cuobjdump output:\n{usage}")
-    result.registers, result.stack_bytes, _, result.local_bytes = map(int, found.groups())
+    result.registers, result.stack_bytes, _, result.local_bytes = aot.resource_usage(compiled)
     spills = _SPILLS.search(ptxas_log.getvalue())
     registers = _REGISTERS.search(ptxas_log.getvalue())
     if spills is None or registers is None:

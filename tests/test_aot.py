@@ -76,6 +76,10 @@ def test_kernels_compile_ahead_of_time(family, tmp_path):
         assert not _failures(results), f"sm_{arch}:\n" + "\n".join(_failures(results))
         compiled = [r for r in results if r.get("ok")]
         assert len(compiled) == len(launches), f"sm_{arch} compiler stopped early:\n{results[-1]['stderr']}"
+        # Spilled registers live in local memory: every launch of every family, not only
+        # the benchmark cases of tests/test_static_report.py, must have none.
+        spilling = [f"{r['kernel']} {r['key']}: {r['local_bytes']} B" for r in compiled if r["local_bytes"]]
+        assert not spilling, f"sm_{arch} local memory (spills):\n" + "\n".join(spilling)
 
 
 def test_every_kernel_family_has_an_aot_workload():
