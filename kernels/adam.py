@@ -45,6 +45,7 @@ import triton.language as tl
 
 from ._config import ADAM_BLOCK_SIZE, ADAM_CHUNK_SIZE, ADAM_NUM_WARPS
 from ._launch import BoundKernel
+from ._optim_common import last_to_arrive, load_amp_scalars, load_hyperparameter, locate_chunk, unscale_and_clip
 
 # Columns of the tensor table (Python side) ...
 PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, STEP, NUMEL, FIRST_PROGRAM, GROUP = range(8)
@@ -106,6 +107,114 @@ _BETAS_FP64_FLAG: tl.constexpr = tl.constexpr(BETAS_FP64_FLAG)
 
 
 @triton.jit
+def adam_hyperparameters(group, step, COMPUTE_TYPE: tl.constexpr, TENSOR_BETAS: tl.constexpr):
+    """The group's hyperparameters for one step, as :func:`adam_moments` and :func:`adam_apply` take them.
+
+    Args:
+        group: pointer to the group's row of the group table (see :func:`group_row`).
+        step: the parameter's new step count (fp32).
+        COMPUTE_TYPE: the update's dtype: fp64 for fp64 parameters (torch's opmath), else fp32.
+        TENSOR_BETAS: read tensor betas at their addresses where the row has them; False
+            reads the float columns only (8-bit Adam refuses tensor betas).
+
+    Returns:
+        ``(flags, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2,
+        bias_correction2_sqrt, eps, step_size)``: the row's flag bits, then the scalars in
+        COMPUTE_TYPE. They are computed in fp64, as torch's for-loop computes them in Python
+        floats (near step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only
+        ~4 digits), and rounded once, as torch rounds its Python floats to fp32 opmath.
+    """
+    flags = tl.load(group + _FLAGS)
+    lr = load_hyperparameter(group, _LR, _LR_ADDRESS, flags, _LR_FP64_FLAG)
+    beta2 = tl.load(group + _BETA2).to(tl.float64, bitcast=True)
+    one_minus_beta1 = tl.load(group + _ONE_MINUS_BETA1).to(tl.float64, bitcast=True)
+    one_minus_beta2 = tl.load(group + _ONE_MINUS_BETA2).to(tl.float64, bitcast=True)
+    log_beta1 = tl.load(group + _LOG_BETA1).to(tl.float64, bitcast=True)
+    log_beta2 = tl.load(group + _LOG_BETA2).to(tl.float64, bitcast=True)
+    if TENSOR_BETAS:
+        # Float betas need only the columns above; beta1's own column is still read
+        # (the compiler drops the load), as tests/test_adam.py counts the table bytes.
+        beta1 = tl.load(group + _BETA1).to(tl.float64, bitcast=True)
+        beta1_address = tl.load(group + _BETA1_ADDRESS)
+        if beta1_address != 0:
+            beta2_address = tl.load(group + _BETA2_ADDRESS)
+            if (flags & _BETAS_FP64_FLAG) != 0:
+                beta1 = tl.load(beta1_address.to(tl.pointer_type(tl.float64), bitcast=True))
+                beta2 = tl.load(beta2_address.to(tl.pointer_type(tl.float64), bitcast=True))
+                one_minus_beta1 = 1.0 - beta1
+                one_minus_beta2 = 1.0 - beta2
+            else:
+                beta1_32 = tl.load(beta1_address.to(tl.pointer_type(tl.float32), bitcast=True))
+                beta2_32 = tl.load(beta2_address.to(tl.pointer_type(tl.float32), bitcast=True))
+                # torch's tensor arithmetic on fp32 betas: 1 - beta in fp32, log in double.
+                one_minus_beta1 = (1.0 - beta1_32).to(tl.float64)
+                one_minus_beta2 = (1.0 - beta2_32).to(tl.float64)
+                beta1 = beta1_32.to(tl.float64)
+                beta2 = beta2_32.to(tl.float64)
+            log_beta1 = tl.log(beta1)
+            log_beta2 = tl.log(beta2)
+    eps = tl.load(group + _EPS).to(tl.float64, bitcast=True)
+    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
+    step64 = step.to(tl.float64)
+    bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
+    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * log_beta2))
+    step_size = lr / bias_correction1
+    decay = 1.0 - lr * weight_decay
+    return (
+        flags,
+        weight_decay.to(COMPUTE_TYPE),
+        decay.to(COMPUTE_TYPE),
+        one_minus_beta1.to(COMPUTE_TYPE),
+        beta2.to(COMPUTE_TYPE),
+        one_minus_beta2.to(COMPUTE_TYPE),
+        bias_correction2_sqrt.to(COMPUTE_TYPE),
+        eps.to(COMPUTE_TYPE),
+        step_size.to(COMPUTE_TYPE),
+    )
+
+
+@triton.jit
+def adam_moments(
+    param, grad, exp_avg, exp_avg_sq, decoupled, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2
+):
+    """Weight decay and the moments' update: ``(param, exp_avg, exp_avg_sq)`` after them.
+
+    Elementwise, in the compute dtype of the arguments (the gradient already through
+    :func:`unscale_and_clip`); ``decoupled``: AdamW's decay of the parameter, else Adam's
+    L2 term added to the gradient.
+    """
+    if decoupled:
+        param = param * decay
+    else:
+        # A select, not grad + 0 * param, so an inf parameter with weight_decay=0
+        # leaves the gradient alone, as torch's `if weight_decay != 0` does.
+        grad = tl.where(weight_decay != 0, grad + weight_decay * param, grad)
+    # torch's exp_avg.lerp_(grad, 1 - beta1), with its second formula for weights >= 0.5.
+    exp_avg = tl.where(
+        one_minus_beta1 < 0.5,
+        exp_avg + one_minus_beta1 * (grad - exp_avg),
+        grad - (grad - exp_avg) * (1.0 - one_minus_beta1),
+    )
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
+    return param, exp_avg, exp_avg_sq
+
+
+@triton.jit
+def adam_apply(param, exp_avg, exp_avg_sq, bias_correction2_sqrt, eps, step_size):
+    """The updated parameter: ``param - step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)``.
+
+    fp16/bf16 parameters use the fp32 moments directly, as torch's fused kernels do.
+    """
+    if param.dtype == tl.float64:
+        denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+        return param - step_size * exp_avg / denom
+    else:
+        # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
+        denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
+        return param - tl.div_rn(step_size * exp_avg, denom)
+
+
+@triton.jit
 def _update_block(
     offsets,
     mask,
@@ -140,35 +249,15 @@ def _update_block(
     except GradScaler's fp32 ``grad_scale`` (a divisor) and the fp32 ``clip_coef``.
     """
     out_type: tl.constexpr = param_ptr.dtype.element_ty
-    IS_FP64: tl.constexpr = out_type == tl.float64
-    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    compute_type: tl.constexpr = tl.float64 if out_type == tl.float64 else tl.float32
     param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(compute_type)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
-    if HAS_GRAD_SCALE:
-        # GradScaler's unscale, then the clip coefficient, as in torch's recipe order.
-        if IS_FP64:
-            grad = grad / tl.cast(grad_scale, compute_type)
-        else:
-            grad = tl.div_rn(grad, tl.cast(grad_scale, compute_type))
-    if HAS_CLIP:
-        grad = grad * tl.cast(clip_coef, compute_type)
-    if maximize:
-        grad = -grad
-    if decoupled:
-        param = param * decay
-    else:
-        # A select, not grad + 0 * param, so an inf parameter with weight_decay=0
-        # leaves the gradient alone, as torch's `if weight_decay != 0` does.
-        grad = tl.where(weight_decay != 0, grad + weight_decay * param, grad)
-    # torch's exp_avg.lerp_(grad, 1 - beta1), with its second formula for weights >= 0.5.
-    exp_avg = tl.where(
-        one_minus_beta1 < 0.5,
-        exp_avg + one_minus_beta1 * (grad - exp_avg),
-        grad - (grad - exp_avg) * (1.0 - one_minus_beta1),
+    grad = unscale_and_clip(grad, grad_scale, clip_coef, maximize, HAS_GRAD_SCALE, HAS_CLIP)
+    param, exp_avg, exp_avg_sq = adam_moments(
+        param, grad, exp_avg, exp_avg_sq, decoupled, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2
     )
-    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
     # The moments in their own dtype: the parameter's, or bf16 (state_dtype=torch.bfloat16).
     state_type: tl.constexpr = exp_avg_ptr.dtype.element_ty
     tl.store(exp_avg_ptr + offsets, exp_avg.to(state_type), mask=mask)
@@ -180,14 +269,7 @@ def _update_block(
             # NaN propagates, as in torch.maximum.
             exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
             tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(state_type), mask=mask)
-    # fp16/bf16 use the fp32 moments directly, as torch's fused kernels do.
-    # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
-    if IS_FP64:
-        denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
-        param = param - step_size * exp_avg / denom
-    else:
-        denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
-        param = param - tl.div_rn(step_size * exp_avg, denom)
+    param = adam_apply(param, exp_avg, exp_avg_sq, bias_correction2_sqrt, eps, step_size)
     if ANY_STOCHASTIC:
         # Stochastic rounding to bf16 (torchao's _fp32_to_bf16_sr, the same idea): add
         # 16 random bits below bf16's mantissa, then truncate. A value between two bf16
@@ -241,60 +323,29 @@ def adam_kernel(
     ``ANY_STOCHASTIC``: some group rounds its bf16 parameters stochastically
     (the group row's flag and seed say which).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
-    row = tensor_table_ptr + tensor_index * _COLUMNS
-    numel = tl.load(row + _NUMEL)
-    chunk_start = (pid - tl.load(row + _FIRST_PROGRAM)) * chunk_size
-    chunk_end = tl.minimum(chunk_start + chunk_size, numel)
-    # cdiv spelled out: tl.cdiv is a nested @jit call, slow under the interpreter.
-    n_chunks = tl.maximum((numel + chunk_size - 1) // chunk_size, 1)
+    pid, tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
+        tensor_table_ptr, program_table_ptr, chunk_size, _COLUMNS, _NUMEL, _FIRST_PROGRAM
+    )
     step_ptr = tl.load(row + _STEP).to(tl.pointer_type(tl.float32), bitcast=True)
     step = tl.load(step_ptr) + 1.0
+    proceed, grad_scale, clip_coef = load_amp_scalars(
+        found_inf_ptr,
+        skipped_ptr,
+        grad_scale_ptr,
+        clip_coef_ptr,
+        pid,
+        HAS_FOUND_INF,
+        WRITE_SKIPPED,
+        HAS_GRAD_SCALE,
+        HAS_CLIP,
+    )
 
-    proceed = True
-    if HAS_FOUND_INF:
-        found_inf = tl.load(found_inf_ptr)
-        proceed = found_inf == 0
-        if WRITE_SKIPPED:
-            tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
-
-    # The group's hyperparameters: fp64 bit patterns, or the address of a tensor.
+    IS_FP64: tl.constexpr = element_type_ptr.dtype.element_ty == tl.float64
+    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
-    flags = tl.load(group + _FLAGS)
-    lr = tl.load(group + _LR).to(tl.float64, bitcast=True)
-    lr_address = tl.load(group + _LR_ADDRESS)
-    if lr_address != 0:
-        if (flags & _LR_FP64_FLAG) != 0:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float64), bitcast=True))
-        else:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
-    beta1 = tl.load(group + _BETA1).to(tl.float64, bitcast=True)
-    beta2 = tl.load(group + _BETA2).to(tl.float64, bitcast=True)
-    one_minus_beta1 = tl.load(group + _ONE_MINUS_BETA1).to(tl.float64, bitcast=True)
-    one_minus_beta2 = tl.load(group + _ONE_MINUS_BETA2).to(tl.float64, bitcast=True)
-    log_beta1 = tl.load(group + _LOG_BETA1).to(tl.float64, bitcast=True)
-    log_beta2 = tl.load(group + _LOG_BETA2).to(tl.float64, bitcast=True)
-    beta1_address = tl.load(group + _BETA1_ADDRESS)
-    if beta1_address != 0:
-        beta2_address = tl.load(group + _BETA2_ADDRESS)
-        if (flags & _BETAS_FP64_FLAG) != 0:
-            beta1 = tl.load(beta1_address.to(tl.pointer_type(tl.float64), bitcast=True))
-            beta2 = tl.load(beta2_address.to(tl.pointer_type(tl.float64), bitcast=True))
-            one_minus_beta1 = 1.0 - beta1
-            one_minus_beta2 = 1.0 - beta2
-        else:
-            beta1_32 = tl.load(beta1_address.to(tl.pointer_type(tl.float32), bitcast=True))
-            beta2_32 = tl.load(beta2_address.to(tl.pointer_type(tl.float32), bitcast=True))
-            # torch's tensor arithmetic on fp32 betas: 1 - beta in fp32, log in double.
-            one_minus_beta1 = (1.0 - beta1_32).to(tl.float64)
-            one_minus_beta2 = (1.0 - beta2_32).to(tl.float64)
-            beta1 = beta1_32.to(tl.float64)
-            beta2 = beta2_32.to(tl.float64)
-        log_beta1 = tl.log(beta1)
-        log_beta2 = tl.log(beta2)
-    eps = tl.load(group + _EPS).to(tl.float64, bitcast=True)
-    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
+    (flags, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, step_size) = (
+        adam_hyperparameters(group, step, compute_type, True)
+    )
     amsgrad = (flags & _AMSGRAD_FLAG) != 0
     maximize = (flags & _MAXIMIZE_FLAG) != 0
     decoupled = (flags & _DECOUPLED_FLAG) != 0
@@ -306,20 +357,6 @@ def adam_kernel(
             seed = ((tl.load(group + _SEED) + step.to(tl.int64) * 1000003 + tensor_index * 7919) & 0x7FFFFFFF).to(
                 tl.int32
             )
-
-    # Per-program scalars in double precision, as torch's for-loop computes them: near
-    # step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only ~4 digits.
-    step64 = step.to(tl.float64)
-    bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
-    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * log_beta2))
-    step_size = lr / bias_correction1
-    decay = 1.0 - lr * weight_decay
-    grad_scale = 1.0
-    if HAS_GRAD_SCALE:
-        grad_scale = tl.load(grad_scale_ptr)
-    clip_coef = 1.0
-    if HAS_CLIP:
-        clip_coef = tl.load(clip_coef_ptr)
 
     param_ptr = tl.load(row + _PARAM).to(element_type_ptr.dtype, bitcast=True)
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
@@ -336,19 +373,6 @@ def adam_kernel(
         exp_avg_ptr = tl.multiple_of(exp_avg_ptr, 16)
         exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
         max_exp_avg_sq_ptr = tl.multiple_of(max_exp_avg_sq_ptr, 16)
-
-    # The hyperparameters in the compute dtype: fp64 for fp64 parameters (torch's
-    # opmath), else rounded to fp32 once here, as torch rounds its Python floats.
-    IS_FP64: tl.constexpr = element_type_ptr.dtype.element_ty == tl.float64
-    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    weight_decay_c = weight_decay.to(compute_type)
-    decay_c = decay.to(compute_type)
-    one_minus_beta1_c = one_minus_beta1.to(compute_type)
-    beta2_c = beta2.to(compute_type)
-    one_minus_beta2_c = one_minus_beta2.to(compute_type)
-    bias_correction2_sqrt_c = bias_correction2_sqrt.to(compute_type)
-    eps_c = eps.to(compute_type)
-    step_size_c = step_size.to(compute_type)
 
     # Full blocks load and store unmasked, which (with 16-byte aligned addresses) lets
     # the compiler use 128-bit accesses; only a chunk's last, partial block is masked.
@@ -369,14 +393,14 @@ def adam_kernel(
             amsgrad,
             maximize,
             decoupled,
-            weight_decay_c,
-            decay_c,
-            one_minus_beta1_c,
-            beta2_c,
-            one_minus_beta2_c,
-            bias_correction2_sqrt_c,
-            eps_c,
-            step_size_c,
+            weight_decay,
+            decay,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            bias_correction2_sqrt,
+            eps,
+            step_size,
             stochastic,
             seed,
             ANY_AMSGRAD,
@@ -400,14 +424,14 @@ def adam_kernel(
             amsgrad,
             maximize,
             decoupled,
-            weight_decay_c,
-            decay_c,
-            one_minus_beta1_c,
-            beta2_c,
-            one_minus_beta2_c,
-            bias_correction2_sqrt_c,
-            eps_c,
-            step_size_c,
+            weight_decay,
+            decay,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            bias_correction2_sqrt,
+            eps,
+            step_size,
             stochastic,
             seed,
             ANY_AMSGRAD,
@@ -417,13 +441,9 @@ def adam_kernel(
         )
 
     # The last program of this parameter to get here writes the new step: every other
-    # program of the parameter has already read the old one (acq_rel orders that read
-    # before its increment). A parameter with a single chunk needs no atomic.
-    arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=(n_chunks > 1) & proceed, sem="acq_rel")
-    if ((n_chunks == 1) | (arrived == n_chunks - 1)) & proceed:
+    # program of the parameter has already read the old one.
+    if last_to_arrive(arrivals_ptr, tensor_index, n_chunks, proceed):
         tl.store(step_ptr, step)
-        if n_chunks > 1:
-            tl.store(arrivals_ptr + tensor_index, 0)
 
 
 def table_row(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_program: int, group: int) -> list[int]:
@@ -563,18 +583,6 @@ def adam_step(
         BLOCK_SIZE=ADAM_BLOCK_SIZE,
         num_warps=ADAM_NUM_WARPS,
     )
-
-
-def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a small host tensor to ``device`` without waiting for the GPU.
-
-    A blocking copy (``.to(device)``) synchronizes with the stream; from pinned memory a
-    non-blocking copy does not, and torch's pinned-memory allocator keeps the source
-    alive until the copy has run.
-    """
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 def _log(beta: float) -> float:

@@ -30,6 +30,7 @@ import triton.language as tl
 
 from ._config import SGD_BLOCK_SIZE, SGD_CHUNK_SIZE, SGD_NUM_WARPS
 from ._launch import BoundKernel
+from ._optim_common import last_to_arrive, load_amp_scalars, load_hyperparameter, locate_chunk, unscale_and_clip
 from .adam import float_bits
 
 # Columns of the tensor table (Python side) ...
@@ -89,19 +90,10 @@ def _update_block(
     GradScaler's fp32 ``grad_scale`` (a divisor) and the fp32 ``clip_coef``.
     """
     out_type: tl.constexpr = param_ptr.dtype.element_ty
-    IS_FP64: tl.constexpr = out_type == tl.float64
-    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    compute_type: tl.constexpr = tl.float64 if out_type == tl.float64 else tl.float32
     param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
-    if HAS_GRAD_SCALE:
-        if IS_FP64:
-            grad = grad / tl.cast(grad_scale, compute_type)
-        else:
-            grad = tl.div_rn(grad, tl.cast(grad_scale, compute_type))
-    if HAS_CLIP:
-        grad = grad * tl.cast(clip_coef, compute_type)
-    if maximize:
-        grad = -grad
+    grad = unscale_and_clip(grad, grad_scale, clip_coef, maximize, HAS_GRAD_SCALE, HAS_CLIP)
     # A select, so an inf parameter with weight_decay=0 leaves the gradient alone (torch's `if`).
     grad = tl.where(weight_decay != 0, grad + weight_decay * param, grad)
     if ANY_MOMENTUM:
@@ -147,37 +139,25 @@ def sgd_kernel(
     The arguments are those of kernels/adam.py's ``adam_kernel``; ``ANY_MOMENTUM``: some
     group of the launch has momentum != 0.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
-    row = tensor_table_ptr + tensor_index * _COLUMNS
-    numel = tl.load(row + _NUMEL)
-    chunk_start = (pid - tl.load(row + _FIRST_PROGRAM)) * chunk_size
-    chunk_end = tl.minimum(chunk_start + chunk_size, numel)
-    n_chunks = tl.maximum((numel + chunk_size - 1) // chunk_size, 1)
-
-    proceed = True
-    if HAS_FOUND_INF:
-        found_inf = tl.load(found_inf_ptr)
-        proceed = found_inf == 0
-        if WRITE_SKIPPED:
-            tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
+    pid, tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
+        tensor_table_ptr, program_table_ptr, chunk_size, _COLUMNS, _NUMEL, _FIRST_PROGRAM
+    )
+    proceed, grad_scale, clip_coef = load_amp_scalars(
+        found_inf_ptr,
+        skipped_ptr,
+        grad_scale_ptr,
+        clip_coef_ptr,
+        pid,
+        HAS_FOUND_INF,
+        WRITE_SKIPPED,
+        HAS_GRAD_SCALE,
+        HAS_CLIP,
+    )
 
     group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
     flags = tl.load(group + _FLAGS)
-    lr = tl.load(group + _LR).to(tl.float64, bitcast=True)
-    lr_address = tl.load(group + _LR_ADDRESS)
-    if lr_address != 0:
-        if (flags & _LR_FP64_FLAG) != 0:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float64), bitcast=True))
-        else:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
-    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
-    weight_decay_address = tl.load(group + _WEIGHT_DECAY_ADDRESS)
-    if weight_decay_address != 0:
-        if (flags & _WEIGHT_DECAY_FP64_FLAG) != 0:
-            weight_decay = tl.load(weight_decay_address.to(tl.pointer_type(tl.float64), bitcast=True))
-        else:
-            weight_decay = tl.load(weight_decay_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
+    lr = load_hyperparameter(group, _LR, _LR_ADDRESS, flags, _LR_FP64_FLAG)
+    weight_decay = load_hyperparameter(group, _WEIGHT_DECAY, _WEIGHT_DECAY_ADDRESS, flags, _WEIGHT_DECAY_FP64_FLAG)
     momentum = tl.load(group + _MOMENTUM).to(tl.float64, bitcast=True)
     dampening = tl.load(group + _DAMPENING).to(tl.float64, bitcast=True)
     nesterov = (flags & _NESTEROV_FLAG) != 0
@@ -210,12 +190,6 @@ def sgd_kernel(
     # 1 - dampening in double, as torch computes alpha=1 - dampening in Python.
     one_minus_dampening_c = (1.0 - dampening).to(compute_type)
     weight_decay_c = weight_decay.to(compute_type)
-    grad_scale = 1.0
-    if HAS_GRAD_SCALE:
-        grad_scale = tl.load(grad_scale_ptr)
-    clip_coef = 1.0
-    if HAS_CLIP:
-        clip_coef = tl.load(clip_coef_ptr)
 
     n_full_blocks = tl.where(proceed, (chunk_end - chunk_start) // BLOCK_SIZE, 0)
     for block in range(0, n_full_blocks):
@@ -267,12 +241,8 @@ def sgd_kernel(
     if ANY_MOMENTUM:
         # The buffer has been written: clear its first-step flag once every program of
         # the parameter has read it (the last to arrive clears it, acq_rel as Adam's step).
-        if first & proceed:
-            arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=n_chunks > 1, sem="acq_rel")
-            if (n_chunks == 1) | (arrived == n_chunks - 1):
-                tl.store(first_ptr, 0)
-                if n_chunks > 1:
-                    tl.store(arrivals_ptr + tensor_index, 0)
+        if last_to_arrive(arrivals_ptr, tensor_index, n_chunks, first & proceed):
+            tl.store(first_ptr, 0)
 
 
 ALIGNED_COLUMNS = (PARAM, MOMENTUM_BUFFER)
