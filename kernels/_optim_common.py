@@ -12,8 +12,22 @@ to the same loads and stores as one written out (tests/test_static_report.py che
 that nothing spills).
 """
 
+import struct
+
 import triton
 import triton.language as tl
+
+_FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
+
+
+def float_bits(value: float) -> int:
+    """The int64 whose bits are the fp64 ``value`` (group tables hold floats this way)."""
+    return _INT64.unpack(_FLOAT64.pack(value))[0]
+
+
+def programs_for(numel: int, chunk_size: int) -> int:
+    """Programs that update one parameter of ``numel`` elements, ``chunk_size`` each (at least one, for its step)."""
+    return max(1, -(-numel // chunk_size))
 
 
 @triton.jit

@@ -37,7 +37,6 @@ step and resets the slot to 0 for the next launch.
 """
 
 import math
-import struct
 
 import torch
 import triton
@@ -45,7 +44,14 @@ import triton.language as tl
 
 from ._config import ADAM_BLOCK_SIZE, ADAM_CHUNK_SIZE, ADAM_NUM_WARPS
 from ._launch import BoundKernel
-from ._optim_common import last_to_arrive, load_amp_scalars, load_hyperparameter, locate_chunk, unscale_and_clip
+from ._optim_common import (
+    float_bits,
+    last_to_arrive,
+    load_amp_scalars,
+    load_hyperparameter,
+    locate_chunk,
+    unscale_and_clip,
+)
 
 # Columns of the tensor table (Python side) ...
 PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, STEP, NUMEL, FIRST_PROGRAM, GROUP = range(8)
@@ -463,14 +469,6 @@ def table_row(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_program: i
 ALIGNED_COLUMNS = (PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
 
 
-def float_bits(value: float) -> int:
-    """The int64 whose bits are the fp64 ``value`` (group tables hold floats this way)."""
-    return _INT64.unpack(_FLOAT64.pack(value))[0]
-
-
-_FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
-
-
 def group_row(
     *,
     lr: float,
@@ -505,11 +503,6 @@ def group_row(
     row[LR_ADDRESS] = lr_address
     row[BETA1_ADDRESS], row[BETA2_ADDRESS] = betas_address
     return [*row, flags, stochastic_rounding_seed or 0]
-
-
-def programs_for(numel: int, chunk_size: int = ADAM_CHUNK_SIZE) -> int:
-    """Programs that update one parameter of ``numel`` elements (at least one, for its step)."""
-    return max(1, -(-numel // chunk_size))
 
 
 def adam_step(

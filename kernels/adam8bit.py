@@ -59,6 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _optim_common
 from ._launch import BoundKernel
 from ._optim_common import last_to_arrive, load_amp_scalars, locate_chunk, unscale_and_clip
 from .adam import _DECOUPLED_FLAG, _GROUP_COLUMNS, _MAXIMIZE_FLAG, adam_apply, adam_hyperparameters, adam_moments
@@ -331,7 +332,7 @@ def table_row(param, exp_avg, exp_avg_sq, exp_avg_scales, exp_avg_sq_scales, ste
 
 def programs_for(numel: int) -> int:
     """Programs that update one parameter (at least one, for its step)."""
-    return max(1, -(-numel // CHUNK_SIZE))
+    return _optim_common.programs_for(numel, CHUNK_SIZE)
 
 
 def adam8bit_step(

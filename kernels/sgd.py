@@ -30,8 +30,14 @@ import triton.language as tl
 
 from ._config import SGD_BLOCK_SIZE, SGD_CHUNK_SIZE, SGD_NUM_WARPS
 from ._launch import BoundKernel
-from ._optim_common import last_to_arrive, load_amp_scalars, load_hyperparameter, locate_chunk, unscale_and_clip
-from .adam import float_bits
+from ._optim_common import (
+    float_bits,
+    last_to_arrive,
+    load_amp_scalars,
+    load_hyperparameter,
+    locate_chunk,
+    unscale_and_clip,
+)
 
 # Columns of the tensor table (Python side) ...
 PARAM, MOMENTUM_BUFFER, FIRST_FLAG, NUMEL, FIRST_PROGRAM, GROUP = range(6)
@@ -289,11 +295,6 @@ def group_row(
         weight_decay_address,
         flags,
     ]
-
-
-def programs_for(numel: int, chunk_size: int = SGD_CHUNK_SIZE) -> int:
-    """Programs that update one parameter of ``numel`` elements (at least one)."""
-    return max(1, -(-numel // chunk_size))
 
 
 def sgd_step(
