@@ -1,15 +1,16 @@
-"""What the table-driven optimizer kernels (adam.py, adam8bit.py, sgd.py) share: small ``@triton.jit`` helpers.
+"""What the table-driven optimizer kernels (adam.py, adam8bit.py, sgd.py, clip_grad_norm.py) share.
 
 Every optimizer launch updates all parameters of a (device, dtype): each program reads,
 from int64 launch tables, which parameter it updates and where its chunk lies (see
-kernels/adam.py for the tables). These helpers are the parts of that protocol that do
-not depend on the optimizer: finding the program's chunk, GradScaler's ``found_inf`` and
-``grad_scale`` and the clip coefficient, a hyperparameter given as a float or as a
-tensor's address, the gradient as the update sees it, and the per-parameter "last
-program to arrive" counter. (The Adam update that the dense and 8-bit kernels share is
-in kernels/adam.py.) They are inlined when compiled: a kernel built from them compiles
-to the same loads and stores as one written out (tests/test_static_report.py checks
-that nothing spills).
+kernels/adam.py for the tables). The ``@triton.jit`` helpers here are the parts of that
+protocol that do not depend on the optimizer: finding the program's chunk, GradScaler's
+``found_inf`` and ``grad_scale`` and the clip coefficient, a hyperparameter given as a
+float or as a tensor's address, the gradient as the update sees it, and the
+per-parameter "last program to arrive" counter. (The Adam update that the dense and
+8-bit kernels share is in kernels/adam.py.) They are inlined when compiled: the kernels
+built from them compile to the same loads and stores as when each wrote them out
+(registers within 2 on sm_90, no spills). The host helpers beside them encode the
+tables (:func:`float_bits`, :func:`programs_for`) and check launcher arguments.
 """
 
 import struct
@@ -23,6 +24,19 @@ _FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
 def float_bits(value: float) -> int:
     """The int64 whose bits are the fp64 ``value`` (group tables hold floats this way)."""
     return _INT64.unpack(_FLOAT64.pack(value))[0]
+
+
+def check_step_arguments(skipped, found_inf, chunk_size: int = 0, block_size: int = 1) -> None:
+    """Refuse launcher arguments the optimizer kernels cannot use.
+
+    Raises:
+        ValueError: ``chunk_size`` is not a whole number of ``block_size`` blocks, or a
+            ``skipped`` flag is to be written without the ``found_inf`` it comes from.
+    """
+    if chunk_size % block_size != 0:
+        raise ValueError(f"chunk_size must be a multiple of {block_size}, got {chunk_size}")
+    if skipped is not None and found_inf is None:
+        raise ValueError("skipped is written from found_inf, which is None")
 
 
 def programs_for(numel: int, chunk_size: int) -> int:

@@ -45,6 +45,7 @@ import triton.language as tl
 from ._config import ADAM_BLOCK_SIZE, ADAM_CHUNK_SIZE, ADAM_NUM_WARPS
 from ._launch import BoundKernel
 from ._optim_common import (
+    check_step_arguments,
     float_bits,
     last_to_arrive,
     load_amp_scalars,
@@ -224,26 +225,9 @@ def adam_apply(param, exp_avg, exp_avg_sq, bias_correction2_sqrt, eps, step_size
 def _update_block(
     offsets,
     mask,
-    param_ptr,
-    grad_ptr,
-    exp_avg_ptr,
-    exp_avg_sq_ptr,
-    max_exp_avg_sq_ptr,
-    grad_scale,
-    clip_coef,
-    amsgrad,
-    maximize,
-    decoupled,
-    weight_decay,
-    decay,
-    one_minus_beta1,
-    beta2,
-    one_minus_beta2,
-    bias_correction2_sqrt,
-    eps,
-    step_size,
-    stochastic,
-    seed,
+    pointers,
+    scalars,
+    switches,
     ANY_AMSGRAD: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_CLIP: tl.constexpr,
@@ -251,9 +235,29 @@ def _update_block(
 ):
     """Adam(W) on one block of elements: read p, g, m, v (and max_exp_avg_sq) once, write each once.
 
-    The scalars arrive already in the compute dtype (fp64 for fp64 parameters, else fp32),
-    except GradScaler's fp32 ``grad_scale`` (a divisor) and the fp32 ``clip_coef``.
+    What the chunk's blocks share arrives as three tuples, so that the full blocks' and
+    the tail's call sites stay one line each: ``pointers`` (param, grad, exp_avg,
+    exp_avg_sq, max_exp_avg_sq), ``scalars`` (grad_scale, clip_coef, then
+    :func:`adam_hyperparameters`' scalars, then the stochastic-rounding seed) and the
+    program's uniform ``switches`` (amsgrad, maximize, decoupled, stochastic). The
+    hyperparameters arrive already in the compute dtype (fp64 for fp64 parameters, else
+    fp32); GradScaler's ``grad_scale`` (a divisor) and ``clip_coef`` are fp32.
     """
+    param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr = pointers
+    (
+        grad_scale,
+        clip_coef,
+        weight_decay,
+        decay,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        bias_correction2_sqrt,
+        eps,
+        step_size,
+        seed,
+    ) = scalars
+    amsgrad, maximize, decoupled, stochastic = switches
     out_type: tl.constexpr = param_ptr.dtype.element_ty
     compute_type: tl.constexpr = tl.float64 if out_type == tl.float64 else tl.float32
     param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
@@ -380,71 +384,34 @@ def adam_kernel(
         exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
         max_exp_avg_sq_ptr = tl.multiple_of(max_exp_avg_sq_ptr, 16)
 
-    # Full blocks load and store unmasked, which (with 16-byte aligned addresses) lets
-    # the compiler use 128-bit accesses; only a chunk's last, partial block is masked.
-    # A skipped step walks no blocks at all: nothing moves but the scalars above.
+    pointers = (param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr)
+    scalars = (
+        grad_scale,
+        clip_coef,
+        weight_decay,
+        decay,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        bias_correction2_sqrt,
+        eps,
+        step_size,
+        seed,
+    )
+    switches = (amsgrad, maximize, decoupled, stochastic)
+    # Full blocks load and store unmasked (mask=None is a compile-time constant), which
+    # (with 16-byte aligned addresses) lets the compiler use 128-bit accesses; only a
+    # chunk's last, partial block is masked. A skipped step walks no blocks at all:
+    # nothing moves but the scalars above.
     n_full_blocks = tl.where(proceed, (chunk_end - chunk_start) // BLOCK_SIZE, 0)
     for block in range(0, n_full_blocks):
         offsets = chunk_start + block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        _update_block(
-            offsets,
-            None,
-            param_ptr,
-            grad_ptr,
-            exp_avg_ptr,
-            exp_avg_sq_ptr,
-            max_exp_avg_sq_ptr,
-            grad_scale,
-            clip_coef,
-            amsgrad,
-            maximize,
-            decoupled,
-            weight_decay,
-            decay,
-            one_minus_beta1,
-            beta2,
-            one_minus_beta2,
-            bias_correction2_sqrt,
-            eps,
-            step_size,
-            stochastic,
-            seed,
-            ANY_AMSGRAD,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-            ANY_STOCHASTIC,
-        )
+        _update_block(offsets, None, pointers, scalars, switches, ANY_AMSGRAD, HAS_GRAD_SCALE, HAS_CLIP, ANY_STOCHASTIC)
     tail_start = chunk_start + n_full_blocks * BLOCK_SIZE
     if (tail_start < chunk_end) & proceed:
         offsets = tail_start + tl.arange(0, BLOCK_SIZE)
-        _update_block(
-            offsets,
-            offsets < chunk_end,
-            param_ptr,
-            grad_ptr,
-            exp_avg_ptr,
-            exp_avg_sq_ptr,
-            max_exp_avg_sq_ptr,
-            grad_scale,
-            clip_coef,
-            amsgrad,
-            maximize,
-            decoupled,
-            weight_decay,
-            decay,
-            one_minus_beta1,
-            beta2,
-            one_minus_beta2,
-            bias_correction2_sqrt,
-            eps,
-            step_size,
-            stochastic,
-            seed,
-            ANY_AMSGRAD,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-            ANY_STOCHASTIC,
-        )
+        mask = offsets < chunk_end
+        _update_block(offsets, mask, pointers, scalars, switches, ANY_AMSGRAD, HAS_GRAD_SCALE, HAS_CLIP, ANY_STOCHASTIC)
 
     # The last program of this parameter to get here writes the new step: every other
     # program of the parameter has already read the old one.
@@ -547,10 +514,7 @@ def adam_step(
     Example:
         See :class:`fused_ops.optim.Adam`, which builds the tables and calls this.
     """
-    if chunk_size % ADAM_BLOCK_SIZE != 0:
-        raise ValueError(f"chunk_size must be a multiple of {ADAM_BLOCK_SIZE}, got {chunk_size}")
-    if skipped is not None and found_inf is None:
-        raise ValueError("skipped is written from found_inf, which is None")
+    check_step_arguments(skipped, found_inf, chunk_size, ADAM_BLOCK_SIZE)
     grid = (program_table.numel(),)
     _adam_launch(
         grid,

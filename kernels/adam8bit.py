@@ -61,7 +61,7 @@ import triton.language as tl
 
 from . import _optim_common
 from ._launch import BoundKernel
-from ._optim_common import last_to_arrive, load_amp_scalars, locate_chunk, unscale_and_clip
+from ._optim_common import check_step_arguments, last_to_arrive, load_amp_scalars, locate_chunk, unscale_and_clip
 from .adam import _DECOUPLED_FLAG, _GROUP_COLUMNS, _MAXIMIZE_FLAG, adam_apply, adam_hyperparameters, adam_moments
 
 # Columns of the tensor table.
@@ -366,8 +366,7 @@ def adam8bit_step(
     Example:
         See :class:`fused_ops.optim.AdamW8bit`, which builds the tables and calls this.
     """
-    if skipped is not None and found_inf is None:
-        raise ValueError("skipped is written from found_inf, which is None")
+    check_step_arguments(skipped, found_inf)
     _adam8bit_launch(
         (program_table.numel(),),
         tensor_table,

@@ -31,6 +31,7 @@ import triton.language as tl
 from ._config import SGD_BLOCK_SIZE, SGD_CHUNK_SIZE, SGD_NUM_WARPS
 from ._launch import BoundKernel
 from ._optim_common import (
+    check_step_arguments,
     float_bits,
     last_to_arrive,
     load_amp_scalars,
@@ -73,28 +74,25 @@ _WEIGHT_DECAY_FP64_FLAG: tl.constexpr = tl.constexpr(WEIGHT_DECAY_FP64_FLAG)
 def _update_block(
     offsets,
     mask,
-    param_ptr,
-    grad_ptr,
-    buffer_ptr,
-    grad_scale,
-    clip_coef,
-    lr,
-    momentum,
-    one_minus_dampening,
-    weight_decay,
-    has_buffer,
-    first,
-    nesterov,
-    maximize,
+    pointers,
+    scalars,
+    switches,
     ANY_MOMENTUM: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_CLIP: tl.constexpr,
 ):
     """SGD on one block: read p, g (and the buffer) once, write p (and the buffer) once.
 
+    What the chunk's blocks share arrives as three tuples, so that the full blocks' and
+    the tail's call sites stay one line each: ``pointers`` (param, grad, buffer),
+    ``scalars`` (grad_scale, clip_coef, lr, momentum, one_minus_dampening, weight_decay)
+    and the program's uniform ``switches`` (has_buffer, first, nesterov, maximize).
     Scalars arrive in the compute dtype (fp64 for fp64 parameters, else fp32), except
     GradScaler's fp32 ``grad_scale`` (a divisor) and the fp32 ``clip_coef``.
     """
+    param_ptr, grad_ptr, buffer_ptr = pointers
+    grad_scale, clip_coef, lr, momentum, one_minus_dampening, weight_decay = scalars
+    has_buffer, first, nesterov, maximize = switches
     out_type: tl.constexpr = param_ptr.dtype.element_ty
     compute_type: tl.constexpr = tl.float64 if out_type == tl.float64 else tl.float32
     param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
@@ -197,52 +195,19 @@ def sgd_kernel(
     one_minus_dampening_c = (1.0 - dampening).to(compute_type)
     weight_decay_c = weight_decay.to(compute_type)
 
+    pointers = (param_ptr, grad_ptr, buffer_ptr)
+    scalars = (grad_scale, clip_coef, lr_c, momentum_c, one_minus_dampening_c, weight_decay_c)
+    switches = (has_buffer, first, nesterov, maximize)
+    # Full blocks load and store unmasked (mask=None is a compile-time constant, so the
+    # compiler can use 128-bit accesses); only a chunk's last, partial block is masked.
     n_full_blocks = tl.where(proceed, (chunk_end - chunk_start) // BLOCK_SIZE, 0)
     for block in range(0, n_full_blocks):
         offsets = chunk_start + block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        _update_block(
-            offsets,
-            None,
-            param_ptr,
-            grad_ptr,
-            buffer_ptr,
-            grad_scale,
-            clip_coef,
-            lr_c,
-            momentum_c,
-            one_minus_dampening_c,
-            weight_decay_c,
-            has_buffer,
-            first,
-            nesterov,
-            maximize,
-            ANY_MOMENTUM,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-        )
+        _update_block(offsets, None, pointers, scalars, switches, ANY_MOMENTUM, HAS_GRAD_SCALE, HAS_CLIP)
     tail_start = chunk_start + n_full_blocks * BLOCK_SIZE
     if (tail_start < chunk_end) & proceed:
         offsets = tail_start + tl.arange(0, BLOCK_SIZE)
-        _update_block(
-            offsets,
-            offsets < chunk_end,
-            param_ptr,
-            grad_ptr,
-            buffer_ptr,
-            grad_scale,
-            clip_coef,
-            lr_c,
-            momentum_c,
-            one_minus_dampening_c,
-            weight_decay_c,
-            has_buffer,
-            first,
-            nesterov,
-            maximize,
-            ANY_MOMENTUM,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-        )
+        _update_block(offsets, offsets < chunk_end, pointers, scalars, switches, ANY_MOMENTUM, HAS_GRAD_SCALE, HAS_CLIP)
 
     if ANY_MOMENTUM:
         # The buffer has been written: clear its first-step flag once every program of
@@ -330,10 +295,7 @@ def sgd_step(
     Example:
         See :class:`fused_ops.optim.SGD`, which builds the tables and calls this.
     """
-    if chunk_size % SGD_BLOCK_SIZE != 0:
-        raise ValueError(f"chunk_size must be a multiple of {SGD_BLOCK_SIZE}, got {chunk_size}")
-    if skipped is not None and found_inf is None:
-        raise ValueError("skipped is written from found_inf, which is None")
+    check_step_arguments(skipped, found_inf, chunk_size, SGD_BLOCK_SIZE)
     _sgd_launch(
         (program_table.numel(),),
         tensor_table,

@@ -623,17 +623,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             >>> optimizer.clip_grad_norm_(1.0)
             >>> optimizer.step()
         """
-        from .clip_grad_norm import fused_norm
+        from .clip_grad_norm import check_finite, fused_norm
 
         cache = self._current_cache()
         grad_scale = None if scaler is None or not scaler.is_enabled() else scaler._get_scale_async()
         total_norm, coefficients = fused_norm(self, cache, float(max_norm), float(norm_type), grad_scale)
-        if error_if_nonfinite and torch.logical_or(total_norm.isnan(), total_norm.isinf()):
-            raise RuntimeError(
-                f"The total norm of order {float(norm_type)} for gradients from "
-                "`parameters` is non-finite, so it cannot be clipped. To disable "
-                "this error and scale the gradients by the non-finite norm anyway, "
-                "set `error_if_nonfinite=False`"
-            )
+        if error_if_nonfinite:
+            check_finite(total_norm, float(norm_type))
         self._pending_clip = coefficients
         return total_norm

@@ -41,10 +41,18 @@ STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 
 
 class _AdamBase(FusedOptimizer):
-    """Validation, lazy state and the fused step of Adam and AdamW (see :class:`FusedOptimizer`)."""
+    """Validation, lazy state and the fused step of Adam and AdamW (see :class:`FusedOptimizer`).
+
+    The public classes (Adam, AdamW and their 8-bit forms) only spell out torch's
+    signature, with its own defaults, and pass it here: an explicit signature is what
+    ``inspect.signature``, ``help()`` and editors show, so it is written out per class
+    rather than taken as ``**kwargs``.
+    """
 
     _family = "adam"
     _optional_flags = _OPTIONAL_FLAGS
+    # AdamW and AdamW8bit: as torch's AdamW, any state loaded into them decays decoupled.
+    _always_decoupled = False
 
     def __init__(
         self,
@@ -129,6 +137,8 @@ class _AdamBase(FusedOptimizer):
 
     def _after_load(self) -> None:
         for group in self.param_groups:
+            if self._always_decoupled:
+                group["decoupled_weight_decay"] = True
             for p in group["params"]:
                 p_state = self.state.get(p)
                 if p_state and "step" in p_state:
@@ -425,6 +435,8 @@ class AdamW(_AdamBase):
         >>> optimizer = fused_ops.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     """
 
+    _always_decoupled = True
+
     def __init__(
         self,
         params: Any,
@@ -458,9 +470,3 @@ class AdamW(_AdamBase):
             state_dtype=state_dtype,
             stochastic_rounding=stochastic_rounding,
         )
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        # As torch's AdamW: any state loaded into AdamW decays decoupled.
-        for group in self.param_groups:
-            group["decoupled_weight_decay"] = True

@@ -344,6 +344,8 @@ class AdamW8bit(_Adam8bitBase):
         >>> torch.save(optimizer.state_dict(torch_format=True), "adamw.pt")  # torch.optim.AdamW loads it
     """
 
+    _always_decoupled = True
+
     def __init__(
         self,
         params: Any,
@@ -373,8 +375,3 @@ class AdamW8bit(_Adam8bitBase):
             fused=fused,
             decoupled_weight_decay=True,
         )
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group["decoupled_weight_decay"] = True
