@@ -14,11 +14,28 @@ tables (:func:`float_bits`, :func:`programs_for`) and check launcher arguments.
 """
 
 import struct
+from typing import NamedTuple
 
 import triton
 import triton.language as tl
 
 _FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
+
+
+class TableLayout(NamedTuple):
+    """How a family's tensor table is laid out, for the host code that builds it and the clip's norm pass.
+
+    Attributes:
+        columns: int64s per row (one row per parameter).
+        numel, first_program: the columns of a row's element count and first program id.
+        aligned_columns: address columns the kernel may assume 16-byte aligned when every
+            row's are (empty: the kernel takes no alignment hint).
+    """
+
+    columns: int
+    numel: int
+    first_program: int
+    aligned_columns: tuple[int, ...] = ()
 
 
 def float_bits(value: float) -> int:
@@ -63,10 +80,10 @@ def locate_chunk(
         chunk_size: elements per program (a runtime int or a constexpr).
 
     Returns:
-        ``(pid, tensor_index, row, chunk_start, chunk_end, n_chunks)``: int64 program id and
-        row index, a pointer to the row, the chunk's element range ``[chunk_start,
-        chunk_end)`` (empty for an empty parameter) and the parameter's program count
-        (at least 1: an empty parameter still gets one program, for its step).
+        ``(tensor_index, row, chunk_start, chunk_end, n_chunks)``: the int64 row index, a
+        pointer to the row, the chunk's element range ``[chunk_start, chunk_end)`` (empty
+        for an empty parameter) and the parameter's program count (at least 1: an empty
+        parameter still gets one program, for its step).
     """
     pid = tl.program_id(0).to(tl.int64)
     tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
@@ -76,7 +93,7 @@ def locate_chunk(
     chunk_end = tl.minimum(chunk_start + chunk_size, numel)
     # cdiv spelled out: tl.cdiv is a nested @jit call, slow under the interpreter.
     n_chunks = tl.maximum((numel + chunk_size - 1) // chunk_size, 1)
-    return pid, tensor_index, row, chunk_start, chunk_end, n_chunks
+    return tensor_index, row, chunk_start, chunk_end, n_chunks
 
 
 @triton.jit
@@ -85,7 +102,6 @@ def load_amp_scalars(
     skipped_ptr,
     grad_scale_ptr,
     clip_coef_ptr,
-    pid,
     HAS_FOUND_INF: tl.constexpr,
     WRITE_SKIPPED: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
@@ -110,7 +126,7 @@ def load_amp_scalars(
         found_inf = tl.load(found_inf_ptr)
         proceed = found_inf == 0
         if WRITE_SKIPPED:
-            tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
+            tl.store(skipped_ptr, found_inf != 0, mask=tl.program_id(0) == 0)
     grad_scale = 1.0
     if HAS_GRAD_SCALE:
         grad_scale = tl.load(grad_scale_ptr)

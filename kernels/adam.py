@@ -45,6 +45,7 @@ import triton.language as tl
 from ._config import ADAM_BLOCK_SIZE, ADAM_CHUNK_SIZE, ADAM_NUM_WARPS
 from ._launch import BoundKernel
 from ._optim_common import (
+    TableLayout,
     check_step_arguments,
     float_bits,
     last_to_arrive,
@@ -333,7 +334,7 @@ def adam_kernel(
     ``ANY_STOCHASTIC``: some group rounds its bf16 parameters stochastically
     (the group row's flag and seed say which).
     """
-    pid, tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
+    tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
         tensor_table_ptr, program_table_ptr, chunk_size, _COLUMNS, _NUMEL, _FIRST_PROGRAM
     )
     step_ptr = tl.load(row + _STEP).to(tl.pointer_type(tl.float32), bitcast=True)
@@ -343,7 +344,6 @@ def adam_kernel(
         skipped_ptr,
         grad_scale_ptr,
         clip_coef_ptr,
-        pid,
         HAS_FOUND_INF,
         WRITE_SKIPPED,
         HAS_GRAD_SCALE,
@@ -434,6 +434,7 @@ def table_row(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_program: i
 
 
 ALIGNED_COLUMNS = (PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
+TABLE_LAYOUT = TableLayout(TABLE_COLUMNS, NUMEL, FIRST_PROGRAM, ALIGNED_COLUMNS)
 
 
 def group_row(

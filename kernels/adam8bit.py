@@ -61,7 +61,14 @@ import triton.language as tl
 
 from . import _optim_common
 from ._launch import BoundKernel
-from ._optim_common import check_step_arguments, last_to_arrive, load_amp_scalars, locate_chunk, unscale_and_clip
+from ._optim_common import (
+    TableLayout,
+    check_step_arguments,
+    last_to_arrive,
+    load_amp_scalars,
+    locate_chunk,
+    unscale_and_clip,
+)
 from .adam import _DECOUPLED_FLAG, _GROUP_COLUMNS, _MAXIMIZE_FLAG, adam_apply, adam_hyperparameters, adam_moments
 
 # Columns of the tensor table.
@@ -213,7 +220,7 @@ def adam8bit_kernel(
     quantization blocks, so each block's absmax is its own program's). GradScaler,
     found_inf/skipped and the clip coefficient work as in kernels/adam.py.
     """
-    pid, tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
+    tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
         tensor_table_ptr, program_table_ptr, CHUNK, _COLUMNS, _NUMEL, _FIRST_PROGRAM
     )
     step_ptr = tl.load(row + _STEP).to(tl.pointer_type(tl.float32), bitcast=True)
@@ -223,7 +230,6 @@ def adam8bit_kernel(
         skipped_ptr,
         grad_scale_ptr,
         clip_coef_ptr,
-        pid,
         HAS_FOUND_INF,
         WRITE_SKIPPED,
         HAS_GRAD_SCALE,
@@ -311,6 +317,10 @@ def adam8bit_kernel(
     # The step counter: as in kernels/adam.py, the last program of the parameter writes it.
     if last_to_arrive(arrivals_ptr, tensor_index, n_chunks, proceed):
         tl.store(step_ptr, step)
+
+
+# No aligned columns: the kernel takes no alignment hint.
+TABLE_LAYOUT = TableLayout(TABLE_COLUMNS, NUMEL, FIRST_PROGRAM)
 
 
 def table_row(param, exp_avg, exp_avg_sq, exp_avg_scales, exp_avg_sq_scales, step, first_program, group) -> list[int]:

@@ -65,7 +65,8 @@ def grad_norm_kernel(
     the unscaled gradients. ``norm_ptr``: 0-d output in the norm's dtype. ``clip_coef_ptr``:
     fp32 0-d output.
     """
-    pid, tensor_index, _row, chunk_start, chunk_end, _n_chunks = locate_chunk(
+    pid = tl.program_id(0).to(tl.int64)
+    tensor_index, _row, chunk_start, chunk_end, _n_chunks = locate_chunk(
         table_ptr, program_table_ptr, chunk_size, COLUMNS, NUMEL_COLUMN, FIRST_PROGRAM_COLUMN
     )
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
@@ -133,7 +134,7 @@ def grad_scale_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     """Multiply one chunk of one gradient by the fp32 clip coefficient, in place."""
-    _pid, tensor_index, _row, chunk_start, chunk_end, _n_chunks = locate_chunk(
+    tensor_index, _row, chunk_start, chunk_end, _n_chunks = locate_chunk(
         table_ptr, program_table_ptr, chunk_size, _TABLE_COLUMNS, _NUMEL, _FIRST_PROGRAM
     )
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)

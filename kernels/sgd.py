@@ -31,6 +31,7 @@ import triton.language as tl
 from ._config import SGD_BLOCK_SIZE, SGD_CHUNK_SIZE, SGD_NUM_WARPS
 from ._launch import BoundKernel
 from ._optim_common import (
+    TableLayout,
     check_step_arguments,
     float_bits,
     last_to_arrive,
@@ -143,7 +144,7 @@ def sgd_kernel(
     The arguments are those of kernels/adam.py's ``adam_kernel``; ``ANY_MOMENTUM``: some
     group of the launch has momentum != 0.
     """
-    pid, tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
+    tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
         tensor_table_ptr, program_table_ptr, chunk_size, _COLUMNS, _NUMEL, _FIRST_PROGRAM
     )
     proceed, grad_scale, clip_coef = load_amp_scalars(
@@ -151,7 +152,6 @@ def sgd_kernel(
         skipped_ptr,
         grad_scale_ptr,
         clip_coef_ptr,
-        pid,
         HAS_FOUND_INF,
         WRITE_SKIPPED,
         HAS_GRAD_SCALE,
@@ -217,6 +217,7 @@ def sgd_kernel(
 
 
 ALIGNED_COLUMNS = (PARAM, MOMENTUM_BUFFER)
+TABLE_LAYOUT = TableLayout(TABLE_COLUMNS, NUMEL, FIRST_PROGRAM, ALIGNED_COLUMNS)
 
 
 def table_row(param, momentum_buffer, first_flag_address: int, first_program: int, group: int) -> list[int]:

@@ -24,12 +24,15 @@ import array
 import itertools
 import operator
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from .._dispatch import use_triton
 from .._validation import is_dense
+
+if TYPE_CHECKING:
+    from ..kernels._optim_common import TableLayout
 
 try:
     from torch.distributed.tensor import DTensor as _DTensor
@@ -484,15 +487,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _set_tensor_table(
-        plan: Plan,
-        rows: list[int],
-        programs: list[int],
-        *,
-        columns: int,
-        numel_column: int,
-        first_program_column: int,
-        chunk_size: int,
-        aligned_columns: tuple[int, ...] = (),
+        plan: Plan, rows: list[int], programs: list[int], layout: TableLayout, chunk_size: int
     ) -> None:
         """Copy a family's tensor table to the device, with the program table and arrival counters.
 
@@ -500,22 +495,22 @@ class FusedOptimizer(torch.optim.Optimizer):
             plan: the plan whose tables these are.
             rows: the tensor table, row after row, as one flat list of int64s.
             programs: each row's program count (from :meth:`_program_layout`).
-            columns, numel_column, first_program_column: the table's width, and where each
-                row's element count and first program are (the clip's norm pass reads them).
-            chunk_size: elements per program.
-            aligned_columns: address columns that the kernel may assume 16-byte aligned
-                when every row's are; none: the kernel takes no alignment hint.
+            layout: the family's table layout (its kernels module's ``TABLE_LAYOUT``).
+            chunk_size: elements per program, the one given to :meth:`_program_layout`.
         """
         n = len(programs)
-        plan.tensor_table = host_to_device(torch.tensor(rows, dtype=torch.int64).view(n, columns), plan.device)
+        plan.tensor_table = host_to_device(torch.tensor(rows, dtype=torch.int64).view(n, layout.columns), plan.device)
         plan.program_table = host_to_device(
             torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(programs)), plan.device
         )
         plan.arrivals = torch.zeros(n, dtype=torch.int32, device=plan.device)
-        plan.aligned_static = bool(aligned_columns) and all(
-            rows[start + column] % 16 == 0 for start in range(0, len(rows), columns) for column in aligned_columns
+        plan.aligned_static = bool(layout.aligned_columns) and all(
+            rows[start + column] % 16 == 0
+            for start in range(0, len(rows), layout.columns)
+            for column in layout.aligned_columns
         )
-        plan.extra["norm_columns"] = (columns, numel_column, first_program_column)
+        # The clip's norm pass reads each row's element count and first program.
+        plan.extra["norm_columns"] = (layout.columns, layout.numel, layout.first_program)
         plan.extra["chunk_size"] = chunk_size
 
     def _refresh_group_table(self, plan: Plan) -> None:

@@ -202,16 +202,7 @@ class _AdamBase(FusedOptimizer):
         rows: list[int] = []
         for (p, _g, m, v, vmax, step), first_program, group in zip(plan.views, first_programs, group_rows, strict=True):
             rows += kernels.table_row(p, m, v, vmax, step, first_program, group)
-        self._set_tensor_table(
-            plan,
-            rows,
-            programs,
-            columns=kernels.TABLE_COLUMNS,
-            numel_column=kernels.NUMEL,
-            first_program_column=kernels.FIRST_PROGRAM,
-            chunk_size=kernels.ADAM_CHUNK_SIZE,
-            aligned_columns=kernels.ALIGNED_COLUMNS,
-        )
+        self._set_tensor_table(plan, rows, programs, kernels.TABLE_LAYOUT, kernels.ADAM_CHUNK_SIZE)
 
     def _group_row(self, group: dict[str, Any], device: torch.device, keepalive: list[torch.Tensor]) -> list[int]:
         from ..kernels import adam as kernels

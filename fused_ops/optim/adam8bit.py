@@ -100,16 +100,7 @@ class _Adam8bitBase(_AdamBase):
             plan.views, first_programs, group_rows, strict=True
         ):
             rows += kernels.table_row(p, m, v, m_scales, v_scales, step, first_program, group)
-        # No aligned columns: the kernel takes no alignment hint.
-        self._set_tensor_table(
-            plan,
-            rows,
-            programs,
-            columns=kernels.TABLE_COLUMNS,
-            numel_column=kernels.NUMEL,
-            first_program_column=kernels.FIRST_PROGRAM,
-            chunk_size=kernels.CHUNK_SIZE,
-        )
+        self._set_tensor_table(plan, rows, programs, kernels.TABLE_LAYOUT, kernels.CHUNK_SIZE)
         plan.extra["codes_type"] = torch.empty(1, dtype=torch.uint8, device=plan.device)
 
     def _launch(

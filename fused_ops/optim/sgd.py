@@ -167,16 +167,7 @@ class SGD(FusedOptimizer):
             flag = self._first_flag(buffer)
             address = flag[0].data_ptr() + 4 * flag[1] if flag else 0
             rows += kernels.table_row(p, buffer, address, first_program, group)
-        self._set_tensor_table(
-            plan,
-            rows,
-            programs,
-            columns=kernels.TABLE_COLUMNS,
-            numel_column=kernels.NUMEL,
-            first_program_column=kernels.FIRST_PROGRAM,
-            chunk_size=kernels.SGD_CHUNK_SIZE,
-            aligned_columns=kernels.ALIGNED_COLUMNS,
-        )
+        self._set_tensor_table(plan, rows, programs, kernels.TABLE_LAYOUT, kernels.SGD_CHUNK_SIZE)
         plan.any_flags["momentum"] = any(
             rows[start + kernels.MOMENTUM_BUFFER] for start in range(0, len(rows), kernels.TABLE_COLUMNS)
         )
