@@ -126,11 +126,12 @@ def adam_hyperparameters(group, step, COMPUTE_TYPE: tl.constexpr, TENSOR_BETAS: 
             reads the float columns only (8-bit Adam refuses tensor betas).
 
     Returns:
-        ``(flags, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2,
-        bias_correction2_sqrt, eps, step_size)``: the row's flag bits, then the scalars in
-        COMPUTE_TYPE. They are computed in fp64, as torch's for-loop computes them in Python
-        floats (near step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only
-        ~4 digits), and rounded once, as torch rounds its Python floats to fp32 opmath.
+        ``(flags, hyperparameters)``: the row's flag bits, and the tuple ``(weight_decay,
+        decay, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
+        step_size)`` in COMPUTE_TYPE that :func:`adam_moments` and :func:`adam_apply` take.
+        They are computed in fp64, as torch's for-loop computes them in Python floats (near
+        step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only ~4 digits), and
+        rounded once, as torch rounds its Python floats to fp32 opmath.
     """
     flags = tl.load(group + _FLAGS)
     lr = load_hyperparameter(group, _LR, _LR_ADDRESS, flags, _LR_FP64_FLAG)
@@ -168,8 +169,7 @@ def adam_hyperparameters(group, step, COMPUTE_TYPE: tl.constexpr, TENSOR_BETAS: 
     bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * log_beta2))
     step_size = lr / bias_correction1
     decay = 1.0 - lr * weight_decay
-    return (
-        flags,
+    hyperparameters = (
         weight_decay.to(COMPUTE_TYPE),
         decay.to(COMPUTE_TYPE),
         one_minus_beta1.to(COMPUTE_TYPE),
@@ -179,18 +179,18 @@ def adam_hyperparameters(group, step, COMPUTE_TYPE: tl.constexpr, TENSOR_BETAS: 
         eps.to(COMPUTE_TYPE),
         step_size.to(COMPUTE_TYPE),
     )
+    return flags, hyperparameters
 
 
 @triton.jit
-def adam_moments(
-    param, grad, exp_avg, exp_avg_sq, decoupled, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2
-):
+def adam_moments(param, grad, exp_avg, exp_avg_sq, decoupled, hyperparameters):
     """Weight decay and the moments' update: ``(param, exp_avg, exp_avg_sq)`` after them.
 
     Elementwise, in the compute dtype of the arguments (the gradient already through
     :func:`unscale_and_clip`); ``decoupled``: AdamW's decay of the parameter, else Adam's
-    L2 term added to the gradient.
+    L2 term added to the gradient. ``hyperparameters``: from :func:`adam_hyperparameters`.
     """
+    weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2, _, _, _ = hyperparameters
     if decoupled:
         param = param * decay
     else:
@@ -208,11 +208,13 @@ def adam_moments(
 
 
 @triton.jit
-def adam_apply(param, exp_avg, exp_avg_sq, bias_correction2_sqrt, eps, step_size):
+def adam_apply(param, exp_avg, exp_avg_sq, hyperparameters):
     """The updated parameter: ``param - step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)``.
 
-    fp16/bf16 parameters use the fp32 moments directly, as torch's fused kernels do.
+    ``hyperparameters``: from :func:`adam_hyperparameters`. fp16/bf16 parameters use the
+    fp32 moments directly, as torch's fused kernels do.
     """
+    _, _, _, _, _, bias_correction2_sqrt, eps, step_size = hyperparameters
     if param.dtype == tl.float64:
         denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
         return param - step_size * exp_avg / denom
@@ -238,26 +240,14 @@ def _update_block(
 
     What the chunk's blocks share arrives as three tuples, so that the full blocks' and
     the tail's call sites stay one line each: ``pointers`` (param, grad, exp_avg,
-    exp_avg_sq, max_exp_avg_sq), ``scalars`` (grad_scale, clip_coef, then
-    :func:`adam_hyperparameters`' scalars, then the stochastic-rounding seed) and the
-    program's uniform ``switches`` (amsgrad, maximize, decoupled, stochastic). The
-    hyperparameters arrive already in the compute dtype (fp64 for fp64 parameters, else
-    fp32); GradScaler's ``grad_scale`` (a divisor) and ``clip_coef`` are fp32.
+    exp_avg_sq, max_exp_avg_sq), ``scalars`` (GradScaler's fp32 ``grad_scale``, a
+    divisor, the fp32 ``clip_coef``, the stochastic-rounding seed and the
+    ``hyperparameters`` of :func:`adam_hyperparameters`, in the compute dtype: fp64 for
+    fp64 parameters, else fp32) and the program's uniform ``switches`` (amsgrad,
+    maximize, decoupled, stochastic).
     """
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr = pointers
-    (
-        grad_scale,
-        clip_coef,
-        weight_decay,
-        decay,
-        one_minus_beta1,
-        beta2,
-        one_minus_beta2,
-        bias_correction2_sqrt,
-        eps,
-        step_size,
-        seed,
-    ) = scalars
+    grad_scale, clip_coef, seed, hyperparameters = scalars
     amsgrad, maximize, decoupled, stochastic = switches
     out_type: tl.constexpr = param_ptr.dtype.element_ty
     compute_type: tl.constexpr = tl.float64 if out_type == tl.float64 else tl.float32
@@ -266,9 +256,7 @@ def _update_block(
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(compute_type)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
     grad = unscale_and_clip(grad, grad_scale, clip_coef, maximize, HAS_GRAD_SCALE, HAS_CLIP)
-    param, exp_avg, exp_avg_sq = adam_moments(
-        param, grad, exp_avg, exp_avg_sq, decoupled, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2
-    )
+    param, exp_avg, exp_avg_sq = adam_moments(param, grad, exp_avg, exp_avg_sq, decoupled, hyperparameters)
     # The moments in their own dtype: the parameter's, or bf16 (state_dtype=torch.bfloat16).
     state_type: tl.constexpr = exp_avg_ptr.dtype.element_ty
     tl.store(exp_avg_ptr + offsets, exp_avg.to(state_type), mask=mask)
@@ -280,7 +268,7 @@ def _update_block(
             # NaN propagates, as in torch.maximum.
             exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
             tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(state_type), mask=mask)
-    param = adam_apply(param, exp_avg, exp_avg_sq, bias_correction2_sqrt, eps, step_size)
+    param = adam_apply(param, exp_avg, exp_avg_sq, hyperparameters)
     if ANY_STOCHASTIC:
         # Stochastic rounding to bf16 (torchao's _fp32_to_bf16_sr, the same idea): add
         # 16 random bits below bf16's mantissa, then truncate. A value between two bf16
@@ -353,9 +341,7 @@ def adam_kernel(
     IS_FP64: tl.constexpr = element_type_ptr.dtype.element_ty == tl.float64
     compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
-    (flags, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, step_size) = (
-        adam_hyperparameters(group, step, compute_type, True)
-    )
+    flags, hyperparameters = adam_hyperparameters(group, step, compute_type, True)
     amsgrad = (flags & _AMSGRAD_FLAG) != 0
     maximize = (flags & _MAXIMIZE_FLAG) != 0
     decoupled = (flags & _DECOUPLED_FLAG) != 0
@@ -385,19 +371,7 @@ def adam_kernel(
         max_exp_avg_sq_ptr = tl.multiple_of(max_exp_avg_sq_ptr, 16)
 
     pointers = (param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr)
-    scalars = (
-        grad_scale,
-        clip_coef,
-        weight_decay,
-        decay,
-        one_minus_beta1,
-        beta2,
-        one_minus_beta2,
-        bias_correction2_sqrt,
-        eps,
-        step_size,
-        seed,
-    )
+    scalars = (grad_scale, clip_coef, seed, hyperparameters)
     switches = (amsgrad, maximize, decoupled, stochastic)
     # Full blocks load and store unmasked (mask=None is a compile-time constant), which
     # (with 16-byte aligned addresses) lets the compiler use 128-bit accesses; only a

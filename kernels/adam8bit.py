@@ -238,9 +238,7 @@ def adam8bit_kernel(
     # The update runs in fp32 for every parameter dtype. Float betas only: the optimizer
     # refuses tensor betas for 8-bit states.
     group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
-    (flags, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, step_size) = (
-        adam_hyperparameters(group, step, tl.float32, False)
-    )
+    flags, hyperparameters = adam_hyperparameters(group, step, tl.float32, False)
     maximize = (flags & _MAXIMIZE_FLAG) != 0
     decoupled = (flags & _DECOUPLED_FLAG) != 0
 
@@ -287,10 +285,8 @@ def adam8bit_kernel(
         # The update uses the fresh fp32 moments; only what is stored is quantized
         # (bitsandbytes' kOptimizerStatic8bit2StateBlockwise and torchao's AdamW8bit do the same).
         grad = unscale_and_clip(grad, grad_scale, clip_coef, maximize, HAS_GRAD_SCALE, HAS_CLIP)
-        param, exp_avg, exp_avg_sq = adam_moments(
-            param, grad, exp_avg, exp_avg_sq, decoupled, weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2
-        )
-        param = adam_apply(param, exp_avg, exp_avg_sq, bias_correction2_sqrt, eps, step_size)
+        param, exp_avg, exp_avg_sq = adam_moments(param, grad, exp_avg, exp_avg_sq, decoupled, hyperparameters)
+        param = adam_apply(param, exp_avg, exp_avg_sq, hyperparameters)
         tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
         if quantized:
             m_codes = m_address.to(codes_type_ptr.dtype, bitcast=True)
