@@ -287,8 +287,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     @torch.compiler.disable(reason=_COMPILE_MESSAGE)
+    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform a single optimization step: one kernel launch per (device, dtype).
+
+        Parameters that the kernel cannot address (sparse gradients, layouts with gaps)
+        take the family's eager reference step after the launches.
 
         Args:
             closure (Callable, optional): A closure that reevaluates the model and
@@ -297,11 +301,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         Returns:
             The closure's loss, or None.
         """
-        return self._step(closure)
-
-    @torch.no_grad()
-    def _step(self, closure: Callable[[], float] | None) -> float | None:
-        """The body of :meth:`step`: one launch per (device, dtype), then the eager rest."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
