@@ -37,7 +37,6 @@ step and resets the slot to 0 for the next launch.
 """
 
 import math
-import struct
 
 import torch
 import triton
@@ -45,6 +44,16 @@ import triton.language as tl
 
 from ._config import ADAM_BLOCK_SIZE, ADAM_CHUNK_SIZE, ADAM_NUM_WARPS
 from ._launch import BoundKernel
+from ._optim_common import (
+    TableLayout,
+    check_step_arguments,
+    float_bits,
+    last_to_arrive,
+    load_amp_scalars,
+    load_hyperparameter,
+    locate_chunk,
+    unscale_and_clip,
+)
 
 # Columns of the tensor table (Python side) ...
 PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, STEP, NUMEL, FIRST_PROGRAM, GROUP = range(8)
@@ -106,56 +115,82 @@ _BETAS_FP64_FLAG: tl.constexpr = tl.constexpr(BETAS_FP64_FLAG)
 
 
 @triton.jit
-def _update_block(
-    offsets,
-    mask,
-    param_ptr,
-    grad_ptr,
-    exp_avg_ptr,
-    exp_avg_sq_ptr,
-    max_exp_avg_sq_ptr,
-    grad_scale,
-    clip_coef,
-    amsgrad,
-    maximize,
-    decoupled,
-    weight_decay,
-    decay,
-    one_minus_beta1,
-    beta2,
-    one_minus_beta2,
-    bias_correction2_sqrt,
-    eps,
-    step_size,
-    stochastic,
-    seed,
-    ANY_AMSGRAD: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-    HAS_CLIP: tl.constexpr,
-    ANY_STOCHASTIC: tl.constexpr,
-):
-    """Adam(W) on one block of elements: read p, g, m, v (and max_exp_avg_sq) once, write each once.
+def adam_hyperparameters(group, step, COMPUTE_TYPE: tl.constexpr, TENSOR_BETAS: tl.constexpr):
+    """The group's hyperparameters for one step, as :func:`adam_moments` and :func:`adam_apply` take them.
 
-    The scalars arrive already in the compute dtype (fp64 for fp64 parameters, else fp32),
-    except GradScaler's fp32 ``grad_scale`` (a divisor) and the fp32 ``clip_coef``.
+    Args:
+        group: pointer to the group's row of the group table (see :func:`group_row`).
+        step: the parameter's new step count (fp32).
+        COMPUTE_TYPE: the update's dtype: fp64 for fp64 parameters (torch's opmath), else fp32.
+        TENSOR_BETAS: read tensor betas at their addresses where the row has them; False
+            reads the float columns only (8-bit Adam refuses tensor betas).
+
+    Returns:
+        ``(flags, hyperparameters)``: the row's flag bits, and the tuple ``(weight_decay,
+        decay, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
+        step_size)`` in COMPUTE_TYPE that :func:`adam_moments` and :func:`adam_apply` take.
+        They are computed in fp64, as torch's for-loop computes them in Python floats (near
+        step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only ~4 digits), and
+        rounded once, as torch rounds its Python floats to fp32 opmath.
     """
-    out_type: tl.constexpr = param_ptr.dtype.element_ty
-    IS_FP64: tl.constexpr = out_type == tl.float64
-    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
-    grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
-    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(compute_type)
-    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
-    if HAS_GRAD_SCALE:
-        # GradScaler's unscale, then the clip coefficient, as in torch's recipe order.
-        if IS_FP64:
-            grad = grad / tl.cast(grad_scale, compute_type)
-        else:
-            grad = tl.div_rn(grad, tl.cast(grad_scale, compute_type))
-    if HAS_CLIP:
-        grad = grad * tl.cast(clip_coef, compute_type)
-    if maximize:
-        grad = -grad
+    flags = tl.load(group + _FLAGS)
+    lr = load_hyperparameter(group, _LR, _LR_ADDRESS, flags, _LR_FP64_FLAG)
+    beta2 = tl.load(group + _BETA2).to(tl.float64, bitcast=True)
+    one_minus_beta1 = tl.load(group + _ONE_MINUS_BETA1).to(tl.float64, bitcast=True)
+    one_minus_beta2 = tl.load(group + _ONE_MINUS_BETA2).to(tl.float64, bitcast=True)
+    log_beta1 = tl.load(group + _LOG_BETA1).to(tl.float64, bitcast=True)
+    log_beta2 = tl.load(group + _LOG_BETA2).to(tl.float64, bitcast=True)
+    if TENSOR_BETAS:
+        # Float betas need only the columns above; beta1's own column is still read
+        # (the compiler drops the load), as tests/test_adam.py counts the table bytes.
+        beta1 = tl.load(group + _BETA1).to(tl.float64, bitcast=True)
+        beta1_address = tl.load(group + _BETA1_ADDRESS)
+        if beta1_address != 0:
+            beta2_address = tl.load(group + _BETA2_ADDRESS)
+            if (flags & _BETAS_FP64_FLAG) != 0:
+                beta1 = tl.load(beta1_address.to(tl.pointer_type(tl.float64), bitcast=True))
+                beta2 = tl.load(beta2_address.to(tl.pointer_type(tl.float64), bitcast=True))
+                one_minus_beta1 = 1.0 - beta1
+                one_minus_beta2 = 1.0 - beta2
+            else:
+                beta1_32 = tl.load(beta1_address.to(tl.pointer_type(tl.float32), bitcast=True))
+                beta2_32 = tl.load(beta2_address.to(tl.pointer_type(tl.float32), bitcast=True))
+                # torch's tensor arithmetic on fp32 betas: 1 - beta in fp32, log in double.
+                one_minus_beta1 = (1.0 - beta1_32).to(tl.float64)
+                one_minus_beta2 = (1.0 - beta2_32).to(tl.float64)
+                beta1 = beta1_32.to(tl.float64)
+                beta2 = beta2_32.to(tl.float64)
+            log_beta1 = tl.log(beta1)
+            log_beta2 = tl.log(beta2)
+    eps = tl.load(group + _EPS).to(tl.float64, bitcast=True)
+    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
+    step64 = step.to(tl.float64)
+    bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
+    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * log_beta2))
+    step_size = lr / bias_correction1
+    decay = 1.0 - lr * weight_decay
+    hyperparameters = (
+        weight_decay.to(COMPUTE_TYPE),
+        decay.to(COMPUTE_TYPE),
+        one_minus_beta1.to(COMPUTE_TYPE),
+        beta2.to(COMPUTE_TYPE),
+        one_minus_beta2.to(COMPUTE_TYPE),
+        bias_correction2_sqrt.to(COMPUTE_TYPE),
+        eps.to(COMPUTE_TYPE),
+        step_size.to(COMPUTE_TYPE),
+    )
+    return flags, hyperparameters
+
+
+@triton.jit
+def adam_moments(param, grad, exp_avg, exp_avg_sq, decoupled, hyperparameters):
+    """Weight decay and the moments' update: ``(param, exp_avg, exp_avg_sq)`` after them.
+
+    Elementwise, in the compute dtype of the arguments (the gradient already through
+    :func:`unscale_and_clip`); ``decoupled``: AdamW's decay of the parameter, else Adam's
+    L2 term added to the gradient. ``hyperparameters``: from :func:`adam_hyperparameters`.
+    """
+    weight_decay, decay, one_minus_beta1, beta2, one_minus_beta2, _, _, _ = hyperparameters
     if decoupled:
         param = param * decay
     else:
@@ -169,6 +204,59 @@ def _update_block(
         grad - (grad - exp_avg) * (1.0 - one_minus_beta1),
     )
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
+    return param, exp_avg, exp_avg_sq
+
+
+@triton.jit
+def adam_apply(param, exp_avg, exp_avg_sq, hyperparameters):
+    """The updated parameter: ``param - step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)``.
+
+    ``hyperparameters``: from :func:`adam_hyperparameters`. fp16/bf16 parameters use the
+    fp32 moments directly, as torch's fused kernels do.
+    """
+    _, _, _, _, _, bias_correction2_sqrt, eps, step_size = hyperparameters
+    if param.dtype == tl.float64:
+        denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+        return param - step_size * exp_avg / denom
+    else:
+        # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
+        denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
+        return param - tl.div_rn(step_size * exp_avg, denom)
+
+
+@triton.jit
+def _update_block(
+    offsets,
+    mask,
+    pointers,
+    scalars,
+    switches,
+    ANY_AMSGRAD: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    ANY_STOCHASTIC: tl.constexpr,
+):
+    """Adam(W) on one block of elements: read p, g, m, v (and max_exp_avg_sq) once, write each once.
+
+    What the chunk's blocks share arrives as three tuples, so that the full blocks' and
+    the tail's call sites stay one line each: ``pointers`` (param, grad, exp_avg,
+    exp_avg_sq, max_exp_avg_sq), ``scalars`` (GradScaler's fp32 ``grad_scale``, a
+    divisor, the fp32 ``clip_coef``, the stochastic-rounding seed and the
+    ``hyperparameters`` of :func:`adam_hyperparameters`, in the compute dtype: fp64 for
+    fp64 parameters, else fp32) and the program's uniform ``switches`` (amsgrad,
+    maximize, decoupled, stochastic).
+    """
+    param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr = pointers
+    grad_scale, clip_coef, seed, hyperparameters = scalars
+    amsgrad, maximize, decoupled, stochastic = switches
+    out_type: tl.constexpr = param_ptr.dtype.element_ty
+    compute_type: tl.constexpr = tl.float64 if out_type == tl.float64 else tl.float32
+    param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(compute_type)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(compute_type)
+    grad = unscale_and_clip(grad, grad_scale, clip_coef, maximize, HAS_GRAD_SCALE, HAS_CLIP)
+    param, exp_avg, exp_avg_sq = adam_moments(param, grad, exp_avg, exp_avg_sq, decoupled, hyperparameters)
     # The moments in their own dtype: the parameter's, or bf16 (state_dtype=torch.bfloat16).
     state_type: tl.constexpr = exp_avg_ptr.dtype.element_ty
     tl.store(exp_avg_ptr + offsets, exp_avg.to(state_type), mask=mask)
@@ -180,14 +268,7 @@ def _update_block(
             # NaN propagates, as in torch.maximum.
             exp_avg_sq = tl.maximum(max_exp_avg_sq, exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
             tl.store(max_exp_avg_sq_ptr + offsets, exp_avg_sq.to(state_type), mask=mask)
-    # fp16/bf16 use the fp32 moments directly, as torch's fused kernels do.
-    # Correctly rounded sqrt and division, as torch's (fp32's plain ones are approximate).
-    if IS_FP64:
-        denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
-        param = param - step_size * exp_avg / denom
-    else:
-        denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
-        param = param - tl.div_rn(step_size * exp_avg, denom)
+    param = adam_apply(param, exp_avg, exp_avg_sq, hyperparameters)
     if ANY_STOCHASTIC:
         # Stochastic rounding to bf16 (torchao's _fp32_to_bf16_sr, the same idea): add
         # 16 random bits below bf16's mantissa, then truncate. A value between two bf16
@@ -241,60 +322,26 @@ def adam_kernel(
     ``ANY_STOCHASTIC``: some group rounds its bf16 parameters stochastically
     (the group row's flag and seed say which).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
-    row = tensor_table_ptr + tensor_index * _COLUMNS
-    numel = tl.load(row + _NUMEL)
-    chunk_start = (pid - tl.load(row + _FIRST_PROGRAM)) * chunk_size
-    chunk_end = tl.minimum(chunk_start + chunk_size, numel)
-    # cdiv spelled out: tl.cdiv is a nested @jit call, slow under the interpreter.
-    n_chunks = tl.maximum((numel + chunk_size - 1) // chunk_size, 1)
+    tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
+        tensor_table_ptr, program_table_ptr, chunk_size, _COLUMNS, _NUMEL, _FIRST_PROGRAM
+    )
     step_ptr = tl.load(row + _STEP).to(tl.pointer_type(tl.float32), bitcast=True)
     step = tl.load(step_ptr) + 1.0
+    proceed, grad_scale, clip_coef = load_amp_scalars(
+        found_inf_ptr,
+        skipped_ptr,
+        grad_scale_ptr,
+        clip_coef_ptr,
+        HAS_FOUND_INF,
+        WRITE_SKIPPED,
+        HAS_GRAD_SCALE,
+        HAS_CLIP,
+    )
 
-    proceed = True
-    if HAS_FOUND_INF:
-        found_inf = tl.load(found_inf_ptr)
-        proceed = found_inf == 0
-        if WRITE_SKIPPED:
-            tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
-
-    # The group's hyperparameters: fp64 bit patterns, or the address of a tensor.
+    IS_FP64: tl.constexpr = element_type_ptr.dtype.element_ty == tl.float64
+    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
-    flags = tl.load(group + _FLAGS)
-    lr = tl.load(group + _LR).to(tl.float64, bitcast=True)
-    lr_address = tl.load(group + _LR_ADDRESS)
-    if lr_address != 0:
-        if (flags & _LR_FP64_FLAG) != 0:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float64), bitcast=True))
-        else:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
-    beta1 = tl.load(group + _BETA1).to(tl.float64, bitcast=True)
-    beta2 = tl.load(group + _BETA2).to(tl.float64, bitcast=True)
-    one_minus_beta1 = tl.load(group + _ONE_MINUS_BETA1).to(tl.float64, bitcast=True)
-    one_minus_beta2 = tl.load(group + _ONE_MINUS_BETA2).to(tl.float64, bitcast=True)
-    log_beta1 = tl.load(group + _LOG_BETA1).to(tl.float64, bitcast=True)
-    log_beta2 = tl.load(group + _LOG_BETA2).to(tl.float64, bitcast=True)
-    beta1_address = tl.load(group + _BETA1_ADDRESS)
-    if beta1_address != 0:
-        beta2_address = tl.load(group + _BETA2_ADDRESS)
-        if (flags & _BETAS_FP64_FLAG) != 0:
-            beta1 = tl.load(beta1_address.to(tl.pointer_type(tl.float64), bitcast=True))
-            beta2 = tl.load(beta2_address.to(tl.pointer_type(tl.float64), bitcast=True))
-            one_minus_beta1 = 1.0 - beta1
-            one_minus_beta2 = 1.0 - beta2
-        else:
-            beta1_32 = tl.load(beta1_address.to(tl.pointer_type(tl.float32), bitcast=True))
-            beta2_32 = tl.load(beta2_address.to(tl.pointer_type(tl.float32), bitcast=True))
-            # torch's tensor arithmetic on fp32 betas: 1 - beta in fp32, log in double.
-            one_minus_beta1 = (1.0 - beta1_32).to(tl.float64)
-            one_minus_beta2 = (1.0 - beta2_32).to(tl.float64)
-            beta1 = beta1_32.to(tl.float64)
-            beta2 = beta2_32.to(tl.float64)
-        log_beta1 = tl.log(beta1)
-        log_beta2 = tl.log(beta2)
-    eps = tl.load(group + _EPS).to(tl.float64, bitcast=True)
-    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
+    flags, hyperparameters = adam_hyperparameters(group, step, compute_type, True)
     amsgrad = (flags & _AMSGRAD_FLAG) != 0
     maximize = (flags & _MAXIMIZE_FLAG) != 0
     decoupled = (flags & _DECOUPLED_FLAG) != 0
@@ -306,20 +353,6 @@ def adam_kernel(
             seed = ((tl.load(group + _SEED) + step.to(tl.int64) * 1000003 + tensor_index * 7919) & 0x7FFFFFFF).to(
                 tl.int32
             )
-
-    # Per-program scalars in double precision, as torch's for-loop computes them: near
-    # step 1, 1 - beta2**step is 1 - 0.999, which fp32 would keep to only ~4 digits.
-    step64 = step.to(tl.float64)
-    bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
-    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * log_beta2))
-    step_size = lr / bias_correction1
-    decay = 1.0 - lr * weight_decay
-    grad_scale = 1.0
-    if HAS_GRAD_SCALE:
-        grad_scale = tl.load(grad_scale_ptr)
-    clip_coef = 1.0
-    if HAS_CLIP:
-        clip_coef = tl.load(clip_coef_ptr)
 
     param_ptr = tl.load(row + _PARAM).to(element_type_ptr.dtype, bitcast=True)
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
@@ -337,93 +370,27 @@ def adam_kernel(
         exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
         max_exp_avg_sq_ptr = tl.multiple_of(max_exp_avg_sq_ptr, 16)
 
-    # The hyperparameters in the compute dtype: fp64 for fp64 parameters (torch's
-    # opmath), else rounded to fp32 once here, as torch rounds its Python floats.
-    IS_FP64: tl.constexpr = element_type_ptr.dtype.element_ty == tl.float64
-    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    weight_decay_c = weight_decay.to(compute_type)
-    decay_c = decay.to(compute_type)
-    one_minus_beta1_c = one_minus_beta1.to(compute_type)
-    beta2_c = beta2.to(compute_type)
-    one_minus_beta2_c = one_minus_beta2.to(compute_type)
-    bias_correction2_sqrt_c = bias_correction2_sqrt.to(compute_type)
-    eps_c = eps.to(compute_type)
-    step_size_c = step_size.to(compute_type)
-
-    # Full blocks load and store unmasked, which (with 16-byte aligned addresses) lets
-    # the compiler use 128-bit accesses; only a chunk's last, partial block is masked.
-    # A skipped step walks no blocks at all: nothing moves but the scalars above.
+    pointers = (param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr)
+    scalars = (grad_scale, clip_coef, seed, hyperparameters)
+    switches = (amsgrad, maximize, decoupled, stochastic)
+    # Full blocks load and store unmasked (mask=None is a compile-time constant), which
+    # (with 16-byte aligned addresses) lets the compiler use 128-bit accesses; only a
+    # chunk's last, partial block is masked. A skipped step walks no blocks at all:
+    # nothing moves but the scalars above.
     n_full_blocks = tl.where(proceed, (chunk_end - chunk_start) // BLOCK_SIZE, 0)
     for block in range(0, n_full_blocks):
         offsets = chunk_start + block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        _update_block(
-            offsets,
-            None,
-            param_ptr,
-            grad_ptr,
-            exp_avg_ptr,
-            exp_avg_sq_ptr,
-            max_exp_avg_sq_ptr,
-            grad_scale,
-            clip_coef,
-            amsgrad,
-            maximize,
-            decoupled,
-            weight_decay_c,
-            decay_c,
-            one_minus_beta1_c,
-            beta2_c,
-            one_minus_beta2_c,
-            bias_correction2_sqrt_c,
-            eps_c,
-            step_size_c,
-            stochastic,
-            seed,
-            ANY_AMSGRAD,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-            ANY_STOCHASTIC,
-        )
+        _update_block(offsets, None, pointers, scalars, switches, ANY_AMSGRAD, HAS_GRAD_SCALE, HAS_CLIP, ANY_STOCHASTIC)
     tail_start = chunk_start + n_full_blocks * BLOCK_SIZE
     if (tail_start < chunk_end) & proceed:
         offsets = tail_start + tl.arange(0, BLOCK_SIZE)
-        _update_block(
-            offsets,
-            offsets < chunk_end,
-            param_ptr,
-            grad_ptr,
-            exp_avg_ptr,
-            exp_avg_sq_ptr,
-            max_exp_avg_sq_ptr,
-            grad_scale,
-            clip_coef,
-            amsgrad,
-            maximize,
-            decoupled,
-            weight_decay_c,
-            decay_c,
-            one_minus_beta1_c,
-            beta2_c,
-            one_minus_beta2_c,
-            bias_correction2_sqrt_c,
-            eps_c,
-            step_size_c,
-            stochastic,
-            seed,
-            ANY_AMSGRAD,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-            ANY_STOCHASTIC,
-        )
+        mask = offsets < chunk_end
+        _update_block(offsets, mask, pointers, scalars, switches, ANY_AMSGRAD, HAS_GRAD_SCALE, HAS_CLIP, ANY_STOCHASTIC)
 
     # The last program of this parameter to get here writes the new step: every other
-    # program of the parameter has already read the old one (acq_rel orders that read
-    # before its increment). A parameter with a single chunk needs no atomic.
-    arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=(n_chunks > 1) & proceed, sem="acq_rel")
-    if ((n_chunks == 1) | (arrived == n_chunks - 1)) & proceed:
+    # program of the parameter has already read the old one.
+    if last_to_arrive(arrivals_ptr, tensor_index, n_chunks, proceed):
         tl.store(step_ptr, step)
-        if n_chunks > 1:
-            tl.store(arrivals_ptr + tensor_index, 0)
 
 
 def table_row(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_program: int, group: int) -> list[int]:
@@ -441,14 +408,7 @@ def table_row(param, exp_avg, exp_avg_sq, max_exp_avg_sq, step, first_program: i
 
 
 ALIGNED_COLUMNS = (PARAM, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
-
-
-def float_bits(value: float) -> int:
-    """The int64 whose bits are the fp64 ``value`` (group tables hold floats this way)."""
-    return _INT64.unpack(_FLOAT64.pack(value))[0]
-
-
-_FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
+TABLE_LAYOUT = TableLayout(TABLE_COLUMNS, NUMEL, FIRST_PROGRAM, ALIGNED_COLUMNS)
 
 
 def group_row(
@@ -485,11 +445,6 @@ def group_row(
     row[LR_ADDRESS] = lr_address
     row[BETA1_ADDRESS], row[BETA2_ADDRESS] = betas_address
     return [*row, flags, stochastic_rounding_seed or 0]
-
-
-def programs_for(numel: int, chunk_size: int = ADAM_CHUNK_SIZE) -> int:
-    """Programs that update one parameter of ``numel`` elements (at least one, for its step)."""
-    return max(1, -(-numel // chunk_size))
 
 
 def adam_step(
@@ -534,10 +489,7 @@ def adam_step(
     Example:
         See :class:`fused_ops.optim.Adam`, which builds the tables and calls this.
     """
-    if chunk_size % ADAM_BLOCK_SIZE != 0:
-        raise ValueError(f"chunk_size must be a multiple of {ADAM_BLOCK_SIZE}, got {chunk_size}")
-    if skipped is not None and found_inf is None:
-        raise ValueError("skipped is written from found_inf, which is None")
+    check_step_arguments(skipped, found_inf, chunk_size, ADAM_BLOCK_SIZE)
     grid = (program_table.numel(),)
     _adam_launch(
         grid,
@@ -563,18 +515,6 @@ def adam_step(
         BLOCK_SIZE=ADAM_BLOCK_SIZE,
         num_warps=ADAM_NUM_WARPS,
     )
-
-
-def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a small host tensor to ``device`` without waiting for the GPU.
-
-    A blocking copy (``.to(device)``) synchronizes with the stream; from pinned memory a
-    non-blocking copy does not, and torch's pinned-memory allocator keeps the source
-    alive until the copy has run.
-    """
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 def _log(beta: float) -> float:

@@ -59,23 +59,17 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _optim_common
 from ._launch import BoundKernel
-from .adam import (
-    _BETA2,
-    _DECOUPLED_FLAG,
-    _EPS,
-    _FLAGS,
-    _GROUP_COLUMNS,
-    _LOG_BETA1,
-    _LOG_BETA2,
-    _LR,
-    _LR_ADDRESS,
-    _LR_FP64_FLAG,
-    _MAXIMIZE_FLAG,
-    _ONE_MINUS_BETA1,
-    _ONE_MINUS_BETA2,
-    _WEIGHT_DECAY,
+from ._optim_common import (
+    TableLayout,
+    check_step_arguments,
+    last_to_arrive,
+    load_amp_scalars,
+    locate_chunk,
+    unscale_and_clip,
 )
+from .adam import _DECOUPLED_FLAG, _GROUP_COLUMNS, _MAXIMIZE_FLAG, adam_apply, adam_hyperparameters, adam_moments
 
 # Columns of the tensor table.
 PARAM, EXP_AVG, EXP_AVG_SQ, EXP_AVG_SCALES, EXP_AVG_SQ_SCALES, STEP, NUMEL, FIRST_PROGRAM, GROUP, QUANTIZED = range(10)
@@ -201,49 +195,6 @@ def _encode(x, SIGNED: tl.constexpr):
 
 
 @triton.jit
-def _adam_math(
-    param,
-    grad,
-    exp_avg,
-    exp_avg_sq,
-    grad_scale,
-    clip_coef,
-    maximize,
-    decoupled,
-    weight_decay,
-    decay,
-    one_minus_beta1,
-    beta2,
-    one_minus_beta2,
-    bias_correction2_sqrt,
-    eps,
-    step_size,
-    HAS_GRAD_SCALE: tl.constexpr,
-    HAS_CLIP: tl.constexpr,
-):
-    """kernels/adam.py's update in fp32 (the same order and roundings): new (param, exp_avg, exp_avg_sq)."""
-    if HAS_GRAD_SCALE:
-        grad = tl.div_rn(grad, grad_scale)
-    if HAS_CLIP:
-        grad = grad * clip_coef
-    if maximize:
-        grad = -grad
-    if decoupled:
-        param = param * decay
-    else:
-        grad = tl.where(weight_decay != 0, grad + weight_decay * param, grad)
-    exp_avg = tl.where(
-        one_minus_beta1 < 0.5,
-        exp_avg + one_minus_beta1 * (grad - exp_avg),
-        grad - (grad - exp_avg) * (1.0 - one_minus_beta1),
-    )
-    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
-    denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias_correction2_sqrt) + eps
-    param = param - tl.div_rn(step_size * exp_avg, denom)
-    return param, exp_avg, exp_avg_sq
-
-
-@triton.jit
 def adam8bit_kernel(
     tensor_table_ptr,
     grad_table_ptr,
@@ -269,58 +220,27 @@ def adam8bit_kernel(
     quantization blocks, so each block's absmax is its own program's). GradScaler,
     found_inf/skipped and the clip coefficient work as in kernels/adam.py.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
-    row = tensor_table_ptr + tensor_index * _COLUMNS
-    numel = tl.load(row + _NUMEL)
-    chunk_start = (pid - tl.load(row + _FIRST_PROGRAM)) * CHUNK
-    chunk_end = tl.minimum(chunk_start + CHUNK, numel)
-    n_chunks = tl.maximum((numel + CHUNK - 1) // CHUNK, 1)
+    tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
+        tensor_table_ptr, program_table_ptr, CHUNK, _COLUMNS, _NUMEL, _FIRST_PROGRAM
+    )
     step_ptr = tl.load(row + _STEP).to(tl.pointer_type(tl.float32), bitcast=True)
     step = tl.load(step_ptr) + 1.0
-
-    proceed = True
-    if HAS_FOUND_INF:
-        found_inf = tl.load(found_inf_ptr)
-        proceed = found_inf == 0
-        if WRITE_SKIPPED:
-            tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
-
+    proceed, grad_scale, clip_coef = load_amp_scalars(
+        found_inf_ptr,
+        skipped_ptr,
+        grad_scale_ptr,
+        clip_coef_ptr,
+        HAS_FOUND_INF,
+        WRITE_SKIPPED,
+        HAS_GRAD_SCALE,
+        HAS_CLIP,
+    )
+    # The update runs in fp32 for every parameter dtype. Float betas only: the optimizer
+    # refuses tensor betas for 8-bit states.
     group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
-    flags = tl.load(group + _FLAGS)
-    lr = tl.load(group + _LR).to(tl.float64, bitcast=True)
-    lr_address = tl.load(group + _LR_ADDRESS)
-    if lr_address != 0:
-        if (flags & _LR_FP64_FLAG) != 0:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float64), bitcast=True))
-        else:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
-    # Float betas only (the optimizer refuses tensor betas for 8-bit states).
-    beta2 = tl.load(group + _BETA2).to(tl.float64, bitcast=True)
-    one_minus_beta1 = tl.load(group + _ONE_MINUS_BETA1).to(tl.float64, bitcast=True)
-    one_minus_beta2 = tl.load(group + _ONE_MINUS_BETA2).to(tl.float64, bitcast=True)
-    log_beta1 = tl.load(group + _LOG_BETA1).to(tl.float64, bitcast=True)
-    log_beta2 = tl.load(group + _LOG_BETA2).to(tl.float64, bitcast=True)
-    eps = tl.load(group + _EPS).to(tl.float64, bitcast=True)
-    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
+    flags, hyperparameters = adam_hyperparameters(group, step, tl.float32, False)
     maximize = (flags & _MAXIMIZE_FLAG) != 0
     decoupled = (flags & _DECOUPLED_FLAG) != 0
-    step64 = step.to(tl.float64)
-    bias_correction1 = 1.0 - tl.exp(step64 * log_beta1)
-    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step64 * log_beta2)).to(tl.float32)
-    step_size = (lr / bias_correction1).to(tl.float32)
-    decay = (1.0 - lr * weight_decay).to(tl.float32)
-    weight_decay_c = weight_decay.to(tl.float32)
-    one_minus_beta1_c = one_minus_beta1.to(tl.float32)
-    beta2_c = beta2.to(tl.float32)
-    one_minus_beta2_c = one_minus_beta2.to(tl.float32)
-    eps_c = eps.to(tl.float32)
-    grad_scale = 1.0
-    if HAS_GRAD_SCALE:
-        grad_scale = tl.load(grad_scale_ptr)
-    clip_coef = 1.0
-    if HAS_CLIP:
-        clip_coef = tl.load(clip_coef_ptr)
 
     param_ptr = tl.load(row + _PARAM).to(element_type_ptr.dtype, bitcast=True)
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
@@ -364,26 +284,9 @@ def adam8bit_kernel(
             exp_avg_sq = tl.load(v_ptr + offsets, mask=mask)
         # The update uses the fresh fp32 moments; only what is stored is quantized
         # (bitsandbytes' kOptimizerStatic8bit2StateBlockwise and torchao's AdamW8bit do the same).
-        param, exp_avg, exp_avg_sq = _adam_math(
-            param,
-            grad,
-            exp_avg,
-            exp_avg_sq,
-            grad_scale,
-            clip_coef,
-            maximize,
-            decoupled,
-            weight_decay_c,
-            decay,
-            one_minus_beta1_c,
-            beta2_c,
-            one_minus_beta2_c,
-            bias_correction2_sqrt,
-            eps_c,
-            step_size,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-        )
+        grad = unscale_and_clip(grad, grad_scale, clip_coef, maximize, HAS_GRAD_SCALE, HAS_CLIP)
+        param, exp_avg, exp_avg_sq = adam_moments(param, grad, exp_avg, exp_avg_sq, decoupled, hyperparameters)
+        param = adam_apply(param, exp_avg, exp_avg_sq, hyperparameters)
         tl.store(param_ptr + offsets, param.to(out_type), mask=mask)
         if quantized:
             m_codes = m_address.to(codes_type_ptr.dtype, bitcast=True)
@@ -408,11 +311,12 @@ def adam8bit_kernel(
             tl.store(v_ptr + offsets, exp_avg_sq, mask=mask)
 
     # The step counter: as in kernels/adam.py, the last program of the parameter writes it.
-    arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=(n_chunks > 1) & proceed, sem="acq_rel")
-    if ((n_chunks == 1) | (arrived == n_chunks - 1)) & proceed:
+    if last_to_arrive(arrivals_ptr, tensor_index, n_chunks, proceed):
         tl.store(step_ptr, step)
-        if n_chunks > 1:
-            tl.store(arrivals_ptr + tensor_index, 0)
+
+
+# No aligned columns: the kernel takes no alignment hint.
+TABLE_LAYOUT = TableLayout(TABLE_COLUMNS, NUMEL, FIRST_PROGRAM)
 
 
 def table_row(param, exp_avg, exp_avg_sq, exp_avg_scales, exp_avg_sq_scales, step, first_program, group) -> list[int]:
@@ -434,7 +338,7 @@ def table_row(param, exp_avg, exp_avg_sq, exp_avg_scales, exp_avg_sq_scales, ste
 
 def programs_for(numel: int) -> int:
     """Programs that update one parameter (at least one, for its step)."""
-    return max(1, -(-numel // CHUNK_SIZE))
+    return _optim_common.programs_for(numel, CHUNK_SIZE)
 
 
 def adam8bit_step(
@@ -468,8 +372,7 @@ def adam8bit_step(
     Example:
         See :class:`fused_ops.optim.AdamW8bit`, which builds the tables and calls this.
     """
-    if skipped is not None and found_inf is None:
-        raise ValueError("skipped is written from found_inf, which is None")
+    check_step_arguments(skipped, found_inf)
     _adam8bit_launch(
         (program_table.numel(),),
         tensor_table,

@@ -23,12 +23,16 @@ import triton.language as tl
 
 from ._config import CLIP_BLOCK_SIZE, CLIP_CHUNK_SIZE, CLIP_NUM_WARPS, CLIP_REDUCE_BLOCK_SIZE
 from ._launch import BoundKernel
+from ._optim_common import locate_chunk
 
 # NORM constexpr values: which p-norm.
 NORM_L1, NORM_L2, NORM_INF, NORM_P = 1, 2, 0, 3
 # Columns of the table that clip_grad_norm_ builds for arbitrary gradients.
 NUMEL, FIRST_PROGRAM = 0, 1
 TABLE_COLUMNS = 2
+_NUMEL: tl.constexpr = tl.constexpr(NUMEL)
+_FIRST_PROGRAM: tl.constexpr = tl.constexpr(FIRST_PROGRAM)
+_TABLE_COLUMNS: tl.constexpr = tl.constexpr(TABLE_COLUMNS)
 
 
 @triton.jit
@@ -62,11 +66,9 @@ def grad_norm_kernel(
     fp32 0-d output.
     """
     pid = tl.program_id(0).to(tl.int64)
-    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
-    row = table_ptr + tensor_index * COLUMNS
-    numel = tl.load(row + NUMEL_COLUMN)
-    chunk_start = (pid - tl.load(row + FIRST_PROGRAM_COLUMN)) * chunk_size
-    chunk_end = tl.minimum(chunk_start + chunk_size, numel)
+    tensor_index, _row, chunk_start, chunk_end, _n_chunks = locate_chunk(
+        table_ptr, program_table_ptr, chunk_size, COLUMNS, NUMEL_COLUMN, FIRST_PROGRAM_COLUMN
+    )
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
     IS_FP64: tl.constexpr = element_type_ptr.dtype.element_ty == tl.float64
     compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -132,12 +134,9 @@ def grad_scale_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     """Multiply one chunk of one gradient by the fp32 clip coefficient, in place."""
-    pid = tl.program_id(0).to(tl.int64)
-    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
-    row = table_ptr + tensor_index * 2
-    numel = tl.load(row)
-    chunk_start = (pid - tl.load(row + 1)) * chunk_size
-    chunk_end = tl.minimum(chunk_start + chunk_size, numel)
+    tensor_index, _row, chunk_start, chunk_end, _n_chunks = locate_chunk(
+        table_ptr, program_table_ptr, chunk_size, _TABLE_COLUMNS, _NUMEL, _FIRST_PROGRAM
+    )
     grad_ptr = tl.load(grad_table_ptr + tensor_index).to(element_type_ptr.dtype, bitcast=True)
     IS_FP64: tl.constexpr = element_type_ptr.dtype.element_ty == tl.float64
     compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32

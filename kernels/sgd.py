@@ -30,7 +30,16 @@ import triton.language as tl
 
 from ._config import SGD_BLOCK_SIZE, SGD_CHUNK_SIZE, SGD_NUM_WARPS
 from ._launch import BoundKernel
-from .adam import float_bits
+from ._optim_common import (
+    TableLayout,
+    check_step_arguments,
+    float_bits,
+    last_to_arrive,
+    load_amp_scalars,
+    load_hyperparameter,
+    locate_chunk,
+    unscale_and_clip,
+)
 
 # Columns of the tensor table (Python side) ...
 PARAM, MOMENTUM_BUFFER, FIRST_FLAG, NUMEL, FIRST_PROGRAM, GROUP = range(6)
@@ -66,42 +75,30 @@ _WEIGHT_DECAY_FP64_FLAG: tl.constexpr = tl.constexpr(WEIGHT_DECAY_FP64_FLAG)
 def _update_block(
     offsets,
     mask,
-    param_ptr,
-    grad_ptr,
-    buffer_ptr,
-    grad_scale,
-    clip_coef,
-    lr,
-    momentum,
-    one_minus_dampening,
-    weight_decay,
-    has_buffer,
-    first,
-    nesterov,
-    maximize,
+    pointers,
+    scalars,
+    switches,
     ANY_MOMENTUM: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_CLIP: tl.constexpr,
 ):
     """SGD on one block: read p, g (and the buffer) once, write p (and the buffer) once.
 
+    What the chunk's blocks share arrives as three tuples, so that the full blocks' and
+    the tail's call sites stay one line each: ``pointers`` (param, grad, buffer),
+    ``scalars`` (grad_scale, clip_coef, lr, momentum, one_minus_dampening, weight_decay)
+    and the program's uniform ``switches`` (has_buffer, first, nesterov, maximize).
     Scalars arrive in the compute dtype (fp64 for fp64 parameters, else fp32), except
     GradScaler's fp32 ``grad_scale`` (a divisor) and the fp32 ``clip_coef``.
     """
+    param_ptr, grad_ptr, buffer_ptr = pointers
+    grad_scale, clip_coef, lr, momentum, one_minus_dampening, weight_decay = scalars
+    has_buffer, first, nesterov, maximize = switches
     out_type: tl.constexpr = param_ptr.dtype.element_ty
-    IS_FP64: tl.constexpr = out_type == tl.float64
-    compute_type: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    compute_type: tl.constexpr = tl.float64 if out_type == tl.float64 else tl.float32
     param = tl.load(param_ptr + offsets, mask=mask).to(compute_type)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(compute_type)
-    if HAS_GRAD_SCALE:
-        if IS_FP64:
-            grad = grad / tl.cast(grad_scale, compute_type)
-        else:
-            grad = tl.div_rn(grad, tl.cast(grad_scale, compute_type))
-    if HAS_CLIP:
-        grad = grad * tl.cast(clip_coef, compute_type)
-    if maximize:
-        grad = -grad
+    grad = unscale_and_clip(grad, grad_scale, clip_coef, maximize, HAS_GRAD_SCALE, HAS_CLIP)
     # A select, so an inf parameter with weight_decay=0 leaves the gradient alone (torch's `if`).
     grad = tl.where(weight_decay != 0, grad + weight_decay * param, grad)
     if ANY_MOMENTUM:
@@ -147,37 +144,24 @@ def sgd_kernel(
     The arguments are those of kernels/adam.py's ``adam_kernel``; ``ANY_MOMENTUM``: some
     group of the launch has momentum != 0.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    tensor_index = tl.load(program_table_ptr + pid).to(tl.int64)
-    row = tensor_table_ptr + tensor_index * _COLUMNS
-    numel = tl.load(row + _NUMEL)
-    chunk_start = (pid - tl.load(row + _FIRST_PROGRAM)) * chunk_size
-    chunk_end = tl.minimum(chunk_start + chunk_size, numel)
-    n_chunks = tl.maximum((numel + chunk_size - 1) // chunk_size, 1)
-
-    proceed = True
-    if HAS_FOUND_INF:
-        found_inf = tl.load(found_inf_ptr)
-        proceed = found_inf == 0
-        if WRITE_SKIPPED:
-            tl.store(skipped_ptr, found_inf != 0, mask=pid == 0)
+    tensor_index, row, chunk_start, chunk_end, n_chunks = locate_chunk(
+        tensor_table_ptr, program_table_ptr, chunk_size, _COLUMNS, _NUMEL, _FIRST_PROGRAM
+    )
+    proceed, grad_scale, clip_coef = load_amp_scalars(
+        found_inf_ptr,
+        skipped_ptr,
+        grad_scale_ptr,
+        clip_coef_ptr,
+        HAS_FOUND_INF,
+        WRITE_SKIPPED,
+        HAS_GRAD_SCALE,
+        HAS_CLIP,
+    )
 
     group = group_table_ptr + tl.load(row + _GROUP) * _GROUP_COLUMNS
     flags = tl.load(group + _FLAGS)
-    lr = tl.load(group + _LR).to(tl.float64, bitcast=True)
-    lr_address = tl.load(group + _LR_ADDRESS)
-    if lr_address != 0:
-        if (flags & _LR_FP64_FLAG) != 0:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float64), bitcast=True))
-        else:
-            lr = tl.load(lr_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
-    weight_decay = tl.load(group + _WEIGHT_DECAY).to(tl.float64, bitcast=True)
-    weight_decay_address = tl.load(group + _WEIGHT_DECAY_ADDRESS)
-    if weight_decay_address != 0:
-        if (flags & _WEIGHT_DECAY_FP64_FLAG) != 0:
-            weight_decay = tl.load(weight_decay_address.to(tl.pointer_type(tl.float64), bitcast=True))
-        else:
-            weight_decay = tl.load(weight_decay_address.to(tl.pointer_type(tl.float32), bitcast=True)).to(tl.float64)
+    lr = load_hyperparameter(group, _LR, _LR_ADDRESS, flags, _LR_FP64_FLAG)
+    weight_decay = load_hyperparameter(group, _WEIGHT_DECAY, _WEIGHT_DECAY_ADDRESS, flags, _WEIGHT_DECAY_FP64_FLAG)
     momentum = tl.load(group + _MOMENTUM).to(tl.float64, bitcast=True)
     dampening = tl.load(group + _DAMPENING).to(tl.float64, bitcast=True)
     nesterov = (flags & _NESTEROV_FLAG) != 0
@@ -210,72 +194,30 @@ def sgd_kernel(
     # 1 - dampening in double, as torch computes alpha=1 - dampening in Python.
     one_minus_dampening_c = (1.0 - dampening).to(compute_type)
     weight_decay_c = weight_decay.to(compute_type)
-    grad_scale = 1.0
-    if HAS_GRAD_SCALE:
-        grad_scale = tl.load(grad_scale_ptr)
-    clip_coef = 1.0
-    if HAS_CLIP:
-        clip_coef = tl.load(clip_coef_ptr)
 
+    pointers = (param_ptr, grad_ptr, buffer_ptr)
+    scalars = (grad_scale, clip_coef, lr_c, momentum_c, one_minus_dampening_c, weight_decay_c)
+    switches = (has_buffer, first, nesterov, maximize)
+    # Full blocks load and store unmasked (mask=None is a compile-time constant, so the
+    # compiler can use 128-bit accesses); only a chunk's last, partial block is masked.
     n_full_blocks = tl.where(proceed, (chunk_end - chunk_start) // BLOCK_SIZE, 0)
     for block in range(0, n_full_blocks):
         offsets = chunk_start + block * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        _update_block(
-            offsets,
-            None,
-            param_ptr,
-            grad_ptr,
-            buffer_ptr,
-            grad_scale,
-            clip_coef,
-            lr_c,
-            momentum_c,
-            one_minus_dampening_c,
-            weight_decay_c,
-            has_buffer,
-            first,
-            nesterov,
-            maximize,
-            ANY_MOMENTUM,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-        )
+        _update_block(offsets, None, pointers, scalars, switches, ANY_MOMENTUM, HAS_GRAD_SCALE, HAS_CLIP)
     tail_start = chunk_start + n_full_blocks * BLOCK_SIZE
     if (tail_start < chunk_end) & proceed:
         offsets = tail_start + tl.arange(0, BLOCK_SIZE)
-        _update_block(
-            offsets,
-            offsets < chunk_end,
-            param_ptr,
-            grad_ptr,
-            buffer_ptr,
-            grad_scale,
-            clip_coef,
-            lr_c,
-            momentum_c,
-            one_minus_dampening_c,
-            weight_decay_c,
-            has_buffer,
-            first,
-            nesterov,
-            maximize,
-            ANY_MOMENTUM,
-            HAS_GRAD_SCALE,
-            HAS_CLIP,
-        )
+        _update_block(offsets, offsets < chunk_end, pointers, scalars, switches, ANY_MOMENTUM, HAS_GRAD_SCALE, HAS_CLIP)
 
     if ANY_MOMENTUM:
         # The buffer has been written: clear its first-step flag once every program of
         # the parameter has read it (the last to arrive clears it, acq_rel as Adam's step).
-        if first & proceed:
-            arrived = tl.atomic_add(arrivals_ptr + tensor_index, 1, mask=n_chunks > 1, sem="acq_rel")
-            if (n_chunks == 1) | (arrived == n_chunks - 1):
-                tl.store(first_ptr, 0)
-                if n_chunks > 1:
-                    tl.store(arrivals_ptr + tensor_index, 0)
+        if last_to_arrive(arrivals_ptr, tensor_index, n_chunks, first & proceed):
+            tl.store(first_ptr, 0)
 
 
 ALIGNED_COLUMNS = (PARAM, MOMENTUM_BUFFER)
+TABLE_LAYOUT = TableLayout(TABLE_COLUMNS, NUMEL, FIRST_PROGRAM, ALIGNED_COLUMNS)
 
 
 def table_row(param, momentum_buffer, first_flag_address: int, first_program: int, group: int) -> list[int]:
@@ -321,11 +263,6 @@ def group_row(
     ]
 
 
-def programs_for(numel: int, chunk_size: int = SGD_CHUNK_SIZE) -> int:
-    """Programs that update one parameter of ``numel`` elements (at least one)."""
-    return max(1, -(-numel // chunk_size))
-
-
 def sgd_step(
     tensor_table: torch.Tensor,
     grad_table: torch.Tensor,
@@ -359,10 +296,7 @@ def sgd_step(
     Example:
         See :class:`fused_ops.optim.SGD`, which builds the tables and calls this.
     """
-    if chunk_size % SGD_BLOCK_SIZE != 0:
-        raise ValueError(f"chunk_size must be a multiple of {SGD_BLOCK_SIZE}, got {chunk_size}")
-    if skipped is not None and found_inf is None:
-        raise ValueError("skipped is written from found_inf, which is None")
+    check_step_arguments(skipped, found_inf, chunk_size, SGD_BLOCK_SIZE)
     _sgd_launch(
         (program_table.numel(),),
         tensor_table,

@@ -21,14 +21,18 @@ to encode a group (:meth:`_FusedOptimizer._group_row`), and how to launch
 from __future__ import annotations
 
 import array
+import itertools
 import operator
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from .._dispatch import use_triton
 from .._validation import is_dense
+
+if TYPE_CHECKING:
+    from ..kernels._optim_common import TableLayout
 
 try:
     from torch.distributed.tensor import DTensor as _DTensor
@@ -88,6 +92,21 @@ def hyperparameter_address(value: torch.Tensor, device: torch.device) -> tuple[i
     dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
     tensor = value.to(device=device, dtype=dtype, non_blocking=True)
     return tensor.data_ptr(), dtype == torch.float64, tensor
+
+
+def encode_hyperparameter(
+    value: float | torch.Tensor, device: torch.device, keepalive: list[torch.Tensor]
+) -> tuple[float, int, bool]:
+    """A float-or-tensor hyperparameter as a group-table row holds it: ``(float, address, is_fp64)``.
+
+    A float is ``(value, 0, False)``; a tensor is ``(0.0, address, is_fp64)`` of its copy
+    on ``device`` (see :func:`hyperparameter_address`), which is appended to ``keepalive``.
+    """
+    if not isinstance(value, torch.Tensor):
+        return value, 0, False
+    address, fp64, tensor = hyperparameter_address(value, device)
+    keepalive.append(tensor)
+    return 0.0, address, fp64
 
 
 def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -267,9 +286,21 @@ class FusedOptimizer(torch.optim.Optimizer):
         """The state tensors of ``p`` that the kernel reads, created on first use (families override)."""
         raise NotImplementedError
 
+    @torch.compiler.disable(reason=_COMPILE_MESSAGE)
     @torch.no_grad()
-    def _step(self, closure: Callable[[], float] | None) -> float | None:
-        """The body of every family's step(): one launch per (device, dtype), then the eager rest."""
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform a single optimization step: one kernel launch per (device, dtype).
+
+        Parameters that the kernel cannot address (sparse gradients, layouts with gaps)
+        take the family's eager reference step after the launches.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and
+                returns the loss.
+
+        Returns:
+            The closure's loss, or None.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -284,12 +315,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         skip_flags: list[torch.Tensor] = []
         for plan in cache.plans:
             self._refresh_group_table(plan)
+            skipped = None
+            if found_inf is not None and not skip_flags:
+                skipped = torch.empty((), dtype=torch.bool, device=plan.device)
+                skip_flags.append(skipped)
             self._launch(
                 plan,
                 on_device(grad_scale, plan.device),
                 on_device(found_inf, plan.device),
                 None if clip is None else clip[plan.device],
-                skip_flags,
+                skipped,
             )
         for index, rows in cache.eager:
             group_clip = None if clip is None else clip.get(rows[0][0].device)
@@ -428,7 +463,54 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan.group_values = None
 
     def _build_tensor_table(self, plan: Plan) -> None:
+        """The plan's tensor table, program table and arrival counters (families override).
+
+        A family lays its rows out with :meth:`_program_layout` and installs them with
+        :meth:`_set_tensor_table`.
+        """
         raise NotImplementedError
+
+    @staticmethod
+    def _program_layout(plan: Plan, chunk_size: int) -> tuple[list[int], list[int], list[int]]:
+        """Per row of the plan: its program count, its first program and its row of the group table.
+
+        Every parameter gets one program per ``chunk_size`` elements, and at least one (an
+        empty parameter's step still counts); its programs follow the previous row's.
+        """
+        from ..kernels._optim_common import programs_for
+
+        programs = [programs_for(views[0].numel(), chunk_size) for views in plan.views]
+        first_programs = list(itertools.accumulate(programs, initial=0))[:-1]
+        group_rows = [plan.group_indices.index(index) for index in plan.groups]
+        return programs, first_programs, group_rows
+
+    @staticmethod
+    def _set_tensor_table(
+        plan: Plan, rows: list[int], programs: list[int], layout: TableLayout, chunk_size: int
+    ) -> None:
+        """Copy a family's tensor table to the device, with the program table and arrival counters.
+
+        Args:
+            plan: the plan whose tables these are.
+            rows: the tensor table, row after row, as one flat list of int64s.
+            programs: each row's program count (from :meth:`_program_layout`).
+            layout: the family's table layout (its kernels module's ``TABLE_LAYOUT``).
+            chunk_size: elements per program, the one given to :meth:`_program_layout`.
+        """
+        n = len(programs)
+        plan.tensor_table = host_to_device(torch.tensor(rows, dtype=torch.int64).view(n, layout.columns), plan.device)
+        plan.program_table = host_to_device(
+            torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(programs)), plan.device
+        )
+        plan.arrivals = torch.zeros(n, dtype=torch.int32, device=plan.device)
+        plan.aligned_static = bool(layout.aligned_columns) and all(
+            rows[start + column] % 16 == 0
+            for start in range(0, len(rows), layout.columns)
+            for column in layout.aligned_columns
+        )
+        # The clip's norm pass reads each row's element count and first program.
+        plan.extra["norm_columns"] = (layout.columns, layout.numel, layout.first_program)
+        plan.extra["chunk_size"] = chunk_size
 
     def _refresh_group_table(self, plan: Plan) -> None:
         """Re-encode the plan's groups; copy the group table to the device only if a value changed.
@@ -475,8 +557,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
         clip_coef: torch.Tensor | None,
-        skip_flags: list[torch.Tensor],
+        skipped: torch.Tensor | None,
     ) -> None:
+        """One kernel launch for the plan's (device, dtype), every param group in it (families override).
+
+        ``grad_scale``, ``found_inf``: GradScaler's, on the plan's device; ``clip_coef``: the
+        pending clip coefficient there; ``skipped``: the step's 0-d bool skip flag, for the
+        kernel to write from found_inf (only the step's first launch gets one), or None.
+        """
         raise NotImplementedError
 
     def _reference_step(
@@ -529,17 +617,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             >>> optimizer.clip_grad_norm_(1.0)
             >>> optimizer.step()
         """
-        from .clip_grad_norm import fused_norm
+        from .clip_grad_norm import check_finite, fused_norm
 
         cache = self._current_cache()
         grad_scale = None if scaler is None or not scaler.is_enabled() else scaler._get_scale_async()
         total_norm, coefficients = fused_norm(self, cache, float(max_norm), float(norm_type), grad_scale)
-        if error_if_nonfinite and torch.logical_or(total_norm.isnan(), total_norm.isinf()):
-            raise RuntimeError(
-                f"The total norm of order {float(norm_type)} for gradients from "
-                "`parameters` is non-finite, so it cannot be clipped. To disable "
-                "this error and scale the gradients by the non-finite norm anyway, "
-                "set `error_if_nonfinite=False`"
-            )
+        if error_if_nonfinite:
+            check_finite(total_norm, float(norm_type))
         self._pending_clip = coefficients
         return total_norm

@@ -17,13 +17,12 @@ hyperparameter table, cached between steps (see :mod:`fused_ops.optim._base`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .. import reference
-from ._base import _COMPILE_MESSAGE, FusedOptimizer, Plan, host_to_device, hyperparameter_address, to_scalar
+from ._base import FusedOptimizer, Plan, encode_hyperparameter, to_scalar
 
 _OPTIONAL_FLAGS = {
     "amsgrad": False,
@@ -42,10 +41,18 @@ STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 
 
 class _AdamBase(FusedOptimizer):
-    """Validation, lazy state and the fused step of Adam and AdamW (see :class:`FusedOptimizer`)."""
+    """Validation, lazy state and the fused step of Adam and AdamW (see :class:`FusedOptimizer`).
+
+    The public classes (Adam, AdamW and their 8-bit forms) only spell out torch's
+    signature, with its own defaults, and pass it here: an explicit signature is what
+    ``inspect.signature``, ``help()`` and editors show, so it is written out per class
+    rather than taken as ``**kwargs``.
+    """
 
     _family = "adam"
     _optional_flags = _OPTIONAL_FLAGS
+    # AdamW and AdamW8bit: as torch's AdamW, any state loaded into them decays decoupled.
+    _always_decoupled = False
 
     def __init__(
         self,
@@ -130,6 +137,8 @@ class _AdamBase(FusedOptimizer):
 
     def _after_load(self) -> None:
         for group in self.param_groups:
+            if self._always_decoupled:
+                group["decoupled_weight_decay"] = True
             for p in group["params"]:
                 p_state = self.state.get(p)
                 if p_state and "step" in p_state:
@@ -186,58 +195,24 @@ class _AdamBase(FusedOptimizer):
         amsgrad = state["max_exp_avg_sq"] if group["amsgrad"] else None
         return state["exp_avg"], state["exp_avg_sq"], amsgrad, state["step"]
 
-    @torch.compiler.disable(reason=_COMPILE_MESSAGE)
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform a single optimization step: one kernel launch per (device, dtype).
-
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model and
-                returns the loss.
-
-        Returns:
-            The closure's loss, or None.
-        """
-        return self._step(closure)
-
     def _build_tensor_table(self, plan: Plan) -> None:
         from ..kernels import adam as kernels
 
+        programs, first_programs, group_rows = self._program_layout(plan, kernels.ADAM_CHUNK_SIZE)
         rows: list[int] = []
-        programs: list[int] = []
-        first_program = 0
-        for (p, _g, m, v, vmax, step), index in zip(plan.views, plan.groups, strict=True):
-            rows += kernels.table_row(p, m, v, vmax, step, first_program, plan.group_indices.index(index))
-            programs.append(kernels.programs_for(p.numel(), kernels.ADAM_CHUNK_SIZE))
-            first_program += programs[-1]
-        n = len(plan.views)
-        plan.tensor_table = host_to_device(
-            torch.tensor(rows, dtype=torch.int64).view(n, kernels.TABLE_COLUMNS), plan.device
-        )
-        plan.program_table = host_to_device(
-            torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(programs)), plan.device
-        )
-        plan.arrivals = torch.zeros(n, dtype=torch.int32, device=plan.device)
-        plan.aligned_static = all(
-            rows[start + column] % 16 == 0
-            for start in range(0, len(rows), kernels.TABLE_COLUMNS)
-            for column in kernels.ALIGNED_COLUMNS
-        )
-        plan.extra["norm_columns"] = (kernels.TABLE_COLUMNS, kernels.NUMEL, kernels.FIRST_PROGRAM)
-        plan.extra["chunk_size"] = kernels.ADAM_CHUNK_SIZE
-        plan.extra["rows"] = rows
+        for (p, _g, m, v, vmax, step), first_program, group in zip(plan.views, first_programs, group_rows, strict=True):
+            rows += kernels.table_row(p, m, v, vmax, step, first_program, group)
+        self._set_tensor_table(plan, rows, programs, kernels.TABLE_LAYOUT, kernels.ADAM_CHUNK_SIZE)
 
     def _group_row(self, group: dict[str, Any], device: torch.device, keepalive: list[torch.Tensor]) -> list[int]:
         from ..kernels import adam as kernels
 
-        lr, (beta1, beta2) = group["lr"], group["betas"]
-        lr_address, lr_fp64 = 0, False
-        if isinstance(lr, torch.Tensor):
-            lr_address, lr_fp64, tensor = hyperparameter_address(lr, device)
-            keepalive.append(tensor)
-            lr = 0.0
+        lr, lr_address, lr_fp64 = encode_hyperparameter(group["lr"], device, keepalive)
+        beta1, beta2 = group["betas"]
         betas_address, betas_fp64 = (0, 0), False
         if isinstance(beta1, torch.Tensor) or isinstance(beta2, torch.Tensor):
-            # Both are tensors (the constructor's rule), of one dtype for the kernel.
+            # Both are tensors (the constructor's rule), of one dtype for the kernel, which
+            # reads them as a pair: not encode_hyperparameter's dtype per tensor.
             dtype = torch.float64 if beta1.dtype == beta2.dtype == torch.float64 else torch.float32
             first = beta1.to(device=device, dtype=dtype, non_blocking=True)
             second = beta2.to(device=device, dtype=dtype, non_blocking=True)
@@ -275,21 +250,12 @@ class _AdamBase(FusedOptimizer):
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
         clip_coef: torch.Tensor | None,
-        skip_flags: list[torch.Tensor],
+        skipped: torch.Tensor | None,
     ) -> None:
-        """One kernel launch for one (device, dtype), every param group in it.
-
-        With found_inf, the step's first launch also writes the step's skip flag, which it
-        appends to ``skip_flags``.
-        """
         # Imported here, not at the top: fused_ops imports (and runs on the reference)
         # where Triton is not installed.
         from ..kernels import adam as kernels
 
-        skipped = None
-        if found_inf is not None and not skip_flags:
-            skipped = torch.empty((), dtype=torch.bool, device=plan.device)
-            skip_flags.append(skipped)
         kernels.adam_step(
             plan.tensor_table,
             plan.grad_table,
@@ -460,6 +426,8 @@ class AdamW(_AdamBase):
         >>> optimizer = fused_ops.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     """
 
+    _always_decoupled = True
+
     def __init__(
         self,
         params: Any,
@@ -493,9 +461,3 @@ class AdamW(_AdamBase):
             state_dtype=state_dtype,
             stochastic_rounding=stochastic_rounding,
         )
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        # As torch's AdamW: any state loaded into AdamW decays decoupled.
-        for group in self.param_groups:
-            group["decoupled_weight_decay"] = True

@@ -21,13 +21,12 @@ the parameter's dtype), which ``torch.optim.AdamW.load_state_dict`` accepts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .. import reference
-from ._base import _COMPILE_MESSAGE, Plan, host_to_device, local
+from ._base import Plan, local
 from .adam import _AdamBase
 
 _QUANTIZED_KEYS = ("exp_avg_codes", "exp_avg_scales", "exp_avg_sq_codes", "exp_avg_sq_scales")
@@ -92,40 +91,16 @@ class _Adam8bitBase(_AdamBase):
             )
         return state["exp_avg"], state["exp_avg_sq"], None, None, state["step"]
 
-    @torch.compiler.disable(reason=_COMPILE_MESSAGE)
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform a single optimization step: one kernel launch per (device, dtype).
-
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model and
-                returns the loss.
-
-        Returns:
-            The closure's loss, or None.
-        """
-        return self._step(closure)
-
     def _build_tensor_table(self, plan: Plan) -> None:
         from ..kernels import adam8bit as kernels
 
+        programs, first_programs, group_rows = self._program_layout(plan, kernels.CHUNK_SIZE)
         rows: list[int] = []
-        programs: list[int] = []
-        first_program = 0
-        for (p, _g, m, v, m_scales, v_scales, step), index in zip(plan.views, plan.groups, strict=True):
-            rows += kernels.table_row(p, m, v, m_scales, v_scales, step, first_program, plan.group_indices.index(index))
-            programs.append(kernels.programs_for(p.numel()))
-            first_program += programs[-1]
-        n = len(plan.views)
-        plan.tensor_table = host_to_device(
-            torch.tensor(rows, dtype=torch.int64).view(n, kernels.TABLE_COLUMNS), plan.device
-        )
-        plan.program_table = host_to_device(
-            torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(programs)), plan.device
-        )
-        plan.arrivals = torch.zeros(n, dtype=torch.int32, device=plan.device)
-        plan.aligned_static = False  # the kernel takes no alignment hint
-        plan.extra["norm_columns"] = (kernels.TABLE_COLUMNS, kernels.NUMEL, kernels.FIRST_PROGRAM)
-        plan.extra["chunk_size"] = kernels.CHUNK_SIZE
+        for (p, _g, m, v, m_scales, v_scales, step), first_program, group in zip(
+            plan.views, first_programs, group_rows, strict=True
+        ):
+            rows += kernels.table_row(p, m, v, m_scales, v_scales, step, first_program, group)
+        self._set_tensor_table(plan, rows, programs, kernels.TABLE_LAYOUT, kernels.CHUNK_SIZE)
         plan.extra["codes_type"] = torch.empty(1, dtype=torch.uint8, device=plan.device)
 
     def _launch(
@@ -134,14 +109,10 @@ class _Adam8bitBase(_AdamBase):
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
         clip_coef: torch.Tensor | None,
-        skip_flags: list[torch.Tensor],
+        skipped: torch.Tensor | None,
     ) -> None:
         from ..kernels import adam8bit as kernels
 
-        skipped = None
-        if found_inf is not None and not skip_flags:
-            skipped = torch.empty((), dtype=torch.bool, device=plan.device)
-            skip_flags.append(skipped)
         kernels.adam8bit_step(
             plan.tensor_table,
             plan.grad_table,
@@ -364,6 +335,8 @@ class AdamW8bit(_Adam8bitBase):
         >>> torch.save(optimizer.state_dict(torch_format=True), "adamw.pt")  # torch.optim.AdamW loads it
     """
 
+    _always_decoupled = True
+
     def __init__(
         self,
         params: Any,
@@ -393,8 +366,3 @@ class AdamW8bit(_Adam8bitBase):
             fused=fused,
             decoupled_weight_decay=True,
         )
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group["decoupled_weight_decay"] = True

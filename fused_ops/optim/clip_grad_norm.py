@@ -126,16 +126,22 @@ def clip_grad_norm_(
             launches.append((tensors[0], table, grad_table, program_table))
         norms[device], coefficients[device] = norm, coef
     total_norm, coefficients = _combine(devices, norms, coefficients, float(max_norm), norm_type)
-    if error_if_nonfinite and torch.logical_or(total_norm.isnan(), total_norm.isinf()):
+    if error_if_nonfinite:
+        check_finite(total_norm, norm_type)
+    for element, table, grad_table, program_table in launches:
+        kernels.grad_scale(table, grad_table, program_table, element, coefficients[element.device])
+    return total_norm
+
+
+def check_finite(total_norm: torch.Tensor, norm_type: float) -> None:
+    """torch's ``error_if_nonfinite`` check: raise if the total norm is nan or inf (reads it: a host sync)."""
+    if torch.logical_or(total_norm.isnan(), total_norm.isinf()):
         raise RuntimeError(
             f"The total norm of order {norm_type} for gradients from "
             "`parameters` is non-finite, so it cannot be clipped. To disable "
             "this error and scale the gradients by the non-finite norm anyway, "
             "set `error_if_nonfinite=False`"
         )
-    for element, table, grad_table, program_table in launches:
-        kernels.grad_scale(table, grad_table, program_table, element, coefficients[element.device])
-    return total_norm
 
 
 def _combine(

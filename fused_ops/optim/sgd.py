@@ -11,13 +11,12 @@ and ``found_inf`` handled in the kernel.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .. import reference
-from ._base import _COMPILE_MESSAGE, FusedOptimizer, Plan, host_to_device, hyperparameter_address, local, real
+from ._base import FusedOptimizer, Plan, encode_hyperparameter, local, real
 
 _OPTIONAL_FLAGS = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}
 
@@ -157,65 +156,29 @@ class SGD(FusedOptimizer):
         super().__setstate__(state)
         self._first_flags = {}
 
-    @torch.compiler.disable(reason=_COMPILE_MESSAGE)
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform a single optimization step: one kernel launch per (device, dtype).
-
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model and
-                returns the loss.
-
-        Returns:
-            The closure's loss, or None.
-        """
-        return self._step(closure)
-
     def _build_tensor_table(self, plan: Plan) -> None:
         from ..kernels import sgd as kernels
 
         buffers = [views[2] for views in plan.views]
         self._allocate_first_flags([b for b in buffers if self._first_flag(b) is None], plan.device)
+        programs, first_programs, group_rows = self._program_layout(plan, kernels.SGD_CHUNK_SIZE)
         rows: list[int] = []
-        programs: list[int] = []
-        first_program = 0
-        for (p, _g, buffer), index in zip(plan.views, plan.groups, strict=True):
+        for (p, _g, buffer), first_program, group in zip(plan.views, first_programs, group_rows, strict=True):
             flag = self._first_flag(buffer)
             address = flag[0].data_ptr() + 4 * flag[1] if flag else 0
-            rows += kernels.table_row(p, buffer, address, first_program, plan.group_indices.index(index))
-            programs.append(kernels.programs_for(p.numel(), kernels.SGD_CHUNK_SIZE))
-            first_program += programs[-1]
-        n = len(plan.views)
-        table = torch.tensor(rows, dtype=torch.int64).view(n, kernels.TABLE_COLUMNS)
-        plan.tensor_table = host_to_device(table, plan.device)
-        plan.program_table = host_to_device(
-            torch.repeat_interleave(torch.arange(n, dtype=torch.int32), torch.tensor(programs)), plan.device
-        )
-        plan.arrivals = torch.zeros(n, dtype=torch.int32, device=plan.device)
-        plan.aligned_static = all(
-            rows[start + column] % 16 == 0
-            for start in range(0, len(rows), kernels.TABLE_COLUMNS)
-            for column in kernels.ALIGNED_COLUMNS
-        )
+            rows += kernels.table_row(p, buffer, address, first_program, group)
+        self._set_tensor_table(plan, rows, programs, kernels.TABLE_LAYOUT, kernels.SGD_CHUNK_SIZE)
         plan.any_flags["momentum"] = any(
             rows[start + kernels.MOMENTUM_BUFFER] for start in range(0, len(rows), kernels.TABLE_COLUMNS)
         )
-        plan.extra["norm_columns"] = (kernels.TABLE_COLUMNS, kernels.NUMEL, kernels.FIRST_PROGRAM)
-        plan.extra["chunk_size"] = kernels.SGD_CHUNK_SIZE
 
     def _group_row(self, group: dict[str, Any], device: torch.device, keepalive: list[torch.Tensor]) -> list[int]:
         from ..kernels import sgd as kernels
 
-        lr, weight_decay = group["lr"], group["weight_decay"]
-        lr_address = weight_decay_address = 0
-        lr_fp64 = weight_decay_fp64 = False
-        if isinstance(lr, torch.Tensor):
-            lr_address, lr_fp64, tensor = hyperparameter_address(lr, device)
-            keepalive.append(tensor)
-            lr = 0.0
-        if isinstance(weight_decay, torch.Tensor):
-            weight_decay_address, weight_decay_fp64, tensor = hyperparameter_address(weight_decay, device)
-            keepalive.append(tensor)
-            weight_decay = 0.0
+        lr, lr_address, lr_fp64 = encode_hyperparameter(group["lr"], device, keepalive)
+        weight_decay, weight_decay_address, weight_decay_fp64 = encode_hyperparameter(
+            group["weight_decay"], device, keepalive
+        )
         return kernels.group_row(
             lr=lr,
             lr_address=lr_address,
@@ -235,14 +198,10 @@ class SGD(FusedOptimizer):
         grad_scale: torch.Tensor | None,
         found_inf: torch.Tensor | None,
         clip_coef: torch.Tensor | None,
-        skip_flags: list[torch.Tensor],
+        skipped: torch.Tensor | None,
     ) -> None:
         from ..kernels import sgd as kernels
 
-        skipped = None
-        if found_inf is not None and not skip_flags:
-            skipped = torch.empty((), dtype=torch.bool, device=plan.device)
-            skip_flags.append(skipped)
         kernels.sgd_step(
             plan.tensor_table,
             plan.grad_table,
