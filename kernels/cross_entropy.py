@@ -176,26 +176,8 @@ def _forward_block(
     eps,
     scale,
     blocks_per_outer,
-    logits_ptr,
-    target_ptr,
-    weight_ptr,
-    loss_ptr,
-    lse_ptr,
-    coef_ptr,
-    row_weight_ptr,
-    grad_ptr,
-    C,
-    inner,
-    logits_outer_stride,
-    logits_class_stride,
-    logits_inner_stride,
-    target_outer_stride,
-    target_class_stride,
-    target_inner_stride,
-    grad_outer_stride,
-    grad_class_stride,
-    grad_inner_stride,
-    ignore_index,
+    pointers,
+    sizes,
     HAS_WEIGHT: tl.constexpr,
     PROB_TARGET: tl.constexpr,
     SMOOTHING: tl.constexpr,
@@ -217,8 +199,26 @@ def _forward_block(
     the row losses and ``w_y`` (a single-program forward sums them instead). ``grad_ok``:
     1, or 0 to write no gradient (a single-program forward that found a bad target leaves
     the gradient buffer, maybe the logits, untouched).
+    ``pointers``: the kernel's logits, target, weight, loss, lse, coef, row_weight and grad
+    pointers; ``sizes``: its C, inner, the three strides of each of logits, target and grad,
+    and ignore_index (tuples, so that the two call sites stay short).
     Returns ``(n_bad, loss, w_y)`` per row.
     """
+    logits_ptr, target_ptr, weight_ptr, loss_ptr, lse_ptr, coef_ptr, row_weight_ptr, grad_ptr = pointers
+    (
+        C,
+        inner,
+        logits_outer_stride,
+        logits_class_stride,
+        logits_inner_stride,
+        target_outer_stride,
+        target_class_stride,
+        target_inner_stride,
+        grad_outer_stride,
+        grad_class_stride,
+        grad_inner_stride,
+        ignore_index,
+    ) = sizes
     log2e = tl.full([], LOG2E, zero.dtype)
     o = block // blocks_per_outer
     i = (block % blocks_per_outer) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -499,6 +499,21 @@ def cross_entropy_forward_kernel(
             scale = zero + 1 / total_weight
         else:
             scale = zero + 1
+    pointers = (logits_ptr, target_ptr, weight_ptr, loss_ptr, lse_ptr, coef_ptr, row_weight_ptr, grad_ptr)
+    sizes = (
+        C,
+        inner,
+        logits_outer_stride,
+        logits_class_stride,
+        logits_inner_stride,
+        target_outer_stride,
+        target_class_stride,
+        target_inner_stride,
+        grad_outer_stride,
+        grad_class_stride,
+        grad_inner_stride,
+        ignore_index,
+    )
     STORE_LOSS: tl.constexpr = (not SINGLE) or REDUCTION == REDUCTION_NONE
     STORE_ROW_WEIGHT: tl.constexpr = not (GRAD or SINGLE)
     if GROUP_ROWS:
@@ -515,26 +530,8 @@ def cross_entropy_forward_kernel(
                 eps,
                 scale,
                 blocks_per_outer,
-                logits_ptr,
-                target_ptr,
-                weight_ptr,
-                loss_ptr,
-                lse_ptr,
-                coef_ptr,
-                row_weight_ptr,
-                grad_ptr,
-                C,
-                inner,
-                logits_outer_stride,
-                logits_class_stride,
-                logits_inner_stride,
-                target_outer_stride,
-                target_class_stride,
-                target_inner_stride,
-                grad_outer_stride,
-                grad_class_stride,
-                grad_inner_stride,
-                ignore_index,
+                pointers,
+                sizes,
                 HAS_WEIGHT,
                 PROB_TARGET,
                 SMOOTHING,
@@ -560,26 +557,8 @@ def cross_entropy_forward_kernel(
             eps,
             scale,
             blocks_per_outer,
-            logits_ptr,
-            target_ptr,
-            weight_ptr,
-            loss_ptr,
-            lse_ptr,
-            coef_ptr,
-            row_weight_ptr,
-            grad_ptr,
-            C,
-            inner,
-            logits_outer_stride,
-            logits_class_stride,
-            logits_inner_stride,
-            target_outer_stride,
-            target_class_stride,
-            target_inner_stride,
-            grad_outer_stride,
-            grad_class_stride,
-            grad_inner_stride,
-            ignore_index,
+            pointers,
+            sizes,
             HAS_WEIGHT,
             PROB_TARGET,
             SMOOTHING,
