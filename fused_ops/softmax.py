@@ -28,7 +28,7 @@ import torch
 
 from . import _native, reference
 from ._autocast import autocast_dtype
-from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, kernel_op, use_triton
+from ._dispatch import TRITON_AVAILABLE, _forward_ad, fast_apply, kernel_op, specialize_shapes, use_triton
 from ._validation import FLOATING_DTYPES, check_floating, normalize_dim
 
 if TRITON_AVAILABLE:
@@ -79,28 +79,32 @@ def _empty_backward_fake(grad_output, output: torch.Tensor, dim: int, input_dtyp
     return _empty_output(output, input_dtype)
 
 
+# The torch.library ops run only where torch.compile traces (eager calls _forward and
+# _backward directly); there sizes may be symbolic, and the launchers choose tiles from them.
+
+
 @kernel_op("fused_ops::softmax_forward", fake=_empty_forward_fake)
 def _softmax_forward(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
-    return _forward("softmax", input, dim, output_dtype, log=False)
+    return _forward("softmax", *specialize_shapes(input), dim, output_dtype, log=False)
 
 
 @kernel_op("fused_ops::log_softmax_forward", fake=_empty_forward_fake)
 def _log_softmax_forward(input: torch.Tensor, dim: int, output_dtype: torch.dtype) -> torch.Tensor:
-    return _forward("log_softmax", input, dim, output_dtype, log=True)
+    return _forward("log_softmax", *specialize_shapes(input), dim, output_dtype, log=True)
 
 
 @kernel_op("fused_ops::softmax_backward", fake=_empty_backward_fake)
 def _softmax_backward(
     grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype
 ) -> torch.Tensor:
-    return _backward("softmax", grad_output, output, dim, input_dtype, log=False)
+    return _backward("softmax", *specialize_shapes(grad_output, output), dim, input_dtype, log=False)
 
 
 @kernel_op("fused_ops::log_softmax_backward", fake=_empty_backward_fake)
 def _log_softmax_backward(
     grad_output: torch.Tensor, output: torch.Tensor, dim: int, input_dtype: torch.dtype
 ) -> torch.Tensor:
-    return _backward("log_softmax", grad_output, output, dim, input_dtype, log=True)
+    return _backward("log_softmax", *specialize_shapes(grad_output, output), dim, input_dtype, log=True)
 
 
 def _backward_setup_context(ctx, inputs, output) -> None:

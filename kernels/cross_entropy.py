@@ -1307,33 +1307,16 @@ def cross_entropy_backward(
     )
 
 
-def cross_entropy_scale_grad(
-    grad_output: torch.Tensor,
-    target: torch.Tensor,
-    target_strides: tuple,
-    grad: torch.Tensor,
-    geometry: tuple,
-    ignore_index: int,
-    prob_target: bool,
-) -> None:
-    """Scale the gradient ``grad`` made by the forward in place by the 0-d ``grad_output``.
-
-    Nothing is written when ``grad_output`` is 1 (decided on the device). ``geometry``:
-    the gradient's ``(outer, C, inner, outer_stride, class_stride, inner_stride)``;
-    ``target`` the index targets, with their ``(outer, class, inner)`` ``target_strides``
-    (unused for probability targets).
-    """
-    launch = scale_grad_launch(target_strides, geometry, ignore_index, prob_target)
-    if launch is not None:
-        launch((grad_output, target, grad))
-
-
 def scale_grad_launch(
     target_strides: tuple, geometry: tuple, ignore_index: int, prob_target: bool
 ) -> Callable[[tuple], None] | None:
-    """:func:`cross_entropy_scale_grad`'s launch with all but its tensors bound, or None when empty.
+    """The launch that scales the forward's gradient in place by the 0-d ``grad_output``, or None when empty.
 
-    Returns ``launch((grad_output, target, grad))``.
+    Nothing is written when ``grad_output`` is 1 (decided on the device). ``geometry``:
+    the gradient's ``(outer, C, inner, outer_stride, class_stride, inner_stride)``;
+    ``target_strides``: the index targets' ``(outer, class, inner)`` strides (unused for
+    probability targets). Returns ``launch((grad_output, target, grad))``, with every
+    argument but those tensors bound.
     """
     outer, C, inner, g_outer, g_class, g_inner = geometry
     if outer * inner * C == 0:

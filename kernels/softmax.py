@@ -325,9 +325,7 @@ def _plan(outer: int, n_cols: int, inner: int, config: tuple[int, ...]) -> tuple
 
 def _launch_strided(forward: bool, log: bool, tensors: tuple[torch.Tensor, ...]) -> None:
     """Launch over 3-D (outer, N, inner) tensors of any strides, the output last."""
-    # int(): symbolic sizes (torch.compile's dynamic shapes) are specialized, since the
-    # tile is chosen from them; for ints it is a no-op.
-    outer, n_cols, inner = (int(size) for size in tensors[-1].shape)
+    outer, n_cols, inner = tensors[-1].shape
     if outer * n_cols * inner == 0:
         return
     looped, n_rows, programs, block_r, block_n, num_warps, rows_along_inner = _plan(outer, n_cols, inner, _config())
@@ -366,13 +364,7 @@ def _make_plan(forward: bool, log: bool, shape: torch.Size, dim: int) -> tuple:
 def _launch_contiguous(forward: bool, log: bool, tensors: tuple[torch.Tensor, ...], dim: int) -> None:
     """Launch over contiguous tensors of one shape, any rank, reduced over ``dim``, the output last."""
     key = (forward, log, tensors[0].shape, dim)
-    try:
-        plan = _PLANS.get(key)
-    except TypeError:
-        # Symbolic sizes (torch.compile traces the op with dynamic shapes): the tile is
-        # chosen from the sizes, so they are specialized, as int() tells the tracer.
-        key = (forward, log, torch.Size([int(size) for size in tensors[0].shape]), dim)
-        plan = _PLANS.get(key)
+    plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:  # many shapes (dynamic sequence lengths): start over
             _PLANS.clear()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -204,3 +208,21 @@ def forward_backward(fn, *inputs: torch.Tensor, grad_output: torch.Tensor | None
         grad_output = torch.randn(output.shape, dtype=torch.float64).to(output.dtype)
     grads = torch.autograd.grad(output, [leaves[i] for i in indices], grad_output)
     return (output, *grads, grad_output)
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_compiled_script(path: Path, source: str, timeout: int = 900) -> str:
+    """Write ``source`` to ``path`` and run it in a fresh process with compiled kernels.
+
+    The process has no ``TRITON_INTERPRET`` (so the stand-in CUDA driver of
+    benchmarks/standin_driver.py, which ``source`` imports, makes kernels compile for a
+    GPU); ``source`` must print ``ok`` last. Returns its standard output.
+    """
+    path.write_text(source)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("ok"), result.stdout
+    return result.stdout

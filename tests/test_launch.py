@@ -5,17 +5,12 @@ The cache only exists for compiled kernels, so these tests run a fresh process w
 compile for sm_90 and the launcher records its arguments instead of launching.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import torch
 from fused_ops.kernels._launch import BoundKernel
 from fused_ops.kernels.activations import sigmoid_forward_kernel
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from helpers import BENCHMARKS, run_compiled_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -178,12 +173,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_bound_launch_matches_triton_on_the_standin_driver(tmp_path):
-    script = tmp_path / "bound_launch.py"
-    script.write_text(SCRIPT.format(benchmarks=str(BENCHMARKS)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("ok")
+    run_compiled_script(tmp_path / "bound_launch.py", SCRIPT.format(benchmarks=str(BENCHMARKS)), timeout=600)
 
 
 def test_interpreted_kernels_launch_through_triton(kernel_launches):
@@ -265,9 +255,4 @@ def test_compiled_graphs_hold_the_triton_kernels_on_the_standin_driver(tmp_path)
     # torch.library.triton_ops: torch.compile's graph holds their Triton kernels. Under the
     # interpreter they are custom ops instead (wrap_triton needs compiled kernels), which
     # the compile tests of each family check for equality with eager.
-    script = tmp_path / "compiled_graphs.py"
-    script.write_text(COMPILE_SCRIPT.format(benchmarks=str(BENCHMARKS)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("ok")
+    run_compiled_script(tmp_path / "compiled_graphs.py", COMPILE_SCRIPT.format(benchmarks=str(BENCHMARKS)))

@@ -13,8 +13,6 @@ class blocks (test_large_vocabulary_splits_and_many_row_blocks lowers that bound
 memory test's V = 8192 splits 8 ways).
 """
 
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -23,7 +21,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fused_ops.kernels import linear_cross_entropy as lce_kernels
-from helpers import DTYPES, LiveBytes, assert_close, assert_compiled_matches_eager, no_host_sync, tolerance
+from helpers import (
+    BENCHMARKS,
+    DTYPES,
+    LiveBytes,
+    assert_close,
+    assert_compiled_matches_eager,
+    no_host_sync,
+    run_compiled_script,
+    tolerance,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +48,6 @@ KERNELS = {FORWARD, FINALIZE, GRAD_INPUT, GRAD_WEIGHT}
 # For inputs whose result is nan by design (a mean over only ignored targets), numpy inside
 # Triton's interpreter warns as it computes exactly that.
 NAN_BY_DESIGN = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def _problem(n=70, d=40, v=150, dtype=torch.float32, bias=True, ignore_every=0, ignore_index=-100):
@@ -603,12 +609,7 @@ def test_compiled_graphs_hold_the_kernels_on_the_standin_driver(tmp_path):
     # (the interpreter cannot trace a kernel: the test above checks values there). This
     # file's one long case: a fresh process, torch.compile twice, 4 kernels built for sm_90
     # on a cold Triton cache.
-    script = tmp_path / "compiled_graphs.py"
-    script.write_text(COMPILE_SCRIPT.format(benchmarks=str(BENCHMARKS)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("ok")
+    run_compiled_script(tmp_path / "compiled_graphs.py", COMPILE_SCRIPT.format(benchmarks=str(BENCHMARKS)))
 
 
 def test_nn_module_matches_torch(kernel_launches):
